@@ -1,0 +1,33 @@
+"""Errors the platform raises for bad input. Each names the thing that was wrong."""
+
+
+class AperiodicError(Exception):
+    """Base class: one clear message that names the offending object."""
+
+
+class InvalidTradesError(AperiodicError):
+    """Canonical trades broke a rule of spec §1."""
+
+
+class InvalidBarsError(AperiodicError):
+    """A flow-bar table broke a rule of spec §2–§3."""
+
+
+class SymbolError(AperiodicError, ValueError):
+    """A malformed, unknown or unsupported symbol."""
+
+
+class NotPublishedError(AperiodicError):
+    """An archive the exchange has not published (yet): HTTP 404 or a missing S3 key."""
+
+
+class ChecksumMismatchError(AperiodicError):
+    """A downloaded file whose digest differs from the published one."""
+
+
+class CorruptArchiveError(AperiodicError):
+    """An archive that cannot be decompressed or parsed."""
+
+
+class StoreError(AperiodicError):
+    """The object store refused or failed an operation."""

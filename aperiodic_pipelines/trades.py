@@ -1,0 +1,83 @@
+"""Canonical trades (spec §1): the one table every source produces and the flow engine consumes."""
+
+from __future__ import annotations
+
+import polars as pl
+import pandera.polars as pa
+
+from aperiodic_pipelines.errors import InvalidTradesError
+
+CANONICAL_SCHEMA: dict[str, pl.DataType] = {
+    "ts_exchange": pl.Int64(),
+    "ts_arrival": pl.Int64(),
+    "trade_id": pl.Int64(),
+    "price": pl.Float64(),
+    "qty": pl.Float64(),
+    "is_buy": pl.Boolean(),
+}
+CANONICAL_COLUMNS: list[str] = list(CANONICAL_SCHEMA)
+
+
+class CanonicalTrades(pa.DataFrameModel):
+    """Spec §1. Times are µs since the epoch, UTC; `ts_arrival` is null where the source has none."""
+
+    ts_exchange: pl.Int64 = pa.Field(nullable=False)
+    ts_arrival: pl.Int64 = pa.Field(nullable=True)
+    trade_id: pl.Int64 = pa.Field(nullable=False, unique=True)
+    price: pl.Float64 = pa.Field(nullable=False, gt=0)
+    qty: pl.Float64 = pa.Field(nullable=False, gt=0)
+    is_buy: pl.Boolean = pa.Field(nullable=False)
+
+    class Config:
+        strict = True
+        ordered = True
+        coerce = False
+
+    @pa.dataframe_check(error="rows must be sorted by (ts_exchange, trade_id)")
+    def sorted_by_time_then_id(cls, data: pa.PolarsData) -> pl.LazyFrame:  # noqa: N805
+        ts, tid = pl.col("ts_exchange"), pl.col("trade_id")
+        in_order = (ts > ts.shift(1)) | ((ts == ts.shift(1)) & (tid > tid.shift(1)))
+        return data.lazyframe.select(in_order.fill_null(True).alias("sorted_by_time_then_id"))
+
+    @pa.dataframe_check(error="prices and quantities must be finite")
+    def finite_numbers(cls, data: pa.PolarsData) -> pl.LazyFrame:  # noqa: N805
+        return data.lazyframe.select(
+            (pl.col("price").is_finite() & pl.col("qty").is_finite()).alias("finite_numbers")
+        )
+
+
+def empty_trades() -> pl.DataFrame:
+    """A canonical trade table with no rows."""
+    return pl.DataFrame(schema=CANONICAL_SCHEMA)
+
+
+def validate_trades(trades: pl.DataFrame, *, name: str = "trades", sample: int = 5) -> pl.DataFrame:
+    """Validate canonical trades; raise `InvalidTradesError` naming the column, the rule and a few failing rows."""
+    try:
+        return CanonicalTrades.validate(trades, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        raise InvalidTradesError(f"{name}: {summarise_schema_errors(exc, sample=sample)}") from None
+    except pa.errors.SchemaError as exc:  # pragma: no cover - lazy=True reports SchemaErrors
+        raise InvalidTradesError(f"{name}: {exc}") from None
+
+
+def summarise_schema_errors(exc: pa.errors.SchemaErrors, *, sample: int = 5) -> str:
+    """One readable paragraph per failed rule: column, rule, and a few failing values."""
+    cases = exc.failure_cases
+    if not isinstance(cases, pl.DataFrame):
+        cases = pl.from_pandas(cases) if hasattr(cases, "to_dict") else pl.DataFrame(cases)
+    lines = []
+    group_cols = [c for c in ("column", "check") if c in cases.columns]
+    for key, group in cases.group_by(group_cols, maintain_order=True):
+        column, check = (list(key) + ["?", "?"])[:2]
+        shown = group.head(sample)
+        detail = ", ".join(
+            f"row {idx}: {val}"
+            for idx, val in zip(
+                shown.get_column("index").to_list() if "index" in shown.columns else [None] * shown.height,
+                shown.get_column("failure_case").to_list() if "failure_case" in shown.columns else [],
+                strict=False,
+            )
+        )
+        lines.append(f"column {column!r} failed {check} ({group.height} failing): {detail}")
+    return "; ".join(lines) if lines else str(exc)
