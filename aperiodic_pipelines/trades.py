@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import polars as pl
 import pandera.polars as pa
+import polars as pl
 
 from aperiodic_pipelines.errors import InvalidTradesError
 
@@ -61,7 +61,7 @@ def validate_trades(trades: pl.DataFrame, *, name: str = "trades", sample: int =
         raise InvalidTradesError(f"{name}: {exc}") from None
 
 
-def summarise_schema_errors(exc: pa.errors.SchemaErrors, *, sample: int = 5) -> str:
+def summarise_schema_errors(exc: pa.errors.SchemaErrors, *, sample: int = 3) -> str:
     """One readable paragraph per failed rule: column, rule, and a few failing values."""
     cases = exc.failure_cases
     if not isinstance(cases, pl.DataFrame):
@@ -72,7 +72,7 @@ def summarise_schema_errors(exc: pa.errors.SchemaErrors, *, sample: int = 5) -> 
         column, check = (list(key) + ["?", "?"])[:2]
         shown = group.head(sample)
         detail = ", ".join(
-            f"row {idx}: {val}"
+            f"row {idx}: {_shorten(val)}"
             for idx, val in zip(
                 shown.get_column("index").to_list() if "index" in shown.columns else [None] * shown.height,
                 shown.get_column("failure_case").to_list() if "failure_case" in shown.columns else [],
@@ -81,3 +81,9 @@ def summarise_schema_errors(exc: pa.errors.SchemaErrors, *, sample: int = 5) -> 
         )
         lines.append(f"column {column!r} failed {check} ({group.height} failing): {detail}")
     return "; ".join(lines) if lines else str(exc)
+
+
+def _shorten(value: object, limit: int = 240) -> str:
+    """A failing row can be a whole record: keep messages readable."""
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,36 @@
+"""Canonical trades → flow bars: pure polars, no I/O, no Dagster. The formulas live here, once."""
+
+from aperiodic_pipelines.flow.bars import bars_from_second_stats
+from aperiodic_pipelines.flow.engine import compute_flow_bars
+from aperiodic_pipelines.flow.grid import (
+    ADDITIVE_FIELDS,
+    FLOW_COLUMNS,
+    FLOW_FIELDS,
+    FLOW_SCHEMA,
+    INTERVAL_SECONDS,
+    INTERVALS,
+    bars_in_month,
+    month_bounds_us,
+    shift_month,
+)
+from aperiodic_pipelines.flow.schema import flow_bars_schema, validate_bars
+from aperiodic_pipelines.flow.seconds import SECOND_STATS_SCHEMA, SecondStats, compute_second_stats
+
+__all__ = [
+    "ADDITIVE_FIELDS",
+    "FLOW_COLUMNS",
+    "FLOW_FIELDS",
+    "FLOW_SCHEMA",
+    "INTERVALS",
+    "INTERVAL_SECONDS",
+    "SECOND_STATS_SCHEMA",
+    "SecondStats",
+    "bars_from_second_stats",
+    "bars_in_month",
+    "compute_flow_bars",
+    "compute_second_stats",
+    "flow_bars_schema",
+    "validate_bars",
+    "month_bounds_us",
+    "shift_month",
+]

@@ -1,0 +1,216 @@
+"""The flow-bar table's contract (spec §2) as a pandera.polars schema: dtypes, nulls, ranges and invariants."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pandera.polars as pa
+import polars as pl
+
+from aperiodic_pipelines.errors import InvalidBarsError
+from aperiodic_pipelines.flow.grid import (
+    BUCKETS,
+    FLOW_COLUMNS,
+    FLOW_SCHEMA,
+    INTERVAL_SECONDS,
+    SIDES,
+    US_PER_SECOND,
+    bars_in_month,
+    month_start_us,
+)
+from aperiodic_pipelines.trades import summarise_schema_errors
+
+# Float sums are not associative: invariants between sums hold to this relative tolerance.
+RELATIVE_TOLERANCE = 1e-9
+
+_FRACTIONS = {
+    "flow_entropy",
+    "taker_buy_sell_percentage",
+    "taker_buy_sell_count_percentage",
+    *(f"taker_{s}_{b}_order_{kind}" for s in SIDES for b in BUCKETS for kind in ("percentage", "count_percentage")),
+}
+_NON_NEGATIVE = {
+    "taker_buy_volume",
+    "taker_sell_volume",
+    "taker_buy_sell_ratio",
+    "taker_buy_sell_count_ratio",
+    *(f"taker_{s}_{b}_order_{what}" for s in SIDES for b in BUCKETS for what in ("volume", "count")),
+    "taker_buy_count",
+    "taker_sell_count",
+}
+_SIGNED = {"volume_delta", "volume_delta_notional", "flow_toxicity_score"}
+_NULLABLE = {
+    "flow_entropy",
+    "flow_toxicity_score",
+    "taker_buy_sell_ratio",
+    "taker_buy_sell_count_ratio",
+    "taker_buy_sell_percentage",
+    "taker_buy_sell_count_percentage",
+    *(f"taker_{s}_{b}_order_{kind}" for s in SIDES for b in BUCKETS for kind in ("percentage", "count_percentage")),
+}
+
+
+def _close(left: pl.Expr, right: pl.Expr) -> pl.Expr:
+    scale = pl.max_horizontal(left.abs(), right.abs(), pl.lit(1.0))
+    return (left - right).abs() <= RELATIVE_TOLERANCE * scale
+
+
+def _side_notional(side: str) -> pl.Expr:
+    return pl.sum_horizontal(*(pl.col(f"taker_{side}_{b}_order_volume") for b in BUCKETS))
+
+
+def _ratio_matches(name: str, numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
+    """`name` is numerator/denominator where the denominator is non-zero, and null exactly where it is zero."""
+    defined = denominator != 0
+    value_ok = _close(pl.col(name), numerator.cast(pl.Float64) / denominator)
+    return pl.when(defined).then(value_ok.fill_null(False)).otherwise(pl.col(name).is_null())
+
+
+def _entropy_of(share: pl.Expr) -> pl.Expr:
+    return pl.when(share > 0).then(-share * share.log(2)).otherwise(0.0)
+
+
+def _invariants() -> dict[str, tuple[pl.Expr, str]]:
+    col = pl.col
+    volume = col("taker_buy_volume") + col("taker_sell_volume")
+    rules: dict[str, tuple[pl.Expr, str]] = {
+        "volume_delta_is_buy_minus_sell": (
+            _close(col("volume_delta"), col("taker_buy_volume") - col("taker_sell_volume")),
+            "volume_delta must equal taker_buy_volume − taker_sell_volume",
+        ),
+        "volume_delta_notional_is_bucket_notionals": (
+            _close(col("volume_delta_notional"), _side_notional("buy") - _side_notional("sell")),
+            "volume_delta_notional must equal Σ buy bucket notionals − Σ sell bucket notionals",
+        ),
+        "entropy_matches_buy_share": (
+            pl.when(volume > 0)
+            .then(
+                _close(
+                    col("flow_entropy"),
+                    (_entropy_of(col("taker_buy_volume") / volume) + _entropy_of(col("taker_sell_volume") / volume))
+                    .clip(0.0, 1.0),
+                ).fill_null(False)
+            )
+            .otherwise(col("flow_entropy").is_null()),
+            "flow_entropy must be the binary entropy of the buy volume share, null without volume",
+        ),
+        "buy_sell_ratio": (
+            _ratio_matches("taker_buy_sell_ratio", col("taker_buy_volume"), col("taker_sell_volume")),
+            "taker_buy_sell_ratio must be buy/sell volume, null where sell volume is 0",
+        ),
+        "buy_sell_count_ratio": (
+            _ratio_matches("taker_buy_sell_count_ratio", col("taker_buy_count"), col("taker_sell_count")),
+            "taker_buy_sell_count_ratio must be buy/sell count, null where sell count is 0",
+        ),
+        "buy_sell_percentage": (
+            _ratio_matches("taker_buy_sell_percentage", col("taker_buy_volume"), volume),
+            "taker_buy_sell_percentage must be buy/(buy+sell) volume, null without volume",
+        ),
+        "buy_sell_count_percentage": (
+            _ratio_matches(
+                "taker_buy_sell_count_percentage", col("taker_buy_count"), col("taker_buy_count") + col("taker_sell_count")
+            ),
+            "taker_buy_sell_count_percentage must be buy/(buy+sell) count, null without trades",
+        ),
+        "empty_bar_has_no_volume": (
+            ((col("taker_buy_count") + col("taker_sell_count")) > 0) | (volume == 0),
+            "a bar without trades must have zero volume",
+        ),
+    }
+    for side in SIDES:
+        count_total = pl.sum_horizontal(*(col(f"taker_{side}_{b}_order_count") for b in BUCKETS))
+        rules[f"{side}_bucket_counts_add_up"] = (
+            count_total == col(f"taker_{side}_count"),
+            f"taker_{side}_{{small,medium,large}}_order_count must add up to taker_{side}_count",
+        )
+        pct = [col(f"taker_{side}_{b}_order_percentage") for b in BUCKETS]
+        cpct = [col(f"taker_{side}_{b}_order_count_percentage") for b in BUCKETS]
+        for kind, parts, denominator in (
+            ("percentage", pct, _side_notional(side)),
+            ("count_percentage", cpct, col(f"taker_{side}_count")),
+        ):
+            rules[f"{side}_bucket_{kind}s_sum_to_one"] = (
+                pl.when(denominator != 0)
+                .then(_close(pl.sum_horizontal(*parts), pl.lit(1.0)).fill_null(False))
+                .otherwise(pl.all_horizontal(p.is_null() for p in parts)),
+                f"taker_{side}_{{small,medium,large}}_order_{kind} must sum to 1, all null where the side is empty",
+            )
+        for b in BUCKETS:
+            rules[f"{side}_{b}_order_percentage"] = (
+                _ratio_matches(f"taker_{side}_{b}_order_percentage", col(f"taker_{side}_{b}_order_volume"),
+                               _side_notional(side)),
+                f"taker_{side}_{b}_order_percentage must be the bucket's share of {side} notional",
+            )
+            rules[f"{side}_{b}_order_count_percentage"] = (
+                _ratio_matches(f"taker_{side}_{b}_order_count_percentage", col(f"taker_{side}_{b}_order_count"),
+                               col(f"taker_{side}_count")),
+                f"taker_{side}_{b}_order_count_percentage must be the bucket's share of {side} count",
+            )
+    return rules
+
+
+def _row_check(name: str, rule: pl.Expr, error: str) -> pa.Check:
+    return pa.Check(lambda data: data.lazyframe.select(rule.alias(name)), name=name, error=error)
+
+
+def _column(name: str) -> pa.Column:
+    checks = []
+    if name in _FRACTIONS:
+        checks.append(pa.Check.in_range(0.0, 1.0))
+    elif name in _NON_NEGATIVE:
+        checks.append(pa.Check.ge(0))
+    if name in _SIGNED or name in _FRACTIONS or name in _NON_NEGATIVE:
+        checks.append(pa.Check(lambda data, c=name: data.lazyframe.select(pl.col(c).is_nan().not_()),
+                               name="not_nan", error=f"{name} must not be NaN"))
+    return pa.Column(FLOW_SCHEMA[name], checks=checks, nullable=name in _NULLABLE)
+
+
+@cache
+def flow_bars_schema(interval: str | None = None, month: str | None = None) -> pa.DataFrameSchema:
+    """The schema of a flow-bar table; with `interval` and `month`, also its dense grid (spec §2)."""
+    checks = [_row_check(name, rule, error) for name, (rule, error) in _invariants().items()]
+    time_us = pl.col("time").cast(pl.Int64)
+    checks.append(
+        _row_check(
+            "time_strictly_increasing",
+            (time_us > time_us.shift(1)).fill_null(True),
+            "time must be strictly increasing",
+        )
+    )
+    if interval is not None:
+        step = INTERVAL_SECONDS[interval] * US_PER_SECOND
+        checks.append(
+            _row_check(
+                "time_on_dense_grid",
+                (time_us - time_us.shift(1) == step).fill_null(True) & (time_us % step == 0),
+                f"time must step by exactly {interval} on the UTC-aligned grid (empty bars included)",
+            )
+        )
+    if interval is not None and month is not None:
+        start, rows = month_start_us(month), bars_in_month(month, interval)
+        checks.append(
+            pa.Check(
+                lambda data: data.lazyframe.select(
+                    ((pl.len() == rows) & (time_us.first() == start)).alias("covers_month")
+                ),
+                name="covers_month",
+                error=f"a {month} {interval} file must hold {rows} bars starting at {month}-01 00:00 UTC",
+            )
+        )
+    return pa.DataFrameSchema(
+        columns={name: _column(name) for name in FLOW_COLUMNS},
+        checks=checks,
+        strict=True,
+        ordered=True,
+        name=f"flow_bars[{interval or '*'}{', ' + month if month else ''}]",
+    )
+
+
+def validate_bars(
+    bars: pl.DataFrame, *, interval: str | None = None, month: str | None = None, name: str = "flow bars"
+) -> pl.DataFrame:
+    """Validate a flow-bar table; raise `InvalidBarsError` naming the field, the rule and a few failing rows."""
+    try:
+        return flow_bars_schema(interval, month).validate(bars, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        raise InvalidBarsError(f"{name}: {summarise_schema_errors(exc)}") from None

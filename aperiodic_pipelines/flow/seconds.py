@@ -1,0 +1,236 @@
+"""Canonical trades → per-second sufficient statistics.
+
+One pass over the trades, one day at a time (bounded memory whatever the month's size), produces one row per
+non-empty second: side volumes and counts, bucketed notionals and counts, the last price and the squared log
+return to the previous non-empty second. Every bar field of every interval is an exact roll-up of these rows.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import polars as pl
+
+from aperiodic_pipelines.errors import InvalidTradesError
+from aperiodic_pipelines.flow.grid import (
+    BUCKETS,
+    LARGE_FROM,
+    SIDES,
+    SMALL_BELOW,
+    TOXICITY_WINDOW,
+    US_PER_SECOND,
+    month_bounds_us,
+    parse_month,
+)
+from aperiodic_pipelines.trades import CANONICAL_SCHEMA
+
+TIMESTAMPS = ("exchange", "true")
+TIMESTAMP_COLUMN = {"exchange": "ts_exchange", "true": "ts_arrival"}
+CHUNK_SECONDS = 86_400  # one day of trades in memory at a time
+
+# The additive per-second statistics, in a fixed order (bar fields are derived from these).
+BUCKET_STATS: tuple[str, ...] = tuple(
+    f"taker_{side}_{bucket}_order_{what}" for side in SIDES for bucket in BUCKETS for what in ("volume", "count")
+)
+SUM_STATS: tuple[str, ...] = (
+    "taker_buy_volume",
+    "taker_sell_volume",
+    "taker_buy_count",
+    "taker_sell_count",
+    *BUCKET_STATS,
+    "squared_return",
+)
+SECOND_STATS_SCHEMA: dict[str, pl.DataType] = {
+    "second": pl.Int64(),  # epoch seconds of the bar open
+    **{name: (pl.Int64() if name.endswith("_count") else pl.Float64()) for name in SUM_STATS},
+    "abs_return": pl.Float64(),  # |ln(P_k / P_{k-1})|: the 1s volatility, kept exact rather than sqrt(r²)
+    "last_price": pl.Float64(),
+}
+
+
+_AGGREGATE_SCHEMA = {k: v for k, v in SECOND_STATS_SCHEMA.items() if k not in ("squared_return", "abs_return")}
+
+
+def _workers() -> int:
+    # Two days in flight per core keeps both busy while memory stays at a few days of trades.
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class SecondStats:
+    """Per-second statistics of one instrument-month and the tail of the month before it.
+
+    `frame` holds one row per non-empty second in [`window_start`, month end), sorted by `second`.
+    `window_start` is the month start, or 20 days earlier when the previous month exists (`has_previous`),
+    so that the toxicity window of every interval up to 1d can reach back into it.
+    """
+
+    frame: pl.DataFrame
+    month: str
+    timestamp: str
+    has_previous: bool
+
+    @property
+    def window_start_us(self) -> int:
+        start, _ = month_bounds_us(self.month)
+        return start - (_lookback_us() if self.has_previous else 0)
+
+
+def _lookback_us() -> int:
+    # The widest interval is 1d: 20 daily bars before the month are the most any window needs.
+    return TOXICITY_WINDOW * 86_400 * US_PER_SECOND
+
+
+def _side_bucket_masks() -> dict[tuple[str, str], pl.Expr]:
+    notional = pl.col("price") * pl.col("qty")
+    bucket_of = {
+        "small": notional < SMALL_BELOW,
+        "medium": (notional >= SMALL_BELOW) & (notional < LARGE_FROM),
+        "large": notional >= LARGE_FROM,
+    }
+    side_of = {"buy": pl.col("is_buy"), "sell": ~pl.col("is_buy")}
+    return {(side, bucket): side_of[side] & bucket_of[bucket] for side in SIDES for bucket in BUCKETS}
+
+
+def _second_aggregations() -> list[pl.Expr]:
+    notional = pl.col("price") * pl.col("qty")
+    aggs = [
+        pl.col("qty").filter(pl.col("is_buy")).sum().alias("taker_buy_volume"),
+        pl.col("qty").filter(~pl.col("is_buy")).sum().alias("taker_sell_volume"),
+        pl.col("is_buy").sum().cast(pl.Int64).alias("taker_buy_count"),
+        (~pl.col("is_buy")).sum().cast(pl.Int64).alias("taker_sell_count"),
+    ]
+    for (side, bucket), mask in _side_bucket_masks().items():
+        aggs.append(notional.filter(mask).sum().alias(f"taker_{side}_{bucket}_order_volume"))
+        aggs.append(mask.sum().cast(pl.Int64).alias(f"taker_{side}_{bucket}_order_count"))
+    aggs.append(pl.col("price").last().alias("last_price"))
+    return aggs
+
+
+def _as_lazy(trades: pl.DataFrame | pl.LazyFrame, name: str) -> pl.LazyFrame:
+    if not isinstance(trades, pl.DataFrame | pl.LazyFrame):
+        raise TypeError(f"{name} must be a polars DataFrame or LazyFrame, got {type(trades).__name__}")
+    lazy = trades.lazy()
+    schema = lazy.collect_schema()
+    wrong = {
+        col: (schema.get(col), dtype)
+        for col, dtype in CANONICAL_SCHEMA.items()
+        if schema.get(col) != dtype and not (col == "ts_arrival" and schema.get(col) == pl.Null)
+    }
+    if wrong:
+        detail = ", ".join(f"{col!r} is {have} (expected {want})" for col, (have, want) in wrong.items())
+        raise InvalidTradesError(f"{name}: not canonical trades: {detail}")
+    return lazy.select(list(CANONICAL_SCHEMA)).with_columns(pl.col("ts_arrival").cast(pl.Int64))
+
+
+def _check_chunk(chunk: pl.DataFrame, name: str) -> None:
+    """Reject rows spec §1 forbids, naming the column and the first offending row; cheap vectorised checks."""
+    rules = {
+        "price": ~(pl.col("price") > 0) | ~pl.col("price").is_finite() | pl.col("price").is_null(),
+        "qty": ~(pl.col("qty") > 0) | ~pl.col("qty").is_finite() | pl.col("qty").is_null(),
+        "is_buy": pl.col("is_buy").is_null(),
+        "trade_id": pl.col("trade_id").is_null(),
+    }
+    bad = chunk.select(**{col: rule.fill_null(True).any() for col, rule in rules.items()}).row(0, named=True)
+    for col, failed in bad.items():
+        if failed:
+            row = chunk.filter(rules[col].fill_null(True)).head(1).to_dicts()[0]
+            raise InvalidTradesError(f"{name}: column {col!r} breaks spec §1 (must be set, finite and > 0): {row}")
+
+
+def compute_second_stats(
+    trades: pl.DataFrame | pl.LazyFrame,
+    previous: pl.DataFrame | pl.LazyFrame | None = None,
+    *,
+    month: str,
+    timestamp: str = "exchange",
+) -> SecondStats:
+    """Per-second statistics for `month` from raw month m (`trades`) and m−1 (`previous`, None if none).
+
+    For the `true` variant the month's trades are those of both raw months whose arrival time lies in the month.
+    """
+    parse_month(month)
+    if timestamp not in TIMESTAMPS:
+        raise ValueError(f"timestamp must be one of {TIMESTAMPS}, got {timestamp!r}")
+    time_col = TIMESTAMP_COLUMN[timestamp]
+    current = _as_lazy(trades, f"trades of {month}")
+    frames = [current] if previous is None else [_as_lazy(previous, f"trades before {month}"), current]
+    combined = pl.concat(frames, how="vertical")
+    if timestamp == "true":
+        missing = combined.select(pl.col("ts_arrival").is_null().sum()).collect().item()
+        if missing:
+            raise InvalidTradesError(
+                f"trades of {month}: {missing} trades have no ts_arrival; the 'true' variant needs an arrival "
+                "time on every trade (use a source with arrival times, or the 'exchange' variant)"
+            )
+
+    month_start, month_end = month_bounds_us(month)
+    window_start = month_start - (_lookback_us() if previous is not None else 0)
+    # The price carried into the window: the last trade before it (only the previous month can hold one).
+    seed_price = None
+    if previous is not None:
+        seed = (
+            combined.filter(pl.col(time_col) < window_start)
+            .select(time_col, "trade_id", "price")
+            .top_k(1, by=[time_col, "trade_id"])
+            .collect()
+        )
+        seed_price = seed.get_column("price").item() if seed.height else None
+
+    day_bounds = [
+        (lo, min(lo + CHUNK_SECONDS * US_PER_SECOND, month_end))
+        for lo in range(window_start, month_end, CHUNK_SECONDS * US_PER_SECOND)
+    ]
+
+    def aggregate_day(bounds: tuple[int, int]) -> pl.DataFrame | None:
+        lo, hi = bounds
+        chunk = combined.filter((pl.col(time_col) >= lo) & (pl.col(time_col) < hi)).collect()
+        if chunk.height == 0:
+            return None
+        _check_chunk(chunk, f"trades of {month}")
+        return _aggregate_seconds(chunk, time_col)
+
+    # Each day is aggregated on its own (sorted groups summed in row order, so the sums do not depend on
+    # thread scheduling) and days run concurrently; results are concatenated in day order.
+    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+        days = [day for day in pool.map(aggregate_day, day_bounds) if day is not None]
+    frame = pl.concat(days) if days else pl.DataFrame(schema=_AGGREGATE_SCHEMA)
+    frame = _with_returns(frame, seed_price)
+    return SecondStats(frame=frame, month=month, timestamp=timestamp, has_previous=previous is not None)
+
+
+def _aggregate_seconds(chunk: pl.DataFrame, time_col: str) -> pl.DataFrame:
+    ordered = _in_time_order(chunk, time_col)
+    return (
+        ordered.with_columns((pl.col(time_col) // US_PER_SECOND).alias("second"))
+        .set_sorted("second")
+        .group_by("second", maintain_order=True)
+        .agg(_second_aggregations())
+    )
+
+
+def _in_time_order(chunk: pl.DataFrame, time_col: str) -> pl.DataFrame:
+    """Trades ordered by (time, trade_id), sorting only when they are not already (the usual exchange case)."""
+    ts, tid = pl.col(time_col), pl.col("trade_id")
+    out_of_order = ((ts < ts.shift(1)) | ((ts == ts.shift(1)) & (tid <= tid.shift(1)))).any()
+    if chunk.select(out_of_order).item():
+        return chunk.sort([time_col, "trade_id"])
+    return chunk
+
+
+def _with_returns(frame: pl.DataFrame, seed_price: float | None) -> pl.DataFrame:
+    """Squared and absolute log returns between consecutive non-empty seconds.
+
+    Empty seconds carry the price forward, so their return is 0 and they need no row. The first second's
+    return uses the price carried in from before the window; without one (the instrument's first trade) it is
+    left out, i.e. contributes 0.
+    """
+    previous_price = pl.col("last_price").shift(1, fill_value=seed_price)
+    log_return = (pl.col("last_price") / previous_price).log()
+    out = frame.with_columns(
+        (log_return * log_return).fill_null(0.0).alias("squared_return"),
+        log_return.abs().fill_null(0.0).alias("abs_return"),
+    )
+    return out.select(list(SECOND_STATS_SCHEMA)).cast(SECOND_STATS_SCHEMA)
