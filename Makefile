@@ -1,16 +1,30 @@
-PY ?= .venv/bin/python
+# The two commands the README leads with: `make demo` and `make test`. Both create .venv on first use.
+PY := .venv/bin/python
+STAMP := .venv/.installed-stamp
 
-.PHONY: venv test lint bench demo
+.PHONY: test lint bench demo dev clean
 
-venv:
-	python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e '.[test]'
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
 
-test:
+test: $(STAMP)
 	$(PY) -m ruff check aperiodic_pipelines tests benchmarks
 	$(PY) -m pytest -q
 
-bench:
+lint: $(STAMP)
+	$(PY) -m ruff check aperiodic_pipelines tests benchmarks
+
+demo: $(STAMP)
+	.venv/bin/aperiodic-pipelines demo
+
+dev: $(STAMP)
+	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.dagster_home} .venv/bin/dagster dev -w workspace.yaml
+
+bench: $(STAMP)
 	$(PY) benchmarks/flow_bench.py --trades $${TRADES:-50000000}
 
-demo:
-	$(PY) -m aperiodic_pipelines.cli demo
+clean:
+	rm -rf data .dagster_home bench-data

@@ -23,6 +23,7 @@ from aperiodic_pipelines.flow.grid import (
     US_PER_SECOND,
     month_bounds_us,
     parse_month,
+    shift_month,
 )
 from aperiodic_pipelines.trades import CANONICAL_SCHEMA
 
@@ -125,6 +126,19 @@ def _as_lazy(trades: pl.DataFrame | pl.LazyFrame, name: str) -> pl.LazyFrame:
     return lazy.select(list(CANONICAL_SCHEMA)).with_columns(pl.col("ts_arrival").cast(pl.Int64))
 
 
+def _check_raw_month(trades: pl.LazyFrame, raw_month: str, name: str) -> None:
+    """A raw month holds the trades whose exchange time lies in it; anything else is a source bug, not data."""
+    lo, hi = month_bounds_us(raw_month)
+    ts = pl.col("ts_exchange")
+    outside = trades.select(((ts < lo) | (ts >= hi)).sum().alias("n"), ts.min().alias("lo"), ts.max().alias("hi"))
+    row = outside.collect().row(0, named=True)
+    if row["n"]:
+        raise InvalidTradesError(
+            f"{name}: {row['n']} trades have ts_exchange outside raw month {raw_month} "
+            f"(range seen: {row['lo']}..{row['hi']} µs, expected {lo}..{hi - 1})"
+        )
+
+
 def _check_chunk(chunk: pl.DataFrame, name: str) -> None:
     """Reject rows spec §1 forbids, naming the column and the first offending row; cheap vectorised checks."""
     rules = {
@@ -167,6 +181,9 @@ def compute_second_stats(
             )
 
     month_start, month_end = month_bounds_us(month)
+    _check_raw_month(current, month, f"trades of {month}")
+    if previous is not None:
+        _check_raw_month(frames[0], shift_month(month, -1), f"trades before {month}")
     window_start = month_start - (_lookback_us() if previous is not None else 0)
     # The price carried into the window: the last trade before it (only the previous month can hold one).
     seed_price = None
