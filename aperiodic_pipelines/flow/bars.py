@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import polars as pl
 
+from aperiodic_pipelines.flow.exprs import ordered_sum
 from aperiodic_pipelines.flow.grid import (
     BUCKETS,
     FLOW_COLUMNS,
@@ -22,6 +23,9 @@ from aperiodic_pipelines.flow.grid import (
 from aperiodic_pipelines.flow.seconds import SUM_STATS, SecondStats
 from aperiodic_pipelines.flow.toxicity import with_flow_toxicity_score
 
+# Bars derived at once; 3 days of 1s bars keep temporaries small and slices few.
+SLICE_BARS = 3 * 86_400
+
 
 def bars_from_second_stats(
     stats: SecondStats, *, intervals: Iterable[str] = INTERVALS
@@ -37,10 +41,11 @@ def bars_from_second_stats(
         if interval in wanted:
             width = INTERVAL_SECONDS[interval]
             first_bar = month_start // US_PER_SECOND - (TOXICITY_WINDOW * width if stats.has_previous else 0)
-            dense = _densify(sparse[interval], first_bar, month_end // US_PER_SECOND, width)
             volatility = pl.col("abs_return") if interval == "1s" else pl.col("squared_return").sqrt()
-            bars = _derive_fields(dense, volatility)
-            out[interval] = bars.filter(pl.col("time") >= pl.lit(month_start).cast(TIME_DTYPE))
+            out[interval] = _dense_bars(
+                sparse[interval], first_bar, month_start // US_PER_SECOND, month_end // US_PER_SECOND, width,
+                volatility,
+            )
         if interval == max(wanted, key=INTERVALS.index):
             break
     return {interval: out[interval] for interval in INTERVALS if interval in wanted}
@@ -64,11 +69,33 @@ def _roll_up(finer: pl.DataFrame, width: int) -> pl.DataFrame:
     )
 
 
+def _dense_bars(
+    sparse: pl.DataFrame, first_bar: int, month_start: int, end: int, width: int, volatility: pl.Expr
+) -> pl.DataFrame:
+    """The month's dense bars, built in slices of at most `SLICE_BARS` bars.
+
+    Each slice starts `TOXICITY_WINDOW` bars early so its scores see a full window; those lead-in rows are
+    dropped. Slicing bounds the temporaries of the 1s table (2.7 M rows) to a few days of bars.
+    """
+    slices = []
+    bars = sparse.get_column("bar")
+    for slice_start in range(month_start, end, SLICE_BARS * width):
+        lead_start = max(first_bar, slice_start - TOXICITY_WINDOW * width)
+        slice_end = min(end, slice_start + SLICE_BARS * width)
+        lo, hi = bars.search_sorted(lead_start, side="left"), bars.search_sorted(slice_end, side="left")
+        dense = _densify(sparse.slice(lo, hi - lo), lead_start, slice_end, width)
+        derived = _derive_fields(dense, volatility)
+        slices.append(derived.slice((slice_start - lead_start) // width))
+    return pl.concat(slices)
+
+
 def _densify(sparse: pl.DataFrame, first_bar: int, end: int, width: int) -> pl.DataFrame:
     """One row per bar in [first_bar, end), empty bars with zero sums."""
     grid = pl.DataFrame({"bar": pl.int_range(first_bar, end, width, dtype=pl.Int64, eager=True)})
-    joined = grid.join(sparse.filter(pl.col("bar") >= first_bar), on="bar", how="left", maintain_order="left")
-    return joined.with_columns(pl.col(*SUM_STATS).fill_null(0))
+    joined = grid.join(sparse, on="bar", how="left", maintain_order="left")
+    # An empty bar has zero sums and, its price carried forward, a zero return.
+    zero_filled = [name for name in (*SUM_STATS, "abs_return") if name in joined.columns]
+    return joined.with_columns(pl.col(*zero_filled).fill_null(0))
 
 
 def _ratio(numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
@@ -87,7 +114,7 @@ def _derive_fields(dense: pl.DataFrame, volatility: pl.Expr) -> pl.DataFrame:
     totals = dense.lazy().with_columns(
         pl.from_epoch(col("bar"), time_unit="s").cast(TIME_DTYPE).alias("time"),
         *(
-            pl.sum_horizontal(*(col(f"taker_{side}_{b}_order_volume") for b in BUCKETS)).alias(f"_{side}_notional")
+            ordered_sum(*(col(f"taker_{side}_{b}_order_volume") for b in BUCKETS)).alias(f"_{side}_notional")
             for side in SIDES
         ),
         (col("taker_buy_volume") + col("taker_sell_volume")).alias("_volume"),

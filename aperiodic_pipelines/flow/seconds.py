@@ -8,7 +8,7 @@ return to the previous non-empty second. Every bar field of every interval is an
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
@@ -29,7 +29,8 @@ from aperiodic_pipelines.trades import CANONICAL_SCHEMA
 
 TIMESTAMPS = ("exchange", "true")
 TIMESTAMP_COLUMN = {"exchange": "ts_exchange", "true": "ts_arrival"}
-CHUNK_SECONDS = 86_400  # one day of trades in memory at a time
+CHUNK_SECONDS = 86_400  # arrival-time variant: one day of trades in memory at a time
+STREAM_BATCH_ROWS = 1_000_000  # exchange variant: trades per streamed batch
 
 # The additive per-second statistics, in a fixed order (bar fields are derived from these).
 BUCKET_STATS: tuple[str, ...] = tuple(
@@ -55,7 +56,7 @@ _AGGREGATE_SCHEMA = {k: v for k, v in SECOND_STATS_SCHEMA.items() if k not in ("
 
 
 def _workers() -> int:
-    # Two days in flight per core keeps both busy while memory stays at a few days of trades.
+    # One batch per core in flight keeps the cores busy while memory stays at a few batches of trades.
     return max(1, min(4, os.cpu_count() or 1))
 
 
@@ -196,45 +197,86 @@ def compute_second_stats(
         )
         seed_price = seed.get_column("price").item() if seed.height else None
 
-    day_bounds = [
-        (lo, min(lo + CHUNK_SECONDS * US_PER_SECOND, month_end))
-        for lo in range(window_start, month_end, CHUNK_SECONDS * US_PER_SECOND)
-    ]
-
-    def aggregate_day(bounds: tuple[int, int]) -> pl.DataFrame | None:
-        lo, hi = bounds
-        chunk = combined.filter((pl.col(time_col) >= lo) & (pl.col(time_col) < hi)).collect()
-        if chunk.height == 0:
-            return None
-        _check_chunk(chunk, f"trades of {month}")
-        return _aggregate_seconds(chunk, time_col)
-
-    # Each day is aggregated on its own (sorted groups summed in row order, so the sums do not depend on
-    # thread scheduling) and days run concurrently; results are concatenated in day order.
-    with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        days = [day for day in pool.map(aggregate_day, day_bounds) if day is not None]
-    frame = pl.concat(days) if days else pl.DataFrame(schema=_AGGREGATE_SCHEMA)
+    in_window = combined.filter((pl.col(time_col) >= window_start) & (pl.col(time_col) < month_end))
+    name = f"trades of {month}"
+    if timestamp == "exchange":
+        parts = _aggregate_stream(in_window, name)
+    else:
+        parts = _aggregate_by_day(in_window, time_col, window_start, month_end, name)
+    frame = pl.concat(parts, rechunk=True) if parts else pl.DataFrame(schema=_AGGREGATE_SCHEMA)
     frame = _with_returns(frame, seed_price)
     return SecondStats(frame=frame, month=month, timestamp=timestamp, has_previous=previous is not None)
 
 
+def _aggregate_stream(trades: pl.LazyFrame, name: str) -> list[pl.DataFrame]:
+    """One ordered streaming pass over trades sorted by (ts_exchange, trade_id), in bounded batches.
+
+    Each batch's last second is held back and joined to the next batch, so a second is always aggregated
+    from all its rows at once, in row order: the sums do not depend on where batches happen to split.
+    Batches are aggregated two at a time while the reader decodes the next ones.
+    """
+    time_col = "ts_exchange"
+    parts: list[Future[pl.DataFrame]] = []
+    carry: pl.DataFrame | None = None
+    last_time: int | None = None
+    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+        for batch in trades.collect_batches(chunk_size=STREAM_BATCH_ROWS, maintain_order=True):
+            if batch.height == 0:
+                continue
+            _check_chunk(batch, name)
+            _check_sorted(batch, time_col, last_time, name)
+            last_time = batch.get_column(time_col)[-1]
+            # Contiguous memory: a float sum over a chunked column adds per-chunk partial sums, which would
+            # make a second's total depend on where the reader happened to split.
+            batch = pl.concat([carry, batch], rechunk=True) if carry is not None else batch.rechunk()
+            cut = batch.get_column(time_col).search_sorted(last_time // US_PER_SECOND * US_PER_SECOND, side="left")
+            carry = batch.slice(cut)
+            if cut:
+                if len(parts) >= _workers():
+                    parts[-_workers()].result()  # bound the batches in flight
+                parts.append(pool.submit(_aggregate_seconds, batch.slice(0, cut), time_col))
+        if carry is not None and carry.height:
+            parts.append(pool.submit(_aggregate_seconds, carry, time_col))
+        return [part.result() for part in parts]
+
+
+def _aggregate_by_day(
+    trades: pl.LazyFrame, time_col: str, start: int, end: int, name: str
+) -> list[pl.DataFrame]:
+    """Aggregate trades that are not sorted by `time_col` (arrival times): one day at a time, sorted per day."""
+    step = CHUNK_SECONDS * US_PER_SECOND
+
+    def one_day(lo: int) -> pl.DataFrame | None:
+        day = trades.filter((pl.col(time_col) >= lo) & (pl.col(time_col) < min(lo + step, end))).collect()
+        if day.height == 0:
+            return None
+        _check_chunk(day, name)
+        return _aggregate_seconds(day.sort([time_col, "trade_id"]).rechunk(), time_col)
+
+    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+        return [day for day in pool.map(one_day, range(start, end, step)) if day is not None]
+
+
+def _check_sorted(batch: pl.DataFrame, time_col: str, previous_time: int | None, name: str) -> None:
+    ts, tid = pl.col(time_col), pl.col("trade_id")
+    out_of_order = (ts < ts.shift(1)) | ((ts == ts.shift(1)) & (tid <= tid.shift(1)))
+    first = batch.get_column(time_col)[0]
+    if (previous_time is not None and first < previous_time) or batch.select(out_of_order.any()).item():
+        bad = batch.with_row_index("row").filter(out_of_order.fill_null(True)).head(1).to_dicts()
+        raise InvalidTradesError(
+            f"{name}: not sorted by ({time_col}, trade_id) as spec §1 requires; first row out of order: "
+            f"{bad[0] if bad else batch.head(1).to_dicts()[0]}"
+        )
+
+
 def _aggregate_seconds(chunk: pl.DataFrame, time_col: str) -> pl.DataFrame:
-    ordered = _in_time_order(chunk, time_col)
+    """One row per second of trades already ordered by (time, trade_id)."""
     return (
-        ordered.with_columns((pl.col(time_col) // US_PER_SECOND).alias("second"))
+        chunk.with_columns((pl.col(time_col) // US_PER_SECOND).alias("second"))
         .set_sorted("second")
         .group_by("second", maintain_order=True)
         .agg(_second_aggregations())
     )
-
-
-def _in_time_order(chunk: pl.DataFrame, time_col: str) -> pl.DataFrame:
-    """Trades ordered by (time, trade_id), sorting only when they are not already (the usual exchange case)."""
-    ts, tid = pl.col(time_col), pl.col("trade_id")
-    out_of_order = ((ts < ts.shift(1)) | ((ts == ts.shift(1)) & (tid <= tid.shift(1)))).any()
-    if chunk.select(out_of_order).item():
-        return chunk.sort([time_col, "trade_id"])
-    return chunk
 
 
 def _with_returns(frame: pl.DataFrame, seed_price: float | None) -> pl.DataFrame:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from aperiodic_pipelines.flow.exprs import ordered_sum
 from aperiodic_pipelines.flow.grid import TOXICITY_WINDOW
 
 
@@ -30,8 +31,8 @@ def with_flow_toxicity_score(
     """
     flows, vols = _lagged(signed_flow, window), _lagged(realised_volatility, window)
     with_means = bars.with_columns(
-        (pl.sum_horizontal(flows) / window).alias("_flow_mean"),
-        (pl.sum_horizontal(vols) / window).alias("_vol_mean"),
+        (ordered_sum(flows) / window).alias("_flow_mean"),
+        (ordered_sum(vols) / window).alias("_vol_mean"),
         # The table is dense and gap-free, so a full window is simply `window` rows before this one.
         (pl.int_range(pl.len()) >= window).alias("_complete"),
         # max/min over a window are exact, so a constant window is detected without rounding doubts.
@@ -42,7 +43,7 @@ def with_flow_toxicity_score(
     )
     flow_mean = pl.col("_flow_mean")
     deviations = [f - flow_mean for f in flows]
-    flow_std = (pl.sum_horizontal([d * d for d in deviations]) / (window - 1)).sqrt()
+    flow_std = (ordered_sum([d * d for d in deviations]) / (window - 1)).sqrt()
     # + 0.0 turns IEEE −0.0 (an empty bar after a selling window) into a plain 0.0.
     score = (pl.col(signed_flow) - flow_mean) / flow_std * (pl.col(realised_volatility) / pl.col("_vol_mean")) + 0.0
     defined = pl.col("_complete") & ~pl.col("_flow_constant") & ~pl.col("_no_volatility")
