@@ -11,6 +11,7 @@ import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
 from aperiodic_pipelines.errors import InvalidTradesError
@@ -83,32 +84,6 @@ class SecondStats:
 def _lookback_us() -> int:
     # The widest interval is 1d: 20 daily bars before the month are the most any window needs.
     return TOXICITY_WINDOW * 86_400 * US_PER_SECOND
-
-
-def _side_bucket_masks() -> dict[tuple[str, str], pl.Expr]:
-    notional = pl.col("price") * pl.col("qty")
-    bucket_of = {
-        "small": notional < SMALL_BELOW,
-        "medium": (notional >= SMALL_BELOW) & (notional < LARGE_FROM),
-        "large": notional >= LARGE_FROM,
-    }
-    side_of = {"buy": pl.col("is_buy"), "sell": ~pl.col("is_buy")}
-    return {(side, bucket): side_of[side] & bucket_of[bucket] for side in SIDES for bucket in BUCKETS}
-
-
-def _second_aggregations() -> list[pl.Expr]:
-    notional = pl.col("price") * pl.col("qty")
-    aggs = [
-        pl.col("qty").filter(pl.col("is_buy")).sum().alias("taker_buy_volume"),
-        pl.col("qty").filter(~pl.col("is_buy")).sum().alias("taker_sell_volume"),
-        pl.col("is_buy").sum().cast(pl.Int64).alias("taker_buy_count"),
-        (~pl.col("is_buy")).sum().cast(pl.Int64).alias("taker_sell_count"),
-    ]
-    for (side, bucket), mask in _side_bucket_masks().items():
-        aggs.append(notional.filter(mask).sum().alias(f"taker_{side}_{bucket}_order_volume"))
-        aggs.append(mask.sum().cast(pl.Int64).alias(f"taker_{side}_{bucket}_order_count"))
-    aggs.append(pl.col("price").last().alias("last_price"))
-    return aggs
 
 
 def _as_lazy(trades: pl.DataFrame | pl.LazyFrame, name: str) -> pl.LazyFrame:
@@ -270,13 +245,45 @@ def _check_sorted(batch: pl.DataFrame, time_col: str, previous_time: int | None,
 
 
 def _aggregate_seconds(chunk: pl.DataFrame, time_col: str) -> pl.DataFrame:
-    """One row per second of trades already ordered by (time, trade_id)."""
-    return (
-        chunk.with_columns((pl.col(time_col) // US_PER_SECOND).alias("second"))
-        .set_sorted("second")
-        .group_by("second", maintain_order=True)
-        .agg(_second_aggregations())
-    )
+    """One row per second of trades already ordered by (time, trade_id).
+
+    Each trade gets the index of its second and a slot (side × size bucket); `np.bincount` then sums every
+    slot of every second in one pass, adding in row order (deterministic). A polars group-by pays a fixed
+    cost per group and aggregation, which at ~2 M seconds a month dominated everything else (~5 s per 10 M
+    trades for 17 aggregations, against well under 1 s here).
+    """
+    seconds = chunk.get_column(time_col).to_numpy() // US_PER_SECOND
+    new_second = np.empty(len(seconds), dtype=bool)
+    new_second[0] = True
+    np.not_equal(seconds[1:], seconds[:-1], out=new_second[1:])
+    starts = np.flatnonzero(new_second)
+    n_seconds = len(starts)
+    # np.repeat, not a cumsum over the booleans, which is several times slower
+    second_index = np.repeat(np.arange(n_seconds, dtype=np.int64), np.diff(starts, append=len(seconds)))
+
+    price = chunk.get_column("price").to_numpy()
+    qty = chunk.get_column("qty").to_numpy()
+    is_buy = chunk.get_column("is_buy").to_numpy()
+    notional = price * qty
+    # slot = side (buy 0, sell 1) × 3 + bucket (small 0, medium 1, large 2), the order of BUCKET_STATS
+    bucket = (notional >= SMALL_BELOW).astype(np.int64) + (notional >= LARGE_FROM)
+    side = (~is_buy).astype(np.int64)
+    slot = second_index * 6 + side * 3 + bucket
+    slot_notional = np.bincount(slot, weights=notional, minlength=n_seconds * 6).reshape(n_seconds, 6)
+    slot_count = np.bincount(slot, minlength=n_seconds * 6).reshape(n_seconds, 6).astype(np.int64)
+    side_qty = np.bincount(second_index * 2 + side, weights=qty, minlength=n_seconds * 2).reshape(n_seconds, 2)
+
+    stats: dict[str, np.ndarray] = {"second": seconds[new_second]}
+    for side_index, side_name in enumerate(SIDES):
+        stats[f"taker_{side_name}_volume"] = side_qty[:, side_index]
+        stats[f"taker_{side_name}_count"] = slot_count[:, side_index * 3 : side_index * 3 + 3].sum(axis=1)
+        for bucket_index, bucket_name in enumerate(BUCKETS):
+            column = side_index * 3 + bucket_index
+            stats[f"taker_{side_name}_{bucket_name}_order_volume"] = slot_notional[:, column]
+            stats[f"taker_{side_name}_{bucket_name}_order_count"] = slot_count[:, column]
+    last_rows = np.append(starts[1:], len(price)) - 1
+    stats["last_price"] = price[last_rows]
+    return pl.DataFrame(stats).select(list(_AGGREGATE_SCHEMA))
 
 
 def _with_returns(frame: pl.DataFrame, seed_price: float | None) -> pl.DataFrame:
