@@ -1,0 +1,217 @@
+"""The offline demo: local archive mirrors with generated months, then the real pipeline end to end.
+
+No internet: Binance and OKX archives are served by `ArchiveMirror` over HTTP on 127.0.0.1, Hyperliquid's
+bucket by a moto S3 server on 127.0.0.1. The `APERIODIC_*_URL` variables and the AWS endpoint point at them
+for the duration of the demo; the store is `./data` unless `APERIODIC_STORE` says otherwise (an `s3://` store
+then lives in the same moto server). Each instrument gets two consecutive generated months, materialised in
+order through the Dagster asset graph, recorded in the instance in DAGSTER_HOME (so they show in the UI).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import polars as pl
+
+from aperiodic_pipelines.storage import LocalStore, ObjectStore, store_from_uri
+from aperiodic_pipelines.storage.keys import INTERVAL_NAMES, TIMESTAMP_VARIANTS, flow_key
+
+
+@dataclass(frozen=True)
+class DemoInstrument:
+    exchange: str
+    native_symbol: str
+    start_price: float
+    lot: float  # OKX sizes are contracts of 0.01 BTC: keep quantities whole contracts
+    seed: int
+
+
+DEMO_INSTRUMENTS: tuple[DemoInstrument, ...] = (
+    DemoInstrument("binance-futures", "BTCUSDT", 113_000.0, 0.001, 11),
+    DemoInstrument("okx-perps", "BTC-USDT-SWAP", 113_010.0, 0.01, 12),
+    DemoInstrument("hyperliquid-perps", "BTC", 112_990.0, 0.001, 13),
+)
+# Hyperliquid's node archives start in 2025 (their newest format from 2025-07-27), so the demo months lie there.
+DEFAULT_DEMO_MONTHS: tuple[str, str] = ("2025-08", "2025-09")
+SUMMARY_COLUMNS = ("time", "taker_buy_volume", "taker_sell_volume", "volume_delta", "flow_toxicity_score")
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+@contextmanager
+def patched_environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the block and restore the previous values afterwards."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def generate_months(
+    instrument: DemoInstrument, months: Sequence[str], trades_per_month: int
+) -> dict[str, pl.DataFrame]:
+    """Consecutive generated months whose trade ids and prices continue from one month to the next."""
+    tapes: dict[str, pl.DataFrame] = {}
+    from aperiodic_pipelines.synthetic import generate_tape
+
+    next_id, price = 1, instrument.start_price
+    for index, month in enumerate(months):
+        tape = generate_tape(
+            month,
+            trades_per_month,
+            seed=instrument.seed * 100 + index,
+            start_price=price,
+            lot=instrument.lot,
+            first_trade_id=next_id,
+        )
+        tapes[month] = tape
+        if tape.height:
+            next_id = int(tape.get_column("trade_id").max()) + 1  # type: ignore[arg-type]
+            price = float(tape.get_column("price")[-1])
+    return tapes
+
+
+@contextmanager
+def demo_mirrors(workdir: Path, months: Sequence[str], trades_per_month: int) -> Iterator[dict[str, str]]:
+    """Start the HTTP and S3 mirrors, write the generated months, yield the environment that points at them."""
+    from aperiodic_pipelines.mirror.archives import write_binance_month, write_okx_month
+    from aperiodic_pipelines.mirror.http import ArchiveMirror
+    from aperiodic_pipelines.mirror.s3 import hyperliquid_mirror
+
+    archive_root = workdir / "archives"
+    with ArchiveMirror(archive_root) as http_mirror, hyperliquid_mirror() as s3_mirror:
+        for instrument in DEMO_INSTRUMENTS:
+            tapes = generate_months(instrument, months, trades_per_month)
+            # OKX files run 16:00-16:00 UTC, so the file dated the 1st of a month also holds the last hours of
+            # the month before: each month's files are written from the whole tape.
+            whole_tape = pl.concat(list(tapes.values()))
+            for month, tape in tapes.items():
+                if instrument.exchange == "binance-futures":
+                    write_binance_month(archive_root / "binance", instrument.native_symbol, month, tape)
+                elif instrument.exchange == "okx-perps":
+                    write_okx_month(archive_root / "okx", instrument.native_symbol, month, whole_tape)
+                else:
+                    s3_mirror.write_month(instrument.native_symbol, month, tape)
+                say(f"  mirrored {instrument.exchange} {instrument.native_symbol} {month}: {tape.height:,} trades")
+        environment = {
+            **s3_mirror.environment(),
+            "AWS_ENDPOINT_URL": s3_mirror.endpoint_url,
+            "APERIODIC_BINANCE_URL": f"{http_mirror.url}/binance",
+            "APERIODIC_OKX_URL": f"{http_mirror.url}/okx",
+            "APERIODIC_CACHE_DIR": str(workdir / "cache"),
+            "S3_MIRROR_CLIENT_ENDPOINT": s3_mirror.endpoint_url,
+        }
+        yield environment
+
+
+def _ensure_s3_store_bucket(store_uri: str, endpoint: str) -> None:
+    """With an `s3://` store during the demo, its bucket lives in the local moto server: create it."""
+    from aperiodic_pipelines.mirror.s3 import create_bucket, make_client
+
+    create_bucket(make_client(endpoint), urlparse(store_uri).netloc)
+
+
+def published_keys(store: ObjectStore, exchange: str, native_symbol: str, months: Sequence[str]) -> list[str]:
+    """The spec §4 keys of the instrument's months that exist in the store."""
+    return [
+        flow_key(timestamp, exchange, interval, native_symbol, month)
+        for timestamp in TIMESTAMP_VARIANTS
+        for interval in INTERVAL_NAMES
+        for month in months
+        if store.exists(flow_key(timestamp, exchange, interval, native_symbol, month))
+    ]
+
+
+def parquet_row_count(store: ObjectStore, key: str) -> int:
+    """Rows of a parquet object from its footer (local files are not read whole)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if isinstance(store, LocalStore):
+        return pq.read_metadata(store.path(key)).num_rows
+    return pq.read_metadata(pa.BufferReader(store.read_bytes(key))).num_rows
+
+
+def summarise(store: ObjectStore, months: Sequence[str]) -> list[str]:
+    """Where the published files are, how many and how many rows, and the first 1h bars of the last month."""
+    lines = [f"published flow bars in {store!r}:"]
+    for instrument in DEMO_INSTRUMENTS:
+        keys = published_keys(store, instrument.exchange, instrument.native_symbol, months)
+        rows = sum(parquet_row_count(store, k) for k in keys)
+        variants = sorted({k.split("/")[1] for k in keys})
+        lines.append(
+            f"  {instrument.exchange} {instrument.native_symbol}: {len(keys)} files, {rows:,} rows, "
+            f"variants {', '.join(variants) or 'none'}"
+        )
+        if keys:
+            lines.append(f"    e.g. {store.uri(keys[0])}")
+        sample = flow_key("exchange", instrument.exchange, "1h", instrument.native_symbol, months[-1])
+        if store.exists(sample):
+            frame = pl.read_parquet(io.BytesIO(store.read_bytes(sample))).select(SUMMARY_COLUMNS).head(3)
+            for row in frame.iter_rows(named=True):
+                cells = ", ".join(
+                    f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+                    for name, value in row.items()
+                )
+                lines.append(f"    {cells}")
+    return lines
+
+
+def run_demo(
+    *,
+    trades_per_month: int = 200_000,
+    first_month: str | None = None,
+    last_month: str | None = None,
+    store_uri: str | None = None,
+    log_level: str = "INFO",
+) -> bool:
+    """Mirror, register, materialise two months per instrument, summarise. Returns True when every run passed."""
+    from aperiodic_pipelines.cli import get_instance, load_definitions, materialize_months, month_range
+    from aperiodic_pipelines.defs.partitions import month_of
+
+    first = first_month or DEFAULT_DEMO_MONTHS[0]
+    if last_month:
+        demo_months = month_range(first, last_month)
+    else:
+        year, mon = (int(p) for p in month_of(first).split("-"))
+        demo_months = [first, f"{year + mon // 12:04d}-{mon % 12 + 1:02d}"]
+    store_uri = store_uri or os.environ.get("APERIODIC_STORE") or "./data"
+    instance = get_instance()
+    with tempfile.TemporaryDirectory(prefix="aperiodic-demo-") as tmp:
+        say(f"generating {len(demo_months)} months x {trades_per_month:,} trades for {len(DEMO_INSTRUMENTS)} instruments")
+        with demo_mirrors(Path(tmp), demo_months, trades_per_month) as environment:
+            endpoint = environment.pop("S3_MIRROR_CLIENT_ENDPOINT")
+            environment["APERIODIC_STORE"] = store_uri
+            if store_uri.startswith("s3://"):
+                _ensure_s3_store_bucket(store_uri, endpoint)
+            with patched_environ(environment):
+                defs = load_definitions()
+                for instrument in DEMO_INSTRUMENTS:
+                    ok, _runs = materialize_months(
+                        instrument.exchange, instrument.native_symbol, demo_months, instance=instance, defs=defs,
+                        log_level=log_level,
+                    )
+                    if not ok:
+                        return False
+                for line in summarise(store_from_uri(store_uri), demo_months):
+                    say(line)
+    say(
+        f"runs are recorded in {os.environ['DAGSTER_HOME']}; browse them with: "
+        f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev -w deploy/workspace.yaml (http://127.0.0.1:3000)"
+    )
+    return True

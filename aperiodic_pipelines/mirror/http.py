@@ -1,0 +1,186 @@
+"""A local HTTP archive mirror for tests and the demo: serves a directory on 127.0.0.1 with fault switches.
+
+    with ArchiveMirror(root) as mirror:
+        config = SourceConfig(binance_url=mirror.url, ...)
+        mirror.fail_next("data/futures/um/monthly/*", status=503, times=2)
+
+Faults are matched against the request path without the leading slash (`fnmatch`, `*` crosses `/`) and
+consumed in order. Every request is logged as (method, path, status) so tests can assert what was fetched.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import fnmatch
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+_CHUNK = 64 * 1024
+
+
+@dataclass
+class _Fault:
+    kind: str  # "fail" | "drop" | "truncate"
+    pattern: str
+    remaining: int
+    status: int = 503
+
+
+class ArchiveMirror:
+    """A `ThreadingHTTPServer` on 127.0.0.1 (port 0) in a background thread, serving `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.requests: list[tuple[str, str, int]] = []
+        self._faults: list[_Fault] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    def start(self) -> ArchiveMirror:
+        mirror = self
+
+        class Handler(_MirrorHandler):
+            owner = mirror
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="archive-mirror", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def __enter__(self) -> ArchiveMirror:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("ArchiveMirror is not running")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # --- fault switches -----------------------------------------------------------------------------------
+
+    def fail_next(self, path_glob: str, status: int = 503, times: int = 1) -> None:
+        """Answer the next `times` matching requests with `status` and an empty body."""
+        self._add(_Fault("fail", path_glob, times, status))
+
+    def drop_next(self, path_glob: str, times: int = 1) -> None:
+        """Send headers and half the body of the next `times` matching GETs, then reset the connection."""
+        self._add(_Fault("drop", path_glob, times))
+
+    def truncate_next(self, path_glob: str, times: int = 1) -> None:
+        """Declare the full Content-Length but send only half the body, then close cleanly."""
+        self._add(_Fault("truncate", path_glob, times))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def count(self, path_glob: str, method: str = "GET") -> int:
+        """How many `method` requests matched `path_glob` so far."""
+        with self._lock:
+            return sum(1 for m, p, _ in self.requests if m == method and fnmatch.fnmatch(p, path_glob))
+
+    def _add(self, fault: _Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def _take_fault(self, method: str, path: str) -> _Fault | None:
+        with self._lock:
+            for fault in self._faults:
+                if fault.remaining > 0 and fnmatch.fnmatch(path, fault.pattern):
+                    if fault.kind != "fail" and method != "GET":
+                        continue  # body faults only make sense where there is a body
+                    fault.remaining -= 1
+                    return fault
+        return None
+
+    def _log(self, method: str, path: str, status: int) -> None:
+        with self._lock:
+            self.requests.append((method, path, status))
+
+
+class _MirrorHandler(BaseHTTPRequestHandler):
+    owner: ArchiveMirror
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else keep-alive responses stall ~40 ms on delayed ACKs
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - keep test output quiet
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        self._serve(send_body=True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._serve(send_body=False)
+
+    def _serve(self, *, send_body: bool) -> None:
+        path = unquote(urlsplit(self.path).path).lstrip("/")
+        fault = self.owner._take_fault(self.command, path)
+        if fault is not None and fault.kind == "fail":
+            self.owner._log(self.command, path, fault.status)
+            self._empty(fault.status)
+            return
+        file = (self.owner.root / path).resolve()
+        if not file.is_relative_to(self.owner.root) or not file.is_file():
+            self.owner._log(self.command, path, 404)
+            self._empty(404)
+            return
+        stat = file.stat()
+        etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
+        if self.headers.get("If-None-Match") == etag:
+            self.owner._log(self.command, path, 304)
+            self.send_response(304)
+            self.send_header("ETag", etag)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.owner._log(self.command, path, 200)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(stat.st_size))
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", email.utils.formatdate(stat.st_mtime, usegmt=True))
+        self.end_headers()
+        if not send_body:
+            return
+        limit = stat.st_size // 2 if fault is not None else stat.st_size
+        sent = 0
+        with open(file, "rb") as handle:
+            while sent < limit:
+                chunk = handle.read(min(_CHUNK, limit - sent))
+                if not chunk:
+                    break
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        if fault is not None:
+            self.wfile.flush()
+            self.close_connection = True
+            if fault.kind == "drop":
+                # SO_LINGER with timeout 0 makes close() send a RST: a connection reset mid-body.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def _empty(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()

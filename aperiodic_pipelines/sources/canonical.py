@@ -1,0 +1,281 @@
+"""Shared last mile of every archive source: parsed upstream files → one canonical month file (spec §1).
+
+Sources turn each upstream file into a `TradeFile` (a lazy polars frame with the canonical columns) and call
+`build_canonical_month`, which streams everything to parquet with bounded memory:
+
+1. stream all files (trimmed to the month where asked) into a staged parquet file;
+2. one streaming pass of checks: nulls, price/qty > 0 and finite, rows outside the month, sortedness,
+   whether trade ids only increase, id gaps;
+3. sorted with increasing ids (the common case) → the staged file is already the answer; otherwise split
+   by UTC day, sort and de-duplicate each day in memory (a day is small), and stream the days back together.
+
+Output bytes depend only on the trades: polars writes the same bytes for the same rows however they were
+chunked, with fixed row groups and zstd.
+"""
+
+from __future__ import annotations
+
+import calendar
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+import pyarrow.parquet as pq
+
+from aperiodic_pipelines.errors import CorruptArchiveError, InvalidTradesError
+from aperiodic_pipelines.sources.download import scratch_dir
+from aperiodic_pipelines.trades import CANONICAL_COLUMNS, CANONICAL_SCHEMA
+
+DAY_US = 86_400_000_000
+ROW_GROUP_ROWS = 1 << 20
+# zstd level 1: ~15% larger than the default level 3 but much cheaper to write (the month's biggest cost).
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1, "row_group_size": ROW_GROUP_ROWS, "statistics": True}
+SORT_COLUMNS = ["ts_exchange", "trade_id", "price", "qty", "is_buy", "ts_arrival"]  # total order: deterministic
+_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+@dataclass(frozen=True)
+class TradeFile:
+    """One parsed upstream file: `origin` names it in errors; `frame` has the canonical columns and types."""
+
+    origin: str
+    frame: pl.LazyFrame
+
+
+@dataclass(frozen=True)
+class CanonicalStats:
+    trade_count: int
+    duplicates_dropped: int
+    id_gaps: int
+
+
+def month_bounds_us(month: str) -> tuple[int, int]:
+    """[start, end) of a `YYYY-MM` month in µs since the epoch, UTC."""
+    year, mon = parse_month(month)
+    start = datetime(year, mon, 1, tzinfo=UTC)
+    end = datetime(year + (mon == 12), mon % 12 + 1, 1, tzinfo=UTC)
+    return int(start.timestamp()) * 1_000_000, int(end.timestamp()) * 1_000_000
+
+
+def parse_month(month: str) -> tuple[int, int]:
+    match = _MONTH.match(month) if isinstance(month, str) else None
+    if not match or not 1 <= int(match[2]) <= 12:
+        raise ValueError(f"month must look like YYYY-MM, got {month!r}")
+    return int(match[1]), int(match[2])
+
+
+def days_of_month(month: str) -> list[str]:
+    """`YYYY-MM-DD` for each day of the month."""
+    year, mon = parse_month(month)
+    return [f"{year:04d}-{mon:02d}-{day:02d}" for day in range(1, calendar.monthrange(year, mon)[1] + 1)]
+
+
+def next_month(month: str) -> str:
+    year, mon = parse_month(month)
+    return f"{year + (mon == 12):04d}-{mon % 12 + 1:02d}"
+
+
+def previous_month(month: str) -> str:
+    year, mon = parse_month(month)
+    return f"{year - (mon == 1):04d}-{(mon - 2) % 12 + 1:02d}"
+
+
+def format_us(ts_us: int | None) -> str:
+    if ts_us is None:
+        return "null"
+    return datetime.fromtimestamp(ts_us / 1e6, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def ms_or_us_to_us(column: pl.Expr) -> pl.Expr:
+    """Exchange ms timestamps → µs; values already above 1e14 are taken as µs (defensive: a ms value of
+    1e14 would be the year 5138)."""
+    return pl.when(column > 100_000_000_000_000).then(column).otherwise(column * 1000)
+
+
+def build_canonical_month(
+    files: Sequence[TradeFile],
+    month: str,
+    dest: Path,
+    *,
+    outside_month: Literal["trim", "error"],
+) -> CanonicalStats:
+    """Write the month's canonical trades from `files` to `dest` (parquet, zstd) atomically.
+
+    `outside_month="trim"` drops rows whose `ts_exchange` lies outside the month (daily files, UTC+8 files);
+    `"error"` rejects them (a monthly file must only hold its month). Duplicated trade ids are dropped and
+    counted. Bad rows raise `InvalidTradesError` / `CorruptArchiveError` naming the file and the rows.
+    """
+    start_us, end_us = month_bounds_us(month)
+    dest = Path(dest)
+    in_month = (pl.col("ts_exchange") >= start_us) & (pl.col("ts_exchange") < end_us)
+    frames = [_conform(f.frame) for f in files]
+    if outside_month == "trim":
+        frames = [frame.filter(in_month) for frame in frames]
+    with scratch_dir(dest.parent) as work:
+        staged = work / "staged.parquet"
+        combined = pl.concat(frames, how="vertical") if frames else pl.LazyFrame(schema=CANONICAL_SCHEMA)
+        checks = _checks(start_us, end_us)
+        rule_counts = combined.select(n=pl.len(), **{name: e.fill_null(True).sum() for name, e in checks.items()})
+        try:
+            # One read of the CSVs feeds both the staged file and the per-row rule counts (shared scan).
+            _, counted = pl.collect_all(
+                [combined.sink_parquet(staged, lazy=True, **PARQUET_OPTIONS), rule_counts], engine="streaming"
+            )
+        except pl.exceptions.PolarsError as exc:
+            raise _parse_error(files, exc) from None
+        facts = {key: int(value or 0) for key, value in counted.row(0, named=True).items()}
+        _raise_on_bad_rows(files, facts, start_us, end_us)
+        facts |= _order_facts(staged)
+        if facts["unsorted"] == 0 and facts["ids_not_increasing"] == 0:
+            os.replace(staged, dest)
+            return CanonicalStats(int(facts["n"]), 0, int(facts["gaps"]))
+        stats = _sort_by_day(staged, work, start_us, end_us)
+        os.replace(work / "sorted.parquet", dest)
+        return stats
+
+
+def _conform(frame: pl.LazyFrame) -> pl.LazyFrame:
+    return frame.select([pl.col(name).cast(dtype, strict=True) for name, dtype in CANONICAL_SCHEMA.items()])
+
+
+def _checks(start_us: int, end_us: int) -> dict[str, pl.Expr]:
+    ts, price, qty = pl.col("ts_exchange"), pl.col("price"), pl.col("qty")
+    return {
+        "null": pl.any_horizontal([pl.col(c).is_null() for c in CANONICAL_COLUMNS if c != "ts_arrival"]),
+        "not_positive": (price <= 0) | (qty <= 0),
+        "not_finite": ~(price.is_finite() & qty.is_finite()),
+        "outside_month": (ts < start_us) | (ts >= end_us),
+    }
+
+
+def _order_facts(staged: Path) -> dict[str, int]:
+    """Order breaks and id gaps, one row group of (ts_exchange, trade_id) at a time: polars' `diff` is not a
+    streaming operation, and this keeps memory bounded. The previous group's last row is carried over."""
+    ts, tid = pl.col("ts_exchange"), pl.col("trade_id")
+    ts_step, id_step = ts.diff(), tid.diff()
+    counters = {
+        "unsorted": ((ts_step < 0) | ((ts_step == 0) & (id_step <= 0))).sum(),
+        "ids_not_increasing": (id_step <= 0).sum(),
+        "gaps": (id_step > 1).sum(),
+    }
+    totals = dict.fromkeys(counters, 0)
+    parquet = pq.ParquetFile(staged)
+    previous: pl.DataFrame | None = None
+    for group in range(parquet.num_row_groups):
+        batch = pl.from_arrow(parquet.read_row_group(group, columns=["ts_exchange", "trade_id"]))
+        assert isinstance(batch, pl.DataFrame)
+        if previous is not None:
+            batch = pl.concat([previous, batch])
+        for key, value in batch.select(**counters).row(0, named=True).items():
+            totals[key] += int(value or 0)
+        previous = batch.tail(1)
+    return totals
+
+
+def _raise_on_bad_rows(files: Sequence[TradeFile], facts: dict[str, int], start_us: int, end_us: int) -> None:
+    rules = {
+        "null": "null values (a missing field, or a side that is neither buy nor sell)",
+        "not_positive": "price or quantity <= 0",
+        "not_finite": "non-finite price or quantity",
+        "outside_month": f"timestamps outside the month [{format_us(start_us)}, {format_us(end_us)})",
+    }
+    checks = _checks(start_us, end_us)
+    for name, rule in rules.items():
+        if not facts[name]:
+            continue
+        # Find the file and rows at fault for the message (only on this error path).
+        for trade_file in files:
+            sample = (
+                _conform(trade_file.frame).filter(checks[name].fill_null(True)).head(3).collect(engine="streaming")
+            )
+            if sample.height:
+                shown = "; ".join(
+                    f"trade_id={r['trade_id']} ts={format_us(r['ts_exchange'])} price={r['price']} qty={r['qty']}"
+                    f" is_buy={r['is_buy']}"
+                    for r in sample.iter_rows(named=True)
+                )
+                error = CorruptArchiveError if name == "outside_month" else InvalidTradesError
+                raise error(f"{trade_file.origin}: malformed rows ({facts[name]} with {rule}), e.g. {shown}")
+        raise InvalidTradesError(f"{facts[name]} rows with {rule}")
+
+
+def _parse_error(files: Sequence[TradeFile], exc: Exception) -> CorruptArchiveError:
+    """Name the file whose rows could not be parsed (retry each alone to find it when there are several)."""
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if len(files) > 1:
+        for trade_file in files:
+            try:
+                _conform(trade_file.frame).select(pl.all().null_count()).collect(engine="streaming")
+            except pl.exceptions.PolarsError as inner:
+                inner_line = str(inner).strip().splitlines()[0]
+                return CorruptArchiveError(f"{trade_file.origin}: malformed row that cannot be parsed: {inner_line}")
+    origin = files[0].origin if len(files) == 1 else "one of " + ", ".join(f.origin for f in files)
+    return CorruptArchiveError(f"{origin}: malformed row that cannot be parsed: {first_line}")
+
+
+def _sort_by_day(staged: Path, work: Path, start_us: int, end_us: int) -> CanonicalStats:
+    """Split by UTC day (bounded memory), sort and de-duplicate each day, and stream the days back together."""
+    day_dir = work / "days"
+    day_key = ((pl.col("ts_exchange") - start_us) // DAY_US).alias("day")
+    pl.scan_parquet(staged).with_columns(day_key).sink_parquet(
+        pl.PartitionBy(day_dir, key="day", include_key=False), compression="lz4", mkdir=True
+    )
+    staged.unlink()
+    sorted_dir = work / "sorted-days"
+    sorted_dir.mkdir()
+    day_count = (end_us - start_us) // DAY_US
+    duplicates = gaps = 0
+    last_id: int | None = None
+    max_id_so_far: int | None = None
+    ids_overlap = False
+    sorted_files: list[Path] = []
+    for day in range(day_count):
+        parts = sorted((day_dir / f"day={day}").glob("*.parquet"))
+        if not parts:
+            continue
+        frame = pl.read_parquet(parts).sort(SORT_COLUMNS)
+        unique = frame.unique(subset="trade_id", keep="first", maintain_order=True)
+        duplicates += frame.height - unique.height
+        del frame
+        ids = unique.get_column("trade_id")
+        if last_id is not None:
+            gaps += int(ids[0] - last_id > 1)
+        gaps += int((ids.diff() > 1).sum())
+        last_id = int(ids[-1])
+        if max_id_so_far is not None and int(ids.min()) <= max_id_so_far:
+            ids_overlap = True
+        max_id_so_far = int(ids.max()) if max_id_so_far is None else max(max_id_so_far, int(ids.max()))
+        path = sorted_dir / f"{day:02d}.parquet"
+        unique.write_parquet(path, compression="lz4")
+        sorted_files.append(path)
+    out = work / "sorted.parquet"
+    source = pl.scan_parquet(sorted_files) if sorted_files else pl.LazyFrame(schema=CANONICAL_SCHEMA)
+    source.sink_parquet(out, **PARQUET_OPTIONS)
+    count = pl.scan_parquet(out).select(pl.len()).collect().item()
+    if ids_overlap:
+        _raise_on_cross_day_duplicates(out)
+    return CanonicalStats(int(count), duplicates, gaps)
+
+
+def _raise_on_cross_day_duplicates(path: Path) -> None:
+    """The same trade id on two different days is a conflict, not a duplicate row: refuse it."""
+    repeated = (
+        pl.scan_parquet(path)
+        .group_by("trade_id")
+        .agg(pl.len().alias("times"), pl.col("ts_exchange").min().alias("first"), pl.col("ts_exchange").max())
+        .filter(pl.col("times") > 1)
+        .sort("trade_id")
+        .head(3)
+        .collect(engine="streaming")
+    )
+    if repeated.height:
+        shown = "; ".join(
+            f"trade_id={r['trade_id']} at {format_us(r['first'])} and {format_us(r['ts_exchange'])}"
+            for r in repeated.iter_rows(named=True)
+        )
+        raise CorruptArchiveError(f"trade ids appear at different times on different days: {shown}")

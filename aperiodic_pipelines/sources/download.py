@@ -1,0 +1,329 @@
+"""Streamed, verified, cached HTTP downloads for the archive sources (no Dagster here).
+
+A file is streamed to a temporary file next to its cache slot, hashed on the way, checked (Content-Length,
+published checksum, archive integrity) and only then renamed into the cache, so the cache never holds a
+file that failed a check. Each cached file has a small JSON sidecar (`<file>.meta.json`) recording the
+validators the server sent (ETag, Last-Modified, Content-Length) and the sha256, which is how a rerun
+decides that it need not fetch again and how it notices that upstream changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from aperiodic_pipelines.errors import (
+    AperiodicError,
+    ChecksumMismatchError,
+    CorruptArchiveError,
+    NotPublishedError,
+)
+from aperiodic_pipelines.sources.config import SourceConfig
+
+CHUNK_BYTES = 1 << 20
+PROGRESS_MIN_BYTES = 32 << 20  # a progress bar only for downloads big enough to watch
+
+
+class DownloadError(AperiodicError):
+    """A download that kept failing after all retries, or that the server refused."""
+
+
+class _Retryable(Exception):
+    """A transient failure worth another attempt (5xx, reset connection, truncated body)."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently to retry transient failures. Tests use tiny backoffs."""
+
+    attempts: int = 5
+    backoff_seconds: float = 1.0  # first wait; doubles each attempt
+    max_backoff_seconds: float = 30.0
+    jitter: float = 0.5  # each wait is multiplied by a random factor in [1 - jitter, 1 + jitter]
+
+    def wait_seconds(self, attempt: int) -> float:
+        base = min(self.max_backoff_seconds, self.backoff_seconds * (2**attempt))
+        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+
+@dataclass(frozen=True)
+class Download:
+    """A verified file in the cache."""
+
+    url: str
+    path: Path
+    size: int
+    sha256: str
+    from_cache: bool
+
+
+def parse_checksum_sidecar(text: str, *, filename: str, url: str) -> str:
+    """The hex digest from a sha256sum-format line (`<hex>  <filename>`), checking it names `filename`."""
+    for line in text.splitlines():
+        parts = line.strip().split()
+        if len(parts) == 2 and parts[1].lstrip("*") == filename and len(parts[0]) == 64:
+            try:
+                int(parts[0], 16)
+            except ValueError:
+                break
+            return parts[0].lower()
+    raise CorruptArchiveError(f"checksum file {url} has no sha256 line for {filename}: {text[:200]!r}")
+
+
+def check_zip(path: Path, *, name: str) -> None:
+    """Raise `CorruptArchiveError` naming `name` unless `path` is a readable zip whose members pass their CRCs."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad_member = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise CorruptArchiveError(f"{name} is not a readable zip archive: {exc}") from None
+    if bad_member is not None:
+        raise CorruptArchiveError(f"{name}: member {bad_member} fails its CRC check (corrupt archive)")
+
+
+class Downloader:
+    """Fetch files over HTTP(S) into `cache_dir` with retries, verification and revalidation."""
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        *,
+        retry: RetryPolicy | None = None,
+        session: requests.Session | None = None,
+        timeout_seconds: float = 60.0,
+        progress: bool | None = None,
+    ) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.retry = retry or RetryPolicy()
+        self.session = session or requests.Session()
+        self.timeout_seconds = timeout_seconds
+        self.progress = sys.stderr.isatty() if progress is None else progress
+
+    @classmethod
+    def from_config(cls, config: SourceConfig, environ: dict[str, str] | None = None) -> Downloader:
+        """A downloader caching under `config.cache_dir`; retries from APERIODIC_HTTP_ATTEMPTS / _BACKOFF."""
+        env = os.environ if environ is None else environ
+        retry = RetryPolicy(
+            attempts=int(env.get("APERIODIC_HTTP_ATTEMPTS", RetryPolicy.attempts)),
+            backoff_seconds=float(env.get("APERIODIC_HTTP_BACKOFF", RetryPolicy.backoff_seconds)),
+        )
+        return cls(config.cache_dir, retry=retry)
+
+    # --- public -------------------------------------------------------------------------------------------
+
+    def fetch_text(self, url: str) -> str:
+        """GET a small text resource (e.g. a CHECKSUM sidecar), with the same retry rules; not cached."""
+
+        def attempt() -> str:
+            response = self._get(url, stream=False)
+            with response:
+                body = response.content
+                self._check_length(response, len(body), url)
+                return body.decode("utf-8", errors="replace")
+
+        return self._with_retries(url, attempt)
+
+    def fetch(
+        self,
+        url: str,
+        cache_key: str,
+        *,
+        expected_sha256: str | None = None,
+        verify: Callable[[Path], None] | None = None,
+    ) -> Download:
+        """Return the verified file for `url`, downloading it only when the cached copy is missing or stale.
+
+        With `expected_sha256` (a published checksum) the cached copy is current when its recorded digest
+        matches, and no request is made; without it a HEAD request compares ETag / Last-Modified /
+        Content-Length with what was recorded. `verify(path)` runs on the temporary file before it is
+        renamed into the cache (e.g. `check_zip`); it raises to reject the file.
+        """
+        target = self.cache_dir / cache_key
+        cached = self._cached(target, url, expected_sha256)
+        if cached is not None:
+            return cached
+        self._evict(target)  # stale or unverifiable: never leave it looking good
+        target.parent.mkdir(parents=True, exist_ok=True)
+        name = target.name
+
+        def attempt() -> Download:
+            response = self._get(url, stream=True)
+            with response:
+                tmp_fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target.parent)
+                tmp_path = Path(tmp_name)
+                try:
+                    with os.fdopen(tmp_fd, "wb") as sink:
+                        size, digest = self._stream_body(response, sink, url)
+                    self._check_length(response, size, url)
+                    if expected_sha256 is not None and digest != expected_sha256.lower():
+                        raise ChecksumMismatchError(
+                            f"{name}: sha256 mismatch for {url}: published {expected_sha256.lower()}, "
+                            f"downloaded {digest}"
+                        )
+                    if verify is not None:
+                        verify(tmp_path)
+                    os.replace(tmp_path, target)
+                except BaseException:
+                    tmp_path.unlink(missing_ok=True)
+                    raise
+                self._write_meta(target, url, response, size, digest)
+                return Download(url=url, path=target, size=size, sha256=digest, from_cache=False)
+
+        return self._with_retries(url, attempt)
+
+    # --- cache --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _meta_path(target: Path) -> Path:
+        return target.with_name(target.name + ".meta.json")
+
+    def _cached(self, target: Path, url: str, expected_sha256: str | None) -> Download | None:
+        meta_path = self._meta_path(target)
+        if not (target.is_file() and meta_path.is_file()):
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if meta.get("url") != url or meta.get("size") != target.stat().st_size:
+            return None
+        if expected_sha256 is not None:
+            current = meta.get("sha256") == expected_sha256.lower()
+        else:
+            current = self._unchanged_upstream(url, meta)
+        if not current:
+            return None
+        return Download(url=url, path=target, size=meta["size"], sha256=meta["sha256"], from_cache=True)
+
+    def _unchanged_upstream(self, url: str, meta: dict) -> bool:
+        """HEAD the URL and compare its validators with the recorded ones; any difference means changed."""
+
+        def attempt() -> requests.Response:
+            response = self.session.head(url, timeout=self.timeout_seconds, allow_redirects=True)
+            if response.status_code >= 500:
+                raise _Retryable(f"HTTP {response.status_code}")
+            return response
+
+        response = self._with_retries(url, attempt)
+        if response.status_code == 404:
+            raise NotPublishedError(f"not published (yet): {url} (HTTP 404; it was downloaded before)")
+        if response.status_code != 200:
+            return False
+        seen = {
+            "etag": response.headers.get("ETag"),
+            "last_modified": response.headers.get("Last-Modified"),
+            "content_length": response.headers.get("Content-Length"),
+        }
+        if not any(seen.values()):
+            return False  # nothing to compare: fetch again rather than trust a guess
+        return all(meta.get(key) == value for key, value in seen.items() if value is not None)
+
+    def _write_meta(self, target: Path, url: str, response: requests.Response, size: int, digest: str) -> None:
+        meta = {
+            "url": url,
+            "size": size,
+            "sha256": digest,
+            "etag": response.headers.get("ETag"),
+            "last_modified": response.headers.get("Last-Modified"),
+            "content_length": response.headers.get("Content-Length"),
+        }
+        meta_path = self._meta_path(target)
+        tmp = meta_path.with_name(meta_path.name + ".part")
+        tmp.write_text(json.dumps(meta, sort_keys=True))
+        os.replace(tmp, meta_path)
+
+    def evict(self, cache_key: str) -> None:
+        """Forget a cached file (e.g. one that turned out corrupt when it was read)."""
+        self._evict(self.cache_dir / cache_key)
+
+    def _evict(self, target: Path) -> None:
+        self._meta_path(target).unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
+
+    # --- HTTP ---------------------------------------------------------------------------------------------
+
+    def _get(self, url: str, *, stream: bool) -> requests.Response:
+        response = self.session.get(url, stream=stream, timeout=self.timeout_seconds)
+        status = response.status_code
+        if status == 200:
+            return response
+        response.close()
+        if status == 404:
+            raise NotPublishedError(f"not published (yet): {url} (HTTP 404)")
+        if status >= 500 or status == 429:
+            raise _Retryable(f"HTTP {status}")
+        raise DownloadError(f"GET {url} failed: HTTP {status}")
+
+    def _stream_body(self, response: requests.Response, sink, url: str) -> tuple[int, str]:
+        digest = hashlib.sha256()
+        size = 0
+        total = int(response.headers.get("Content-Length") or 0)
+        bar = None
+        if self.progress and total >= PROGRESS_MIN_BYTES:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], file=sys.stderr)
+        try:
+            for chunk in response.iter_content(chunk_size=CHUNK_BYTES):
+                sink.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+                if bar is not None:
+                    bar.update(len(chunk))
+        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as exc:
+            raise _Retryable(f"connection broke after {size} bytes: {exc}") from None
+        finally:
+            if bar is not None:
+                bar.close()
+        return size, digest.hexdigest()
+
+    @staticmethod
+    def _check_length(response: requests.Response, size: int, url: str) -> None:
+        declared = response.headers.get("Content-Length")
+        plain = response.headers.get("Content-Encoding") in (None, "identity")
+        if declared is not None and plain and int(declared) != size:
+            raise _Retryable(f"truncated body: got {size} of {declared} bytes")
+
+    def _with_retries(self, url: str, attempt):
+        last_problem = ""
+        for number in range(self.retry.attempts):
+            try:
+                return attempt()
+            except _Retryable as exc:
+                last_problem = str(exc)
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                last_problem = f"{type(exc).__name__}: {exc}"
+            if number + 1 < self.retry.attempts:
+                time.sleep(self.retry.wait_seconds(number))
+        raise DownloadError(f"GET {url} failed after {self.retry.attempts} attempts: {last_problem}")
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(size, sha256 hex) of a local file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+@contextlib.contextmanager
+def scratch_dir(near: Path):
+    """A temporary working directory next to `near` (same filesystem, so renames are atomic)."""
+    near.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".aperiodic-work-", dir=near) as name:
+        yield Path(name)

@@ -1,0 +1,87 @@
+"""The object-store contract shared by the local-directory and S3 implementations."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from aperiodic_pipelines.errors import StoreError
+
+HASH_CHUNK = 1 << 20
+PARQUET_MAGIC = b"PAR1"
+
+
+class ObjectNotFoundError(StoreError, FileNotFoundError):
+    """A key the store does not hold."""
+
+
+@dataclass(frozen=True)
+class PublishedObject:
+    """What `publish_file` made visible: where, under which key, and the verified size and sha256."""
+
+    uri: str
+    key: str
+    size: int
+    sha256: str
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """Keys are '/'-separated paths relative to the store's root (see `storage.keys`)."""
+
+    def uri(self, key: str) -> str: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str = "") -> list[str]: ...
+
+    def open_read(self, key: str) -> BinaryIO: ...
+
+    def read_bytes(self, key: str) -> bytes: ...
+
+    def download(self, key: str, local_path: Path | str) -> Path: ...
+
+    def publish_file(
+        self, local_path: Path | str, key: str, *, content_type: str | None = None
+    ) -> PublishedObject: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+def sha256_file(path: Path | str) -> tuple[int, str]:
+    """Size in bytes and hex sha256 of a local file."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def check_key(key: str) -> str:
+    """Reject keys that would escape the root or are not plain relative paths."""
+    parts = key.split("/") if isinstance(key, str) else []
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StoreError(f"invalid object key {key!r}: expected a relative path like 'flow/.../2024-01.parquet'")
+    return key
+
+
+def check_publishable(local_path: Path, key: str) -> None:
+    """Refuse to publish something readers could not use: a missing file, or a `.parquet` that is not one.
+
+    Checking the parquet magic at both ends catches truncated or foreign files before they replace a
+    good object.
+    """
+    if not local_path.is_file():
+        raise StoreError(f"cannot publish {key!r}: {local_path} is not a file")
+    if key.endswith(".parquet"):
+        size = local_path.stat().st_size
+        with open(local_path, "rb") as fh:
+            head = fh.read(4)
+            fh.seek(max(size - 4, 0))
+            tail = fh.read(4)
+        if size < 12 or head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
+            raise StoreError(f"cannot publish {key!r}: {local_path} is not a complete parquet file")

@@ -1,0 +1,227 @@
+"""An S3 bucket (or a prefix inside one) as the object store.
+
+Atomicity comes from S3 itself: a single PUT or a completed multipart upload becomes visible whole, so
+readers see the old object or the new one, never a partial one. A failed multipart upload is aborted so
+no orphaned parts stay billed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import urlsplit
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from aperiodic_pipelines.errors import StoreError
+from aperiodic_pipelines.storage.base import (
+    HASH_CHUNK,
+    ObjectNotFoundError,
+    PublishedObject,
+    check_key,
+    check_publishable,
+    sha256_file,
+)
+from aperiodic_pipelines.storage.local import TEMP_PREFIX
+
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
+DEFAULT_MULTIPART_THRESHOLD = 64 * 1024 * 1024
+SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256 so readers can verify without downloading
+_MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+class S3Store:
+    """Objects live at `s3://{bucket}/{prefix}/{key}`. `client` is a boto3 S3 client."""
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str = "",
+        *,
+        multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        part_size: int = 16 * 1024 * 1024,
+    ) -> None:
+        if not bucket:
+            raise StoreError("S3Store needs a bucket name")
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.multipart_threshold = multipart_threshold
+        self.part_size = max(part_size, MIN_PART_SIZE)
+
+    def __repr__(self) -> str:
+        # Only where the data lives; never the client's credentials.
+        endpoint = getattr(getattr(self.client, "meta", None), "endpoint_url", None)
+        if endpoint and "@" in (netloc := urlsplit(endpoint).netloc):  # user:password@host
+            endpoint = endpoint.replace(netloc, netloc.rsplit("@", 1)[1], 1)
+        return f"S3Store(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint={endpoint!r})"
+
+    def _object_key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _fail(self, action: str, key: str, exc: Exception) -> StoreError:
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            detail = f"{err.get('Code', '?')}: {err.get('Message', '')}".rstrip(": ")
+        else:
+            detail = f"{type(exc).__name__}: {exc}"
+        return StoreError(f"S3 {action} {self.uri(key)} failed ({detail})")
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._object_key(key)}"
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))
+        except ClientError as exc:
+            if _error_code(exc) in _MISSING_CODES:
+                return False
+            raise self._fail("HEAD", key, exc) from None
+        except BotoCoreError as exc:
+            raise self._fail("HEAD", key, exc) from None
+        return True
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Keys (relative to the store's prefix) that start with `prefix`, sorted."""
+        root = f"{self.prefix}/" if self.prefix else ""
+        keys: list[str] = []
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=root + prefix
+            ):
+                keys.extend(obj["Key"][len(root) :] for obj in page.get("Contents", []))
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreError(f"S3 LIST s3://{self.bucket}/{root}{prefix} failed ({exc})") from None
+        return sorted(keys)
+
+    def open_read(self, key: str) -> BinaryIO:
+        """A streaming body; close it when done (it supports `with`)."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))
+        except ClientError as exc:
+            if _error_code(exc) in _MISSING_CODES:
+                raise ObjectNotFoundError(f"no object {self.uri(key)}") from None
+            raise self._fail("GET", key, exc) from None
+        except BotoCoreError as exc:
+            raise self._fail("GET", key, exc) from None
+        return response["Body"]
+
+    def read_bytes(self, key: str) -> bytes:
+        body = self.open_read(key)
+        try:
+            return body.read()
+        finally:
+            body.close()
+
+    def download(self, key: str, local_path: Path | str) -> Path:
+        """Stream `key` into `local_path` via a temp file in the same directory, then rename."""
+        target = Path(local_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        body = self.open_read(key)
+        fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=target.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := body.read(HASH_CHUNK):
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, (ClientError, BotoCoreError)):
+                raise self._fail("GET", key, exc) from None
+            raise
+        finally:
+            body.close()
+        return target
+
+    def publish_file(
+        self, local_path: Path | str, key: str, *, content_type: str | None = None
+    ) -> PublishedObject:
+        """Upload `local_path` to `key` in one atomic step, then verify the stored size and sha256.
+
+        Each request carries the bytes' SHA-256 checksum, which S3 checks on receipt (corrupted bytes are
+        rejected, not stored); the sha256 is also kept as object metadata and compared after the upload.
+        """
+        source = Path(local_path)
+        check_publishable(source, key)
+        size, sha = sha256_file(source)
+        extra: dict[str, Any] = {"Metadata": {SHA256_METADATA: sha}}
+        if content_type:
+            extra["ContentType"] = content_type
+        try:
+            if size <= self.multipart_threshold:
+                with open(source, "rb") as fh:
+                    data = fh.read()
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=self._object_key(key),
+                    Body=data,
+                    ChecksumSHA256=_b64(hashlib.sha256(data).digest()),
+                    **extra,
+                )
+            else:
+                self._multipart_upload(source, key, extra)
+            head = self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail("PUT", key, exc) from None
+        stored_sha = head.get("Metadata", {}).get(SHA256_METADATA)
+        if head.get("ContentLength") != size or stored_sha != sha:
+            raise StoreError(
+                f"{self.uri(key)}: stored object does not match {source} "
+                f"(size {head.get('ContentLength')} vs {size}, sha256 {stored_sha} vs {sha})"
+            )
+        return PublishedObject(uri=self.uri(key), key=key, size=size, sha256=sha)
+
+    def _multipart_upload(self, source: Path, key: str, extra: dict[str, Any]) -> None:
+        object_key = self._object_key(key)
+        upload_id = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=object_key, ChecksumAlgorithm="SHA256", **extra
+        )["UploadId"]
+        try:
+            parts = []
+            with open(source, "rb") as fh:
+                number = 1
+                while chunk := fh.read(self.part_size):
+                    part_sha = _b64(hashlib.sha256(chunk).digest())
+                    response = self.client.upload_part(
+                        Bucket=self.bucket,
+                        Key=object_key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=chunk,
+                        ChecksumSHA256=part_sha,
+                    )
+                    parts.append({"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": part_sha})
+                    number += 1
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=object_key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except BaseException:
+            # Nothing becomes visible until complete; aborting frees the parts already uploaded.
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=object_key, UploadId=upload_id)
+            raise
+
+    def delete(self, key: str) -> None:
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._object_key(key))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail("DELETE", key, exc) from None

@@ -1,0 +1,182 @@
+"""A backfill submitted through Dagster's GraphQL API to a running webserver + daemon publishes every partition.
+
+Everything is real and local: `dagster-webserver` and `dagster-daemon` subprocesses on 127.0.0.1 with a temporary
+DAGSTER_HOME configured by `deploy/dagster.yaml`, the archive mirror on 127.0.0.1, a local store. Two partitions.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from aperiodic_pipelines.defs.assets import ASSETS
+from aperiodic_pipelines.defs.partitions import (
+    INSTRUMENTS_PARTITIONS_NAME,
+    flow_partition_key,
+    instrument_key,
+)
+from aperiodic_pipelines.mirror.http import ArchiveMirror
+from aperiodic_pipelines.storage import LocalStore
+from tests.test_assets_local import EXCHANGE, MONTHS, SYMBOL, assert_published_months, write_binance_months
+
+REPO = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 180
+BACKFILL_TIMEOUT_S = 600
+FINAL_STATUSES = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
+REPOSITORY = {"repositoryLocationName": "aperiodic_pipelines", "repositoryName": "__repository__"}
+
+ADD_PARTITION = """
+mutation($repo: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $repo, partitionsDefName: $name, partitionKey: $key) {
+    __typename
+    ... on PythonError { message }
+  }
+}"""
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+  }
+}"""
+BACKFILL_STATUS = """
+query($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status numCancelable }
+    ... on PythonError { message }
+  }
+}"""
+BACKFILL_RUNS = """
+query($id: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
+    ... on Runs { results { runId status tags { key value } } }
+  }
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _graphql(url: str, query: str, variables: dict) -> dict:
+    response = requests.post(f"{url}/graphql", json={"query": query, "variables": variables}, timeout=60)
+    response.raise_for_status()
+    body = response.json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
+def _wait_for(predicate, timeout_s: float, what: str, processes: list[subprocess.Popen]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for process in processes:
+            assert process.poll() is None, f"{process.args[2:4]} exited with {process.returncode} while {what}"
+        if predicate():
+            return
+        time.sleep(2)
+    raise AssertionError(f"timed out after {timeout_s}s {what}")
+
+
+@pytest.fixture
+def dagster_services(tmp_path: Path) -> Iterator[dict]:
+    """Webserver + daemon with a fresh DAGSTER_HOME, pointed at a local mirror and store; stopped afterwards."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO / "deploy" / "dagster.yaml").read_text())
+    counts = write_binance_months(tmp_path / "archives")
+    with ArchiveMirror(tmp_path / "archives") as mirror:
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "APERIODIC_STORE": str(tmp_path / "store"),
+            "APERIODIC_BINANCE_URL": mirror.url,
+            "APERIODIC_CACHE_DIR": str(tmp_path / "cache"),
+            "APERIODIC_HTTP_BACKOFF": "0.01",
+        }
+        env.pop("APERIODIC_ALERT_WEBHOOK_URL", None)
+        workspace = str(REPO / "deploy" / "workspace.yaml")
+        port = _free_port()
+        logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("webserver", "daemon")}  # noqa: SIM115
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port), "-w", workspace],
+                cwd=tmp_path, env=env, stdout=logs["webserver"], stderr=subprocess.STDOUT,
+            ),
+            subprocess.Popen(
+                [sys.executable, "-m", "dagster._daemon", "run", "-w", workspace],
+                cwd=tmp_path, env=env, stdout=logs["daemon"], stderr=subprocess.STDOUT,
+            ),
+        ]
+        url = f"http://127.0.0.1:{port}"
+        try:
+            def webserver_up() -> bool:
+                try:
+                    return requests.get(f"{url}/server_info", timeout=5).ok
+                except requests.ConnectionError:
+                    return False
+
+            _wait_for(webserver_up, STARTUP_TIMEOUT_S, "waiting for the webserver", processes)
+            yield {"url": url, "store": LocalStore(tmp_path / "store"), "counts": counts,
+                   "processes": processes, "logs": tmp_path}
+        finally:
+            for process in processes:
+                process.terminate()
+            for process in processes:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+            for handle in logs.values():
+                handle.close()
+
+
+@pytest.mark.slow
+def test_backfill_through_graphql_publishes_every_partition(dagster_services: dict) -> None:
+    url = dagster_services["url"]
+    added = _graphql(url, ADD_PARTITION, {
+        "repo": REPOSITORY, "name": INSTRUMENTS_PARTITIONS_NAME, "key": instrument_key(EXCHANGE, SYMBOL),
+    })["addDynamicPartition"]
+    assert added["__typename"] == "AddDynamicPartitionSuccess", added
+
+    partitions = [str(flow_partition_key(EXCHANGE, SYMBOL, month)) for month in MONTHS]
+    launched = _graphql(url, LAUNCH_BACKFILL, {"params": {
+        "assetSelection": [{"path": list(asset.key.path)} for asset in ASSETS],
+        "partitionNames": partitions,
+        "title": "test backfill",
+        "tags": [{"key": "aperiodic/exchange", "value": EXCHANGE}],
+    }})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+
+    status: dict = {}
+
+    def finished() -> bool:
+        status.update(_graphql(url, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"])
+        return status.get("status") in FINAL_STATUSES
+
+    try:
+        _wait_for(finished, BACKFILL_TIMEOUT_S, "waiting for the backfill", dagster_services["processes"])
+    except AssertionError:
+        print((dagster_services["logs"] / "daemon.log").read_text()[-5000:])
+        raise
+    runs = _graphql(url, BACKFILL_RUNS, {"id": backfill_id})["runsOrError"]["results"]
+    assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), (status, runs)
+    assert runs and all(run["status"] == "SUCCESS" for run in runs), runs
+    # No backfill policy: one run per partition (and step), each tagged with its partition and the backfill's tags.
+    run_partitions = {tag["value"] for run in runs for tag in run["tags"] if tag["key"] == "dagster/partition"}
+    assert run_partitions == set(partitions)
+    assert all({"key": "aperiodic/exchange", "value": EXCHANGE} in run["tags"] for run in runs)
+    assert_published_months(dagster_services["store"], dagster_services["counts"])

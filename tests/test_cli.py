@@ -1,0 +1,311 @@
+"""The command line: parsing, month ranges, DAGSTER_HOME handling, and instruments against a real Dagster instance."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from dagster import AssetKey, DagsterInstance, Definitions, asset, define_asset_job
+
+from aperiodic_pipelines import cli
+from aperiodic_pipelines.defs.partitions import flow_partitions, split_partition_key
+from aperiodic_pipelines.errors import AperiodicError, NotPublishedError
+from aperiodic_pipelines.storage import INTERVAL_NAMES, LocalStore, flow_key, read_parquet_metadata
+
+
+@pytest.fixture
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "dagster_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+def test_parser_accepts_every_subcommand() -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(["instruments", "add", "--exchange", "okx-perps", "--symbol", "BTC-USDT-SWAP"])
+    assert (args.handler, args.exchange, args.symbol) == (cli.cmd_instruments_add, "okx-perps", "BTC-USDT-SWAP")
+    assert parser.parse_args(["instruments", "list"]).handler is cli.cmd_instruments_list
+
+    args = parser.parse_args(["materialize", "--exchange", "binance-futures", "--symbol", "BTCUSDT", "--month", "2024-01"])
+    assert (args.handler, args.month, args.to) == (cli.cmd_materialize, "2024-01", None)
+
+    args = parser.parse_args(
+        ["backfill", "--exchange", "hyperliquid-perps", "--symbol", "BTC", "--from", "2024-01", "--to", "2024-03"]
+    )
+    assert (args.from_month, args.to, args.url, args.location) == (
+        "2024-01",
+        "2024-03",
+        "http://127.0.0.1:3000",
+        "aperiodic_pipelines",
+    )
+    args = parser.parse_args(["demo", "--trades", "5000"])
+    assert (args.handler, args.trades, args.month, args.store) == (cli.cmd_demo, 5000, None, None)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["instruments"],
+        ["instruments", "add", "--exchange", "okx-perps"],
+        ["materialize", "--exchange", "okx-perps", "--symbol", "BTC-USDT-SWAP"],
+        ["backfill", "--exchange", "okx-perps", "--symbol", "BTC-USDT-SWAP", "--from", "2024-01"],
+        ["demo", "--trades", "many"],
+    ],
+)
+def test_parser_rejects_incomplete_commands(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as excinfo:
+        cli.main(argv)
+    assert excinfo.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+def test_month_range() -> None:
+    assert cli.month_range("2024-01") == ["2024-01"]
+    assert cli.month_range("2023-11", "2024-02") == ["2023-11", "2023-12", "2024-01", "2024-02"]
+    with pytest.raises(AperiodicError, match="backwards"):
+        cli.month_range("2024-03", "2024-01")
+    with pytest.raises(ValueError, match="YYYY-MM"):
+        cli.month_range("2024-1")
+
+
+def test_bad_month_exits_2_naming_it(dagster_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["materialize", "--exchange", "binance-futures", "--symbol", "BTCUSDT", "--month", "2024-13"])
+    assert code == 2
+    assert "'2024-13'" in capsys.readouterr().err
+    assert not dagster_home.exists()
+
+
+def test_instruments_add_and_list(dagster_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["instruments", "list"]) == 0
+    assert "no instruments registered" in capsys.readouterr().out
+
+    assert cli.main(["instruments", "add", "--exchange", "binance-futures", "--symbol", "BTCUSDT"]) == 0
+    assert "added: binance-futures:perpetual-BTC-USDT:USDT (native BTCUSDT)" in capsys.readouterr().out
+    # The same instrument by its Atlas symbol is the same partition key.
+    assert cli.main(["instruments", "add", "--exchange", "binance-futures", "--symbol", "perpetual-BTC-USDT:USDT"]) == 0
+    assert "already registered: binance-futures:perpetual-BTC-USDT:USDT" in capsys.readouterr().out
+    assert cli.main(["instruments", "add", "--exchange", "hyperliquid-perps", "--symbol", "BTC"]) == 0
+    capsys.readouterr()
+
+    instance = DagsterInstance.from_config(str(dagster_home))
+    assert sorted(instance.get_dynamic_partitions("instruments")) == [
+        "binance-futures:perpetual-BTC-USDT:USDT",
+        "hyperliquid-perps:perpetual-BTC-USDC:USDC",
+    ]
+    instance.dispose()
+
+    assert cli.main(["instruments", "list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines == [
+        "binance-futures:perpetual-BTC-USDT:USDT\tbinance-futures\tperpetual-BTC-USDT:USDT\tBTCUSDT",
+        "hyperliquid-perps:perpetual-BTC-USDC:USDC\thyperliquid-perps\tperpetual-BTC-USDC:USDC\tBTC",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("exchange", "symbol", "fragment"),
+    [
+        ("okx-perps", "FOO", "'FOO'"),
+        ("binance-spot", "BTCUSDT", "'binance-spot'"),
+        ("binance-futures", "perpetual-BTC-USD:BTC", "perpetual-BTC-USD:BTC"),
+    ],
+)
+def test_instruments_add_rejects_unknown_symbols(
+    exchange: str, symbol: str, fragment: str, dagster_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["instruments", "add", "--exchange", exchange, "--symbol", symbol]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fragment in err
+    assert not dagster_home.exists()  # nothing registered, no instance created
+
+
+def test_default_dagster_home_is_created_with_the_project_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", "placeholder")  # so undo also removes the value the CLI sets
+    monkeypatch.delenv("DAGSTER_HOME")
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "deploy" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    assert cli.main(["instruments", "add", "--exchange", "okx-perps", "--symbol", "BTC-USDT-SWAP"]) == 0
+    home = tmp_path / ".dagster_home"
+    assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
+    assert f"DAGSTER_HOME is not set; using {home}" in capsys.readouterr().err
+    instance = DagsterInstance.from_config(str(home))
+    assert instance.get_dynamic_partitions("instruments") == ["okx-perps:perpetual-BTC-USDT:USDT"]
+    instance.dispose()
+
+
+# --- materialize: one run per month, in order, stopping at the first failure ------------------------------------
+
+
+def _toy_definitions(fail_month: str) -> Definitions:
+    """A one-asset stand-in for the real graph on the real partitions; fails on `fail_month` with a clear error."""
+    @asset(partitions_def=flow_partitions)
+    def toy_bars(context) -> None:  # noqa: ANN001 - Dagster rejects string annotations (future import)
+        exchange, symbol, month = split_partition_key(context.partition_key)
+        if month == fail_month:
+            raise NotPublishedError(f"{exchange} {symbol} {month} is not published (yet)")
+        context.add_output_metadata({"month": month, "rows": 744})
+
+    job = define_asset_job(cli.FLOW_JOB_NAME, selection=[toy_bars], partitions_def=flow_partitions)
+    return Definitions(assets=[toy_bars], jobs=[job])
+
+
+def test_materialize_runs_months_in_order_and_stops_at_a_failure(
+    dagster_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli, "load_definitions", lambda: _toy_definitions(fail_month="2024-02"))
+    code = cli.main(
+        ["materialize", "--exchange", "okx-perps", "--symbol", "BTC-USDT-SWAP", "--month", "2023-12", "--to", "2024-03"]
+    )
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out.index("|2023-12-01") < out.index("|2024-01-01") < out.index("|2024-02-01")
+    assert "2024-03-01" not in out  # stopped at the failure
+    assert "toy_bars: month=2024-01, rows=744" in out
+    assert "step toy_bars failed:" in err
+    assert "okx-perps perpetual-BTC-USDT:USDT 2024-02 is not published (yet)" in err
+
+    instance = DagsterInstance.from_config(str(dagster_home))
+    runs = list(reversed(instance.get_runs()))  # newest first -> launch order
+    assert [r.tags["dagster/partition/month"] for r in runs] == ["2023-12-01", "2024-01-01", "2024-02-01"]
+    assert [r.status.value for r in runs] == ["SUCCESS", "SUCCESS", "FAILURE"]
+    assert instance.get_dynamic_partitions("instruments") == ["okx-perps:perpetual-BTC-USDT:USDT"]
+    instance.dispose()
+
+
+# --- backfill: GraphQL against a real webserver -------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def webserver(dagster_home: Path, tmp_path: Path) -> Iterator[str]:
+    """`dagster-webserver` on 127.0.0.1 loading the project's workspace, with the project's instance config."""
+    dagster_home.mkdir(parents=True)
+    shutil.copyfile(REPO_ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "webserver.log").open("wb")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
+         "-w", str(REPO_ROOT / "deploy" / "workspace.yaml")],
+        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # ready when the code location has loaded
+            assert process.poll() is None, (tmp_path / "webserver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "webserver did not load the code location in 120 s"
+            try:
+                cli.find_repository(url, "aperiodic_pipelines")
+                break
+            except (cli.CliError, requests.RequestException):
+                time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_backfill_is_submitted_to_the_webserver(
+    webserver: str, dagster_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        ["backfill", "--exchange", "binance-futures", "--symbol", "BTCUSDT", "--from", "2023-11", "--to", "2024-02",
+         "--url", webserver]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    backfill_id = out.split("backfill ", 1)[1].split(" ", 1)[0]
+    assert f"{webserver}/runs/b/{backfill_id}" in out
+
+    instance = DagsterInstance.from_config(str(dagster_home))
+    try:
+        assert instance.get_dynamic_partitions("instruments") == ["binance-futures:perpetual-BTC-USDT:USDT"]
+        backfill = instance.get_backfill(backfill_id)
+        assert backfill is not None
+        targeted = backfill.asset_backfill_data.target_subset
+        assert {k.to_user_string() for k in targeted.asset_keys} == {
+            "raw_trades", "second_stats", "flow_bars_exchange", "flow_bars_true", "published_flow_bars"
+        }
+        keys = sorted(str(k) for k in targeted.get_partitions_subset(AssetKey("raw_trades")).get_partition_keys())
+        assert keys == [
+            f"binance-futures:perpetual-BTC-USDT:USDT|{m}-01" for m in ("2023-11", "2023-12", "2024-01", "2024-02")
+        ]
+        assert backfill.tags["aperiodic/launched_by"] == "cli"
+    finally:
+        instance.dispose()
+
+
+def test_backfill_reports_an_unreachable_webserver(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    code = cli.main(["backfill", "--exchange", "okx-perps", "--symbol", "BTC-USDT-SWAP", "--from", "2024-01",
+                     "--to", "2024-01", "--url", url])
+    assert code == 2
+    assert f"cannot reach the Dagster webserver at {url}/graphql" in capsys.readouterr().err
+
+
+# --- demo: the whole platform offline ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_demo_publishes_two_months_for_three_exchanges(
+    dagster_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("APERIODIC_STORE", "APERIODIC_BINANCE_URL", "APERIODIC_OKX_URL", "APERIODIC_HYPERLIQUID_URL",
+                 "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    store_root = tmp_path / "store"
+    code = cli.main(["demo", "--trades", "3000", "--store", str(store_root), "--log-level", "WARNING"])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+
+    store = LocalStore(store_root)
+    published = store.list("flow/")
+    for exchange, native in (("binance-futures", "BTCUSDT"), ("okx-perps", "BTC-USDT-SWAP"),
+                             ("hyperliquid-perps", "BTC")):
+        for month, minutes in (("2025-08", 31 * 1440), ("2025-09", 30 * 1440)):
+            for interval in INTERVAL_NAMES:
+                assert flow_key("exchange", exchange, interval, native, month) in published
+            key = flow_key("exchange", exchange, "1m", native, month)
+            meta = read_parquet_metadata(store.read_bytes(key))
+            assert (meta["aperiodic.exchange"], meta["aperiodic.month"]) == (exchange, month)
+            assert meta["aperiodic.row_count"] == str(minutes)
+        assert f"{exchange} {native}: " in out
+    # Only Hyperliquid's archives carry arrival times, so only it has the `true` variant.
+    assert {k.split("/")[2] for k in published if k.startswith("flow/true/")} == {"hyperliquid-perps"}
+    assert f"published flow bars in LocalStore(root='{store_root}')" in out
+    # The environment that pointed at the mirrors is restored afterwards.
+    assert "APERIODIC_BINANCE_URL" not in os.environ and "AWS_ENDPOINT_URL_S3" not in os.environ
+
+    instance = DagsterInstance.from_config(str(dagster_home))
+    try:
+        runs = instance.get_runs()
+        assert len(runs) == 6 and all(r.status.value == "SUCCESS" for r in runs)
+        assert len(instance.get_dynamic_partitions("instruments")) == 3
+    finally:
+        instance.dispose()

@@ -1,0 +1,177 @@
+"""The monthly schedule's tick, and a failing check: publishing blocked, previous file kept, alert delivered."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from dagster import build_run_status_sensor_context, build_schedule_context, instance_for_test
+
+from aperiodic_pipelines.defs.assets import (
+    flow_bars_exchange,
+    flow_bars_true,
+    manifest_key,
+    published_flow_bars,
+    raw_sources_key,
+    second_stats,
+    staged_key,
+)
+from aperiodic_pipelines.defs.definitions import defs
+from aperiodic_pipelines.defs.partitions import INSTRUMENTS_PARTITIONS_NAME, instrument_key
+from aperiodic_pipelines.defs.sensors import (
+    check_failure_alert_on_failure,
+    check_failure_alert_on_success,
+    run_failure_alert,
+)
+from aperiodic_pipelines.storage import flow_key, raw_key, write_parquet_deterministic
+from aperiodic_pipelines.trades import empty_trades
+from tests.test_assets_local import EXCHANGE, NATIVE, SYMBOL, Stage, new_instance, run_month, stage  # noqa: F401
+
+
+def test_schedule_runs_on_the_8th_and_requests_last_month_for_every_instrument() -> None:
+    schedule = defs.get_schedule_def("monthly_flow_bars_schedule")
+    assert schedule.cron_schedule == "0 6 8 * *"
+    assert schedule.execution_timezone in (None, "UTC")
+    assert schedule.default_status.value == "RUNNING"
+    instruments = [instrument_key(EXCHANGE, SYMBOL), instrument_key("okx-perps", "perpetual-ETH-USDT:USDT")]
+    # A persistent (test) instance, as in the daemon: the schedule reads the registered instruments from it.
+    with instance_for_test() as instance:
+        instance.add_dynamic_partitions(INSTRUMENTS_PARTITIONS_NAME, instruments)
+        context = build_schedule_context(
+            instance=instance, scheduled_execution_time=datetime(2024, 3, 8, 6, 0, tzinfo=UTC)
+        )
+        requests = schedule.evaluate_tick(context).run_requests
+    assert sorted(r.partition_key for r in requests) == sorted(f"{i}|2024-02-01" for i in instruments)
+    assert len({r.run_key for r in requests}) == len(instruments)  # one run per instrument, idempotent keys
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).received.append({"path": self.path, "json": json.loads(body)})
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict]]:
+    """A real HTTP receiver on 127.0.0.1 standing in for Slack; yields the list of received JSON bodies."""
+    handler = type("Receiver", (_Receiver,), {"received": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("APERIODIC_ALERT_WEBHOOK_URL", f"http://127.0.0.1:{server.server_port}/hooks/T000/secret")
+    monkeypatch.setenv("APERIODIC_DAGSTER_URL", "http://dagster.example:3000")
+    try:
+        yield handler.received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _truncate_raw_month(store, month: str, workdir: Path) -> None:
+    """Replace a raw month in the store by an empty (but schema-valid) table, as a truncated archive would."""
+    path = workdir / "empty.parquet"
+    write_parquet_deterministic(empty_trades(), path, metadata={})
+    store.publish_file(path, raw_key(EXCHANGE, NATIVE, month))
+    info = json.loads(store.read_bytes(raw_sources_key(EXCHANGE, NATIVE, month)))
+    info["trade_count"] = 0
+    sidecar = workdir / "sidecar.json"
+    sidecar.write_text(json.dumps(info, sort_keys=True))
+    store.publish_file(sidecar, raw_sources_key(EXCHANGE, NATIVE, month))
+
+
+def test_failing_check_blocks_publishing_keeps_previous_file_and_alerts(
+    stage: Stage, webhook: list[dict], tmp_path: Path  # noqa: F811
+) -> None:
+    instance = new_instance()
+    month = "2024-01"
+    run_month(instance, stage.resources(), month)
+    store = stage.store()
+    published_key = flow_key("exchange", EXCHANGE, "1h", NATIVE, month)
+    good = hashlib.sha256(store.read_bytes(published_key)).hexdigest()
+
+    _truncate_raw_month(store, month, tmp_path)
+    result = run_month(
+        instance,
+        stage.resources(),
+        month,
+        assets=[second_stats, flow_bars_exchange, flow_bars_true, published_flow_bars],
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert result.asset_materializations_for_node("published_flow_bars") == []
+    # The previously published month is untouched; the bad bars wait in staging, flagged as failed.
+    assert hashlib.sha256(store.read_bytes(published_key)).hexdigest() == good
+    assert store.exists(staged_key("exchange", EXCHANGE, "1h", NATIVE, month))
+    manifest = json.loads(store.read_bytes(manifest_key("exchange", EXCHANGE, NATIVE, month)))
+    assert manifest["checks_passed"] is False
+
+    run = instance.get_run_by_id(result.run_id)
+    failure_event = result.get_run_failure_event()
+
+    # The check alert posts one concise message: asset, partition, failed rule, link to the run.
+    context = build_run_status_sensor_context(
+        sensor_name=check_failure_alert_on_failure.name,
+        dagster_event=failure_event,
+        dagster_instance=instance,
+        dagster_run=run,
+    )
+    check_failure_alert_on_failure(context)
+    assert len(webhook) == 1
+    assert webhook[0]["path"] == "/hooks/T000/secret"
+    text = webhook[0]["json"]["text"]
+    assert set(webhook[0]["json"]) == {"text"}
+    assert "flow_bars_exchange" in text and "nonempty_month" in text
+    assert f"{instrument_key(EXCHANGE, SYMBOL)}|{month}-01" in text
+    assert f"no trades in {month}" in text
+    assert f"http://dagster.example:3000/runs/{result.run_id}" in text
+    assert "secret" not in text
+
+    # The run-failure alert leaves this run to the check alert: one incident, one message.
+    run_failure_alert(context.for_run_failure())
+    assert len(webhook) == 1
+
+    # A run that failed for another reason (nothing staged to publish) gets a run-failure alert.
+    other = run_month(instance, stage.resources(), month, assets=[published_flow_bars], raise_on_error=False)
+    assert not other.success
+    other_context = build_run_status_sensor_context(
+        sensor_name=run_failure_alert.name,
+        dagster_event=other.get_run_failure_event(),
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(other.run_id),
+    )
+    run_failure_alert(other_context.for_run_failure())
+    assert len(webhook) == 2
+    assert "Run failed" in webhook[1]["json"]["text"] and "published_flow_bars" in webhook[1]["json"]["text"]
+    assert "refusing to publish" in webhook[1]["json"]["text"]
+    assert f"/runs/{other.run_id}" in webhook[1]["json"]["text"]
+
+
+def test_check_alert_skips_runs_without_failed_checks_and_logs_without_webhook(
+    stage: Stage, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    monkeypatch.delenv("APERIODIC_ALERT_WEBHOOK_URL", raising=False)
+    instance = new_instance()
+    result = run_month(instance, stage.resources(), "2024-01")
+    context = build_run_status_sensor_context(
+        sensor_name=check_failure_alert_on_success.name,
+        dagster_event=result.get_run_success_event(),
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(result.run_id),
+    )
+    skip = check_failure_alert_on_success(context)
+    assert skip is not None and "no failed checks" in skip.skip_message

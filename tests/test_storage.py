@@ -1,0 +1,400 @@
+"""Storage layer against a real directory and a real S3 API (moto's server over HTTP on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import boto3
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from moto.server import ThreadedMotoServer
+
+from aperiodic_pipelines.errors import StoreError
+from aperiodic_pipelines.storage import (
+    LocalStore,
+    ObjectNotFoundError,
+    ObjectStore,
+    S3Store,
+    bars_metadata,
+    flow_key,
+    raw_key,
+    read_parquet_metadata,
+    seconds_key,
+    store_from_uri,
+    write_parquet_deterministic,
+)
+
+BUCKET = "aperiodic-test"
+
+
+def bars_frame(rows: int = 1_000, seed: int = 3) -> pl.DataFrame:
+    """A small frame shaped like flow bars: `time` first, floats with nulls, counts."""
+    rng = np.random.default_rng(seed)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    volume = rng.exponential(2.0, rows)
+    return pl.DataFrame(
+        {
+            "time": pl.datetime_range(
+                start, start + timedelta(minutes=rows - 1), "1m", time_zone="UTC", eager=True
+            ),
+            "taker_buy_volume": volume,
+            "taker_buy_count": rng.integers(0, 50, rows),
+            "flow_entropy": pl.Series(np.where(volume > 1.0, rng.random(rows), np.nan)).fill_nan(None),
+        }
+    )
+
+
+def write_bars(path: Path, df: pl.DataFrame | None = None, *, interval: str = "1m") -> Path:
+    df = bars_frame() if df is None else df
+    meta = bars_metadata(
+        exchange="binance-futures",
+        symbol="perpetual-BTC-USDT:USDT",
+        native_symbol="BTCUSDT",
+        interval=interval,
+        timestamp="exchange",
+        month="2024-01",
+        row_count=df.height,
+        sources=[{"location": "http://127.0.0.1/BTCUSDT-aggTrades-2024-01.zip", "size": 10, "sha256": "ab" * 32}],
+    )
+    write_parquet_deterministic(df, path, metadata=meta)
+    return path
+
+
+def temp_leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith(".tmp-")]
+
+
+# --- keys --------------------------------------------------------------------------------------------------------
+
+
+def test_keys_follow_the_published_layout() -> None:
+    assert (
+        flow_key("exchange", "binance-futures", "1h", "BTCUSDT", "2024-01")
+        == "flow/exchange/binance-futures/1h/BTCUSDT/2024-01.parquet"
+    )
+    assert flow_key("true", "okx-perps", "1s", "BTC-USDT-SWAP", "2023-12") == (
+        "flow/true/okx-perps/1s/BTC-USDT-SWAP/2023-12.parquet"
+    )
+    assert raw_key("hyperliquid-perps", "BTC", "2024-02") == "raw/trades/hyperliquid-perps/BTC/2024-02.parquet"
+    assert seconds_key("exchange", "binance-futures", "BTCUSDT", "2024-01") == (
+        "intermediate/seconds/exchange/binance-futures/BTCUSDT/2024-01.parquet"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("exchange", "binance-futures", "2h", "BTCUSDT", "2024-01"), "interval"),
+        (("arrival", "binance-futures", "1h", "BTCUSDT", "2024-01"), "timestamp"),
+        (("exchange", "binance-futures", "1h", "BTCUSDT", "2024-13"), "month"),
+        (("exchange", "binance-futures", "1h", "BTCUSDT", "2024-1"), "month"),
+        (("exchange", "binance-futures", "1h", "../etc", "2024-01"), "native symbol"),
+        (("exchange", "binance/futures", "1h", "BTCUSDT", "2024-01"), "exchange"),
+    ],
+)
+def test_keys_reject_bad_parts(args: tuple[str, ...], fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment):
+        flow_key(*args)
+
+
+# --- deterministic parquet ---------------------------------------------------------------------------------------
+
+
+def test_parquet_is_byte_identical_and_independent_of_chunking(tmp_path: Path) -> None:
+    df = bars_frame()
+    first = write_bars(tmp_path / "a.parquet", df).read_bytes()
+    second = write_bars(tmp_path / "b.parquet", df).read_bytes()
+    # The same rows built from two chunks must not change the bytes either.
+    rechunked = pl.concat([df.head(400), df.tail(600)], rechunk=False)
+    assert rechunked.n_chunks() > 1
+    third = write_bars(tmp_path / "c.parquet", rechunked).read_bytes()
+    assert first == second == third
+    # ... while a different value does change them (the comparison above is not vacuous).
+    changed = df.with_columns(pl.col("taker_buy_count") + 1)
+    assert write_bars(tmp_path / "d.parquet", changed).read_bytes() != first
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_parquet_metadata_columns_and_compression(tmp_path: Path) -> None:
+    df = bars_frame()
+    path = write_bars(tmp_path / "bars.parquet", df)
+    meta = read_parquet_metadata(path)
+    assert meta == read_parquet_metadata(path.read_bytes())
+    assert meta["aperiodic.exchange"] == "binance-futures"
+    assert meta["aperiodic.symbol"] == "perpetual-BTC-USDT:USDT"
+    assert meta["aperiodic.interval"] == "1m"
+    assert meta["aperiodic.timestamp"] == "exchange"
+    assert meta["aperiodic.month"] == "2024-01"
+    assert meta["aperiodic.row_count"] == str(df.height)
+    assert meta["aperiodic.schema_version"] and meta["aperiodic.code_version"]
+    assert '"sha256":"' + "ab" * 32 + '"' in meta["aperiodic.sources"]
+    assert "ARROW:schema" not in meta
+
+    parquet = pq.ParquetFile(path)
+    assert parquet.schema_arrow.names == df.columns
+    assert {parquet.metadata.row_group(0).column(i).compression for i in range(len(df.columns))} == {"ZSTD"}
+    back = pl.read_parquet(path)
+    assert back.equals(df)
+    assert back.schema == df.schema
+
+
+def test_parquet_metadata_must_be_strings(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="row_count"):
+        write_parquet_deterministic(bars_frame(), tmp_path / "x.parquet", metadata={"row_count": 3})  # type: ignore[dict-item]
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- local store -------------------------------------------------------------------------------------------------
+
+
+def test_local_round_trip_listing_and_delete(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    assert isinstance(store, ObjectStore)
+    assert store.list() == []
+    key = flow_key("exchange", "binance-futures", "1m", "BTCUSDT", "2024-01")
+    staged = write_bars(tmp_path / "staged.parquet")
+    published = store.publish_file(staged, key)
+
+    assert published.key == key
+    assert published.uri == str(tmp_path / "store" / key) == store.uri(key)
+    assert published.size == staged.stat().st_size
+    assert published.sha256 == hashlib.sha256(staged.read_bytes()).hexdigest()
+    assert (tmp_path / "store" / key).read_bytes() == staged.read_bytes()
+    assert store.read_bytes(key) == staged.read_bytes()
+    with store.open_read(key) as fh:
+        assert fh.read(4) == b"PAR1"
+    assert read_parquet_metadata(store.read_bytes(key))["aperiodic.interval"] == "1m"
+
+    downloaded = store.download(key, tmp_path / "dl" / "x.parquet")
+    assert downloaded.read_bytes() == staged.read_bytes()
+
+    other = flow_key("exchange", "binance-futures", "1h", "BTCUSDT", "2024-01")
+    store.publish_file(staged, other)
+    (tmp_path / "notes.txt").write_text("hello")
+    store.publish_file(tmp_path / "notes.txt", "a/notes.txt", content_type="text/plain")
+    assert store.list() == sorted([key, other, "a/notes.txt"])
+    assert store.list("flow/exchange/binance-futures/1h/") == [other]
+    assert store.list("flow/exchange/binance-futures/1") == sorted([key, other])
+    assert store.list("flow/true/") == []
+    assert store.exists(key) and not store.exists("flow/nothing.parquet")
+
+    store.delete(key)
+    assert not store.exists(key)
+    store.delete(key)  # deleting an absent key is not an error, as on S3
+    with pytest.raises(ObjectNotFoundError, match="2024-01.parquet"):
+        store.read_bytes(key)
+    with pytest.raises(ObjectNotFoundError):
+        store.download(key, tmp_path / "dl" / "y.parquet")
+    assert not (tmp_path / "dl" / "y.parquet").exists()
+    assert temp_leftovers(tmp_path) == []
+
+
+def test_local_rejects_keys_outside_the_root(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    for key in ("../escape.parquet", "/abs.parquet", "a//b", ""):
+        with pytest.raises(StoreError, match="invalid object key"):
+            store.exists(key)
+    with pytest.raises(StoreError, match="invalid list prefix"):
+        store.list("../")
+
+
+def test_local_failed_publishes_leave_previous_object_and_no_temp_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = LocalStore(tmp_path / "store")
+    key = flow_key("exchange", "okx-perps", "1h", "BTC-USDT-SWAP", "2024-01")
+    good = write_bars(tmp_path / "good.parquet")
+    store.publish_file(good, key)
+    before = store.read_bytes(key)
+
+    # 1. A truncated parquet file is refused before anything is written.
+    truncated = tmp_path / "truncated.parquet"
+    truncated.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(StoreError, match="not a complete parquet file"):
+        store.publish_file(truncated, key)
+    # 2. A missing source file.
+    with pytest.raises(StoreError, match="is not a file"):
+        store.publish_file(tmp_path / "missing.parquet", key)
+    # 3. The process fails after the new bytes were fully written but before the swap.
+    newer = write_bars(tmp_path / "newer.parquet", bars_frame(seed=4))
+
+    def refuse_replace(src: str, dst: str) -> None:
+        raise OSError("disk went away")
+
+    monkeypatch.setattr(os, "replace", refuse_replace)
+    with pytest.raises(OSError, match="disk went away"):
+        store.publish_file(newer, key)
+    monkeypatch.undo()
+
+    assert store.read_bytes(key) == before
+    assert temp_leftovers(tmp_path / "store") == []
+    assert store.list() == [key]
+
+
+# --- S3 store ----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_client(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 - boto3 client type is dynamic
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-access-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-key")
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    yield client
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=BUCKET, Key=obj["Key"])
+    client.delete_bucket(Bucket=BUCKET)
+
+
+@pytest.mark.slow
+def test_s3_round_trip_exact_keys_and_listing(s3_client, tmp_path: Path) -> None:
+    store = S3Store(s3_client, BUCKET, "platform/v1/")
+    assert isinstance(store, ObjectStore)
+    key = flow_key("exchange", "hyperliquid-perps", "5m", "BTC", "2024-02")
+    staged = write_bars(tmp_path / "staged.parquet", interval="5m")
+    published = store.publish_file(staged, key, content_type="application/vnd.apache.parquet")
+
+    assert published.uri == f"s3://{BUCKET}/platform/v1/{key}" == store.uri(key)
+    assert published.sha256 == hashlib.sha256(staged.read_bytes()).hexdigest()
+    raw = s3_client.list_objects_v2(Bucket=BUCKET)["Contents"]
+    assert [o["Key"] for o in raw] == [f"platform/v1/{key}"]
+    head = s3_client.head_object(Bucket=BUCKET, Key=f"platform/v1/{key}")
+    assert head["ContentType"] == "application/vnd.apache.parquet"
+    assert head["Metadata"]["sha256"] == published.sha256
+
+    assert store.read_bytes(key) == staged.read_bytes()
+    assert read_parquet_metadata(store.read_bytes(key))["aperiodic.interval"] == "5m"
+    with store.open_read(key) as body:
+        assert body.read(4) == b"PAR1"
+    assert store.download(key, tmp_path / "dl" / "b.parquet").read_bytes() == staged.read_bytes()
+
+    other = raw_key("hyperliquid-perps", "BTC", "2024-02")
+    store.publish_file(staged, other)
+    assert store.list() == sorted([key, other])
+    assert store.list("raw/") == [other]
+    assert store.exists(other) and not store.exists("raw/none.parquet")
+    store.delete(other)
+    assert store.list() == [key]
+    with pytest.raises(ObjectNotFoundError, match=f"s3://{BUCKET}/platform/v1/raw/none.parquet"):
+        store.read_bytes("raw/none.parquet")
+    with pytest.raises(ObjectNotFoundError):
+        store.download("raw/none.parquet", tmp_path / "dl" / "none.parquet")
+    assert temp_leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_s3_multipart_publish_round_trip(s3_client, tmp_path: Path) -> None:
+    store = S3Store(s3_client, BUCKET, multipart_threshold=6 * 2**20, part_size=5 * 2**20)
+    big = tmp_path / "big.bin"
+    big.write_bytes(np.random.default_rng(1).bytes(11 * 2**20 + 123))  # three parts
+    published = store.publish_file(big, "blobs/big.bin")
+    assert published.size == big.stat().st_size
+    assert store.read_bytes("blobs/big.bin") == big.read_bytes()
+    assert s3_client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+
+@pytest.mark.slow
+def test_s3_failed_publishes_leave_previous_object_and_no_parts(s3_client, tmp_path: Path) -> None:
+    store = S3Store(s3_client, BUCKET, "p", multipart_threshold=6 * 2**20, part_size=5 * 2**20)
+    key = flow_key("exchange", "binance-futures", "1s", "BTCUSDT", "2024-01")
+    good = write_bars(tmp_path / "good.parquet")
+    store.publish_file(good, key)
+
+    # A failure in the middle of a multipart upload: the second part never arrives.
+    calls = {"parts": 0}
+
+    def fail_second_part(params, **kwargs) -> None:  # noqa: ANN001 - botocore event signature
+        calls["parts"] += 1
+        if calls["parts"] == 2:
+            raise ConnectionError("network dropped mid-upload")
+
+    big = tmp_path / "big.parquet"
+    big.write_bytes(b"PAR1" + np.random.default_rng(2).bytes(11 * 2**20) + b"PAR1")
+    s3_client.meta.events.register("before-call.s3.UploadPart", fail_second_part)
+    try:
+        with pytest.raises(ConnectionError, match="mid-upload"):
+            store.publish_file(big, key)
+    finally:
+        s3_client.meta.events.unregister("before-call.s3.UploadPart", fail_second_part)
+    assert calls["parts"] == 2
+    assert s3_client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+
+    # An invalid parquet file is refused before any request.
+    bogus = tmp_path / "bogus.parquet"
+    bogus.write_bytes(b"not parquet at all")
+    with pytest.raises(StoreError, match="not a complete parquet file"):
+        store.publish_file(bogus, key)
+
+    assert store.read_bytes(key) == good.read_bytes()
+    assert store.list() == [key]
+
+
+@pytest.mark.slow
+def test_s3_errors_name_the_object_and_repr_hides_credentials(s3_endpoint: str) -> None:
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="AKIAVERYSECRETID",
+        aws_secret_access_key="very-secret-key-value",
+    )
+    store = S3Store(client, "no-such-bucket-here", "x")
+    text = repr(store) + str(store)
+    assert "no-such-bucket-here" in text and s3_endpoint in text
+    assert "AKIAVERYSECRETID" not in text and "very-secret-key-value" not in text
+    with_userinfo = boto3.client(
+        "s3", endpoint_url=s3_endpoint.replace("http://", "http://user:hunter2@"), region_name="us-east-1"
+    )
+    assert "hunter2" not in repr(S3Store(with_userinfo, "b-1"))
+    with pytest.raises(StoreError, match="s3://no-such-bucket-here/x/") as excinfo:
+        store.list("flow/")
+    assert "very-secret-key-value" not in str(excinfo.value)
+
+
+# --- store_from_uri ----------------------------------------------------------------------------------------------
+
+
+def test_store_from_uri_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("APERIODIC_STORE", raising=False)
+    default = store_from_uri()
+    assert isinstance(default, LocalStore) and default.root == tmp_path / "data"
+    monkeypatch.setenv("APERIODIC_STORE", str(tmp_path / "elsewhere"))
+    assert store_from_uri().root == tmp_path / "elsewhere"  # type: ignore[attr-defined]
+    assert store_from_uri(f"file://{tmp_path}/f").root == tmp_path / "f"  # type: ignore[attr-defined]
+    with pytest.raises(StoreError, match="unsupported scheme 'gs'"):
+        store_from_uri("gs://bucket/x")
+    with pytest.raises(StoreError, match="no bucket"):
+        store_from_uri("s3:///x")
+
+
+@pytest.mark.slow
+def test_store_from_uri_s3_uses_endpoint_from_environment(
+    s3_client, s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
+    monkeypatch.setenv("APERIODIC_STORE", f"s3://{BUCKET}/team/prefix")
+    store = store_from_uri()
+    assert isinstance(store, S3Store)
+    assert (store.bucket, store.prefix) == (BUCKET, "team/prefix")
+    store.publish_file(write_bars(tmp_path / "x.parquet"), "k/x.parquet")
+    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=BUCKET)["Contents"]] == ["team/prefix/k/x.parquet"]
