@@ -414,3 +414,30 @@ def test_two_runs_write_identical_parquet_bytes() -> None:
         return polars_buffer.getvalue(), arrow_buffer.getvalue()
 
     assert written() == written()
+
+
+def test_trade_outside_its_raw_month_is_an_error_naming_the_month() -> None:
+    """Decision (docs/flow.md): raw month m holds trades whose ts_exchange lies in m; anything else is a
+    source bug and must not be dropped silently by the window filter."""
+    stray = trades((us(2024, 1, 15), 100.0, 1.0, True), (us(2024, 2, 1), 100.0, 1.0, False))
+    with pytest.raises(InvalidTradesError, match=r"1 trades have ts_exchange outside raw month 2024-01"):
+        bars(stray)
+    previous = trades((us(2024, 1, 3), 100.0, 1.0, True))  # January trades passed as December's
+    with pytest.raises(InvalidTradesError, match=r"trades before 2024-01: .* outside raw month 2023-12"):
+        bars(trades((us(2024, 1, 15), 100.0, 1.0, True)), previous)
+
+
+def test_unsorted_trades_are_rejected_for_the_exchange_variant() -> None:
+    """Spec §1 orders rows by (ts_exchange, trade_id); the streaming pass relies on it and says so."""
+    ordered = trades((us(2024, 1, 2), 100.0, 1.0, True), (us(2024, 1, 3), 101.0, 1.0, False))
+    shuffled = ordered.reverse()
+    with pytest.raises(InvalidTradesError, match=r"not sorted by \(ts_exchange, trade_id\)"):
+        bars(shuffled)
+
+
+@pytest.mark.parametrize("column, value", [("price", 0.0), ("qty", -1.0), ("price", float("nan"))])
+def test_non_positive_or_nan_price_and_qty_are_rejected(column: str, value: float) -> None:
+    frame = trades((us(2024, 1, 2), 100.0, 1.0, True), (us(2024, 1, 3), 101.0, 1.0, False))
+    frame = frame.with_columns(pl.when(pl.col("trade_id") == 2).then(value).otherwise(pl.col(column)).alias(column))
+    with pytest.raises(InvalidTradesError, match=rf"column '{column}'"):
+        bars(frame)
