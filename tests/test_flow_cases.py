@@ -441,3 +441,15 @@ def test_non_positive_or_nan_price_and_qty_are_rejected(column: str, value: floa
     frame = frame.with_columns(pl.when(pl.col("trade_id") == 2).then(value).otherwise(pl.col(column)).alias(column))
     with pytest.raises(InvalidTradesError, match=rf"column '{column}'"):
         bars(frame)
+
+
+def test_no_negative_zero_anywhere() -> None:
+    """Decision (docs/flow.md): −0.0 is normalised, so equal values always have equal bytes."""
+    import numpy as np
+
+    tape = generate_tape("2024-01", 20_000, seed=5)
+    for interval, frame in compute_flow_bars(tape, month="2024-01", intervals=("1s", "1m", "1h")).items():
+        for name, dtype in FLOW_SCHEMA.items():
+            if dtype == pl.Float64:
+                values = frame.get_column(name).drop_nulls().to_numpy()
+                assert not np.signbit(values[values == 0]).any(), f"{interval} {name} has −0.0"

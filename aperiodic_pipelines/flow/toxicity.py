@@ -44,8 +44,9 @@ def with_flow_toxicity_score(
     flow_mean = pl.col("_flow_mean")
     deviations = [f - flow_mean for f in flows]
     flow_std = (ordered_sum([d * d for d in deviations]) / (window - 1)).sqrt()
-    # + 0.0 turns IEEE −0.0 (an empty bar after a selling window) into a plain 0.0.
-    score = (pl.col(signed_flow) - flow_mean) / flow_std * (pl.col(realised_volatility) / pl.col("_vol_mean")) + 0.0
+    raw_score = (pl.col(signed_flow) - flow_mean) / flow_std * (pl.col(realised_volatility) / pl.col("_vol_mean"))
+    # IEEE −0.0 (an empty bar after a selling window) becomes 0.0; `+ 0.0` is optimised away by polars.
+    score = pl.when(raw_score == 0).then(0.0).otherwise(raw_score)
     defined = pl.col("_complete") & ~pl.col("_flow_constant") & ~pl.col("_no_volatility")
     return with_means.with_columns(pl.when(defined).then(score).alias(output)).drop(
         "_flow_mean", "_vol_mean", "_complete", "_flow_constant", "_no_volatility"
