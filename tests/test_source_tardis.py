@@ -134,3 +134,67 @@ def test_over_http_with_cache(tmp_path, mirror_root, source_config, fast_downloa
     local = tardis.fetch_month(SYMBOL, MONTH, dest=tmp_path / "c.parquet",
                                config=_local_config(tmp_path, mirror_root / "tardis"), exchange="binance-futures")
     assert local.path.read_bytes() == first.path.read_bytes()
+
+
+def test_canonical_month_sorts_dedupes_and_refuses_conflicting_ids(tmp_path):
+    from aperiodic_pipelines.sources.canonical import (
+        TradeFile,
+        build_canonical_month,
+        next_month,
+        previous_month,
+    )
+
+    assert (previous_month("2024-01"), next_month("2024-12")) == ("2023-12", "2025-01")
+    start, _ = month_bounds_us(MONTH)
+    day = 86_400_000_000
+    rows = pl.DataFrame(
+        {"ts_exchange": [start + 2 * day, start + 5, start + 5, start + 1], "ts_arrival": [None] * 4,
+         "trade_id": [9, 4, 4, 2], "price": [1.0, 2.0, 2.0, 3.0], "qty": [1.0, 1.0, 1.0, 1.0],
+         "is_buy": [True, False, False, True]},
+        schema_overrides={"ts_arrival": pl.Int64},
+    )
+    stats = build_canonical_month([TradeFile("a.csv", rows.lazy())], MONTH, tmp_path / "ok.parquet",
+                                  outside_month="error")
+    out = pl.read_parquet(tmp_path / "ok.parquet")
+    assert out["trade_id"].to_list() == [2, 4, 9] and (stats.duplicates_dropped, stats.id_gaps) == (1, 2)
+    conflict = rows.with_columns(trade_id=pl.Series([4, 4, 4, 2]))  # id 4 on day 1 and on day 3
+    with pytest.raises(CorruptArchiveError, match="trade_id=4"):
+        build_canonical_month([TradeFile("b.csv", conflict.lazy())], MONTH, tmp_path / "bad.parquet",
+                              outside_month="error")
+    assert not (tmp_path / "bad.parquet").exists()
+    empty = build_canonical_month([], MONTH, tmp_path / "empty.parquet", outside_month="trim")
+    assert empty.trade_count == 0 and pl.read_parquet(tmp_path / "empty.parquet").height == 0
+
+
+def test_trimming_never_hides_a_row_without_a_time(tmp_path):
+    from aperiodic_pipelines.sources.canonical import TradeFile, build_canonical_month
+
+    start, end = month_bounds_us(MONTH)
+    rows = pl.DataFrame(
+        {"ts_exchange": [start - 1, start + 7, None, end], "ts_arrival": [None] * 4, "trade_id": [1, 2, 3, 4],
+         "price": [1.0] * 4, "qty": [1.0] * 4, "is_buy": [True] * 4},
+        schema_overrides={"ts_arrival": pl.Int64, "ts_exchange": pl.Int64},
+    )
+    good = TradeFile("good.csv", rows.filter(pl.col("ts_exchange").is_not_null()).lazy())
+    stats = build_canonical_month([good], MONTH, tmp_path / "ok.parquet", outside_month="trim")
+    assert stats.trade_count == 1  # the rows just outside the month are trimmed
+    with pytest.raises(InvalidTradesError, match=r"day-2\.csv: malformed rows \(1 with null values.*trade_id=3"):
+        build_canonical_month([good, TradeFile("day-2.csv", rows.lazy())], MONTH, tmp_path / "x.parquet",
+                              outside_month="trim")
+
+
+def test_registry_reads_tardis_files_when_configured(tmp_path):
+    """APERIODIC_SOURCE=tardis routes an exchange's month to its Tardis-format files (with arrival times)."""
+    from aperiodic_pipelines.sources import fetch_month
+
+    tape = _edge_tape()
+    root = tmp_path / "tardis"
+    write_tardis_days(root, "binance-futures", "BTCUSDT", MONTH, tape)
+    config = SourceConfig.from_env({"APERIODIC_SOURCE": "tardis", "APERIODIC_TARDIS_URL": str(root),
+                                    "APERIODIC_CACHE_DIR": str(tmp_path / "cache")})
+    result = fetch_month("binance-futures", "BTCUSDT", MONTH, dest=tmp_path / "r.parquet", config=config,
+                         s3_client=None)
+    assert result.dataset == "tardis" and result.has_arrival_times
+    assert pl.read_parquet(result.path)["ts_arrival"].null_count() == 0
+    with pytest.raises(ValueError, match="APERIODIC_TARDIS_URL"):
+        SourceConfig.from_env({"APERIODIC_SOURCE": "tardis"})

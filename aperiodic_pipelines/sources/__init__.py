@@ -73,7 +73,8 @@ def fetch_month(
 
     Checks the exchange, the month and the symbol before any download; `config` defaults to
     `SourceConfig.from_env()`. Extra keyword arguments go to the source (e.g. `s3_client=` for Hyperliquid).
-    Returns the source's `SourceResult`.
+    Returns the source's `SourceResult`. With `config.source == "tardis"` (`APERIODIC_SOURCE=tardis`) the month
+    is read from Tardis-format CSV under `APERIODIC_TARDIS_URL` instead of the exchange's public archive.
     """
     from aperiodic_pipelines.sources.config import SourceConfig
     from aperiodic_pipelines.sources.symbols import resolve_symbol
@@ -81,9 +82,16 @@ def fetch_month(
     if exchange not in SOURCE_MODULES:
         raise SymbolError(f"unsupported exchange {exchange!r}: supported are {', '.join(EXCHANGES)}")
     validate_month(month)
-    resolve_symbol(exchange, symbol)  # an unknown or malformed symbol fails here, before any I/O
+    symbol, _native = resolve_symbol(exchange, symbol)  # a bad symbol fails here, before any I/O; sources get Atlas
+    config = config or SourceConfig.from_env()
+    if config.source == "tardis":
+        # Tardis-format files: the exchange's trades with arrival times, wherever the user keeps them.
+        from aperiodic_pipelines.sources import tardis
+
+        kwargs.pop("s3_client", None)
+        return tardis.fetch_month(symbol, month, dest=Path(dest), config=config, exchange=exchange, **kwargs)
     fetch = SOURCES[exchange]
-    return fetch(symbol, month, dest=Path(dest), config=config or SourceConfig.from_env(), **kwargs)
+    return fetch(symbol, month, dest=Path(dest), config=config, **kwargs)
 
 
 __all__ = ["EXCHANGES", "SOURCES", "SOURCE_MODULES", "InvalidMonthError", "fetch_month", "validate_month"]

@@ -35,7 +35,6 @@ DAY_US = 86_400_000_000
 ROW_GROUP_ROWS = 1 << 20
 # zstd level 1: ~15% larger than the default level 3 but much cheaper to write (the month's biggest cost).
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1, "row_group_size": ROW_GROUP_ROWS, "statistics": True}
-SORT_COLUMNS = ["ts_exchange", "trade_id", "price", "qty", "is_buy", "ts_arrival"]  # total order: deterministic
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 
 
@@ -107,15 +106,17 @@ def build_canonical_month(
     """Write the month's canonical trades from `files` to `dest` (parquet, zstd) atomically.
 
     `outside_month="trim"` drops rows whose `ts_exchange` lies outside the month (daily files, UTC+8 files);
-    `"error"` rejects them (a monthly file must only hold its month). Duplicated trade ids are dropped and
-    counted. Bad rows raise `InvalidTradesError` / `CorruptArchiveError` naming the file and the rows.
-    """
+    `"error"` rejects them (a monthly file must only hold its month). Rows repeating a (time, trade id) are
+    dropped and counted; one id at two different times is a `CorruptArchiveError`. Bad rows raise
+    `InvalidTradesError` / `CorruptArchiveError` naming the file and the rows."""
     start_us, end_us = month_bounds_us(month)
     dest = Path(dest)
-    in_month = (pl.col("ts_exchange") >= start_us) & (pl.col("ts_exchange") < end_us)
+    ts = pl.col("ts_exchange")
+    # A null time is kept here so that the null rule below reports it instead of the trim hiding it.
+    in_month_or_null = ((ts >= start_us) & (ts < end_us)) | ts.is_null()
     frames = [_conform(f.frame) for f in files]
     if outside_month == "trim":
-        frames = [frame.filter(in_month) for frame in frames]
+        frames = [frame.filter(in_month_or_null) for frame in frames]
     with scratch_dir(dest.parent) as work:
         staged = work / "staged.parquet"
         combined = pl.concat(frames, how="vertical") if frames else pl.LazyFrame(schema=CANONICAL_SCHEMA)
@@ -129,7 +130,7 @@ def build_canonical_month(
         except pl.exceptions.PolarsError as exc:
             raise _parse_error(files, exc) from None
         facts = {key: int(value or 0) for key, value in counted.row(0, named=True).items()}
-        _raise_on_bad_rows(files, facts, start_us, end_us)
+        _raise_on_bad_rows([f.origin for f in files], frames, facts, start_us, end_us)
         facts |= _order_facts(staged)
         if facts["unsorted"] == 0 and facts["ids_not_increasing"] == 0:
             os.replace(staged, dest)
@@ -177,7 +178,9 @@ def _order_facts(staged: Path) -> dict[str, int]:
     return totals
 
 
-def _raise_on_bad_rows(files: Sequence[TradeFile], facts: dict[str, int], start_us: int, end_us: int) -> None:
+def _raise_on_bad_rows(
+    origins: list[str], frames: list[pl.LazyFrame], facts: dict[str, int], start_us: int, end_us: int
+) -> None:
     rules = {
         "null": "null values (a missing field, or a side that is neither buy nor sell)",
         "not_positive": "price or quantity <= 0",
@@ -189,10 +192,8 @@ def _raise_on_bad_rows(files: Sequence[TradeFile], facts: dict[str, int], start_
         if not facts[name]:
             continue
         # Find the file and rows at fault for the message (only on this error path).
-        for trade_file in files:
-            sample = (
-                _conform(trade_file.frame).filter(checks[name].fill_null(True)).head(3).collect(engine="streaming")
-            )
+        for origin, frame in zip(origins, frames, strict=True):
+            sample = frame.filter(checks[name].fill_null(True)).head(3).collect(engine="streaming")
             if sample.height:
                 shown = "; ".join(
                     f"trade_id={r['trade_id']} ts={format_us(r['ts_exchange'])} price={r['price']} qty={r['qty']}"
@@ -200,7 +201,7 @@ def _raise_on_bad_rows(files: Sequence[TradeFile], facts: dict[str, int], start_
                     for r in sample.iter_rows(named=True)
                 )
                 error = CorruptArchiveError if name == "outside_month" else InvalidTradesError
-                raise error(f"{trade_file.origin}: malformed rows ({facts[name]} with {rule}), e.g. {shown}")
+                raise error(f"{origin}: malformed rows ({facts[name]} with {rule}), e.g. {shown}")
         raise InvalidTradesError(f"{facts[name]} rows with {rule}")
 
 
@@ -222,9 +223,17 @@ def _sort_by_day(staged: Path, work: Path, start_us: int, end_us: int) -> Canoni
     """Split by UTC day (bounded memory), sort and de-duplicate each day, and stream the days back together."""
     day_dir = work / "days"
     day_key = ((pl.col("ts_exchange") - start_us) // DAY_US).alias("day")
-    pl.scan_parquet(staged).with_columns(day_key).sink_parquet(
-        pl.PartitionBy(day_dir, key="day", include_key=False), compression="lz4", mkdir=True
-    )
+    # One row group at a time, split by day into small Arrow files: memory stays at one row group
+    # (polars' partitioned sink buffered nearly everything here).
+    parquet = pq.ParquetFile(staged)
+    for group in range(parquet.num_row_groups):
+        batch = pl.from_arrow(parquet.read_row_group(group))
+        assert isinstance(batch, pl.DataFrame)
+        for (day,), part in batch.with_columns(day_key).partition_by("day", as_dict=True, include_key=False).items():
+            target = day_dir / f"day={day}"
+            target.mkdir(parents=True, exist_ok=True)
+            part.write_ipc(target / f"{group:06d}.arrow")
+        del batch
     staged.unlink()
     sorted_dir = work / "sorted-days"
     sorted_dir.mkdir()
@@ -232,38 +241,44 @@ def _sort_by_day(staged: Path, work: Path, start_us: int, end_us: int) -> Canoni
     duplicates = gaps = 0
     last_id: int | None = None
     max_id_so_far: int | None = None
-    ids_overlap = False
+    ids_conflict = False
     sorted_files: list[Path] = []
     for day in range(day_count):
-        parts = sorted((day_dir / f"day={day}").glob("*.parquet"))
+        parts = sorted((day_dir / f"day={day}").glob("*.arrow"))
         if not parts:
             continue
-        frame = pl.read_parquet(parts).sort(SORT_COLUMNS)
-        unique = frame.unique(subset="trade_id", keep="first", maintain_order=True)
+        # Input order breaks ties, so equal (time, id) rows keep the file order: deterministic for the same input.
+        frame = pl.concat([pl.read_ipc(part) for part in parts]).sort(["ts_exchange", "trade_id"], maintain_order=True)
+        ts, tid = frame.get_column("ts_exchange"), frame.get_column("trade_id")
+        repeated_row = ((ts == ts.shift(1)) & (tid == tid.shift(1))).fill_null(False)  # a duplicate: keep the first
+        unique = frame.filter(~repeated_row)
         duplicates += frame.height - unique.height
-        del frame
+        del frame, ts, tid, repeated_row
         ids = unique.get_column("trade_id")
+        id_steps = ids.diff()
         if last_id is not None:
             gaps += int(ids[0] - last_id > 1)
-        gaps += int((ids.diff() > 1).sum())
+        gaps += int((id_steps > 1).sum())
         last_id = int(ids[-1])
+        if (id_steps <= 0).any() and ids.n_unique() != ids.len():
+            ids_conflict = True  # one id at two different times within the day
         if max_id_so_far is not None and int(ids.min()) <= max_id_so_far:
-            ids_overlap = True
+            ids_conflict = True  # maybe: the exact check below decides
         max_id_so_far = int(ids.max()) if max_id_so_far is None else max(max_id_so_far, int(ids.max()))
-        path = sorted_dir / f"{day:02d}.parquet"
-        unique.write_parquet(path, compression="lz4")
+        path = sorted_dir / f"{day:02d}.arrow"
+        unique.write_ipc(path)
         sorted_files.append(path)
     out = work / "sorted.parquet"
-    source = pl.scan_parquet(sorted_files) if sorted_files else pl.LazyFrame(schema=CANONICAL_SCHEMA)
+    source = pl.scan_ipc(sorted_files) if sorted_files else pl.LazyFrame(schema=CANONICAL_SCHEMA)
     source.sink_parquet(out, **PARQUET_OPTIONS)
     count = pl.scan_parquet(out).select(pl.len()).collect().item()
-    if ids_overlap:
-        _raise_on_cross_day_duplicates(out)
+    if ids_conflict:
+        _raise_on_conflicting_ids(out)
     return CanonicalStats(int(count), duplicates, gaps)
 
 
-def _raise_on_cross_day_duplicates(path: Path) -> None:
-    """The same trade id on two different days is a conflict, not a duplicate row: refuse it."""
+def _raise_on_conflicting_ids(path: Path) -> None:
+    """The same trade id at two different times is a conflict, not a duplicate row: refuse it."""
     repeated = (
         pl.scan_parquet(path)
         .group_by("trade_id")
@@ -278,4 +293,4 @@ def _raise_on_cross_day_duplicates(path: Path) -> None:
             f"trade_id={r['trade_id']} at {format_us(r['first'])} and {format_us(r['ts_exchange'])}"
             for r in repeated.iter_rows(named=True)
         )
-        raise CorruptArchiveError(f"trade ids appear at different times on different days: {shown}")
+        raise CorruptArchiveError(f"trade ids appear at two different times (conflicting rows): {shown}")

@@ -9,6 +9,7 @@ from pathlib import Path
 DEFAULT_BINANCE_URL = "https://data.binance.vision"
 DEFAULT_OKX_URL = "https://static.okx.com/cdn/okex/traderecords"
 DEFAULT_HYPERLIQUID_URL = "s3://hl-mainnet-node-data"
+SOURCE_KINDS = ("archive", "tardis")
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,13 @@ class SourceConfig:
     tardis_url: str | None = None  # a directory or an http(s) base; no public default
     cache_dir: Path = Path("data/cache")
     binance_dataset: str = "aggTrades"  # or "trades"
+    source: str = "archive"  # "archive": the exchange's public archive; "tardis": Tardis-format CSV files
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCE_KINDS:
+            raise ValueError(f"APERIODIC_SOURCE must be one of {SOURCE_KINDS}, got {self.source!r}")
+        if self.source == "tardis" and not self.tardis_url:
+            raise ValueError("APERIODIC_SOURCE=tardis needs APERIODIC_TARDIS_URL (a directory or an http(s) base)")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> SourceConfig:
@@ -30,4 +38,5 @@ class SourceConfig:
             tardis_url=(env.get("APERIODIC_TARDIS_URL") or None),
             cache_dir=Path(env.get("APERIODIC_CACHE_DIR", "data/cache")),
             binance_dataset=env.get("APERIODIC_BINANCE_DATASET", "aggTrades"),
+            source=env.get("APERIODIC_SOURCE", "archive"),
         )

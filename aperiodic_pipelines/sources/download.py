@@ -18,9 +18,10 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, TypeVar
 
 import requests
 
@@ -32,6 +33,7 @@ from aperiodic_pipelines.errors import (
 )
 from aperiodic_pipelines.sources.config import SourceConfig
 
+_T = TypeVar("_T")
 CHUNK_BYTES = 1 << 20
 PROGRESS_MIN_BYTES = 32 << 20  # a progress bar only for downloads big enough to watch
 
@@ -266,7 +268,7 @@ class Downloader:
             raise _Retryable(f"HTTP {status}")
         raise DownloadError(f"GET {url} failed: HTTP {status}")
 
-    def _stream_body(self, response: requests.Response, sink, url: str) -> tuple[int, str]:
+    def _stream_body(self, response: requests.Response, sink: BinaryIO, url: str) -> tuple[int, str]:
         digest = hashlib.sha256()
         size = 0
         total = int(response.headers.get("Content-Length") or 0)
@@ -296,7 +298,7 @@ class Downloader:
         if declared is not None and plain and int(declared) != size:
             raise _Retryable(f"truncated body: got {size} of {declared} bytes")
 
-    def _with_retries(self, url: str, attempt):
+    def _with_retries(self, url: str, attempt: Callable[[], _T]) -> _T:
         last_problem = ""
         for number in range(self.retry.attempts):
             try:
@@ -322,7 +324,7 @@ def file_digest(path: Path) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def scratch_dir(near: Path):
+def scratch_dir(near: Path) -> Iterator[Path]:
     """A temporary working directory next to `near` (same filesystem, so renames are atomic)."""
     near.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".aperiodic-work-", dir=near) as name:
