@@ -123,6 +123,7 @@ def _check_chunk(chunk: pl.DataFrame, name: str) -> None:
         "is_buy": pl.col("is_buy").is_null(),
         "trade_id": pl.col("trade_id").is_null(),
     }
+    rules = {col: rule for col, rule in rules.items() if col in chunk.columns}
     bad = chunk.select(**{col: rule.fill_null(True).any() for col, rule in rules.items()}).row(0, named=True)
     for col, failed in bad.items():
         if failed:
@@ -157,62 +158,98 @@ def compute_second_stats(
             )
 
     month_start, month_end = month_bounds_us(month)
-    _check_raw_month(current, month, f"trades of {month}")
-    if previous is not None:
-        _check_raw_month(frames[0], shift_month(month, -1), f"trades before {month}")
     window_start = month_start - (_lookback_us() if previous is not None else 0)
-    # The price carried into the window: the last trade before it (only the previous month can hold one).
-    seed_price = None
-    if previous is not None:
-        seed = (
-            combined.filter(pl.col(time_col) < window_start)
-            .select(time_col, "trade_id", "price")
-            .top_k(1, by=[time_col, "trade_id"])
-            .collect()
-        )
-        seed_price = seed.get_column("price").item() if seed.height else None
-
-    in_window = combined.filter((pl.col(time_col) >= window_start) & (pl.col(time_col) < month_end))
     name = f"trades of {month}"
     if timestamp == "exchange":
-        parts = _aggregate_stream(in_window, name)
+        # Sorted by exchange time: one streaming pass, which also checks each raw month's time range.
+        streams = [(current, month, name)]
+        seed_price = None
+        if previous is not None:
+            seed_price = _exchange_seed_price(frames[0], window_start, month)
+            streams.insert(0, (frames[0].filter(pl.col(time_col) >= window_start), shift_month(month, -1),
+                               f"trades before {month}"))
+        parts = _aggregate_stream(streams)
     else:
+        _check_raw_month(current, month, name)
+        if previous is not None:
+            _check_raw_month(frames[0], shift_month(month, -1), f"trades before {month}")
+        # The price carried into the window: the last trade before it, by arrival time.
+        seed_price = None
+        if previous is not None:
+            seed = (
+                combined.filter(pl.col(time_col) < window_start)
+                .select(time_col, "trade_id", "price")
+                .top_k(1, by=[time_col, "trade_id"])
+                .collect()
+            )
+            seed_price = seed.get_column("price").item() if seed.height else None
+        in_window = combined.filter((pl.col(time_col) >= window_start) & (pl.col(time_col) < month_end))
         parts = _aggregate_by_day(in_window, time_col, window_start, month_end, name)
     frame = pl.concat(parts, rechunk=True) if parts else pl.DataFrame(schema=_AGGREGATE_SCHEMA)
     frame = _with_returns(frame, seed_price)
     return SecondStats(frame=frame, month=month, timestamp=timestamp, has_previous=previous is not None)
 
 
-def _aggregate_stream(trades: pl.LazyFrame, name: str) -> list[pl.DataFrame]:
-    """One ordered streaming pass over trades sorted by (ts_exchange, trade_id), in bounded batches.
+def _exchange_seed_price(previous: pl.LazyFrame, window_start: int, month: str) -> float | None:
+    """The last price before the window (sorted input: the last row before it), checking the raw month's start."""
+    before = previous.filter(pl.col("ts_exchange") < window_start)
+    row = before.select(pl.col("ts_exchange").min().alias("first"), pl.col("price").last().alias("price")).collect()
+    first, price = row.row(0)
+    previous_month = shift_month(month, -1)
+    if first is not None and first < month_bounds_us(previous_month)[0]:
+        raise InvalidTradesError(
+            f"trades before {month}: trades have ts_exchange before raw month {previous_month} (first: {first} µs)"
+        )
+    return price
 
-    Each batch's last second is held back and joined to the next batch, so a second is always aggregated
-    from all its rows at once, in row order: the sums do not depend on where batches happen to split.
-    Batches are aggregated two at a time while the reader decodes the next ones.
+
+def _aggregate_stream(streams: list[tuple[pl.LazyFrame, str, str]]) -> list[pl.DataFrame]:
+    """One ordered streaming pass over raw months sorted by (ts_exchange, trade_id), in bounded batches.
+
+    `streams` are (trades, raw month, name) in time order. Each batch's last second is held back and joined to
+    the next batch, so a second is always aggregated from all its rows at once, in row order: the sums do not
+    depend on where batches happen to split. Batches are aggregated on a small pool while the reader decodes
+    the next ones. `trade_id` is not read: ties are already in id order (spec §1), so row order decides.
     """
     time_col = "ts_exchange"
     parts: list[Future[pl.DataFrame]] = []
     carry: pl.DataFrame | None = None
     last_time: int | None = None
     with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        for batch in trades.collect_batches(chunk_size=STREAM_BATCH_ROWS, maintain_order=True):
-            if batch.height == 0:
-                continue
-            _check_chunk(batch, name)
-            _check_sorted(batch, time_col, last_time, name)
-            last_time = batch.get_column(time_col)[-1]
-            # Contiguous memory: a float sum over a chunked column adds per-chunk partial sums, which would
-            # make a second's total depend on where the reader happened to split.
-            batch = pl.concat([carry, batch], rechunk=True) if carry is not None else batch.rechunk()
-            cut = batch.get_column(time_col).search_sorted(last_time // US_PER_SECOND * US_PER_SECOND, side="left")
-            carry = batch.slice(cut)
-            if cut:
-                if len(parts) >= _workers():
-                    parts[-_workers()].result()  # bound the batches in flight
-                parts.append(pool.submit(_aggregate_seconds, batch.slice(0, cut), time_col))
+        for trades, raw_month, name in streams:
+            lo, hi = month_bounds_us(raw_month)
+            columns = trades.select(time_col, "price", "qty", "is_buy")
+            for batch in columns.collect_batches(chunk_size=STREAM_BATCH_ROWS, maintain_order=True):
+                if batch.height == 0:
+                    continue
+                _check_chunk(batch, name)
+                _check_in_month(batch, lo, hi, raw_month, name)
+                _check_sorted(batch, time_col, last_time, name)
+                last_time = batch.get_column(time_col)[-1]
+                # Contiguous memory: a float sum over a chunked column adds per-chunk partial sums, which would
+                # make a second's total depend on where the reader happened to split.
+                batch = pl.concat([carry, batch], rechunk=True) if carry is not None else batch.rechunk()
+                cut = batch.get_column(time_col).search_sorted(
+                    last_time // US_PER_SECOND * US_PER_SECOND, side="left"
+                )
+                carry = batch.slice(cut)
+                if cut:
+                    if len(parts) >= _workers():
+                        parts[-_workers()].result()  # bound the batches in flight
+                    parts.append(pool.submit(_aggregate_seconds, batch.slice(0, cut), time_col))
         if carry is not None and carry.height:
             parts.append(pool.submit(_aggregate_seconds, carry, time_col))
         return [part.result() for part in parts]
+
+
+def _check_in_month(batch: pl.DataFrame, lo: int, hi: int, raw_month: str, name: str) -> None:
+    ts = batch.get_column("ts_exchange")
+    if ts[0] < lo or ts.max() >= hi:
+        outside = batch.filter((pl.col("ts_exchange") < lo) | (pl.col("ts_exchange") >= hi))
+        raise InvalidTradesError(
+            f"{name}: {outside.height} trades have ts_exchange outside raw month {raw_month} "
+            f"(e.g. {outside.head(1).to_dicts()[0]}; expected {lo}..{hi - 1} µs)"
+        )
 
 
 def _aggregate_by_day(
@@ -233,8 +270,8 @@ def _aggregate_by_day(
 
 
 def _check_sorted(batch: pl.DataFrame, time_col: str, previous_time: int | None, name: str) -> None:
-    ts, tid = pl.col(time_col), pl.col("trade_id")
-    out_of_order = (ts < ts.shift(1)) | ((ts == ts.shift(1)) & (tid <= tid.shift(1)))
+    ts = pl.col(time_col)
+    out_of_order = ts < ts.shift(1)
     first = batch.get_column(time_col)[0]
     if (previous_time is not None and first < previous_time) or batch.select(out_of_order.any()).item():
         bad = batch.with_row_index("row").filter(out_of_order.fill_null(True)).head(1).to_dicts()
