@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import polars as pl
 
 from aperiodic_pipelines.flow.exprs import ordered_sum
@@ -90,12 +91,20 @@ def _dense_bars(
 
 
 def _densify(sparse: pl.DataFrame, first_bar: int, end: int, width: int) -> pl.DataFrame:
-    """One row per bar in [first_bar, end), empty bars with zero sums."""
-    grid = pl.DataFrame({"bar": pl.int_range(first_bar, end, width, dtype=pl.Int64, eager=True)})
-    joined = grid.join(sparse, on="bar", how="left", maintain_order="left")
-    # An empty bar has zero sums and, its price carried forward, a zero return.
-    zero_filled = [name for name in (*SUM_STATS, "abs_return") if name in joined.columns]
-    return joined.with_columns(pl.col(*zero_filled).fill_null(0))
+    """One row per bar in [first_bar, end): the sparse bars scattered onto a zero-filled grid.
+
+    An empty bar has zero sums and, its price carried forward, a zero return.
+    """
+    bars = np.arange(first_bar, end, width, dtype=np.int64)
+    position = (sparse.get_column("bar").to_numpy() - first_bar) // width
+    columns: dict[str, np.ndarray] = {"bar": bars}
+    for name in (*SUM_STATS, "abs_return"):
+        if name in sparse.columns:
+            values = sparse.get_column(name).to_numpy()
+            dense = np.zeros(len(bars), dtype=values.dtype)
+            dense[position] = values
+            columns[name] = dense
+    return pl.DataFrame(columns)
 
 
 def _ratio(numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
