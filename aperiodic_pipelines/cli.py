@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
 DEFAULT_WEBSERVER_URL = "http://127.0.0.1:3000"
-DEFAULT_CODE_LOCATION = "aperiodic_pipelines"  # location_name in deploy/workspace.yaml
+DEFAULT_CODE_LOCATION = "aperiodic_pipelines"  # location_name in workspace.yaml
 FLOW_JOB_NAME = "flow_bars_job"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -44,12 +44,12 @@ def warn(message: str) -> None:
 
 
 def repo_dagster_yaml() -> Path | None:
-    """The project's instance config (`deploy/dagster.yaml`), looked up from the current directory, then from
+    """The project's instance config (`dagster.yaml`), looked up from the current directory, then from
     the source tree (editable installs)."""
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        for candidate in (base / "deploy" / "dagster.yaml", base / "dagster.yaml"):
-            if candidate.is_file():
-                return candidate
+        candidate = base / "dagster.yaml"
+        if candidate.is_file():
+            return candidate
     return None
 
 
@@ -373,9 +373,8 @@ def submit_backfill(
     months: Sequence[str],
     *,
     location: str = DEFAULT_CODE_LOCATION,
-    asset_keys: Sequence[AssetKey] | None = None,
 ) -> str:
-    """Register the instrument on the server's instance and launch one asset backfill over `months`.
+    """Register the instrument on the server's instance and launch one backfill of the flow job over `months`.
 
     Returns the backfill id. The daemon then runs one run per partition (no backfill policy).
     """
@@ -390,12 +389,14 @@ def submit_backfill(
     )["addDynamicPartition"]
     if added["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
         raise CliError(f"could not register instrument {key}: {added.get('message', added['__typename'])}")
-    keys = list(asset_keys) if asset_keys is not None else flow_asset_keys(load_definitions())
+    # A backfill of the partitioned job runs exactly these months. An asset backfill would also run
+    # second_stats..published_flow_bars of the month after the range (it reads raw trades of the range's last
+    # month through the m−1 mapping). The exchange tag feeds the per-exchange run limit in dagster.yaml.
     params = {
-        "assetSelection": [{"path": list(k.path)} for k in keys],
+        "selector": {"partitionSetName": f"{FLOW_JOB_NAME}_partition_set", "repositorySelector": repository},
         "partitionNames": [str(flow_partition_key(exchange, atlas, m)) for m in months],
         "title": f"{key} {months[0]}..{months[-1]}",
-        "tags": [{"key": "aperiodic/launched_by", "value": "cli"}],
+        "tags": [{"key": "aperiodic/launched_by", "value": "cli"}, {"key": "aperiodic/exchange", "value": exchange}],
         "fromFailure": False,
     }
     launched = graphql(url, _LAUNCH_BACKFILL_MUTATION, {"backfillParams": params})["launchPartitionBackfill"]

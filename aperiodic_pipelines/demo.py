@@ -212,6 +212,6 @@ def run_demo(
                     say(line)
     say(
         f"runs are recorded in {os.environ['DAGSTER_HOME']}; browse them with: "
-        f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev -w deploy/workspace.yaml (http://127.0.0.1:3000)"
+        f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev -w workspace.yaml (http://127.0.0.1:3000)"
     )
     return True

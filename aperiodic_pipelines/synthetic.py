@@ -31,7 +31,7 @@ from aperiodic_pipelines.trades import CANONICAL_COLUMNS, CANONICAL_SCHEMA
 
 US_PER_SECOND = 1_000_000
 US_PER_DAY = 86_400 * US_PER_SECOND
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 PARQUET_METADATA_KEY = b"aperiodic.synthetic"
 
 # Median notional of a trade, in quote currency: lands in the medium bucket, the lognormal tail reaches
@@ -188,6 +188,14 @@ def iter_tape_days(month: str = "2024-01", n_trades: int = 100_000, seed: int = 
     # Busy and quiet days: activity varies from day to day.
     weights = np.random.default_rng(day_seeds[0]).lognormal(0.0, 0.3, size=n_days)
     per_day = np.random.default_rng(day_seeds[0]).multinomial(n_trades, weights / weights.sum())
+    # The first and last days always trade, so the month's first and last µs are always present.
+    edge_days = (0, n_days - 1)[: min(n_trades, 2)]
+    for edge_day in edge_days:
+        if per_day[edge_day] == 0:
+            spare = per_day.copy()
+            spare[list(edge_days)] -= 1  # an edge day keeps its one trade
+            per_day[int(np.argmax(spare))] -= 1
+            per_day[edge_day] += 1
     carry = _Carry(price_ticks=max(1, round(start_price / tick)), next_trade_id=first_trade_id, buying=True)
     price_decimals, lot_decimals = _decimals(tick), _decimals(lot)
     for day in range(n_days):

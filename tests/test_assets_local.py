@@ -167,6 +167,7 @@ def test_two_months_published_with_metadata_and_rerun_is_byte_identical(stage: S
 
     true_bars = materialization_metadata(results["2024-02"], "flow_bars_true")
     assert true_bars["produced"] is False and "no arrival times" in true_bars["note"]
+    assert true_bars["dagster/row_count"] == 0 and "dagster/column_schema" in true_bars
 
     published = materialization_metadata(results["2024-02"], "published_flow_bars")
     assert published["files"] == len(INTERVALS)
@@ -174,7 +175,10 @@ def test_two_months_published_with_metadata_and_rerun_is_byte_identical(stage: S
     assert "no arrival times" in published["true_variant"]
 
     stats = materialization_metadata(results["2024-02"], "second_stats")
-    assert "from the store" in stats["previous_month"]
+    assert "from the store" in stats["previous_month"] and "from the store" in stats["this_month"]
+    assert stats["dagster/uri"] == store.uri(seconds_key("exchange", EXCHANGE, NATIVE, "2024-02"))
+    assert "second" in [c.name for c in stats["dagster/column_schema"].columns]
+    assert "not produced" in stats["true_variant"]
     first = materialization_metadata(results["2024-01"], "second_stats")
     assert "first month" in first["previous_month"]
 

@@ -1,15 +1,25 @@
-"""The same two months through the asset graph, with the store on a real S3 API (moto server on 127.0.0.1)."""
+"""S3 through the asset graph (moto servers on 127.0.0.1): the store on S3, and a source on S3 with arrival times."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import polars as pl
 import pytest
+from dagster import DagsterInstance, materialize
 
-from aperiodic_pipelines.defs.resources import SourcesResource, store_resource_from_env
+from aperiodic_pipelines.defs.assets import ASSETS
+from aperiodic_pipelines.defs.partitions import (
+    INSTRUMENTS_PARTITIONS_NAME,
+    flow_partition_key,
+    instrument_key,
+)
+from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource, store_resource_from_env
 from aperiodic_pipelines.mirror.http import ArchiveMirror
-from aperiodic_pipelines.storage import S3Store
+from aperiodic_pipelines.mirror.s3 import hyperliquid_mirror
+from aperiodic_pipelines.storage import LocalStore, S3Store, flow_key, raw_key, read_parquet_metadata
+from aperiodic_pipelines.synthetic import generate_tape
 from tests.s3_fixtures import aws_env, moto_endpoint, s3_bucket, s3_client  # noqa: F401
 from tests.test_assets_local import (
     MONTHS,
@@ -54,7 +64,42 @@ def test_two_months_on_s3_store_exact_objects_metadata_and_identical_rerun(
                 text = json.dumps(str(event.dagster_event.event_specific_data if event.dagster_event else ""))
                 assert FAKE_SECRET not in text and FAKE_SECRET not in (event.user_message or "")
 
+        # Rerun the second month (it reads the first from the store): every object keeps its bytes.
         before = digests(store)
-        for month in MONTHS:
-            run_month(instance, resources, month)
+        run_month(instance, resources, MONTHS[1])
         assert digests(store) == before
+
+
+@pytest.mark.slow
+def test_hyperliquid_month_publishes_both_timestamp_variants(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source with arrival times (node_fills_by_block on a moto S3 bucket) gets `true` bars as well."""
+    month, symbol, coin = "2025-08", "perpetual-BTC-USDC:USDC", "BTC"
+    tape = generate_tape(month, 1_500, seed=5, start_price=60_000.0, with_arrival=True)
+    with hyperliquid_mirror() as mirror:
+        mirror.write_month(coin, month, tape)
+        for name, value in mirror.environment().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("APERIODIC_CACHE_DIR", str(tmp_path / "cache"))
+        instance = DagsterInstance.ephemeral()
+        instance.add_dynamic_partitions(INSTRUMENTS_PARTITIONS_NAME, [instrument_key("hyperliquid-perps", symbol)])
+        resources = {"store": StoreResource(uri=str(tmp_path / "store")), "sources": SourcesResource()}
+        result = materialize(
+            ASSETS, instance=instance, resources=resources,
+            partition_key=flow_partition_key("hyperliquid-perps", symbol, month),
+        )
+    store = LocalStore(tmp_path / "store")
+    raw = pl.read_parquet(store.read_bytes(raw_key("hyperliquid-perps", coin, month)))
+    start = pl.datetime(2025, 8, 1, time_zone="UTC").dt.epoch("us")
+    end = pl.datetime(2025, 9, 1, time_zone="UTC").dt.epoch("us")
+    arrived_in_month = raw.filter((pl.col("ts_arrival") >= start) & (pl.col("ts_arrival") < end)).height
+    assert raw["ts_arrival"].null_count() == 0 and arrived_in_month > 0
+    for timestamp, expected in (("exchange", raw.height), ("true", arrived_in_month)):
+        for interval in ("1s", "1h", "1d"):
+            data = store.read_bytes(flow_key(timestamp, "hyperliquid-perps", interval, coin, month))
+            bars = pl.read_parquet(data)
+            assert bars["taker_buy_count"].sum() + bars["taker_sell_count"].sum() == expected
+            assert read_parquet_metadata(data)["aperiodic.timestamp"] == timestamp
+    true_meta = result.asset_materializations_for_node("flow_bars_true")[0].metadata
+    assert true_meta["produced"].value is True
+    published = result.asset_materializations_for_node("published_flow_bars")[0].metadata
+    assert published["files"].value == 16

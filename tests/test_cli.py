@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from dagster import AssetKey, DagsterInstance, Definitions, asset, define_asset_job
+from dagster import DagsterInstance, Definitions, asset, define_asset_job
 
 from aperiodic_pipelines import cli
 from aperiodic_pipelines.defs.partitions import flow_partitions, split_partition_key
@@ -134,8 +134,7 @@ def test_default_dagster_home_is_created_with_the_project_config(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DAGSTER_HOME", "placeholder")  # so undo also removes the value the CLI sets
     monkeypatch.delenv("DAGSTER_HOME")
-    (tmp_path / "deploy").mkdir()
-    (tmp_path / "deploy" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     assert cli.main(["instruments", "add", "--exchange", "okx-perps", "--symbol", "BTC-USDT-SWAP"]) == 0
     home = tmp_path / ".dagster_home"
     assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
@@ -199,13 +198,13 @@ def _free_port() -> int:
 def webserver(dagster_home: Path, tmp_path: Path) -> Iterator[str]:
     """`dagster-webserver` on 127.0.0.1 loading the project's workspace, with the project's instance config."""
     dagster_home.mkdir(parents=True)
-    shutil.copyfile(REPO_ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = (tmp_path / "webserver.log").open("wb")
     process = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
-         "-w", str(REPO_ROOT / "deploy" / "workspace.yaml")],
+         "-w", str(REPO_ROOT / "workspace.yaml")],
         cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
@@ -247,14 +246,11 @@ def test_backfill_is_submitted_to_the_webserver(
         assert instance.get_dynamic_partitions("instruments") == ["binance-futures:perpetual-BTC-USDT:USDT"]
         backfill = instance.get_backfill(backfill_id)
         assert backfill is not None
-        targeted = backfill.asset_backfill_data.target_subset
-        assert {k.to_user_string() for k in targeted.asset_keys} == {
-            "raw_trades", "second_stats", "flow_bars_exchange", "flow_bars_true", "published_flow_bars"
-        }
-        keys = sorted(str(k) for k in targeted.get_partitions_subset(AssetKey("raw_trades")).get_partition_keys())
-        assert keys == [
+        assert backfill.partition_set_origin.partition_set_name == "flow_bars_job_partition_set"
+        assert list(backfill.partition_names) == [
             f"binance-futures:perpetual-BTC-USDT:USDT|{m}-01" for m in ("2023-11", "2023-12", "2024-01", "2024-02")
         ]
+        assert backfill.tags["aperiodic/exchange"] == "binance-futures"
         assert backfill.tags["aperiodic/launched_by"] == "cli"
     finally:
         instance.dispose()

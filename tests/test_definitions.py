@@ -32,7 +32,7 @@ from aperiodic_pipelines.defs.partitions import (
     previous_month,
     split_partition_key,
 )
-from aperiodic_pipelines.defs.resources import StoreResource, store_resource_from_env
+from aperiodic_pipelines.defs.resources import StoreResource, store_is_s3, store_resource_from_env
 from aperiodic_pipelines.errors import SymbolError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +47,9 @@ def test_definitions_load_with_every_asset_check_job_schedule_and_sensor() -> No
     assert {(key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys} == {
         (f"flow_bars_{t}", name) for t in ("exchange", "true") for name in CHECK_NAMES
     }
-    assert defs.resolve_job_def("flow_bars_job").partitions_def == flow_partitions
+    job = defs.resolve_job_def("flow_bars_job")
+    assert job.partitions_def == flow_partitions
+    assert job.executor_def.name == "in_process"  # a partition's steps are a chain; runs give parallelism
     assert defs.get_schedule_def("monthly_flow_bars_schedule").default_status == DefaultScheduleStatus.RUNNING
     sensors = {name: defs.get_sensor_def(name) for name in (
         "check_failure_alert_on_success", "check_failure_alert_on_failure", "run_failure_alert"
@@ -142,13 +144,15 @@ def test_store_resource_reads_the_environment_and_keeps_credentials_as_env_vars(
     assert resource.s3 is not None and resource.s3.endpoint_url == "http://127.0.0.1:9"
     assert resource.s3.aws_secret_access_key == EnvVar("AWS_SECRET_ACCESS_KEY")
     assert secret not in repr(resource) and "AKIAEXAMPLE" not in repr(resource)
+    # Assets carry the `s3` kind when the deployment's store is S3.
+    assert store_is_s3(env) and not store_is_s3({"APERIODIC_STORE": "/srv/data"}) and not store_is_s3({})
 
 
 def test_deploy_files_configure_the_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(home))
-    (home / "dagster.yaml").write_text((REPO / "deploy" / "dagster.yaml").read_text())
+    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     instance = DagsterInstance.from_config(str(home))
     try:
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
@@ -162,7 +166,7 @@ def test_deploy_files_configure_the_instance(tmp_path: Path, monkeypatch: pytest
         assert str(instance.run_storage._conn_string).find(str(home)) >= 0  # SQLite under DAGSTER_HOME
     finally:
         instance.dispose()
-    workspace = yaml.safe_load((REPO / "deploy" / "workspace.yaml").read_text())
+    workspace = yaml.safe_load((REPO / "workspace.yaml").read_text())
     module = workspace["load_from"][0]["python_module"]
     assert module["module_name"] == "aperiodic_pipelines.defs.definitions" and module["attribute"] == "defs"
 
@@ -170,9 +174,9 @@ def test_deploy_files_configure_the_instance(tmp_path: Path, monkeypatch: pytest
 def test_definitions_load_through_the_dagster_cli(tmp_path: Path) -> None:
     """What the webserver and daemon do: load the workspace file in a fresh process."""
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
-    (tmp_path / "dagster.yaml").write_text((REPO / "deploy" / "dagster.yaml").read_text())
+    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     done = subprocess.run(
-        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", str(REPO / "deploy" / "workspace.yaml")],
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", str(REPO / "workspace.yaml")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=180,
     )
     assert done.returncode == 0, done.stdout + done.stderr

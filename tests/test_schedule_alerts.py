@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from aperiodic_pipelines.defs.sensors import (
     check_failure_alert_on_failure,
     check_failure_alert_on_success,
     run_failure_alert,
+    send_alert,
 )
 from aperiodic_pipelines.storage import flow_key, raw_key, write_parquet_deterministic
 from aperiodic_pipelines.trades import empty_trades
@@ -99,8 +101,17 @@ def test_failing_check_blocks_publishing_keeps_previous_file_and_alerts(
 ) -> None:
     instance = new_instance()
     month = "2024-01"
-    run_month(instance, stage.resources(), month)
+    good_run = run_month(instance, stage.resources(), month)
     store = stage.store()
+    # A successful run with passing checks sends nothing.
+    skip = check_failure_alert_on_success(build_run_status_sensor_context(
+        sensor_name=check_failure_alert_on_success.name,
+        dagster_event=good_run.get_run_success_event(),
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(good_run.run_id),
+    ))
+    assert skip is not None and "no failed checks" in skip.skip_message
+    assert webhook == []
     published_key = flow_key("exchange", EXCHANGE, "1h", NATIVE, month)
     good = hashlib.sha256(store.read_bytes(published_key)).hexdigest()
 
@@ -161,17 +172,17 @@ def test_failing_check_blocks_publishing_keeps_previous_file_and_alerts(
     assert f"/runs/{other.run_id}" in webhook[1]["json"]["text"]
 
 
-def test_check_alert_skips_runs_without_failed_checks_and_logs_without_webhook(
-    stage: Stage, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+def test_alert_is_logged_when_no_webhook_is_set(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.delenv("APERIODIC_ALERT_WEBHOOK_URL", raising=False)
-    instance = new_instance()
-    result = run_month(instance, stage.resources(), "2024-01")
-    context = build_run_status_sensor_context(
-        sensor_name=check_failure_alert_on_success.name,
-        dagster_event=result.get_run_success_event(),
-        dagster_instance=instance,
-        dagster_run=instance.get_run_by_id(result.run_id),
-    )
-    skip = check_failure_alert_on_success(context)
-    assert skip is not None and "no failed checks" in skip.skip_message
+    with caplog.at_level(logging.WARNING, logger="aperiodic-test-alerts"):
+        assert send_alert("check failed: x", logging.getLogger("aperiodic-test-alerts")) is False
+    assert "check failed: x" in caplog.text and "APERIODIC_ALERT_WEBHOOK_URL" in caplog.text
+
+
+def test_webhook_errors_name_the_variable_not_the_secret_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APERIODIC_ALERT_WEBHOOK_URL", "http://127.0.0.1:9/hooks/secret-token")  # nothing listens
+    with pytest.raises(RuntimeError, match="APERIODIC_ALERT_WEBHOOK_URL") as failure:
+        send_alert("x", logging.getLogger("aperiodic-test-alerts"))
+    assert "secret-token" not in str(failure.value)

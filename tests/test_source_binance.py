@@ -124,6 +124,11 @@ def test_interleaved_rows_duplicates_and_id_gaps(tmp_path, mirror_root, source_c
     assert result.duplicates_dropped == 9
     assert result.id_gaps == 2
     assert result.trade_count == holes.height
+    # The sort path writes exactly the bytes the already-sorted path writes for the same trades.
+    write_binance_month(mirror_root, "ETHUSDT", MONTH, holes)
+    clean = binance.fetch_month("perpetual-ETH-USDT:USDT", MONTH, dest=tmp_path / "clean.parquet",
+                                config=source_config, downloader=fast_downloader)
+    assert clean.duplicates_dropped == 0 and clean.path.read_bytes() == result.path.read_bytes()
 
 
 def test_microsecond_timestamps_are_recognised(tmp_path, mirror_root, source_config, fast_downloader):

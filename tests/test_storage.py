@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-from moto.server import ThreadedMotoServer
 
 from aperiodic_pipelines.errors import StoreError
 from aperiodic_pipelines.storage import (
@@ -29,8 +27,7 @@ from aperiodic_pipelines.storage import (
     store_from_uri,
     write_parquet_deterministic,
 )
-
-BUCKET = "aperiodic-test"
+from tests.s3_fixtures import aws_env, moto_endpoint, s3_bucket, s3_client  # noqa: F401 - pytest fixtures
 
 
 def bars_frame(rows: int = 1_000, seed: int = 3) -> pl.DataFrame:
@@ -240,43 +237,19 @@ def test_local_failed_publishes_leave_previous_object_and_no_temp_files(
 # --- S3 store ----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def s3_client(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 - boto3 client type is dynamic
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-access-key")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-key")
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    client.create_bucket(Bucket=BUCKET)
-    yield client
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET):
-        for obj in page.get("Contents", []):
-            client.delete_object(Bucket=BUCKET, Key=obj["Key"])
-    client.delete_bucket(Bucket=BUCKET)
-
-
 @pytest.mark.slow
-def test_s3_round_trip_exact_keys_and_listing(s3_client, tmp_path: Path) -> None:
-    store = S3Store(s3_client, BUCKET, "platform/v1/")
+def test_s3_round_trip_exact_keys_and_listing(s3_client, s3_bucket: str, tmp_path: Path) -> None:  # noqa: F811
+    store = S3Store(s3_client, s3_bucket, "platform/v1/")
     assert isinstance(store, ObjectStore)
     key = flow_key("exchange", "hyperliquid-perps", "5m", "BTC", "2024-02")
     staged = write_bars(tmp_path / "staged.parquet", interval="5m")
     published = store.publish_file(staged, key, content_type="application/vnd.apache.parquet")
 
-    assert published.uri == f"s3://{BUCKET}/platform/v1/{key}" == store.uri(key)
+    assert published.uri == f"s3://{s3_bucket}/platform/v1/{key}" == store.uri(key)
     assert published.sha256 == hashlib.sha256(staged.read_bytes()).hexdigest()
-    raw = s3_client.list_objects_v2(Bucket=BUCKET)["Contents"]
+    raw = s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]
     assert [o["Key"] for o in raw] == [f"platform/v1/{key}"]
-    head = s3_client.head_object(Bucket=BUCKET, Key=f"platform/v1/{key}")
+    head = s3_client.head_object(Bucket=s3_bucket, Key=f"platform/v1/{key}")
     assert head["ContentType"] == "application/vnd.apache.parquet"
     assert head["Metadata"]["sha256"] == published.sha256
 
@@ -293,7 +266,7 @@ def test_s3_round_trip_exact_keys_and_listing(s3_client, tmp_path: Path) -> None
     assert store.exists(other) and not store.exists("raw/none.parquet")
     store.delete(other)
     assert store.list() == [key]
-    with pytest.raises(ObjectNotFoundError, match=f"s3://{BUCKET}/platform/v1/raw/none.parquet"):
+    with pytest.raises(ObjectNotFoundError, match=f"s3://{s3_bucket}/platform/v1/raw/none.parquet"):
         store.read_bytes("raw/none.parquet")
     with pytest.raises(ObjectNotFoundError):
         store.download("raw/none.parquet", tmp_path / "dl" / "none.parquet")
@@ -301,19 +274,21 @@ def test_s3_round_trip_exact_keys_and_listing(s3_client, tmp_path: Path) -> None
 
 
 @pytest.mark.slow
-def test_s3_multipart_publish_round_trip(s3_client, tmp_path: Path) -> None:
-    store = S3Store(s3_client, BUCKET, multipart_threshold=6 * 2**20, part_size=5 * 2**20)
+def test_s3_multipart_publish_round_trip(s3_client, s3_bucket: str, tmp_path: Path) -> None:  # noqa: F811
+    store = S3Store(s3_client, s3_bucket, multipart_threshold=6 * 2**20, part_size=5 * 2**20)
     big = tmp_path / "big.bin"
     big.write_bytes(np.random.default_rng(1).bytes(11 * 2**20 + 123))  # three parts
     published = store.publish_file(big, "blobs/big.bin")
     assert published.size == big.stat().st_size
     assert store.read_bytes("blobs/big.bin") == big.read_bytes()
-    assert s3_client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
 
 
 @pytest.mark.slow
-def test_s3_failed_publishes_leave_previous_object_and_no_parts(s3_client, tmp_path: Path) -> None:
-    store = S3Store(s3_client, BUCKET, "p", multipart_threshold=6 * 2**20, part_size=5 * 2**20)
+def test_s3_failed_publishes_leave_previous_object_and_no_parts(
+    s3_client, s3_bucket: str, tmp_path: Path  # noqa: F811
+) -> None:
+    store = S3Store(s3_client, s3_bucket, "p", multipart_threshold=6 * 2**20, part_size=5 * 2**20)
     key = flow_key("exchange", "binance-futures", "1s", "BTCUSDT", "2024-01")
     good = write_bars(tmp_path / "good.parquet")
     store.publish_file(good, key)
@@ -335,7 +310,7 @@ def test_s3_failed_publishes_leave_previous_object_and_no_parts(s3_client, tmp_p
     finally:
         s3_client.meta.events.unregister("before-call.s3.UploadPart", fail_second_part)
     assert calls["parts"] == 2
-    assert s3_client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
 
     # An invalid parquet file is refused before any request.
     bogus = tmp_path / "bogus.parquet"
@@ -348,7 +323,8 @@ def test_s3_failed_publishes_leave_previous_object_and_no_parts(s3_client, tmp_p
 
 
 @pytest.mark.slow
-def test_s3_errors_name_the_object_and_repr_hides_credentials(s3_endpoint: str) -> None:
+def test_s3_errors_name_the_object_and_repr_hides_credentials(moto_endpoint: str) -> None:  # noqa: F811
+    s3_endpoint = moto_endpoint
     client = boto3.client(
         "s3",
         endpoint_url=s3_endpoint,
@@ -388,13 +364,12 @@ def test_store_from_uri_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.slow
 def test_store_from_uri_s3_uses_endpoint_from_environment(
-    s3_client, s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_client, s3_bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
-    monkeypatch.setenv("APERIODIC_STORE", f"s3://{BUCKET}/team/prefix")
+    # aws_env (via s3_client) set AWS_ENDPOINT_URL_S3 to the moto server and cleared AWS_ENDPOINT_URL.
+    monkeypatch.setenv("APERIODIC_STORE", f"s3://{s3_bucket}/team/prefix")
     store = store_from_uri()
     assert isinstance(store, S3Store)
-    assert (store.bucket, store.prefix) == (BUCKET, "team/prefix")
+    assert (store.bucket, store.prefix) == (s3_bucket, "team/prefix")
     store.publish_file(write_bars(tmp_path / "x.parquet"), "k/x.parquet")
-    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=BUCKET)["Contents"]] == ["team/prefix/k/x.parquet"]
+    assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]] == ["team/prefix/k/x.parquet"]

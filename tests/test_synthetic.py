@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
@@ -112,9 +114,13 @@ def test_without_arrival_and_custom_grid() -> None:
 def test_tiny_and_empty_tapes() -> None:
     assert generate_tape(n_trades=0).schema == pl.Schema(CANONICAL_SCHEMA)
     assert generate_tape(n_trades=0).height == 0
-    for n in (1, 2, 7, 40):
-        validate_trades(generate_tape(n_trades=n, seed=n))
-        assert generate_tape(n_trades=n, seed=n).height == n
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. a division by zero for a day holding a single trade
+        for n in (1, 2, 7, 10, 40):
+            tape = generate_tape(n_trades=n, seed=n)
+            validate_trades(tape)
+            assert tape.height == n
+            assert tape["ts_exchange"][0] == month_bounds_us("2024-01")[0]
 
 
 def test_bad_arguments_are_rejected() -> None:

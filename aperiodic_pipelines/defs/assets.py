@@ -5,7 +5,7 @@ frame. Bars are staged under `staging/` and only `published_flow_bars`, which ru
 passed, copies them to the published layout `flow/{timestamp}/{exchange}/{interval}/{native}/{YYYY-MM}.parquet`.
 """
 
-
+# No `from __future__ import annotations` here: Dagster inspects the `context` annotation of ops at runtime.
 import json
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -62,6 +62,7 @@ from aperiodic_pipelines.errors import (
 from aperiodic_pipelines.flow import (
     FLOW_SCHEMA,
     INTERVALS,
+    SECOND_STATS_SCHEMA,
     SecondStats,
     bars_from_second_stats,
     compute_second_stats,
@@ -138,6 +139,7 @@ def _table_schema(schema: Mapping[str, pl.DataType]) -> TableSchema:
 
 BARS_TABLE_SCHEMA = _table_schema(FLOW_SCHEMA)
 RAW_TABLE_SCHEMA = _table_schema(CANONICAL_SCHEMA)
+SECONDS_TABLE_SCHEMA = _table_schema(SECOND_STATS_SCHEMA)
 
 
 def exchange_slug(exchange: str) -> str:
@@ -298,33 +300,52 @@ def _raw_info(store: ObjectStore, exchange: str, native: str, month: str) -> dic
 
 
 @contextmanager
+def _raw_month_trades(
+    store: ObjectStore, sources: SourcesResource, exchange: str, symbol: str, month: str
+) -> Iterator[tuple[Path, dict, str]]:
+    """Raw trades of one month as a local parquet path: from the store, else fetched from the source into a
+    temporary file (not published; the raw zone belongs to `raw_trades`). Yields (path, info, where from).
+    Raises `NotPublishedError` when the exchange does not have the month."""
+    native = _native(exchange, symbol)
+    info = _raw_info(store, exchange, native, month)
+    if info is not None:
+        with _local_copy(store, info["key"]) as path:
+            yield path, info, f"{month} from the store"
+        return
+    from aperiodic_pipelines.sources import fetch_month
+
+    kwargs: dict[str, Any] = {}
+    if (client := sources.get_s3_client()) is not None:
+        kwargs["s3_client"] = client
+    with tempfile.TemporaryDirectory(prefix="aperiodic-fetch-") as tmp:
+        result = fetch_month(
+            exchange, symbol, month, dest=Path(tmp) / f"{month}.parquet", config=sources.get_config(), **kwargs
+        )
+        info = result.to_metadata()
+        info.pop("path", None)
+        yield result.path, info, f"{month} fetched from the source (raw_trades {month} not in the store yet)"
+
+
+@contextmanager
 def _previous_month_trades(
     context: AssetExecutionContext, store: ObjectStore, sources: SourcesResource, exchange: str, symbol: str, month: str
 ) -> Iterator[tuple[Path | None, dict | None, str]]:
-    """Raw trades of month m−1: from the store; else fetched (not published) if the exchange has the month;
-    else none, because m is the instrument's first month. Yields (path, info, note)."""
-    native = _native(exchange, symbol)
+    """Raw trades of month m−1, or none when m is the instrument's first month (the exchange has no m−1)."""
     prev = previous_month(month)
     if f"{month}-01" == FIRST_MONTH:
         yield None, None, f"{month} is the first month of the partitions: no previous month"
         return
-    info = _raw_info(store, exchange, native, prev)
-    if info is not None:
-        with _local_copy(store, info["key"]) as path:
-            yield path, info, f"previous month {prev} from the store"
+    try:
+        context_manager = _raw_month_trades(store, sources, exchange, symbol, prev)
+        path, info, origin = context_manager.__enter__()
+    except NotPublishedError as exc:
+        context.log.info(f"no {prev} for {exchange} {symbol}: treating {month} as its first month ({exc})")
+        yield None, None, f"{prev} not published by {exchange}: {month} is the instrument's first month"
         return
-    from aperiodic_pipelines.sources import fetch_month
-
-    with tempfile.TemporaryDirectory(prefix="aperiodic-prev-") as tmp:
-        try:
-            result = fetch_month(exchange, symbol, prev, dest=Path(tmp) / f"{prev}.parquet", config=sources.get_config())
-        except NotPublishedError as exc:
-            context.log.info(f"no {prev} for {exchange} {symbol}: treating {month} as its first month ({exc})")
-            yield None, None, f"{prev} not published by {exchange}: {month} is the instrument's first month"
-            return
-        info = result.to_metadata()
-        info.pop("path", None)
-        yield result.path, info, f"previous month {prev} fetched from the source (raw_trades {prev} not in store)"
+    try:
+        yield path, info, f"previous month {origin}"
+    finally:
+        context_manager.__exit__(None, None, None)
 
 
 @asset(
@@ -348,16 +369,16 @@ def compute_and_store_second_stats(
     exchange, symbol, month = split_partition_key(context.partition_key)
     native = _native(exchange, symbol)
     object_store = store.get_store()
-    current = _raw_info(object_store, exchange, native, month)
-    if current is None:
-        raise MissingInputError(
-            f"raw trades of {exchange} {symbol} {month} are not in {object_store!r}: materialize raw_trades first"
-        )
-    metadata: dict[str, Any] = {"month": month, "exchange": exchange, "symbol": symbol}
+    metadata: dict[str, Any] = {
+        "month": month, "exchange": exchange, "symbol": symbol, "dagster/column_schema": SECONDS_TABLE_SCHEMA,
+    }
+    # raw_trades(m) is normally in the store; an asset backfill also reaches month b+1 of a range [a, b]
+    # (second_stats(b+1) reads raw(b)), whose raw trades are then fetched on the fly.
     with (
-        _local_copy(object_store, current["key"]) as current_path,
+        _raw_month_trades(object_store, sources, exchange, symbol, month) as (current_path, current, origin),
         _previous_month_trades(context, object_store, sources, exchange, symbol, month) as (prev_path, prev, note),
     ):
+        metadata["this_month"] = origin
         sources_used = [*(prev or {}).get("objects", []), *current.get("objects", [])]
         variants = {"exchange": ""}
         if not current.get("has_arrival_times"):
@@ -436,7 +457,13 @@ def stage_flow_bars(
             _publish_json(store, manifest, manifest_key(timestamp, exchange, native, month), Path(tmp))
             context.log.info(f"{timestamp} variant skipped: {reason}")
             return MaterializeResult(
-                metadata={"produced": False, "note": f"not produced: {reason}", "dagster/row_count": 0},
+                metadata={
+                    "produced": False,
+                    "note": f"not produced: {reason}",
+                    "dagster/row_count": 0,
+                    "dagster/column_schema": BARS_TABLE_SCHEMA,
+                    "dagster/uri": store.uri(manifest_key(timestamp, exchange, native, month)),
+                },
                 check_results=not_applicable_results(asset_key, reason),
             )
         stats, kv = _load_second_stats(store, seconds)

@@ -8,7 +8,6 @@ takes exactly two dimensions. Month keys are Dagster's monthly keys, `YYYY-MM-01
 from __future__ import annotations
 
 import re
-from datetime import date
 
 from dagster import (
     DynamicPartitionsDefinition,
@@ -94,8 +93,3 @@ def split_partition_key(partition_key: str | MultiPartitionKey) -> tuple[str, st
     exchange, symbol = parse_instrument_key(keys["instrument"])
     return exchange, symbol, month_of(keys["month"])
 
-
-def first_day(month: str) -> date:
-    """`2024-01` → date(2024, 1, 1)."""
-    year, mon = (int(part) for part in month_of(month).split("-"))
-    return date(year, mon, 1)

@@ -40,11 +40,9 @@ class StoreResource(ConfigurableResource):
     def get_store(self) -> ObjectStore:
         client = None
         if self.s3 is not None and self.is_s3():
-            try:
-                client = self.s3.get_client()
-            except RuntimeError:
-                # Outside a run Dagster does not resolve EnvVar fields; boto3 reads the same variables itself.
-                client = s3_client_from_env()
+            unresolved = any(isinstance(getattr(self.s3, name), EnvVar) for name in type(self.s3).model_fields)
+            # Outside a run Dagster does not resolve EnvVar fields; boto3 then reads the same variables itself.
+            client = s3_client_from_env() if unresolved else self.s3.get_client()
         return store_from_uri(self.resolved_uri(), s3_client=client)
 
 

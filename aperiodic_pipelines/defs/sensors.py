@@ -10,6 +10,7 @@ The webhook is `APERIODIC_ALERT_WEBHOOK_URL` (a secret: never logged); when unse
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import requests
 from dagster import (
     DagsterEventType,
     DagsterInstance,
+    DagsterLogManager,
     DagsterRun,
     DagsterRunStatus,
     DefaultSensorStatus,
@@ -36,6 +38,9 @@ DAGSTER_URL_ENV = "APERIODIC_DAGSTER_URL"
 DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
 WEBHOOK_TIMEOUT_SECONDS = 10
 MAX_RULE_CHARS = 300  # keep chat messages short; the run page has the rest
+# Runs started in-process (the CLI's `materialize`) carry no code-location origin; only this setting lets the
+# daemon's sensors see them. This platform is the deployment's only code location.
+MONITOR_ALL_RUNS = True
 
 
 @dataclass(frozen=True)
@@ -92,13 +97,17 @@ def run_failure_message(run: DagsterRun, error: str) -> str:
     )
 
 
-def send_alert(text: str, log) -> bool:
+def send_alert(text: str, log: logging.Logger | DagsterLogManager) -> bool:
     """POST `{"text": text}` to the webhook; log only when none is configured. Returns whether it was posted."""
     url = os.environ.get(WEBHOOK_ENV)
     if not url:
         log.warning(f"alert (no {WEBHOOK_ENV} set): {text}")
         return False
-    response = requests.post(url, json={"text": text}, timeout=WEBHOOK_TIMEOUT_SECONDS)
+    try:
+        response = requests.post(url, json={"text": text}, timeout=WEBHOOK_TIMEOUT_SECONDS)
+    except requests.RequestException as exc:
+        # requests puts the URL (and so the token) in its messages: report the variable and the kind of error.
+        raise RuntimeError(f"alert webhook ({WEBHOOK_ENV}) unreachable: {type(exc).__name__}") from None
     if response.status_code >= 300:
         # The URL holds a token: name the variable, not its value.
         raise RuntimeError(f"alert webhook ({WEBHOOK_ENV}) answered HTTP {response.status_code}")
@@ -119,6 +128,7 @@ def _check_alert_sensor(status: DagsterRunStatus) -> SensorDefinition:
         run_status=status,
         name=f"check_failure_alert_on_{status.value.lower()}",
         default_status=DefaultSensorStatus.RUNNING,
+        monitor_all_code_locations=MONITOR_ALL_RUNS,
         description=f"Posts failed data-quality checks of {status.value.lower()} runs to {WEBHOOK_ENV}.",
     )
     def check_alert(context: RunStatusSensorContext):
@@ -134,6 +144,7 @@ check_failure_alert_on_failure = _check_alert_sensor(DagsterRunStatus.FAILURE)
 @run_failure_sensor(
     name="run_failure_alert",
     default_status=DefaultSensorStatus.RUNNING,
+    monitor_all_code_locations=MONITOR_ALL_RUNS,
     description=f"Posts failed runs (other than failed checks) to {WEBHOOK_ENV}.",
 )
 def run_failure_alert(context: RunFailureSensorContext):

@@ -242,9 +242,15 @@ class Downloader:
             "content_length": response.headers.get("Content-Length"),
         }
         meta_path = self._meta_path(target)
-        tmp = meta_path.with_name(meta_path.name + ".part")
-        tmp.write_text(json.dumps(meta, sort_keys=True))
-        os.replace(tmp, meta_path)
+        # A private temp name: two runs caching the same file at once must not rename each other's half-file.
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{meta_path.name}.", suffix=".part", dir=meta_path.parent)
+        try:
+            with os.fdopen(handle, "w") as tmp:
+                tmp.write(json.dumps(meta, sort_keys=True))
+            os.replace(tmp_name, meta_path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
 
     def evict(self, cache_key: str) -> None:
         """Forget a cached file (e.g. one that turned out corrupt when it was read)."""
