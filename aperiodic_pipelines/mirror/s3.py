@@ -127,14 +127,27 @@ class HyperliquidMirror:
 def hyperliquid_mirror(
     bucket: str = DEFAULT_BUCKET, *, prefix: str = "", region: str = DEFAULT_REGION
 ) -> Iterator[HyperliquidMirror]:
-    """Start a moto server on 127.0.0.1, create the bucket, yield the mirror, stop the server."""
+    """Start a moto server on 127.0.0.1, create the bucket (empty), yield the mirror, stop the server.
+
+    moto keeps its state per process, not per server: a bucket another mirror in the same process filled is
+    still there, and the writers append to existing hour objects. Emptying it keeps each mirror independent.
+    """
     server, endpoint = start_moto_server()
     try:
         client = make_client(endpoint, region=region)
         create_bucket(client, bucket, region=region)
+        empty_bucket(client, bucket)
         yield HyperliquidMirror(server, endpoint, client, bucket, prefix, region)
     finally:
         server.stop()
+
+
+def empty_bucket(client: Any, bucket: str) -> None:
+    """Delete every object of `bucket`."""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
 
 # --- writers ---------------------------------------------------------------------------------------------------
