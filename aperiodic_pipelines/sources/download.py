@@ -318,17 +318,6 @@ class Downloader:
         raise DownloadError(f"GET {url} failed after {self.retry.attempts} attempts: {last_problem}")
 
 
-def file_digest(path: Path) -> tuple[int, str]:
-    """(size, sha256 hex) of a local file, read in chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
-
-
 @contextlib.contextmanager
 def scratch_dir(near: Path) -> Iterator[Path]:
     """A temporary working directory next to `near` (same filesystem, so renames are atomic)."""

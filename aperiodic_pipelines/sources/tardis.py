@@ -20,11 +20,12 @@ from pathlib import Path
 import polars as pl
 
 from aperiodic_pipelines.errors import CorruptArchiveError, NotPublishedError, SymbolError
+from aperiodic_pipelines.hashing import sha256_file
 from aperiodic_pipelines.sources import okx
 from aperiodic_pipelines.sources.base import SourceObject, SourceResult
 from aperiodic_pipelines.sources.canonical import TradeFile, build_canonical_month, days_of_month, parse_month
 from aperiodic_pipelines.sources.config import SourceConfig
-from aperiodic_pipelines.sources.download import Downloader, file_digest, scratch_dir
+from aperiodic_pipelines.sources.download import Downloader, scratch_dir
 from aperiodic_pipelines.sources.symbols import to_native
 
 TARDIS_EXCHANGES = {"binance-futures": "binance-futures", "okx-perps": "okex-swap", "hyperliquid-perps": "hyperliquid"}
@@ -98,7 +99,7 @@ def fetch_month(
                     local = Path(base) / path
                     if not local.is_file():
                         raise NotPublishedError(f"not published (yet): {local} (no such Tardis file)")
-                    size, sha = file_digest(local)
+                    size, sha = sha256_file(local)
                     location = str(local.resolve())
             except NotPublishedError:
                 if day in optional:

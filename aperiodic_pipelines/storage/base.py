@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
 from aperiodic_pipelines.errors import StoreError
+from aperiodic_pipelines.hashing import HASH_CHUNK, sha256_file  # noqa: F401  (re-exported for the stores)
 
-HASH_CHUNK = 1 << 20
 PARQUET_MAGIC = b"PAR1"
 
 
@@ -48,17 +47,6 @@ class ObjectStore(Protocol):
     ) -> PublishedObject: ...
 
     def delete(self, key: str) -> None: ...
-
-
-def sha256_file(path: Path | str) -> tuple[int, str]:
-    """Size in bytes and hex sha256 of a local file."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def check_key(key: str) -> str:
