@@ -75,11 +75,6 @@ class SecondStats:
     timestamp: str
     has_previous: bool
 
-    @property
-    def window_start_us(self) -> int:
-        start, _ = month_bounds_us(self.month)
-        return start - (_lookback_us() if self.has_previous else 0)
-
 
 def _lookback_us() -> int:
     # The widest interval is 1d: 20 daily bars before the month are the most any window needs.
