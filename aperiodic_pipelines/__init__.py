@@ -7,4 +7,4 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+local"
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: `time` is Datetime[us] without a zone (UTC wall clock), spec §2

@@ -196,7 +196,7 @@ def reference_bars(
                 )
 
     times = start + np.arange(n_bars - first, dtype=np.int64) * step
-    columns = [pl.Series("time", times, dtype=pl.Int64).cast(pl.Datetime("us", "UTC"))]
+    columns = [pl.Series("time", times, dtype=pl.Int64).cast(pl.Datetime("us"))]
     for f in FIELDS:
         if f in COUNT_FIELDS:
             columns.append(pl.Series(f, out[f].astype(np.int64), dtype=pl.Int64))

@@ -26,6 +26,7 @@ from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.flow import FLOW_SCHEMA, INTERVALS, bars_in_month
 from aperiodic_pipelines.mirror.http import ArchiveMirror
 from aperiodic_pipelines.storage import ObjectStore, flow_key, raw_key, read_parquet_metadata, seconds_key
+from aperiodic_pipelines.storage.index import index_key
 from aperiodic_pipelines.synthetic import generate_tape
 
 EXCHANGE = "binance-futures"
@@ -102,6 +103,7 @@ def expected_keys(months: tuple[str, ...] = MONTHS) -> list[str]:
         keys += [raw_key(EXCHANGE, NATIVE, month), raw_sources_key(EXCHANGE, NATIVE, month)]
         keys.append(seconds_key("exchange", EXCHANGE, NATIVE, month))
         keys += [flow_key("exchange", EXCHANGE, interval, NATIVE, month) for interval in INTERVALS]
+        keys.append(index_key(EXCHANGE, NATIVE, month))
     return sorted(keys)
 
 

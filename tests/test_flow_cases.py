@@ -26,7 +26,7 @@ def us(*parts: int) -> int:
 
 
 def dt(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)
+    return datetime(*parts)  # bar `time` is zone-less UTC wall clock (spec §2)
 
 
 def trades(*rows: tuple) -> pl.DataFrame:
@@ -347,7 +347,7 @@ def test_column_order_and_dtypes() -> None:
     frame = bars(trades((us(2024, 1, 3), 100.0, 1.0, True)), interval="1d")
     assert frame.columns == list(FLOW_COLUMNS) == COLUMNS
     assert frame.schema == pl.Schema(FLOW_SCHEMA)
-    assert frame.schema["time"] == pl.Datetime("us", "UTC")
+    assert frame.schema["time"] == pl.Datetime("us")  # zone-less UTC wall clock (spec §2)
     for field in COLUMNS[1:]:
         assert frame.schema[field] == (pl.Int64 if field.endswith("_count") else pl.Float64), field
 

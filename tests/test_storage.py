@@ -373,3 +373,31 @@ def test_store_from_uri_s3_uses_endpoint_from_environment(
     assert (store.bucket, store.prefix) == (s3_bucket, "team/prefix")
     store.publish_file(write_bars(tmp_path / "x.parquet"), "k/x.parquet")
     assert [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]] == ["team/prefix/k/x.parquet"]
+
+
+def test_published_index_round_trip_per_month(tmp_path: Path) -> None:
+    from aperiodic_pipelines.storage.index import (
+        PublishedFile,
+        PublishedMonth,
+        index_key,
+        list_published_months,
+        read_published_month,
+        record_published_month,
+    )
+
+    store = LocalStore(tmp_path / "store")
+    assert read_published_month(store, "binance-futures", "BTCUSDT", "2024-01") is None
+    months = []
+    for month in ("2024-02", "2024-01"):
+        entry = PublishedMonth(
+            exchange="binance-futures", symbol="perpetual-BTC-USDT:USDT", native_symbol="BTCUSDT", month=month,
+            files=(PublishedFile("exchange", "1m", f"flow/exchange/binance-futures/1m/BTCUSDT/{month}.parquet",
+                                 "ab" * 32, 41760 if month == "2024-02" else 44640, 1234),),
+        )
+        record_published_month(store, entry)
+        months.append(entry)
+    assert index_key("binance-futures", "BTCUSDT", "2024-01") == "index/flow/binance-futures/BTCUSDT/2024-01.json"
+    assert [m.month for m in list_published_months(store, "binance-futures", "BTCUSDT")] == ["2024-01", "2024-02"]
+    assert read_published_month(store, "binance-futures", "BTCUSDT", "2024-02") == months[0]
+    with pytest.raises(ValueError, match="native symbol"):
+        index_key("binance-futures", "../etc", "2024-01")

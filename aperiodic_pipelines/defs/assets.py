@@ -77,13 +77,14 @@ from aperiodic_pipelines.storage import (
     sha256_file,
     write_parquet_deterministic,
 )
+from aperiodic_pipelines.storage.index import PublishedFile, PublishedMonth, record_published_month
 from aperiodic_pipelines.trades import CANONICAL_SCHEMA
 
 # Bump an asset's code version when its output for the same input changes; Dagster then flags stale partitions.
 RAW_TRADES_VERSION = "1"
 SECOND_STATS_VERSION = "1"
-FLOW_BARS_VERSION = "1"
-PUBLISHED_VERSION = "1"
+FLOW_BARS_VERSION = "2"  # 2: `time` is zone-less UTC wall clock (spec §2 as changed)
+PUBLISHED_VERSION = "2"
 CODE_VERSION = f"flow-bars-v{FLOW_BARS_VERSION}"  # written into every published file (spec §4)
 
 RAW_GROUP = "raw"
@@ -555,7 +556,12 @@ def publish_staged(store: ObjectStore, manifest: Mapping[str, Any], workdir: Pat
         if sha != entry["sha256"]:
             raise MissingInputError(f"staged {entry['staged_key']} changed since its checks ran (sha256 {sha})")
         obj = store.publish_file(local, entry["key"])
-        published.append({"key": obj.key, "uri": obj.uri, "sha256": obj.sha256, "size": size, "rows": entry["rows"]})
+        published.append(
+            {
+                "timestamp": manifest["timestamp"], "interval": entry["interval"], "key": obj.key, "uri": obj.uri,
+                "sha256": obj.sha256, "size": size, "rows": entry["rows"],
+            }
+        )
         local.unlink()
     return published
 
@@ -597,6 +603,20 @@ def publish_partition(context: AssetExecutionContext, store: StoreResource) -> M
         for entry in manifest["files"]:
             object_store.delete(entry["staged_key"])
         object_store.delete(manifest_key(timestamp, exchange, native, month))
+    # The index goes last: a manifest never names a file that is not published yet.
+    record_published_month(
+        object_store,
+        PublishedMonth(
+            exchange=exchange, symbol=symbol, native_symbol=native, month=month,
+            files=tuple(
+                PublishedFile(
+                    timestamp=p["timestamp"], interval=p["interval"], key=p["key"], sha256=p["sha256"],
+                    rows=p["rows"], size=p["size"],
+                )
+                for p in published
+            ),
+        ),
+    )
     exchange_1m = next(p for p in published if p["key"] == flow_key("exchange", exchange, "1m", native, month))
     return MaterializeResult(
         metadata={

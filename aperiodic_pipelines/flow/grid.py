@@ -31,7 +31,8 @@ BUCKETS = ("small", "medium", "large")
 SMALL_BELOW = 100.0  # notional < 100 is small
 LARGE_FROM = 1_000.0  # notional >= 1000 is large
 
-TIME_DTYPE = pl.Datetime("us", "UTC")
+# Zone-less, holding UTC wall-clock values (spec §2): the catalog's client trims `time` with naive bounds.
+TIME_DTYPE = pl.Datetime("us")
 
 FLOW_FIELDS: tuple[str, ...] = (
     "taker_buy_volume",

@@ -1,0 +1,84 @@
+"""The index of what is published: one small JSON manifest per instrument-month.
+
+The publishing step writes `index/flow/{exchange}/{native_symbol}/{YYYY-MM}.json` right after the month's
+files are in place, replacing it whole (the store's atomic publish). A manifest therefore never names a file
+that is not published yet, and readers (the API, checks, the Dagster metadata) learn what exists from one
+small object per month instead of listing the `flow/` tree. One object per month, not per instrument, so
+months of one instrument published side by side by a backfill never overwrite each other's entries.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from aperiodic_pipelines.storage.base import ObjectStore, PublishedObject
+from aperiodic_pipelines.storage.keys import _segment, check_month
+
+INDEX_PREFIX = "index/flow/"
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """One published parquet object of a month: which variant and interval, where, and what it holds."""
+
+    timestamp: str
+    interval: str
+    key: str
+    sha256: str
+    rows: int
+    size: int
+
+
+@dataclass(frozen=True)
+class PublishedMonth:
+    """Everything published for one instrument-month, as the index records it."""
+
+    exchange: str
+    symbol: str
+    native_symbol: str
+    month: str
+    files: tuple[PublishedFile, ...]
+
+    def to_json(self) -> str:
+        value = asdict(self)
+        value["files"] = sorted(value["files"], key=lambda f: (f["timestamp"], f["interval"]))
+        return json.dumps(value, sort_keys=True, separators=(",", ":")) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> PublishedMonth:
+        value = json.loads(text)
+        files = tuple(PublishedFile(**entry) for entry in value.pop("files"))
+        return cls(files=files, **value)
+
+
+def index_key(exchange: str, native_symbol: str, month: str) -> str:
+    """`index/flow/{exchange}/{native_symbol}/{YYYY-MM}.json`."""
+    return (
+        f"{INDEX_PREFIX}{_segment('exchange', exchange)}/{_segment('native symbol', native_symbol)}/"
+        f"{check_month(month)}.json"
+    )
+
+
+def record_published_month(store: ObjectStore, month: PublishedMonth) -> PublishedObject:
+    """Replace the month's manifest whole (call after every file it names is published)."""
+    key = index_key(month.exchange, month.native_symbol, month.month)
+    with tempfile.TemporaryDirectory(prefix="aperiodic-index-") as tmp:
+        path = Path(tmp) / "manifest.json"
+        path.write_text(month.to_json())
+        return store.publish_file(path, key, content_type="application/json")
+
+
+def read_published_month(store: ObjectStore, exchange: str, native_symbol: str, month: str) -> PublishedMonth | None:
+    """The month's manifest, or None when nothing of that month is published."""
+    key = index_key(exchange, native_symbol, month)
+    return PublishedMonth.from_json(store.read_bytes(key)) if store.exists(key) else None
+
+
+def list_published_months(store: ObjectStore, exchange: str, native_symbol: str) -> list[PublishedMonth]:
+    """Every published month of one instrument, oldest first."""
+    prefix = f"{INDEX_PREFIX}{_segment('exchange', exchange)}/{_segment('native symbol', native_symbol)}/"
+    keys = sorted(k for k in store.list(prefix) if k.endswith(".json"))
+    return [PublishedMonth.from_json(store.read_bytes(k)) for k in keys]
