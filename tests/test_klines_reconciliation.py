@@ -1,0 +1,283 @@
+# ruff: noqa: F811 - pytest fixtures imported from tests.http_fixtures are redefined as arguments
+"""Reconciliation of binance-futures 1m bars with Binance's own 1m klines, served by a real local HTTP mirror
+that holds the trade archives and the klines computed from the same generated trades."""
+
+from __future__ import annotations
+
+import zipfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+import pytest
+from dagster import (
+    AssetCheckSeverity,
+    AssetKey,
+    DagsterInstance,
+    MaterializeResult,
+    asset,
+    build_run_status_sensor_context,
+    materialize,
+)
+
+from aperiodic_pipelines.defs.checks import FAILED_RULE
+from aperiodic_pipelines.defs.klines_check import (
+    COUNT_NOT_COMPARED,
+    KLINES_CHECK,
+    evaluate_klines_check,
+    klines_check_spec,
+)
+from aperiodic_pipelines.defs.partitions import (
+    INSTRUMENTS_PARTITIONS_NAME,
+    flow_partition_key,
+    flow_partitions,
+    instrument_key,
+)
+from aperiodic_pipelines.defs.sensors import (
+    check_failure_alert_on_success,
+    check_failure_message,
+    failed_checks,
+)
+from aperiodic_pipelines.errors import ChecksumMismatchError, CorruptArchiveError
+from aperiodic_pipelines.flow import compute_flow_bars
+from aperiodic_pipelines.flow.reconcile import reconcile_with_klines
+from aperiodic_pipelines.mirror.archives import corrupt_zip, write_binance_month, write_wrong_checksum
+from aperiodic_pipelines.mirror.klines import binance_klines_csv, republish_klines, write_binance_klines_month
+from aperiodic_pipelines.sources import binance
+from aperiodic_pipelines.sources.config import SourceConfig
+from aperiodic_pipelines.sources.klines import fetch_klines_month, klines_path, parse_klines_csv
+from tests.http_fixtures import (  # noqa: F401
+    archive_mirror,
+    cached_files,
+    fast_downloader,
+    mirror_root,
+    source_config,
+    tiny_tape,
+)
+
+pytestmark = pytest.mark.slow  # starts a web server
+
+SYMBOL = "perpetual-BTC-USDT:USDT"
+NATIVE = "BTCUSDT"
+MONTH = "2024-01"
+ASSET = AssetKey("flow_bars_exchange")
+TAPE = tiny_tape(n=6000, seed=23)
+
+
+def _bars_from_mirror(tmp_path: Path, mirror_root: Path, config: SourceConfig, downloader, dataset: str):
+    """Our 1m bars, from the canonical month the binance source builds out of the mirror's trade archive."""
+    write_binance_month(mirror_root, NATIVE, MONTH, TAPE, dataset=dataset)
+    config = SourceConfig(**{**config.__dict__, "binance_dataset": dataset})
+    result = binance.fetch_month(SYMBOL, MONTH, dest=tmp_path / f"{dataset}.parquet", config=config,
+                                 downloader=downloader)
+    return compute_flow_bars(pl.read_parquet(result.path), None, month=MONTH, intervals=["1m"])["1m"]
+
+
+def _ms(minute: datetime) -> str:
+    """A bar's zone-less UTC `time` as the kline's `open_time` text."""
+    return str(int(minute.replace(tzinfo=UTC).timestamp() * 1000))
+
+
+def _busy_buy_minute(bars: pl.DataFrame) -> datetime:
+    return bars.filter(pl.col("taker_buy_count") >= 2).sort("taker_buy_volume", descending=True)["time"][0]
+
+
+def _add_to_taker_buy_volume(zip_path: Path, minute: datetime, delta_lots: int) -> None:
+    """Republish the klines with one minute's taker_buy_volume changed by `delta_lots` × 0.001."""
+    open_ms = _ms(minute)
+
+    def edit(lines: list[str]) -> list[str]:
+        out = []
+        for line in lines:
+            fields = line.split(",")
+            if fields[0] == open_ms:
+                units = round(float(fields[9]) * 1000) + delta_lots
+                fields[9] = f"{units // 1000}.{units % 1000:03d}"
+            out.append(",".join(fields))
+        assert out != lines
+        return out
+
+    republish_klines(zip_path, edit)
+
+
+def test_klines_file_is_laid_out_and_printed_as_binance_publishes(mirror_root):
+    trades = pl.DataFrame(
+        {"ts_exchange": [1704067200098123, 1704067201000000], "ts_arrival": [None, None], "trade_id": [5, 6],
+         "price": [42283.8, 42283.9], "qty": [0.004, 1.5], "is_buy": [False, True]},
+        schema_overrides={"ts_arrival": pl.Int64},
+    )
+    path = write_binance_klines_month(mirror_root, NATIVE, MONTH, trades)
+    assert path.relative_to(mirror_root).as_posix() == "data/futures/um/monthly/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01.zip"
+    with zipfile.ZipFile(path) as archive:
+        assert archive.namelist() == ["BTCUSDT-1m-2024-01.csv"]
+        lines = archive.read("BTCUSDT-1m-2024-01.csv").decode().splitlines()
+    assert lines[:3] == [
+        "open_time,open,high,low,close,volume,close_time,quote_volume,count,taker_buy_volume,"
+        "taker_buy_quote_volume,ignore",
+        "1704067200000,42283.80,42283.90,42283.80,42283.90,1.504,1704067259999,63594.98520,2,1.500,63425.85000,0",
+        # a minute without trades still has its kline: the last close, zero volumes
+        "1704067260000,42283.90,42283.90,42283.90,42283.90,0.000,1704067319999,0.00000,0,0.000,0.00000,0",
+    ]
+    assert len(lines) == 1 + 31 * 24 * 60
+    sidecar = path.with_name(path.name + ".CHECKSUM").read_text()
+    assert sidecar.endswith("  BTCUSDT-1m-2024-01.zip\n") and len(sidecar.split()[0]) == 64
+    # Older files have no header row; both read the same, with the decimals each column printed.
+    with_header = parse_klines_csv(binance_klines_csv(trades, MONTH), MONTH, name="a")
+    without = parse_klines_csv(binance_klines_csv(trades, MONTH, header=False), MONTH, name="b")
+    assert with_header[0].equals(without[0]) and (with_header[2], without[2]) == (True, False)
+    assert with_header[1] == {"open": 2, "high": 2, "low": 2, "close": 2, "volume": 3, "quote_volume": 5,
+                              "taker_buy_volume": 3, "taker_buy_quote_volume": 5}
+    assert with_header[0].schema["open_time"] == pl.Datetime("us")
+
+
+@pytest.mark.parametrize("dataset", ["aggTrades", "trades"])
+def test_bars_reconcile_with_the_klines_of_the_same_trades(tmp_path, mirror_root, source_config,
+                                                           fast_downloader, dataset):
+    bars = _bars_from_mirror(tmp_path, mirror_root, source_config, fast_downloader, dataset)
+    write_binance_klines_month(mirror_root, NATIVE, MONTH, TAPE)
+    klines = fetch_klines_month(NATIVE, MONTH, source_config, downloader=fast_downloader)
+    assert klines is not None and klines.has_header
+    assert klines.frame.height == bars.height == 31 * 24 * 60
+    assert klines.frame["count"].sum() == TAPE.height  # the file really holds the month's trades
+    assert klines.object.location.endswith(klines_path(NATIVE, MONTH)) and len(klines.object.sha256) == 64
+
+    outcome = reconcile_with_klines(bars, klines.frame, compare_counts=dataset == "trades", decimals=klines.decimals)
+    assert (outcome.bars_compared, outcome.bars_differing, outcome.bars_without_kline) == (bars.height, 0, 0)
+    assert outcome.passed and outcome.worst is None
+    assert outcome.counts_compared == (dataset == "trades")
+    assert [f.field for f in outcome.fields][-1] == ("count" if dataset == "trades" else "quote_volume")
+    assert {f.field: f.half_unit for f in outcome.fields}["taker_buy_volume"] == pytest.approx(0.0005)
+
+
+def test_altered_kline_is_detected_naming_the_bar(tmp_path, mirror_root, source_config, fast_downloader,
+                                                   archive_mirror):
+    bars = _bars_from_mirror(tmp_path, mirror_root, source_config, fast_downloader, "trades")
+    path = write_binance_klines_month(mirror_root, NATIVE, MONTH, TAPE)
+    assert evaluate_klines_check(ASSET, bars, NATIVE, MONTH, "trades", source_config,
+                                 downloader=fast_downloader).passed
+    minute = _busy_buy_minute(bars)
+    ours = bars.filter(pl.col("time") == minute)["taker_buy_volume"][0]
+    _add_to_taker_buy_volume(path, minute, delta_lots=1)  # one lot more, re-signed as a republished file
+
+    result = evaluate_klines_check(ASSET, bars, NATIVE, MONTH, "trades", source_config, downloader=fast_downloader)
+    assert archive_mirror.count("data/futures/um/monthly/klines/*.zip") == 2  # new checksum: fetched again
+    assert not result.passed and result.severity == AssetCheckSeverity.WARN
+    meta = {key: getattr(value, "value", value) for key, value in result.metadata.items()}
+    assert meta["bars_compared"] == bars.height and meta["bars_differing"] == 1
+    assert meta["worst_bar"] == minute.isoformat(sep=" ") and meta["worst_field"] == "taker_buy_volume"
+    assert meta["worst_ours"] == pytest.approx(ours) and meta["worst_exchange"] == pytest.approx(ours + 0.001)
+    assert meta["worst_tolerance"] < 0.001
+    assert f"{minute:%Y-%m-%d %H:%M}" in meta[FAILED_RULE] and "BTCUSDT-1m-2024-01.zip" in meta[FAILED_RULE]
+    assert meta["klines_object"].endswith(klines_path(NATIVE, MONTH)) and len(meta["klines_sha256"]) == 64
+    assert meta["fields"]["taker_buy_volume"]["bars_differing"] == 1
+    assert meta["fields"]["volume"]["bars_differing"] == 0 and "count" in meta["fields"]
+
+
+def test_kline_missing_for_a_minute_with_trades_differs_but_an_empty_one_does_not(tmp_path, mirror_root,
+                                                                                   source_config, fast_downloader):
+    bars = _bars_from_mirror(tmp_path, mirror_root, source_config, fast_downloader, "aggTrades")
+    path = write_binance_klines_month(mirror_root, NATIVE, MONTH, TAPE)
+    empty = bars.filter(pl.col("taker_buy_count") + pl.col("taker_sell_count") == 0)["time"][0]
+    busy = _busy_buy_minute(bars)
+    drop = {_ms(empty), _ms(busy)}
+    republish_klines(path, lambda lines: [line for line in lines if line.split(",")[0] not in drop])
+    klines = fetch_klines_month(NATIVE, MONTH, source_config, downloader=fast_downloader)
+    outcome = reconcile_with_klines(bars, klines.frame, compare_counts=False, decimals=klines.decimals)
+    assert (outcome.bars_compared, outcome.bars_without_kline) == (bars.height - 2, 2)
+    assert (outcome.bars_differing, outcome.bars_with_trades_without_kline) == (1, 1)
+    assert outcome.worst.time == busy and outcome.worst.exchange is None and "no kline" in outcome.worst.describe()
+
+
+def test_unpublished_klines_pass_with_a_note(tmp_path, mirror_root, source_config, fast_downloader):
+    bars = _bars_from_mirror(tmp_path, mirror_root, source_config, fast_downloader, "aggTrades")
+    assert fetch_klines_month(NATIVE, MONTH, source_config, downloader=fast_downloader) is None
+    result = evaluate_klines_check(ASSET, bars, NATIVE, MONTH, "aggTrades", source_config,
+                                   downloader=fast_downloader)
+    assert result.passed and result.severity == AssetCheckSeverity.WARN
+    note = result.metadata["klines"]
+    assert getattr(note, "value", note).startswith("no klines published: http://127.0.0.1:")
+    assert FAILED_RULE not in result.metadata
+
+
+def test_wrong_checksum_and_corrupt_zip_are_clear_permanent_errors(tmp_path, mirror_root, source_config,
+                                                                   fast_downloader, archive_mirror):
+    bars = _bars_from_mirror(tmp_path, mirror_root, source_config, fast_downloader, "aggTrades")
+    path = write_binance_klines_month(mirror_root, NATIVE, MONTH, TAPE)
+    cached_before = cached_files(source_config.cache_dir)
+    wrong = write_wrong_checksum(path)
+    with pytest.raises(ChecksumMismatchError, match=rf"BTCUSDT-1m-2024-01\.zip.*{wrong}"):
+        fetch_klines_month(NATIVE, MONTH, source_config, downloader=fast_downloader)
+    result = evaluate_klines_check(ASSET, bars, NATIVE, MONTH, "aggTrades", source_config,
+                                   downloader=fast_downloader)
+    assert not result.passed and result.severity == AssetCheckSeverity.WARN
+    assert str(result.metadata[FAILED_RULE].value).startswith("klines unusable: ChecksumMismatchError")
+    requests_so_far = archive_mirror.count("*/BTCUSDT-1m-2024-01.zip")
+    assert requests_so_far == 2  # one attempt per call: a wrong checksum is never retried
+
+    write_binance_klines_month(mirror_root, NATIVE, MONTH, TAPE)
+    corrupt_zip(path)  # damaged, yet the published checksum matches it
+    with pytest.raises(CorruptArchiveError, match=r"BTCUSDT-1m-2024-01\.zip"):
+        fetch_klines_month(NATIVE, MONTH, source_config, downloader=fast_downloader)
+    assert archive_mirror.count("*/BTCUSDT-1m-2024-01.zip") == requests_so_far + 1
+    assert cached_files(source_config.cache_dir) == cached_before  # nothing of the klines was cached
+
+
+def test_malformed_kline_row_names_the_file_and_line(mirror_root, source_config, fast_downloader):
+    path = write_binance_klines_month(mirror_root, NATIVE, MONTH, TAPE)
+
+    def damage(lines: list[str]) -> list[str]:
+        fields = lines[5].split(",")
+        fields[5] = "zero"  # the volume of the file's 6th line
+        return [*lines[:5], ",".join(fields), *lines[6:]]
+
+    republish_klines(path, damage)
+    with pytest.raises(CorruptArchiveError, match=r"BTCUSDT-1m-2024-01\.zip: malformed row\(s\) at line \[6\]"):
+        fetch_klines_month(NATIVE, MONTH, source_config, downloader=fast_downloader)
+    assert cached_files(source_config.cache_dir) == []
+
+
+def test_rerun_reuses_the_cached_klines(mirror_root, source_config, fast_downloader, archive_mirror):
+    write_binance_klines_month(mirror_root, NATIVE, MONTH, TAPE)
+    first = fetch_klines_month(NATIVE, MONTH, source_config, downloader=fast_downloader)
+    second = fetch_klines_month(NATIVE, MONTH, source_config, downloader=fast_downloader)
+    assert archive_mirror.count("data/futures/um/monthly/klines/*.zip") == 1
+    assert first.object == second.object and first.frame.equals(second.frame)
+
+
+def test_failed_reconciliation_is_a_warn_check_in_a_successful_run_and_alerts(tmp_path, mirror_root,
+                                                                               source_config, fast_downloader):
+    """Through Dagster: the non-blocking check fails with WARN, the run succeeds, the alert sensor reports it."""
+    bars = _bars_from_mirror(tmp_path, mirror_root, source_config, fast_downloader, "aggTrades")
+    path = write_binance_klines_month(mirror_root, NATIVE, MONTH, TAPE)
+    minute = _busy_buy_minute(bars)
+    _add_to_taker_buy_volume(path, minute, delta_lots=-1)
+
+    @asset(key=ASSET, partitions_def=flow_partitions, check_specs=[klines_check_spec(ASSET)])
+    def flow_bars_exchange(context) -> MaterializeResult:  # no annotation: `from __future__` makes it a string
+        result = evaluate_klines_check(ASSET, bars, NATIVE, MONTH, "aggTrades", source_config,
+                                       downloader=fast_downloader)
+        return MaterializeResult(check_results=[result])
+
+    spec = klines_check_spec(ASSET)
+    assert spec.name == KLINES_CHECK and not spec.blocking
+    instance = DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(INSTRUMENTS_PARTITIONS_NAME, [instrument_key("binance-futures", SYMBOL)])
+    run = materialize([flow_bars_exchange], instance=instance,
+                      partition_key=flow_partition_key("binance-futures", SYMBOL, MONTH))
+    assert run.success  # WARN and non-blocking: the month is still materialized (and would be published)
+    (evaluation,) = run.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.severity == AssetCheckSeverity.WARN
+    assert evaluation.metadata["count"].value == COUNT_NOT_COMPARED
+
+    (failed,) = failed_checks(instance, run.run_id)
+    assert (failed.asset, failed.check) == ("flow_bars_exchange", KLINES_CHECK)
+    assert f"{minute:%Y-%m-%d %H:%M}" in failed.rule
+    message = check_failure_message(instance.get_run_by_id(run.run_id), [failed])
+    assert KLINES_CHECK in message and "1 of 44640 1m bars differ" in message
+    context = build_run_status_sensor_context(
+        sensor_name=check_failure_alert_on_success.name,
+        dagster_event=run.get_run_success_event(),
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(run.run_id),
+    )
+    assert check_failure_alert_on_success(context) is None  # an alert went out (logged: no webhook set)
