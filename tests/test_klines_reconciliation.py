@@ -281,3 +281,18 @@ def test_failed_reconciliation_is_a_warn_check_in_a_successful_run_and_alerts(tm
         dagster_run=instance.get_run_by_id(run.run_id),
     )
     assert check_failure_alert_on_success(context) is None  # an alert went out (logged: no webhook set)
+
+
+def test_tolerance_follows_the_decimals_the_file_printed():
+    """A kline printed with 2 decimals may be off by up to 0.005 from the exact total; with 3, by 0.0005."""
+    bars = compute_flow_bars(TAPE, None, month=MONTH, intervals=["1m"])["1m"]
+    klines, decimals, _ = parse_klines_csv(binance_klines_csv(TAPE, MONTH), MONTH, name="k")
+    minute = _busy_buy_minute(bars)
+    shifted = klines.with_columns(
+        pl.when(pl.col("open_time") == minute).then(pl.col("volume") + 0.004).otherwise(pl.col("volume"))
+        .alias("volume")
+    )
+    as_printed = reconcile_with_klines(bars, shifted, compare_counts=True, decimals=decimals)
+    assert as_printed.bars_differing == 1 and as_printed.worst.field == "volume" and as_printed.worst.time == minute
+    coarser = reconcile_with_klines(bars, shifted, compare_counts=True, decimals={**decimals, "volume": 2})
+    assert coarser.passed and {f.field: f.half_unit for f in coarser.fields}["volume"] == pytest.approx(0.005)

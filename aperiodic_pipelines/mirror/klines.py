@@ -42,7 +42,7 @@ def binance_klines_csv(
     price_units = _units(trades, "price", price_decimals)
     qty_units = _units(trades, "qty", quantity_decimals)
     quote_decimals = price_decimals + quantity_decimals
-    minute = (pl.col("ts_exchange") // 1000 * 1000 // MINUTE_US * MINUTE_US).alias("minute")  # ms, as Binance
+    minute = (pl.col("ts_exchange") // MINUTE_US * MINUTE_US).alias("minute")
     notional = price_units * qty_units  # exact, in units of 10^-(price + quantity decimals)
     buy = pl.col("is_buy")
     traded = (

@@ -130,7 +130,9 @@ def parse_klines_csv(payload: bytes, month: str, *, name: str) -> tuple[pl.DataF
         count=pl.col("count").str.strip_chars().cast(pl.Int64, strict=False),
         **{c: pl.col(c).str.strip_chars().cast(pl.Float64, strict=False) for c in DECIMAL_COLUMNS},
     )
-    bad = numeric.filter(pl.any_horizontal(pl.all().is_null()))
+    bad = numeric.filter(
+        pl.any_horizontal(pl.all().is_null()) | pl.any_horizontal(~pl.col(DECIMAL_COLUMNS).is_finite())
+    )
     if bad.height:
         rows = bad["row"].head(3).to_list()
         sample = text.slice(rows[0] - (2 if has_header else 1), 1).row(0)
@@ -140,11 +142,10 @@ def parse_klines_csv(payload: bytes, month: str, *, name: str) -> tuple[pl.DataF
     _check_minutes(numeric, month, name)
 
     # Fixed-point text: the digits after the point of each column tell how far the exchange rounded.
-    decimals = {
-        column: int(text.select(pl.col(column).str.extract(r"\.(\d+)\s*$").str.len_chars().fill_null(0).max()).item()
-                    or 0)
-        for column in DECIMAL_COLUMNS
-    }
+    found = text.select(
+        pl.col(c).str.extract(r"\.(\d+)\s*$").str.len_chars().fill_null(0).max() for c in DECIMAL_COLUMNS
+    ).row(0, named=True) if text.height else {}
+    decimals = {column: int(found.get(column) or 0) for column in DECIMAL_COLUMNS}
     frame = (
         numeric.drop("row")
         .with_columns(pl.col("open_time").cast(pl.Datetime("us")))
