@@ -26,9 +26,12 @@ from aperiodic_pipelines.sources.download import Downloader
 from aperiodic_pipelines.sources.klines import fetch_klines_month, klines_path
 
 KLINES_CHECK = "reconciles_with_exchange_klines"
-COUNT_NOT_COMPARED = (
-    "count not compared: the bars count aggregate trades (aggTrades dataset), the klines count individual trades"
-)
+COUNTED_DATASET = "trades"  # the only source whose trade count is the klines' count of individual trades
+
+
+def count_not_compared(dataset: str) -> str:
+    what = "aggregate trades" if dataset == "aggTrades" else f"{dataset!r} records"
+    return f"count not compared: the bars count {what} ({dataset} dataset), the klines count individual trades"
 
 
 def klines_check_spec(asset_key: AssetKey) -> AssetCheckSpec:
@@ -53,9 +56,11 @@ def evaluate_klines_check(
     *,
     downloader: Downloader | None = None,
 ) -> AssetCheckResult:
-    """Fetch (or reuse from cache) the month's klines and reconcile `bars_1m` with them; severity WARN."""
-    if dataset not in ("aggTrades", "trades"):
-        raise ValueError(f"binance dataset must be aggTrades or trades, got {dataset!r}")
+    """Fetch (or reuse from cache) the month's klines and reconcile `bars_1m` with them; severity WARN.
+
+    `dataset` is what the bars were built from (`SourceResult.dataset`: aggTrades, trades, tardis, …); trade
+    counts are compared only for `trades`.
+    """
     url = f"{config.binance_url.rstrip('/')}/{klines_path(native_symbol, month)}"
     try:
         klines = fetch_klines_month(native_symbol, month, config, downloader=downloader)
@@ -66,7 +71,7 @@ def evaluate_klines_check(
         })
     if klines is None:
         return _result(asset_key, True, {"klines": f"no klines published: {url}"})
-    compare_counts = dataset == "trades"
+    compare_counts = dataset == COUNTED_DATASET
     outcome = reconcile_with_klines(bars_1m, klines.frame, compare_counts=compare_counts, decimals=klines.decimals)
     metadata = {
         **reconciliation_metadata(outcome),
@@ -76,7 +81,7 @@ def evaluate_klines_check(
         "dataset": dataset,
     }
     if not compare_counts:
-        metadata["count"] = COUNT_NOT_COMPARED
+        metadata["count"] = count_not_compared(dataset)
     if not outcome.passed:
         worst = outcome.worst.describe() if outcome.worst else ""
         metadata[FAILED_RULE] = f"{outcome.bars_differing} of {outcome.bars_compared} 1m bars differ from " \
