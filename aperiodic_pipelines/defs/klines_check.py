@@ -84,8 +84,10 @@ def evaluate_klines_check(
         metadata["count"] = count_not_compared(dataset)
     if not outcome.passed:
         worst = outcome.worst.describe() if outcome.worst else ""
-        metadata[FAILED_RULE] = f"{outcome.bars_differing} of {outcome.bars_compared} 1m bars differ from " \
-                                f"{klines.object.location.rsplit('/', 1)[-1]}; worst: {worst}"
+        metadata[FAILED_RULE] = (
+            f"{outcome.bars_differing} of {outcome.bars_compared} 1m bars differ from "
+            f"{klines.object.location.rsplit('/', 1)[-1]}; worst: {worst}"
+        )
     return _result(asset_key, outcome.passed, metadata)
 
 
