@@ -253,10 +253,15 @@ def _prefetch(chunks: Iterator[bytes], depth: int = 2) -> Iterator[bytes]:
 # --- parsing ------------------------------------------------------------------------------------------------
 
 
-def parse_block(block: Block, schema: dict[str, pl.DataType], *, name: str) -> pl.DataFrame:
-    """Parse whole CSV lines with `schema` (no header); a row that does not fit is named by its line."""
+def parse_block(
+    block: Block, schema: dict[str, pl.DataType], *, name: str, required: tuple[str, ...] | None = None
+) -> pl.DataFrame:
+    """Parse whole CSV lines with `schema` (no header); a row that does not fit (too many fields, a value of the
+    wrong type, a missing or empty `required` field, a blank line) is named by its line."""
     try:
-        return pl.read_csv(block.data, has_header=False, schema=schema, raise_if_empty=False, truncate_ragged_lines=False)
+        frame = pl.read_csv(
+            block.data, has_header=False, schema=schema, raise_if_empty=False, truncate_ragged_lines=False
+        )
     except pl.exceptions.PolarsError as exc:
         problem = _first_bad_line(block, schema)
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -264,6 +269,15 @@ def parse_block(block: Block, schema: dict[str, pl.DataType], *, name: str) -> p
             raise CorruptArchiveError(f"{name}: malformed rows in lines {block.line}+: {detail}") from None
         number, text, reason = problem
         raise CorruptArchiveError(f"{name}: malformed row at line {number}: {text!r} ({reason})") from None
+    columns = list(schema) if required is None else list(required)
+    incomplete = frame.select(pl.any_horizontal([pl.col(c).is_null() for c in columns]).arg_true().first()).item()
+    if incomplete is not None:  # polars reads a short row or a blank line as nulls: refuse it here
+        text = block.data.split(b"\n", incomplete + 1)[incomplete].decode("utf-8", errors="replace").rstrip("\r")
+        raise CorruptArchiveError(
+            f"{name}: malformed row at line {block.line + incomplete}: {text!r} (missing fields; expected "
+            f"{','.join(schema)})"
+        )
+    return frame
 
 
 def _first_bad_line(block: Block, schema: dict[str, pl.DataType]) -> tuple[int, str, str] | None:
@@ -284,9 +298,8 @@ def _first_bad_line(block: Block, schema: dict[str, pl.DataType]) -> tuple[int, 
                     int(value)
                 elif dtype.is_float():
                     float(value)
-                elif dtype == pl.Boolean():
-                    if value.lower() not in ("true", "false"):
-                        raise ValueError
+                elif dtype == pl.Boolean() and value.lower() not in ("true", "false"):
+                    raise ValueError
             except ValueError:
                 return block.line + offset, text, f"{value!r} is not {dtype}"
     return None
@@ -299,6 +312,7 @@ def lazy_csv(
     skip_first_line: bool,
     convert: Callable[[pl.DataFrame, int], pl.DataFrame],
     out_schema: dict[str, pl.DataType],
+    required: tuple[str, ...] | None = None,
 ) -> pl.LazyFrame:
     """A lazy frame streaming `source`: each block is parsed with `schema` and turned into `out_schema`
     columns by `convert(frame, first_line_number)` (which may raise, naming the object and the line)."""
@@ -314,7 +328,7 @@ def lazy_csv(
                 block, skip = Block(block.line + 1, block.data[cut:]), False
                 if not block.data:
                     continue
-            frame = convert(parse_block(block, schema, name=source.name), block.line)
+            frame = convert(parse_block(block, schema, name=source.name, required=required), block.line)
             if predicate is not None:
                 frame = frame.filter(predicate)
             if with_columns is not None:

@@ -78,6 +78,7 @@ def fetch_month(
     base = config.binance_url.rstrip("/")
 
     missing_days: list[str] = []
+    missing_files: list[str] = []
     try:
         downloads = [_fetch_checked(downloader, base, archive_path(native, dataset, month))]
         outside_month = "error"  # a monthly file holds only its month
@@ -88,9 +89,10 @@ def fetch_month(
                 downloads.append(_fetch_checked(downloader, base, archive_path(native, dataset, day)))
             except NotPublishedError:
                 missing_days.append(day)
+                missing_files.append(archive_path(native, dataset, day).rsplit("/", 1)[-1])
         check_missing_days(
             f"{EXCHANGE} {native} {dataset} {month}", missing_days, published=len(downloads), config=config,
-            detail=f"monthly archive: {monthly_missing}; daily archives missing for",
+            detail=f"monthly archive: {monthly_missing}; daily archives missing for", missing_objects=missing_files,
         )
         outside_month = "trim"  # daily files may spill over the month's edges
 
