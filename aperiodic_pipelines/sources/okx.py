@@ -253,11 +253,10 @@ def fetch_month(
     try:
         files = [read_archive(d.path, instid, month, name=d.url.rsplit("/", 1)[-1]) for d in downloads]
         stats = build_canonical_month(files, month, dest, outside_month="trim")
-    except (CorruptArchiveError, ContractValueError) as exc:
-        if isinstance(exc, CorruptArchiveError):
-            # A file that does not decompress or parse must not stay cached as good.
-            for download in downloads:
-                downloader.evict(str(download.path.relative_to(downloader.cache_dir)))
+    except CorruptArchiveError:
+        # A file that does not decompress or parse must not stay cached as good.
+        for download in downloads:
+            downloader.evict(str(download.path.relative_to(downloader.cache_dir)))
         raise
     return SourceResult(
         exchange=EXCHANGE,
@@ -280,6 +279,14 @@ def normalise_header(header_line: str) -> list[str]:
     return [field.split("/", 1)[0].strip().lower() for field in header_line.lstrip("\ufeff").strip().split(",")]
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _is_legacy_row(fields: list[str]) -> bool:
     """`trade_id, side, size, price, created_time`, as in OKX's headerless files before 2022."""
     if len(fields) != len(LEGACY_COLUMNS):
@@ -298,7 +305,7 @@ def read_archive(zip_path: Path, instid: str, month: str, *, name: str) -> Trade
     line = first_line(source)
     if not line.strip():
         names, has_header = list(CURRENT_COLUMNS), True  # an empty file: no trades that day
-    elif line.strip()[0].isdigit():
+    elif any(_is_number(field) for field in line.split(",")):  # a header names columns; this is a row
         # No header: accepted only in the legacy order; every row is then parsed with that shape, and a row that
         # does not fit (field count, types, blank) is a malformed row naming its line.
         if not _is_legacy_row(line.split(",")):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
-from aperiodic_pipelines.errors import ContractValueError, CorruptArchiveError, NotPublishedError, SymbolError
+from aperiodic_pipelines.errors import CorruptArchiveError, NotPublishedError, SymbolError
 from aperiodic_pipelines.hashing import sha256_file
 from aperiodic_pipelines.sources import okx
 from aperiodic_pipelines.sources.archive_stream import first_line, gzip_csv, lazy_csv
@@ -121,40 +121,40 @@ def fetch_month(
     cached: list[str] = []
     missing_days: list[str] = []
     missing_files: list[str] = []
-    for day in sorted([*required, *optional]):
-        try:
-            if remote:
-                assert downloader is not None
-                path = api_path(exchange, native, day)
-                name = f"{tardis_exchange(exchange)}/{path.split('/', 2)[2]}"
-                got = downloader.fetch(
-                    f"{base}/{path}", f"tardis/{path}", verify=lambda p, n=name: _check_gzip_magic(p, name=n),
-                    headers=headers,
-                )
-                local, location, size, sha = got.path, got.url, got.size, got.sha256
-                cached.append(f"tardis/{path}")
-            else:
-                name = download_file_name(exchange, native, day)
-                local = Path(base) / name
-                if not local.is_file():
-                    raise NotPublishedError(f"not published (yet): {local} (no such Tardis file)")
-                size, sha = sha256_file(local)
-                location = str(local.resolve())
-        except NotPublishedError:
-            if day not in optional:
-                missing_days.append(day)
-                missing_files.append(name)
-            continue  # an edge file only adds the few trades that arrived across midnight
-        files.append(read_file(local, exchange, native, month, name=name))
-        objects.append(SourceObject(location=location, size=size, sha256=sha))
-    check_missing_days(
-        f"Tardis {tardis_exchange(exchange)} {file_symbol(native)} {month}", missing_days,
-        published=len(files), config=config, detail="the day files of", missing_objects=missing_files,
-    )
     try:
+        for day in sorted([*required, *optional]):
+            try:
+                if remote:
+                    assert downloader is not None
+                    path = api_path(exchange, native, day)
+                    name = f"{tardis_exchange(exchange)}/{path.split('/', 2)[2]}"
+                    got = downloader.fetch(
+                        f"{base}/{path}", f"tardis/{path}", verify=lambda p, n=name: _check_gzip_magic(p, name=n),
+                        headers=headers,
+                    )
+                    local, location, size, sha = got.path, got.url, got.size, got.sha256
+                    cached.append(f"tardis/{path}")
+                else:
+                    name = download_file_name(exchange, native, day)
+                    local = Path(base) / name
+                    if not local.is_file():
+                        raise NotPublishedError(f"not published (yet): {local} (no such Tardis file)")
+                    size, sha = sha256_file(local)
+                    location = str(local.resolve())
+            except NotPublishedError:
+                if day not in optional:
+                    missing_days.append(day)
+                    missing_files.append(name)
+                continue  # an edge file only adds the few trades that arrived across midnight
+            files.append(read_file(local, exchange, native, month, name=name))
+            objects.append(SourceObject(location=location, size=size, sha256=sha))
+        check_missing_days(
+            f"Tardis {tardis_exchange(exchange)} {file_symbol(native)} {month}", missing_days,
+            published=len(files), config=config, detail="the day files of", missing_objects=missing_files,
+        )
         stats = build_canonical_month(files, month, dest, outside_month="trim")
-    except (CorruptArchiveError, ContractValueError) as exc:
-        if isinstance(exc, CorruptArchiveError) and downloader is not None:
+    except CorruptArchiveError:
+        if downloader is not None:
             for key in cached:  # a file that does not decompress or parse must not stay cached as good
                 downloader.evict(key)
         raise
