@@ -168,13 +168,14 @@ def contracts_to_base(
     with np.errstate(divide="ignore", invalid="ignore"):
         # Contract values are decimal; rounding removes binary noise like 0.30000000000000004 contracts.
         qty = np.where(linear, np.round(size * values, 12), size * values / price)
+    out = pl.Series("qty", qty, dtype=pl.Float64)
     unknown = np.flatnonzero(status != 0)  # only rows outside the month are left here: null, trimmed later
-    return pl.Series("qty", qty, dtype=pl.Float64).scatter(unknown, None) if unknown.size else pl.Series(
-        "qty", qty, dtype=pl.Float64
-    )
+    return out.scatter(unknown, None) if unknown.size else out
 
 
-def base_quantity(frame: pl.DataFrame, instid: str, *, origin: str, line: int, start_us: int, end_us: int) -> pl.DataFrame:
+def base_quantity(
+    frame: pl.DataFrame, instid: str, *, origin: str, line: int, start_us: int, end_us: int
+) -> pl.DataFrame:
     """`frame` with `qty` (base units) replacing contracts; see `contracts_to_base`."""
     return frame.with_columns(
         contracts_to_base(frame, instid, origin=origin, line=line, start_us=start_us, end_us=end_us)
