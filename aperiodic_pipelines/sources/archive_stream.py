@@ -166,7 +166,8 @@ def first_line(source: CsvSource) -> str:
                 break
     finally:
         chunks.close()
-    line = head.split(b"\n", 1)[0].removeprefix(_BOM).rstrip(b"\r")
+    end = head.find(b"\n")
+    line = (head if end < 0 else head[:end]).removeprefix(_BOM).rstrip(b"\r")
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError as exc:
