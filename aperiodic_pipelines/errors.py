@@ -31,3 +31,7 @@ class CorruptArchiveError(AperiodicError):
 
 class StoreError(AperiodicError):
     """The object store refused or failed an operation."""
+
+
+class ContractValueError(AperiodicError, ValueError):
+    """A trade whose contract value is unknown: a time the contract table does not cover, or inside a changeover."""

@@ -1,21 +1,24 @@
-"""Benchmark: a binance-futures aggTrades monthly zip → canonical parquet, against unzip + polars read_csv.
+"""Benchmark: a binance-futures aggTrades monthly zip served over HTTP → canonical parquet (issue 9 goal 2).
 
-    .venv/bin/python benchmarks/source_bench.py --rows 50000000 [--interleave] [--via-http] [--workdir DIR]
+    .venv/bin/python benchmarks/source_bench.py --rows 20000000 [--interleave] [--repeat 2] [--old-ref REF]
 
-Writes a seeded synthetic monthly archive (published layout, header row, sorted like real monthly files;
-`--interleave` alternates blocks of the month's two halves to force the sort path), then runs, each in a fresh
-subprocess so peak RSS is per step:
-  baseline: extract the CSV to disk + `pl.read_csv` (eager, all columns);
-  source:   `binance.convert_archives` (zip → canonical parquet), or with `--via-http` the whole
-            `binance.fetch_month` through a local `ArchiveMirror` (download + sha256 + convert).
-Targets: source peak RSS ≤ 1.5 GB and time ≤ 1.5 × baseline.
+Writes a seeded synthetic monthly archive (published layout, header row, CHECKSUM, sorted like real monthly
+files; `--interleave` alternates blocks of the month's two halves to force the sort path), serves it from a
+local `ArchiveMirror`, then runs, each in a fresh subprocess so peak RSS is per step, alternated:
+  floor: what a user writes by hand: GET the zip to disk, `unzip`, `pl.read_csv`, write canonical parquet;
+  old:   `binance.fetch_month` of git ref `--old-ref` (default: the commit before streaming; extracts the CSV);
+  new:   `binance.fetch_month` of this tree (streams the member through ISA-L inflate, CRC checked).
+Each step reports wall time, CPU time (the machine may be shared) and peak RSS (VmHWM).
+Targets (issue 9): new ≤ 2× floor in time, peak RSS ≤ 2 GB.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,6 +34,8 @@ SYMBOL = "BTCUSDT"
 START_MS = 1_704_067_200_000
 MONTH_MS = 31 * 86_400_000
 CHUNK_ROWS = 5_000_000
+REPO = Path(__file__).resolve().parent.parent
+OLD_REF = "1c4617b"  # the sources before issue 8/9: the CSV is extracted to disk, stdlib inflate
 
 
 def write_archive(root: Path, rows: int, *, interleave: bool, seed: int = 7) -> Path:
@@ -79,56 +84,80 @@ def write_archive(root: Path, rows: int, *, interleave: bool, seed: int = 7) -> 
 
 
 def _child(step: str, args: argparse.Namespace) -> dict:
-    """Run one measured step in a fresh interpreter; returns its wall time and peak RSS."""
+    """Run one measured step in a fresh interpreter; returns its wall time, CPU time and peak RSS."""
     command = [sys.executable, __file__, "--child", step, "--workdir", str(args.workdir), "--rows", str(args.rows)]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    env = dict(os.environ, PYTHONPATH=str(args.workdir / "old" if step == "old" else REPO))
+    done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _export_old_tree(ref: str, target: Path) -> None:
+    """The package as it was at `ref` (git archive), so `old` runs the old code exactly."""
+    target.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "aperiodic_pipelines"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+
+
 def _run_child(step: str, workdir: Path) -> None:
+    from aperiodic_pipelines.mirror.http import ArchiveMirror
     from aperiodic_pipelines.sources import binance
+    from aperiodic_pipelines.sources.config import SourceConfig
 
-    zip_path = workdir / "mirror" / binance.archive_path(SYMBOL, "aggTrades", MONTH)
     out_dir = workdir / f"out-{step}"
-    out_dir.mkdir(exist_ok=True)
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_before = usage.ru_utime + usage.ru_stime
-    started = time.perf_counter()
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir()
     extra: dict = {}
-    if step == "baseline":
-        with zipfile.ZipFile(zip_path) as archive, archive.open(archive.namelist()[0]) as src:
-            csv_path = out_dir / "extracted.csv"
-            with open(csv_path, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    out.write(chunk)
-        frame = pl.read_csv(csv_path)
-        extra["rows"] = frame.height
-        del frame
-        csv_path.unlink()
-    elif step == "source":
-        stats = binance.convert_archives([zip_path], MONTH, out_dir / "canonical.parquet")
-        extra.update(rows=stats.trade_count, duplicates=stats.duplicates_dropped, gaps=stats.id_gaps)
-    elif step == "http":
-        from aperiodic_pipelines.mirror.http import ArchiveMirror
-        from aperiodic_pipelines.sources.config import SourceConfig
-
-        with ArchiveMirror(workdir / "mirror") as mirror:
+    with ArchiveMirror(workdir / "mirror") as mirror:  # started before the clock: not part of the work
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_before = usage.ru_utime + usage.ru_stime
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        if step == "floor":
+            extra["rows"] = _by_hand(f"{mirror.url}/{binance.archive_path(SYMBOL, 'aggTrades', MONTH)}", out_dir)
+        else:
             config = SourceConfig(binance_url=mirror.url, cache_dir=out_dir / "cache")
-            started = time.perf_counter()  # server start-up is not part of the work
             result = binance.fetch_month(
                 "perpetual-BTC-USDT:USDT", MONTH, dest=out_dir / "canonical.parquet", config=config
             )
-        extra.update(rows=result.trade_count)
-    elapsed = time.perf_counter() - started
+            extra.update(rows=result.trade_count, duplicates=result.duplicates_dropped, gaps=result.id_gaps)
+        elapsed = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)  # the `unzip` process of the floor
+    child_cpu = children.ru_utime + children.ru_stime - children_before.ru_utime - children_before.ru_stime
     result = {
         "step": step,
         "seconds": round(elapsed, 2),
-        "cpu_seconds": round(usage.ru_utime + usage.ru_stime - cpu_before, 2),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime - cpu_before + child_cpu, 2),
         "peak_rss_mb": _peak_rss_mb(),
         **extra,
     }
+    shutil.rmtree(out_dir, ignore_errors=True)
     print(json.dumps(result))
+
+
+def _by_hand(url: str, out_dir: Path) -> int:
+    """The floor: download, `unzip`, `pl.read_csv`, write the canonical columns as parquet."""
+    import requests
+
+    zip_path = out_dir / url.rsplit("/", 1)[-1]
+    with requests.get(url, stream=True, timeout=60) as response, open(zip_path, "wb") as sink:
+        response.raise_for_status()
+        for chunk in response.iter_content(1 << 20):
+            sink.write(chunk)
+    subprocess.run(["unzip", "-q", "-o", str(zip_path), "-d", str(out_dir)], check=True)
+    frame = pl.read_csv(out_dir / zip_path.name.replace(".zip", ".csv"))
+    canonical = frame.select(
+        ts_exchange=pl.col("transact_time") * 1000,
+        ts_arrival=pl.lit(None, dtype=pl.Int64),
+        trade_id=pl.col("agg_trade_id"),
+        price=pl.col("price"),
+        qty=pl.col("quantity"),
+        is_buy=~pl.col("is_buyer_maker"),
+    )
+    canonical.write_parquet(out_dir / "canonical.parquet", compression="zstd", compression_level=1,
+                            row_group_size=1 << 20)
+    return canonical.height
 
 
 def _peak_rss_mb() -> int:
@@ -143,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--interleave", action="store_true", help="unsorted halves: measure the sort path")
-    parser.add_argument("--via-http", action="store_true", help="also run fetch_month through a local mirror")
+    parser.add_argument("--old-ref", default=OLD_REF, help="git ref of the code to compare with")
     parser.add_argument("--repeat", type=int, default=2, help="alternating runs of each step (best is kept)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -153,25 +182,27 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="source-bench-", dir=args.workdir) as tmp:
         args.workdir = Path(tmp)
+        _export_old_tree(args.old_ref, args.workdir / "old")
         started = time.perf_counter()
         zip_path = write_archive(args.workdir / "mirror", args.rows, interleave=args.interleave)
         print(f"archive: {args.rows:,} rows, {zip_path.stat().st_size / 1e6:.0f} MB zip, "
-              f"written in {time.perf_counter() - started:.0f}s", flush=True)
-        steps = ["baseline", "source"] * args.repeat + (["http"] if args.via_http else [])
+              f"written in {time.perf_counter() - started:.0f}s; old = {args.old_ref}", flush=True)
         results: dict[str, list[dict]] = {}
-        for step in steps:  # alternated, so a noisy neighbour hurts both sides alike
+        for step in ["floor", "old", "new"] * args.repeat:  # alternated: a noisy neighbour hurts all alike
             result = _child(step, args)
             print(json.dumps(result), flush=True)
             results.setdefault(step, []).append(result)
         best = {step: min(runs, key=lambda r: r["seconds"]) for step, runs in results.items()}
-        baseline, source = best["baseline"], best["source"]
-        ratio = source["seconds"] / baseline["seconds"]
-        cpu_ratio = source["cpu_seconds"] / baseline["cpu_seconds"]
-        peak = max(r["peak_rss_mb"] for r in results["source"])
-        ok = peak <= 1536 and ratio <= 1.5
-        print(f"best of {args.repeat}: source {source['seconds']}s vs baseline {baseline['seconds']}s = {ratio:.2f}x "
-              f"(CPU {cpu_ratio:.2f}x); source peak RSS {peak} MB -> "
-              f"{'within' if ok else 'OUTSIDE'} target (<= 1.5x, <= 1536 MB)")
+        floor = best["floor"]
+        for step in ("old", "new"):
+            run = best[step]
+            peak = max(r["peak_rss_mb"] for r in results[step])
+            ratio, cpu_ratio = run["seconds"] / floor["seconds"], run["cpu_seconds"] / floor["cpu_seconds"]
+            ok = peak <= 2048 and ratio <= 2.0
+            print(f"best of {args.repeat}: {step} {run['seconds']}s (CPU {run['cpu_seconds']}s) vs floor "
+                  f"{floor['seconds']}s (CPU {floor['cpu_seconds']}s) = {ratio:.2f}x wall, {cpu_ratio:.2f}x CPU; "
+                  f"peak RSS {peak} MB (floor {floor['peak_rss_mb']} MB) -> "
+                  f"{'within' if ok else 'OUTSIDE'} target (<= 2x, <= 2048 MB)")
     return 0
 
 

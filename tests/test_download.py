@@ -110,8 +110,18 @@ def test_missing_file_is_not_published(archive_mirror, fast_downloader, source_c
     url = f"{archive_mirror.url}/nope/missing.zip"
     with pytest.raises(NotPublishedError, match=r"not published \(yet\).*nope/missing\.zip"):
         fast_downloader.fetch(url, "missing.zip")
-    assert archive_mirror.count("nope/missing.zip") == 1  # a 404 is final, not retried
+    # asked again a few times (a CDN may 404 a file that appears seconds later), then final
+    assert archive_mirror.count("nope/missing.zip") == fast_downloader.retry.not_found_attempts == 3
     assert cached_files(source_config.cache_dir) == []
+
+
+def test_fact9_a_404_that_turns_into_the_file_is_retried(archive_mirror, mirror_root, fast_downloader):
+    """OKX's CDN answers 404 for a file that appears seconds later: two 404s, then the file, is a download."""
+    (mirror_root / "late.bin").write_bytes(b"here now")
+    archive_mirror.fail_next("late.bin", status=404, times=2)
+    got = fast_downloader.fetch(f"{archive_mirror.url}/late.bin", "late.bin")
+    assert got.path.read_bytes() == b"here now"
+    assert [status for _, path, status in archive_mirror.requests if path == "late.bin"] == [404, 404, 200]
 
 
 def test_checksum_mismatch_names_file_and_both_digests(archive_mirror, mirror_root, fast_downloader, source_config):

@@ -47,8 +47,10 @@ def test_file_layout_and_bytes(tmp_path):
     tape = _edge_tape()
     paths = write_tardis_days(tmp_path, "binance-futures", "BTCUSDT", MONTH, tape)
     names = [p.relative_to(tmp_path).as_posix() for p in paths]
-    assert names[0] == "binance-futures/trades/2024-01-01_BTCUSDT.csv.gz"
-    assert names[-1] == "binance-futures/trades/2024-02-01_BTCUSDT.csv.gz" and len(names) == 32
+    assert names[0] == "binance-futures_trades_2024-01-01_BTCUSDT.csv.gz"  # as the tardis-dev clients save them
+    assert names[-1] == "binance-futures_trades_2024-02-01_BTCUSDT.csv.gz" and len(names) == 32
+    api = write_tardis_days(tmp_path / "api", "binance-futures", "BTCUSDT", MONTH, tape, layout="api")
+    assert api[0].relative_to(tmp_path / "api").as_posix() == "v1/binance-futures/trades/2024/01/01/BTCUSDT.csv.gz"
     lines = gzip.decompress(paths[0].read_bytes()).decode().splitlines()
     assert lines[0] == "exchange,symbol,timestamp,local_timestamp,id,side,price,amount"
     assert lines[1] == "binance-futures,BTCUSDT,1704067199999500,1704067200001500,0,buy,42000.0,0.25"
@@ -69,7 +71,7 @@ def test_local_directory_month_with_arrival_times(tmp_path):
     assert expected.height == tape.height - 1 and expected["trade_id"].max() in out["trade_id"]
     assert out.equals(expected)  # µs kept, ts_arrival = local_timestamp
     assert result.has_arrival_times and result.dataset == "tardis" and result.trade_count == expected.height
-    assert len(result.objects) == 32 and result.objects[0].location.endswith("2024-01-01_BTCUSDT.csv.gz")
+    assert len(result.objects) == 32 and result.objects[0].location.endswith("_trades_2024-01-01_BTCUSDT.csv.gz")
 
 
 def test_missing_edge_files_are_optional_but_days_of_the_month_are_not(tmp_path):
@@ -80,7 +82,7 @@ def test_missing_edge_files_are_optional_but_days_of_the_month_are_not(tmp_path)
     assert len(result.objects) == len(paths)  # no Dec 31 file here: an edge file may be missing
     assert not any("2023-12-31" in o.location for o in result.objects)
     paths[4].unlink()
-    with pytest.raises(NotPublishedError, match=r"2024-01-05_BTCUSDT\.csv\.gz"):
+    with pytest.raises(NotPublishedError, match=r"incomplete upstream.*2024-01-05.*_trades_2024-01-05_BTCUSDT\.csv\.gz"):
         tardis.fetch_month(SYMBOL, MONTH, dest=tmp_path / "b.parquet", config=config, exchange="binance-futures")
 
 
@@ -88,7 +90,7 @@ def test_okx_amounts_are_contracts(tmp_path):
     tape = tiny_tape(n=200, with_arrival=True)
     root = tmp_path / "tardis"
     paths = write_tardis_days(root, "okx-perps", "BTC-USDT-SWAP", MONTH, tape)
-    assert paths[0].relative_to(root).as_posix() == "okex-swap/trades/2024-01-01_BTC-USDT-SWAP.csv.gz"
+    assert paths[0].relative_to(root).as_posix() == "okex-swap_trades_2024-01-01_BTC-USDT-SWAP.csv.gz"
     raw = pl.read_csv(gzip.decompress(paths[3].read_bytes())).join(tape, left_on="id", right_on="trade_id")
     assert ((raw["amount"] * 0.01 - raw["qty"]).abs() < 1e-12).all()
     result = tardis.fetch_month("perpetual-BTC-USDT:USDT", MONTH, dest=tmp_path / "o.parquet",
@@ -106,14 +108,14 @@ def test_non_numeric_ids_and_unknown_sides_are_clear_errors(tmp_path):
     text = gzip.decompress(original).decode()
     paths[2].write_bytes(gzip.compress(
         (text + "binance-futures,BTCUSDT,1704240000000000,1704240000001000,abc-1,buy,42000.0,0.1\n").encode()))
-    with pytest.raises(CorruptArchiveError, match=r"2024-01-03_BTCUSDT\.csv\.gz: trade ids must be numeric.*abc-1"):
+    with pytest.raises(CorruptArchiveError, match=r"2024-01-03_BTCUSDT\.csv\.gz: line \d+: trade ids must be numeric.*abc-1"):
         tardis.fetch_month(SYMBOL, MONTH, dest=tmp_path / "x.parquet", config=config, exchange="binance-futures")
     paths[2].write_bytes(gzip.compress(
         (text + "binance-futures,BTCUSDT,1704240000000000,1704240000001000,99999999,unknown,42000.0,0.1\n").encode()))
     with pytest.raises(InvalidTradesError, match=r"2024-01-03_BTCUSDT\.csv\.gz.*trade_id=99999999"):
         tardis.fetch_month(SYMBOL, MONTH, dest=tmp_path / "x.parquet", config=config, exchange="binance-futures")
     paths[2].write_bytes(original[: len(original) // 2])
-    with pytest.raises(CorruptArchiveError, match=r"2024-01-03_BTCUSDT\.csv\.gz is not a readable gzip"):
+    with pytest.raises(CorruptArchiveError, match=r"2024-01-03_BTCUSDT\.csv\.gz is truncated"):
         tardis.fetch_month(SYMBOL, MONTH, dest=tmp_path / "x.parquet", config=config, exchange="binance-futures")
     assert not (tmp_path / "x.parquet").exists()
 
@@ -121,7 +123,7 @@ def test_non_numeric_ids_and_unknown_sides_are_clear_errors(tmp_path):
 @pytest.mark.slow  # starts a web server
 def test_over_http_with_cache(tmp_path, mirror_root, source_config, fast_downloader, archive_mirror):
     tape = _edge_tape()
-    write_tardis_days(mirror_root / "tardis", "binance-futures", "BTCUSDT", MONTH, tape)
+    write_tardis_days(mirror_root / "tardis", "binance-futures", "BTCUSDT", MONTH, tape, layout="api")
     first = tardis.fetch_month(SYMBOL, MONTH, dest=tmp_path / "a.parquet", config=source_config,
                                exchange="binance-futures", downloader=fast_downloader)
     second = tardis.fetch_month(SYMBOL, MONTH, dest=tmp_path / "b.parquet", config=source_config,
@@ -129,10 +131,13 @@ def test_over_http_with_cache(tmp_path, mirror_root, source_config, fast_downloa
     assert first.path.read_bytes() == second.path.read_bytes()
     served = [p for m, p, status in archive_mirror.requests if m == "GET" and status == 200]
     assert len(served) == 32  # the second run downloads nothing
-    assert archive_mirror.count("tardis/*2023-12-31_BTCUSDT.csv.gz") == 2  # absent edge file: a 404 per run
+    # absent edge file: a 404 per run, each asked again in case it appears seconds later
+    assert archive_mirror.count("tardis/v1/*/2023/12/31/BTCUSDT.csv.gz") == 2 * fast_downloader.retry.not_found_attempts
     assert first.objects[0].location.startswith(archive_mirror.url)
+    downloads = tmp_path / "downloads"
+    write_tardis_days(downloads, "binance-futures", "BTCUSDT", MONTH, tape)
     local = tardis.fetch_month(SYMBOL, MONTH, dest=tmp_path / "c.parquet",
-                               config=_local_config(tmp_path, mirror_root / "tardis"), exchange="binance-futures")
+                               config=_local_config(tmp_path, downloads), exchange="binance-futures")
     assert local.path.read_bytes() == first.path.read_bytes()
 
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import struct
 import zipfile
+import zlib
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import polars as pl
 
@@ -176,39 +179,47 @@ def write_okx_month(
     month: str,
     trades: pl.DataFrame,
     *,
+    header: Literal["current", "legacy", "none"] = "current",
     legacy_header: bool = False,
     contract_value: float | None = None,
     with_source_column: bool = False,
 ) -> list[Path]:
     """Write OKX daily trade archives for the UTC month: files dated its 1st to the next month's 1st, each
-    covering [D−1 16:00 UTC, D 16:00 UTC). Trades outside that span are not written. `size` is in contracts
-    (`contract_value` defaults to `okx.CONTRACT_VALUES`)."""
+    covering [D−1 16:00 UTC, D 16:00 UTC). Trades outside that span are not written. `size` is in contracts,
+    each trade converted with the contract value in force at its time (`okx.contract_table()`), unless
+    `contract_value` forces one. `header`: the current English header, the legacy bilingual one, or `"none"`
+    (headerless files in the legacy column order, as OKX published before 2022)."""
     root = Path(root)
+    header = "legacy" if legacy_header else header
     trades = trades.sort("ts_exchange", "trade_id")
     written = []
     for day in okx.file_dates(month):
         day_text = f"{day:%Y-%m-%d}"
-        value, kind = okx.contract_spec(instid, day_text)
-        if contract_value is not None:
-            value = contract_value
         end = _day_start_us(day_text) - 8 * 3_600_000_000 + DAY_US
         rows = trades.filter(pl.col("ts_exchange").is_between(end - DAY_US, end, closed="left"))
-        size = pl.col("qty") / value if kind == "linear" else pl.col("qty") * pl.col("price") / value
+        if contract_value is None:
+            rows = rows.with_columns(size=okx.contract_sizes(instid, rows))
+        elif okx.contract_entries(instid)[-1].kind == "linear":
+            rows = rows.with_columns(size=pl.col("qty") / contract_value)
+        else:
+            rows = rows.with_columns(size=pl.col("qty") * pl.col("price") / contract_value)
         table = rows.select(
             instrument_name=pl.lit(instid),
             trade_id=pl.col("trade_id"),
             side=pl.when(pl.col("is_buy")).then(pl.lit("buy")).otherwise(pl.lit("sell")),
             price=pl.col("price"),
-            size=size,
+            size=pl.col("size"),
             created_time=pl.col("ts_exchange") // 1000,
         )
         if with_source_column:
             table = table.with_columns(source=pl.lit(0))
-        if legacy_header:
-            table = table.select("trade_id", "side", "size", "price", "created_time")
-            payload = okx.LEGACY_HEADER + "\n" + table.write_csv(include_header=False)
-        else:
+        if header == "current":
             payload = table.write_csv(include_header=True)
+        else:
+            table = table.select("trade_id", "side", "size", "price", "created_time")
+            payload = table.write_csv(include_header=False)
+            if header == "legacy":
+                payload = okx.LEGACY_HEADER + "\n" + payload
         path = root / okx.archive_path(instid, day)
         write_zip(path, f"{instid}-trades-{day_text}.csv", payload.encode())
         written.append(path)
@@ -218,6 +229,14 @@ def write_okx_month(
 # --- Tardis ----------------------------------------------------------------------------------------------
 
 
+def gzip_bytes(payload: bytes) -> bytes:
+    """One gzip member with mtime 0 (same payload → same bytes)."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as handle:
+        handle.write(payload)
+    return buffer.getvalue()
+
+
 def write_tardis_days(
     root: Path,
     exchange: str,
@@ -225,11 +244,16 @@ def write_tardis_days(
     month: str,
     trades: pl.DataFrame,
     *,
+    layout: Literal["download", "api"] = "download",
     contract_value: float | None = None,
 ) -> list[Path]:
-    """Write Tardis-format gzip CSVs, one per UTC day of `local_timestamp` (= `ts_arrival`), for every day
-    of the month plus any neighbouring day that holds rows. `symbol` is the native id; `exchange` ours
-    (mapped to Tardis's id). OKX amounts are written in contracts."""
+    """Write Tardis trades CSVs (gzip), one per UTC day of `local_timestamp` (= `ts_arrival`), for every day
+    of the month plus any neighbouring day that holds rows. `symbol` is the native id (Tardis upper-cases it);
+    `exchange` ours (mapped to Tardis's id). OKX amounts are written in contracts. A day without trades is an
+    empty gzip file (no header), as Tardis serves it.
+
+    `layout="download"`: flat `{root}/{exchange}_trades_{YYYY-MM-DD}_{SYMBOL}.csv.gz`, as the tardis-dev clients
+    save files; `"api"`: `{root}/v1/{exchange}/trades/{YYYY}/{MM}/{DD}/{SYMBOL}.csv.gz`, the datasets API."""
     root = Path(root)
     if trades.get_column("ts_arrival").null_count():
         raise ValueError("Tardis files need arrival times: trades with null ts_arrival")
@@ -243,12 +267,14 @@ def write_tardis_days(
         rows = trades.filter(arrival_day == number)
         amount = pl.col("qty")
         if exchange == "okx-perps":
-            value, kind = okx.contract_spec(symbol, day_text)
-            value = contract_value if contract_value is not None else value
-            amount = pl.col("qty") / value if kind == "linear" else pl.col("qty") * pl.col("price") / value
+            amount = pl.col("size")
+            if contract_value is not None:
+                rows = rows.with_columns(size=pl.col("qty") / contract_value)
+            else:
+                rows = rows.with_columns(size=okx.contract_sizes(symbol, rows))
         table = rows.select(
             exchange=pl.lit(tardis.tardis_exchange(exchange)),
-            symbol=pl.lit(symbol),
+            symbol=pl.lit(tardis.tardis_symbol(symbol)),
             timestamp=pl.col("ts_exchange"),
             local_timestamp=pl.col("ts_arrival"),
             id=pl.col("trade_id").cast(pl.String),
@@ -256,11 +282,95 @@ def write_tardis_days(
             price=pl.col("price"),
             amount=amount,
         )
-        path = root / tardis.file_path(exchange, symbol, day_text)
+        if layout == "download":
+            path = root / tardis.download_file_name(exchange, symbol, day_text)
+        else:
+            path = root / tardis.api_path(exchange, symbol, day_text)
         path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as handle:
-            handle.write(table.write_csv(include_header=True).encode())
-        path.write_bytes(buffer.getvalue())
+        payload = table.write_csv(include_header=True).encode() if table.height else b""
+        path.write_bytes(gzip_bytes(payload))
         written.append(path)
     return written
+
+
+# --- damage: every way an archive can be corrupt ------------------------------------------------------------
+
+ZIP_DAMAGE = ("not_a_zip", "corrupt_deflate", "truncated_member", "crc_mismatch", "invalid_utf8")
+GZIP_DAMAGE = ("not_a_gzip", "corrupt_deflate", "truncated", "crc_mismatch", "frame_error", "invalid_utf8")
+
+
+def raw_zip(member: str, compressed: bytes, *, crc: int, file_size: int, method: int = 8) -> bytes:
+    """A one-member zip assembled by hand from already-compressed bytes and the CRC/size it should declare, so
+    damaged members can be built with an intact structure."""
+    name = member.encode()
+    dos_time, dos_date = 0, (2020 - 1980) << 9 | 1 << 5 | 1
+    local = struct.pack(
+        "<4s5H3L2H", b"PK\x03\x04", 20, 0, method, dos_time, dos_date, crc, len(compressed), file_size, len(name), 0
+    )
+    central = struct.pack(
+        "<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, dos_time, dos_date, crc, len(compressed), file_size,
+        len(name), 0, 0, 0, 0, 0o644 << 16, 0,
+    )
+    body = local + name + compressed
+    directory = central + name
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, len(directory), len(body), 0)
+    return body + directory + end
+
+
+def damage_zip(zip_path: Path, kind: str, *, update_checksum: bool = True) -> None:
+    """Rewrite a one-member zip damaged as `kind` (see `ZIP_DAMAGE`), keeping its name; by default the
+    `.CHECKSUM` is re-published to match the damaged bytes, as an exchange that zipped a bad file would."""
+    with zipfile.ZipFile(zip_path) as archive:
+        (info,) = archive.infolist()
+        payload = archive.read(info)
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
+    compressed = deflater.compress(payload) + deflater.flush()
+    crc, size = zlib.crc32(payload), len(payload)
+    if kind == "not_a_zip":
+        data = b"<html><body>404 Not Found</body></html>\n" * 20
+    elif kind == "corrupt_deflate":  # the structure and the declared CRC stay intact; the deflate data does not
+        middle = bytearray(compressed)
+        for offset in range(len(middle) // 2, min(len(middle) // 2 + 64, len(middle) - 8)):
+            middle[offset] ^= 0x5A
+        data = raw_zip(info.filename, bytes(middle), crc=crc, file_size=size)
+    elif kind == "truncated_member":  # the member's deflate stream stops half-way (its sizes say so too)
+        data = raw_zip(info.filename, compressed[: len(compressed) // 2], crc=crc, file_size=size)
+    elif kind == "crc_mismatch":  # valid deflate data whose CRC is not the declared one
+        data = raw_zip(info.filename, compressed, crc=crc ^ 0xFFFF, file_size=size)
+    elif kind == "invalid_utf8":  # a well-formed zip of a CSV with a byte that is not UTF-8 on its third line
+        lines = payload.split(b"\n")
+        lines[2] = lines[2].replace(b",", b"\xff,", 1)
+        write_zip(zip_path, info.filename, b"\n".join(lines))
+        data = zip_path.read_bytes()
+    else:
+        raise ValueError(f"kind must be one of {ZIP_DAMAGE}, got {kind!r}")
+    zip_path.write_bytes(data)
+    if update_checksum and zip_path.with_name(zip_path.name + ".CHECKSUM").exists():
+        write_checksum(zip_path)
+
+
+def damage_gzip(gz_path: Path, kind: str) -> None:
+    """Rewrite a gzip file damaged as `kind` (see `GZIP_DAMAGE`)."""
+    data = gz_path.read_bytes()
+    payload = gzip.decompress(data)
+    if kind == "not_a_gzip":
+        out = payload  # the plain CSV, as if someone forgot to compress it
+    elif kind == "corrupt_deflate":
+        body = bytearray(data)
+        for offset in range(len(body) // 2, min(len(body) // 2 + 64, len(body) - 8)):
+            body[offset] ^= 0x5A
+        out = bytes(body)
+    elif kind == "truncated":
+        out = data[: len(data) // 2]
+    elif kind == "crc_mismatch":  # trailer: CRC32 then ISIZE, little-endian
+        crc = struct.unpack("<L", data[-8:-4])[0] ^ 0xFFFF
+        out = data[:-8] + struct.pack("<L", crc) + data[-4:]
+    elif kind == "frame_error":  # a second member whose header is not a gzip header
+        out = data + b"\x1f\x8b\x09\x00garbage-after-the-first-member"
+    elif kind == "invalid_utf8":
+        lines = payload.split(b"\n")
+        lines[2] = lines[2].replace(b",", b"\xff,", 1)
+        out = gzip_bytes(b"\n".join(lines))
+    else:
+        raise ValueError(f"kind must be one of {GZIP_DAMAGE}, got {kind!r}")
+    gz_path.write_bytes(out)

@@ -3,6 +3,7 @@
     with ArchiveMirror(root) as mirror:
         config = SourceConfig(binance_url=mirror.url, ...)
         mirror.fail_next("data/futures/um/monthly/*", status=503, times=2)
+        mirror.require_bearer("secret", "tardis/v1/*")   # 401 without `Authorization: Bearer secret`, as Tardis
 
 Faults are matched against the request path without the leading slash (`fnmatch`, `*` crosses `/`) and
 consumed in order. Every request is logged as (method, path, status) so tests can assert what was fetched.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import email.utils
 import fnmatch
+import hmac
 import socket
 import struct
 import threading
@@ -38,6 +40,7 @@ class ArchiveMirror:
         self.root = Path(root).resolve()
         self.requests: list[tuple[str, str, int]] = []
         self._faults: list[_Fault] = []
+        self._bearer: tuple[str, str] | None = None  # (token, path glob)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -92,6 +95,17 @@ class ArchiveMirror:
         """Declare the full Content-Length but send only half the body, then close cleanly."""
         self._add(_Fault("truncate", path_glob, times))
 
+    def require_bearer(self, token: str, path_glob: str = "*") -> None:
+        """Answer 401 to requests for `path_glob` without `Authorization: Bearer <token>` (compared in constant
+        time), as the Tardis datasets API does for a missing or wrong key."""
+        self._bearer = (token, path_glob)
+
+    def authorized(self, path: str, header: str | None) -> bool:
+        if self._bearer is None or not fnmatch.fnmatch(path, self._bearer[1]):
+            return True
+        expected = f"Bearer {self._bearer[0]}".encode()
+        return hmac.compare_digest(expected, (header or "").encode())
+
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
@@ -136,6 +150,10 @@ class _MirrorHandler(BaseHTTPRequestHandler):
 
     def _serve(self, *, send_body: bool) -> None:
         path = unquote(urlsplit(self.path).path).lstrip("/")
+        if not self.owner.authorized(path, self.headers.get("Authorization")):
+            self.owner._log(self.command, path, 401)
+            self._empty(401)
+            return
         fault = self.owner._take_fault(self.command, path)
         if fault is not None and fault.kind == "fail":
             self.owner._log(self.command, path, fault.status)

@@ -35,9 +35,13 @@ class SourceResult:
     has_arrival_times: bool = False
     dataset: str = ""  # e.g. "aggTrades", "trades", "node_fills_by_block", "tardis"
     objects: list[SourceObject] = field(default_factory=list)
+    # Days (YYYY-MM-DD, sorted) the upstream never published, when the operator allowed building without them
+    # (APERIODIC_ALLOW_MISSING_DAYS=1); empty for a complete month.
+    missing_days: list[str] = field(default_factory=list)
 
     def to_metadata(self) -> dict:
         """Plain JSON-able dict for run metadata and parquet key-value metadata."""
         out = asdict(self)
         out["path"] = str(self.path)
+        out["missing_days"] = sorted(self.missing_days)
         return out

@@ -2,18 +2,18 @@
 
 Layout: `{base}/data/futures/um/{monthly|daily}/{aggTrades|trades}/{SYM}/{SYM}-{dataset}-{YYYY-MM|YYYY-MM-DD}.zip`,
 each with a `.zip.CHECKSUM` sidecar (`<sha256 hex>  <file name>`). The monthly archive is used when published;
-otherwise every daily archive of the month (a missing day is an error: a month is published whole or not at all).
+otherwise every daily archive of the month. A missing day fails the month, naming every missing day, unless the
+operator allows it (`APERIODIC_ALLOW_MISSING_DAYS=1`): then the month is built and the days are recorded.
 """
 
 from __future__ import annotations
 
-import shutil
-import zipfile
 from pathlib import Path
 
 import polars as pl
 
 from aperiodic_pipelines.errors import CorruptArchiveError, NotPublishedError
+from aperiodic_pipelines.sources.archive_stream import check_zip_structure, first_line, lazy_csv, zip_csv
 from aperiodic_pipelines.sources.base import SourceObject, SourceResult
 from aperiodic_pipelines.sources.canonical import (
     CanonicalStats,
@@ -24,8 +24,10 @@ from aperiodic_pipelines.sources.canonical import (
     parse_month,
 )
 from aperiodic_pipelines.sources.config import SourceConfig
-from aperiodic_pipelines.sources.download import Download, Downloader, parse_checksum_sidecar, scratch_dir
+from aperiodic_pipelines.sources.download import Download, Downloader, parse_checksum_sidecar
+from aperiodic_pipelines.sources.missing import check_missing_days
 from aperiodic_pipelines.sources.symbols import to_native
+from aperiodic_pipelines.trades import CANONICAL_SCHEMA
 
 EXCHANGE = "binance-futures"
 DATASETS = ("aggTrades", "trades")
@@ -75,6 +77,8 @@ def fetch_month(
     downloader = downloader or Downloader.from_config(config)
     base = config.binance_url.rstrip("/")
 
+    missing_days: list[str] = []
+    missing_files: list[str] = []
     try:
         downloads = [_fetch_checked(downloader, base, archive_path(native, dataset, month))]
         outside_month = "error"  # a monthly file holds only its month
@@ -83,11 +87,13 @@ def fetch_month(
         for day in days_of_month(month):
             try:
                 downloads.append(_fetch_checked(downloader, base, archive_path(native, dataset, day)))
-            except NotPublishedError as daily_missing:
-                raise NotPublishedError(
-                    f"{EXCHANGE} {native} {dataset} {month} is not published (yet): {monthly_missing}; "
-                    f"and the daily archive for {day}: {daily_missing}"
-                ) from None
+            except NotPublishedError:
+                missing_days.append(day)
+                missing_files.append(archive_path(native, dataset, day).rsplit("/", 1)[-1])
+        check_missing_days(
+            f"{EXCHANGE} {native} {dataset} {month}", missing_days, published=len(downloads), config=config,
+            detail=f"monthly archive: {monthly_missing}; daily archives missing for", missing_objects=missing_files,
+        )
         outside_month = "trim"  # daily files may spill over the month's edges
 
     try:
@@ -109,6 +115,7 @@ def fetch_month(
         has_arrival_times=False,
         dataset=dataset,
         objects=[SourceObject(location=d.url, size=d.size, sha256=d.sha256) for d in downloads],
+        missing_days=missing_days,
     )
 
 
@@ -117,72 +124,50 @@ def _fetch_checked(downloader: Downloader, base: str, path: str) -> Download:
     url = f"{base}/{path}"
     filename = path.rsplit("/", 1)[-1]
     expected = parse_checksum_sidecar(downloader.fetch_text(url + ".CHECKSUM"), filename=filename, url=url + ".CHECKSUM")
-    # Only a cheap structural check before caching: the sha256 already matched the published one, and member
-    # CRCs are checked while extracting, so a full CRC pass here would decompress everything twice.
+    # Only a structural check before caching: the sha256 already matched the published one, and the member's
+    # CRC is checked while it is streamed, so a full CRC pass here would decompress everything twice. A file
+    # that turns out corrupt then is evicted by `fetch_month`.
     return downloader.fetch(
-        url, f"{EXCHANGE}/{path}", expected_sha256=expected, verify=lambda p: _single_member(p, name=filename)
+        url, f"{EXCHANGE}/{path}", expected_sha256=expected, verify=lambda p: check_zip_structure(p, name=filename)
     )
-
-
-def _single_member(path: Path, *, name: str) -> zipfile.ZipInfo:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            members = [m for m in archive.infolist() if not m.is_dir()]
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise CorruptArchiveError(f"{name} is not a readable zip archive: {exc}") from None
-    if len(members) != 1:
-        raise CorruptArchiveError(f"{name}: expected one CSV inside, found {[m.filename for m in members]}")
-    return members[0]
 
 
 def convert_archives(
     zip_paths: list[Path], month: str, dest: Path, *, dataset: str = "aggTrades", outside_month: str = "error"
 ) -> CanonicalStats:
     """Local Binance archives (one monthly, or the month's dailies with `outside_month="trim"`) → canonical
-    trades at `dest`. Each CSV is extracted to a scratch directory next to `dest` and streamed from there."""
-    dest = Path(dest)
-    with scratch_dir(dest.parent) as work:
-        files = [_extract(Path(path), dataset, work) for path in zip_paths]
-        return build_canonical_month(files, month, dest, outside_month=outside_month)
+    trades at `dest`. Each CSV is streamed out of its zip (never extracted to disk)."""
+    files = [read_archive(Path(path), dataset) for path in zip_paths]
+    return build_canonical_month(files, month, Path(dest), outside_month=outside_month)
 
 
-def _extract(zip_path: Path, dataset: str, work: Path) -> TradeFile:
+def read_archive(zip_path: Path, dataset: str) -> TradeFile:
+    """Lazy canonical frame of one Binance zip; detects the optional header row of newer files."""
     name = zip_path.name
-    member = _single_member(zip_path, name=name)
-    csv_path = work / Path(member.filename).name
-    try:
-        with zipfile.ZipFile(zip_path) as archive, archive.open(member) as src, open(csv_path, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise CorruptArchiveError(f"{name}: corrupt archive ({exc})") from None
-    return TradeFile(origin=name, frame=scan_binance_csv(csv_path, dataset, origin=name))
-
-
-def scan_binance_csv(csv_path: Path, dataset: str, *, origin: str) -> pl.LazyFrame:
-    """Lazy canonical frame of one extracted Binance CSV; detects the optional header row of newer files."""
+    source = zip_csv(zip_path, name=name)
     schema = COLUMNS[dataset]
-    with open(csv_path, "rb") as handle:
-        first_line = handle.readline().decode("utf-8", errors="replace").strip().lstrip("\ufeff")
-    fields = first_line.split(",")
-    has_header = bool(first_line) and not (first_line[0].isdigit() or first_line[0] == "-")
+    first = first_line(source).strip()
+    fields = first.split(",")
+    has_header = bool(first) and not (first[0].isdigit() or first[0] == "-")
     if has_header and [f.strip() for f in fields] != list(schema):
-        raise CorruptArchiveError(f"{origin}: unexpected header {first_line!r}, expected {','.join(schema)}")
-    if first_line and not has_header and len(fields) != len(schema):
+        raise CorruptArchiveError(f"{name}: unexpected header {first!r}, expected {','.join(schema)}")
+    if first and not has_header and len(fields) != len(schema):
         raise CorruptArchiveError(
-            f"{origin}: malformed row {first_line!r}: {len(fields)} fields, expected {len(schema)} ({dataset})"
+            f"{name}: malformed row at line 1: {first!r}: {len(fields)} fields, expected {len(schema)} ({dataset})"
         )
     trade_id, quantity, time = _KEY_COLUMNS[dataset]
-    return pl.scan_csv(
-        csv_path,
-        has_header=False,
-        skip_rows=1 if has_header else 0,
-        schema=schema,
-        raise_if_empty=False,
-    ).select(
-        ts_exchange=ms_or_us_to_us(pl.col(time)),
-        ts_arrival=pl.lit(None, dtype=pl.Int64),
-        trade_id=pl.col(trade_id),
-        price=pl.col("price"),
-        qty=pl.col(quantity),
-        is_buy=~pl.col("is_buyer_maker"),  # buyer was the maker → the taker sold
+
+    def to_canonical(frame: pl.DataFrame, _line: int) -> pl.DataFrame:
+        return frame.select(
+            ts_exchange=ms_or_us_to_us(pl.col(time)),
+            ts_arrival=pl.lit(None, dtype=pl.Int64),
+            trade_id=pl.col(trade_id),
+            price=pl.col("price"),
+            qty=pl.col(quantity),
+            is_buy=~pl.col("is_buyer_maker"),  # buyer was the maker → the taker sold
+        )
+
+    frame = lazy_csv(
+        source, schema=schema, skip_first_line=has_header, convert=to_canonical, out_schema=CANONICAL_SCHEMA
     )
+    return TradeFile(origin=name, frame=frame)

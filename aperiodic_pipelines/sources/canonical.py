@@ -120,18 +120,14 @@ def build_canonical_month(
     with scratch_dir(dest.parent) as work:
         staged = work / "staged.parquet"
         combined = pl.concat(frames, how="vertical") if frames else pl.LazyFrame(schema=CANONICAL_SCHEMA)
-        checks = _checks(start_us, end_us)
-        rule_counts = combined.select(n=pl.len(), **{name: e.fill_null(True).sum() for name, e in checks.items()})
         try:
-            # One read of the CSVs feeds both the staged file and the per-row rule counts (shared scan).
-            _, counted = pl.collect_all(
-                [combined.sink_parquet(staged, lazy=True, **PARQUET_OPTIONS), rule_counts], engine="streaming"
-            )
+            combined.sink_parquet(staged, engine="streaming", **PARQUET_OPTIONS)
         except pl.exceptions.PolarsError as exc:
             raise _parse_error(files, exc) from None
-        facts = {key: int(value or 0) for key, value in counted.row(0, named=True).items()}
+        # The rules are counted on the staged file, one row group at a time: sources that stream their archive
+        # through Python would otherwise decompress it twice.
+        facts = _staged_facts(staged, start_us, end_us)
         _raise_on_bad_rows([f.origin for f in files], frames, facts, start_us, end_us)
-        facts |= _order_facts(staged)
         if facts["unsorted"] == 0 and facts["ids_not_increasing"] == 0:
             os.replace(staged, dest)
             return CanonicalStats(int(facts["n"]), 0, int(facts["gaps"]))
@@ -154,27 +150,32 @@ def _checks(start_us: int, end_us: int) -> dict[str, pl.Expr]:
     }
 
 
-def _order_facts(staged: Path) -> dict[str, int]:
-    """Order breaks and id gaps, one row group of (ts_exchange, trade_id) at a time: polars' `diff` is not a
-    streaming operation, and this keeps memory bounded. The previous group's last row is carried over."""
+def _staged_facts(staged: Path, start_us: int, end_us: int) -> dict[str, int]:
+    """Row count, per-row rule breaks, order breaks and id gaps, one row group at a time: polars' `diff` is not
+    a streaming operation, and this keeps memory bounded. The previous group's last row is carried over."""
     ts, tid = pl.col("ts_exchange"), pl.col("trade_id")
     ts_step, id_step = ts.diff(), tid.diff()
-    counters = {
+    order = {
         "unsorted": ((ts_step < 0) | ((ts_step == 0) & (id_step <= 0))).sum(),
         "ids_not_increasing": (id_step <= 0).sum(),
         "gaps": (id_step > 1).sum(),
     }
-    totals = dict.fromkeys(counters, 0)
+    rules = {name: rule.fill_null(True).sum() for name, rule in _checks(start_us, end_us).items()}
+    totals = dict.fromkeys(["n", *rules, *order], 0)
     parquet = pq.ParquetFile(staged)
     previous: pl.DataFrame | None = None
     for group in range(parquet.num_row_groups):
-        batch = pl.from_arrow(parquet.read_row_group(group, columns=["ts_exchange", "trade_id"]))
+        batch = pl.from_arrow(parquet.read_row_group(group))
         assert isinstance(batch, pl.DataFrame)
+        counted = batch.select(n=pl.len(), **rules).row(0, named=True)
+        keys = batch.select("ts_exchange", "trade_id")
         if previous is not None:
-            batch = pl.concat([previous, batch])
-        for key, value in batch.select(**counters).row(0, named=True).items():
+            keys = pl.concat([previous, keys])
+        counted |= keys.select(**order).row(0, named=True)
+        for key, value in counted.items():
             totals[key] += int(value or 0)
-        previous = batch.tail(1)
+        previous = keys.tail(1)
+        del batch
     return totals
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_BINANCE_URL = "https://data.binance.vision"
@@ -21,6 +21,10 @@ class SourceConfig:
     cache_dir: Path = Path("data/cache")
     binance_dataset: str = "aggTrades"  # or "trades"
     source: str = "archive"  # "archive": the exchange's public archive; "tardis": Tardis-format CSV files
+    # Build a month whose upstream lacks some days (recorded as `missing_days`) instead of failing.
+    allow_missing_days: bool = False
+    # Sent as `Authorization: Bearer` to a Tardis HTTP base; kept out of repr, logs, errors and metadata.
+    tardis_api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCE_KINDS:
@@ -39,4 +43,6 @@ class SourceConfig:
             cache_dir=Path(env.get("APERIODIC_CACHE_DIR", "data/cache")),
             binance_dataset=env.get("APERIODIC_BINANCE_DATASET", "aggTrades"),
             source=env.get("APERIODIC_SOURCE", "archive"),
+            allow_missing_days=env.get("APERIODIC_ALLOW_MISSING_DAYS", "").strip().lower() in ("1", "true", "yes"),
+            tardis_api_key=env.get("APERIODIC_TARDIS_API_KEY") or None,
         )

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,9 @@ class RetryPolicy:
     backoff_seconds: float = 1.0  # first wait; doubles each attempt
     max_backoff_seconds: float = 30.0
     jitter: float = 0.5  # each wait is multiplied by a random factor in [1 - jitter, 1 + jitter]
+    # OKX's CDN answers 404 for a file that appears seconds later: a 404 is asked again this many times in all
+    # (same backoff) before the file counts as not published.
+    not_found_attempts: int = 3
 
     def wait_seconds(self, attempt: int) -> float:
         base = min(self.max_backoff_seconds, self.backoff_seconds * (2**attempt))
@@ -89,7 +93,7 @@ def check_zip(path: Path, *, name: str) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             bad_member = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
         raise CorruptArchiveError(f"{name} is not a readable zip archive: {exc}") from None
     if bad_member is not None:
         raise CorruptArchiveError(f"{name}: member {bad_member} fails its CRC check (corrupt archive)")
@@ -120,16 +124,17 @@ class Downloader:
         retry = RetryPolicy(
             attempts=int(env.get("APERIODIC_HTTP_ATTEMPTS", RetryPolicy.attempts)),
             backoff_seconds=float(env.get("APERIODIC_HTTP_BACKOFF", RetryPolicy.backoff_seconds)),
+            not_found_attempts=int(env.get("APERIODIC_HTTP_404_ATTEMPTS", RetryPolicy.not_found_attempts)),
         )
         return cls(config.cache_dir, retry=retry)
 
     # --- public -------------------------------------------------------------------------------------------
 
-    def fetch_text(self, url: str) -> str:
+    def fetch_text(self, url: str, *, headers: dict[str, str] | None = None) -> str:
         """GET a small text resource (e.g. a CHECKSUM sidecar), with the same retry rules; not cached."""
 
         def attempt() -> str:
-            response = self._get(url, stream=False)
+            response = self._get(url, stream=False, headers=headers)
             with response:
                 body = response.content
                 self._check_length(response, len(body), url)
@@ -144,16 +149,18 @@ class Downloader:
         *,
         expected_sha256: str | None = None,
         verify: Callable[[Path], None] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Download:
         """Return the verified file for `url`, downloading it only when the cached copy is missing or stale.
 
         With `expected_sha256` (a published checksum) the cached copy is current when its recorded digest
         matches, and no request is made; without it a HEAD request compares ETag / Last-Modified /
         Content-Length with what was recorded. `verify(path)` runs on the temporary file before it is
-        renamed into the cache (e.g. `check_zip`); it raises to reject the file.
+        renamed into the cache (e.g. `check_zip`); it raises to reject the file. `headers` (e.g. an API key)
+        go with every request and are never recorded.
         """
         target = self.cache_dir / cache_key
-        cached = self._cached(target, url, expected_sha256)
+        cached = self._cached(target, url, expected_sha256, headers)
         if cached is not None:
             return cached
         self._evict(target)  # stale or unverifiable: never leave it looking good
@@ -161,7 +168,7 @@ class Downloader:
         name = target.name
 
         def attempt() -> Download:
-            response = self._get(url, stream=True)
+            response = self._get(url, stream=True, headers=headers)
             with response:
                 tmp_fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target.parent)
                 tmp_path = Path(tmp_name)
@@ -191,7 +198,9 @@ class Downloader:
     def _meta_path(target: Path) -> Path:
         return target.with_name(target.name + ".meta.json")
 
-    def _cached(self, target: Path, url: str, expected_sha256: str | None) -> Download | None:
+    def _cached(
+        self, target: Path, url: str, expected_sha256: str | None, headers: dict[str, str] | None
+    ) -> Download | None:
         meta_path = self._meta_path(target)
         if not (target.is_file() and meta_path.is_file()):
             return None
@@ -204,24 +213,22 @@ class Downloader:
         if expected_sha256 is not None:
             current = meta.get("sha256") == expected_sha256.lower()
         else:
-            current = self._unchanged_upstream(url, meta)
+            current = self._unchanged_upstream(url, meta, headers)
         if not current:
             return None
         return Download(url=url, path=target, size=meta["size"], sha256=meta["sha256"], from_cache=True)
 
-    def _unchanged_upstream(self, url: str, meta: dict) -> bool:
+    def _unchanged_upstream(self, url: str, meta: dict, headers: dict[str, str] | None) -> bool:
         """HEAD the URL and compare its validators with the recorded ones; any difference means changed."""
 
         def attempt() -> requests.Response:
-            response = self.session.head(url, timeout=self.timeout_seconds, allow_redirects=True)
+            response = self.session.head(url, timeout=self.timeout_seconds, allow_redirects=True, headers=headers)
             if response.status_code >= 500:
                 raise _Retryable(f"HTTP {response.status_code}")
             return response
 
         response = self._with_retries(url, attempt)
-        if response.status_code == 404:
-            raise NotPublishedError(f"not published (yet): {url} (HTTP 404; it was downloaded before)")
-        if response.status_code != 200:
+        if response.status_code != 200:  # a 404 included: the GET that follows decides, with its own retries
             return False
         seen = {
             "etag": response.headers.get("ETag"),
@@ -262,8 +269,8 @@ class Downloader:
 
     # --- HTTP ---------------------------------------------------------------------------------------------
 
-    def _get(self, url: str, *, stream: bool) -> requests.Response:
-        response = self.session.get(url, stream=stream, timeout=self.timeout_seconds)
+    def _get(self, url: str, *, stream: bool, headers: dict[str, str] | None = None) -> requests.Response:
+        response = self.session.get(url, stream=stream, timeout=self.timeout_seconds, headers=headers)
         status = response.status_code
         if status == 200:
             return response
@@ -272,6 +279,9 @@ class Downloader:
             raise NotPublishedError(f"not published (yet): {url} (HTTP 404)")
         if status >= 500 or status == 429:
             raise _Retryable(f"HTTP {status}")
+        if status in (401, 403):
+            # Never echo the credential: only say which kind of refusal it was.
+            raise DownloadError(f"GET {url} refused: HTTP {status} (missing or wrong API key?)")
         raise DownloadError(f"GET {url} failed: HTTP {status}")
 
     def _stream_body(self, response: requests.Response, sink: BinaryIO, url: str) -> tuple[int, str]:
@@ -305,17 +315,27 @@ class Downloader:
             raise _Retryable(f"truncated body: got {size} of {declared} bytes")
 
     def _with_retries(self, url: str, attempt: Callable[[], _T]) -> _T:
+        """Transient failures get `attempts` tries; a 404 gets `not_found_attempts` (it may appear seconds later).
+        Anything else (a checksum mismatch, a corrupt archive) is final at once."""
         last_problem = ""
-        for number in range(self.retry.attempts):
+        failures = not_found = 0
+        while True:
             try:
                 return attempt()
+            except NotPublishedError:
+                not_found += 1
+                if not_found >= self.retry.not_found_attempts:
+                    raise
+                time.sleep(self.retry.wait_seconds(not_found - 1))
+                continue
             except _Retryable as exc:
                 last_problem = str(exc)
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
                 last_problem = f"{type(exc).__name__}: {exc}"
-            if number + 1 < self.retry.attempts:
-                time.sleep(self.retry.wait_seconds(number))
-        raise DownloadError(f"GET {url} failed after {self.retry.attempts} attempts: {last_problem}")
+            failures += 1
+            if failures >= self.retry.attempts:
+                raise DownloadError(f"GET {url} failed after {self.retry.attempts} attempts: {last_problem}")
+            time.sleep(self.retry.wait_seconds(failures - 1))
 
 
 @contextlib.contextmanager

@@ -1,19 +1,22 @@
 """Tardis-format trade CSVs → canonical trades with arrival times (spec §1; the `true` variant's main input).
 
 Format: gzip CSV `exchange,symbol,timestamp,local_timestamp,id,side,price,amount`, times in µs, one file per
-UTC day of `local_timestamp`. Layout under `config.tardis_url` (a local directory or an http(s) base):
-`{base}/{tardis_exchange}/trades/{YYYY-MM-DD}_{SYMBOL}.csv.gz`, where `tardis_exchange` is Tardis's id of
-the exchange (`TARDIS_EXCHANGES`) and SYMBOL the native id. Because files split by arrival time, a month of
-exchange time is read from the day before the month through the first day of the next month and trimmed
-by `ts_exchange`; those two edge files are optional, every day inside the month is required.
-`ts_arrival` = `local_timestamp`. OKX amounts are contracts here too.
+UTC day of `local_timestamp`; a day without trades is an empty gzip file (no header, no rows). Tardis
+upper-cases symbols, in file names and in the `symbol` column (Hyperliquid `kPEPE` is `KPEPE`, HIP-3
+`xyz:AAPL` is `XYZ:AAPL`); they are mapped back to the native id. `config.tardis_url` is either
+
+- a local directory of files saved by the official clients (tardis-dev for Python or Node):
+  `{dir}/{exchange}_trades_{YYYY-MM-DD}_{SYMBOL}.csv.gz`, or
+- an http(s) base in the datasets API layout: `{base}/v1/{exchange}/trades/{YYYY}/{MM}/{DD}/{SYMBOL}.csv.gz`,
+  sent `Authorization: Bearer <APERIODIC_TARDIS_API_KEY>` when that is set (never logged or recorded),
+
+with SYMBOL upper-cased and `:` and `/` replaced by `-`. Because files split by arrival time, a month of
+exchange time is read from the day before the month through the first day of the next month and trimmed by
+`ts_exchange`; those two edge files are optional. `ts_arrival` = `local_timestamp`. OKX amounts are contracts.
 """
 
 from __future__ import annotations
 
-import gzip
-import shutil
-import zlib
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -22,11 +25,20 @@ import polars as pl
 from aperiodic_pipelines.errors import CorruptArchiveError, NotPublishedError, SymbolError
 from aperiodic_pipelines.hashing import sha256_file
 from aperiodic_pipelines.sources import okx
+from aperiodic_pipelines.sources.archive_stream import first_line, gzip_csv, lazy_csv
 from aperiodic_pipelines.sources.base import SourceObject, SourceResult
-from aperiodic_pipelines.sources.canonical import TradeFile, build_canonical_month, days_of_month, parse_month
+from aperiodic_pipelines.sources.canonical import (
+    TradeFile,
+    build_canonical_month,
+    days_of_month,
+    month_bounds_us,
+    parse_month,
+)
 from aperiodic_pipelines.sources.config import SourceConfig
-from aperiodic_pipelines.sources.download import Downloader, scratch_dir
+from aperiodic_pipelines.sources.download import Downloader
+from aperiodic_pipelines.sources.missing import check_missing_days
 from aperiodic_pipelines.sources.symbols import to_native
+from aperiodic_pipelines.trades import CANONICAL_SCHEMA
 
 TARDIS_EXCHANGES = {"binance-futures": "binance-futures", "okx-perps": "okex-swap", "hyperliquid-perps": "hyperliquid"}
 COLUMNS: dict[str, pl.DataType] = {
@@ -39,6 +51,7 @@ COLUMNS: dict[str, pl.DataType] = {
     "price": pl.Float64(),
     "amount": pl.Float64(),
 }
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def tardis_exchange(exchange: str) -> str:
@@ -48,9 +61,25 @@ def tardis_exchange(exchange: str) -> str:
         raise SymbolError(f"no Tardis exchange id for {exchange!r} (known: {', '.join(TARDIS_EXCHANGES)})") from None
 
 
-def file_path(exchange: str, native_symbol: str, day: str) -> str:
-    """Path of one day's file below the Tardis base."""
-    return f"{tardis_exchange(exchange)}/trades/{day}_{native_symbol}.csv.gz"
+def tardis_symbol(native_symbol: str) -> str:
+    """The symbol as Tardis writes it in its `symbol` column: upper case (kPEPE → KPEPE, xyz:AAPL → XYZ:AAPL)."""
+    return native_symbol.upper()
+
+
+def file_symbol(native_symbol: str) -> str:
+    """The symbol in Tardis file names and URLs: upper case, `:` and `/` replaced by `-` (xyz:AAPL → XYZ-AAPL)."""
+    return tardis_symbol(native_symbol).replace(":", "-").replace("/", "-")
+
+
+def download_file_name(exchange: str, native_symbol: str, day: str) -> str:
+    """Name the official clients save a day's trades under: `{exchange}_trades_{YYYY-MM-DD}_{SYMBOL}.csv.gz`."""
+    return f"{tardis_exchange(exchange)}_trades_{day}_{file_symbol(native_symbol)}.csv.gz"
+
+
+def api_path(exchange: str, native_symbol: str, day: str) -> str:
+    """Path of a day's trades below the datasets API base: `v1/{exchange}/trades/{YYYY}/{MM}/{DD}/{SYMBOL}.csv.gz`."""
+    year, month, dom = day.split("-")
+    return f"v1/{tardis_exchange(exchange)}/trades/{year}/{month}/{dom}/{file_symbol(native_symbol)}.csv.gz"
 
 
 def file_days(month: str) -> tuple[list[str], list[str]]:
@@ -75,41 +104,60 @@ def fetch_month(
     if not config.tardis_url:
         raise ValueError("config.tardis_url (APERIODIC_TARDIS_URL) is not set: no Tardis files to read")
     native = to_native(exchange, symbol)
-    required, optional = file_days(month)
+    tardis_exchange(exchange)
+    start_us, end_us = month_bounds_us(month)
     if exchange == "okx-perps":
-        for day in [*required, *optional]:
-            okx.contract_spec(native, day)
+        okx.check_contract_coverage(native, start_us, end_us)
+    required, optional = file_days(month)
     base = config.tardis_url.rstrip("/")
     remote = base.startswith(("http://", "https://"))
-    downloader = (downloader or Downloader.from_config(config)) if remote else None
+    if remote:
+        base = base.removesuffix("/v1")  # accept the base with or without the API version
+        downloader = downloader or Downloader.from_config(config)
+    headers = {"Authorization": f"Bearer {config.tardis_api_key}"} if remote and config.tardis_api_key else None
     dest = Path(dest)
     objects: list[SourceObject] = []
     files: list[TradeFile] = []
-    with scratch_dir(dest.parent) as work:
+    cached: list[str] = []
+    missing_days: list[str] = []
+    missing_files: list[str] = []
+    try:
         for day in sorted([*required, *optional]):
-            path = file_path(exchange, native, day)
-            name = path.rsplit("/", 1)[-1]
             try:
-                if downloader is not None:
+                if remote:
+                    assert downloader is not None
+                    path = api_path(exchange, native, day)
+                    name = f"{tardis_exchange(exchange)}/{path.split('/', 2)[2]}"
                     got = downloader.fetch(
-                        f"{base}/{path}", f"tardis/{path}", verify=lambda p, n=name: _check_gzip(p, name=n)
+                        f"{base}/{path}", f"tardis/{path}", verify=lambda p, n=name: _check_gzip_magic(p, name=n),
+                        headers=headers,
                     )
                     local, location, size, sha = got.path, got.url, got.size, got.sha256
+                    cached.append(f"tardis/{path}")
                 else:
-                    local = Path(base) / path
+                    name = download_file_name(exchange, native, day)
+                    local = Path(base) / name
                     if not local.is_file():
                         raise NotPublishedError(f"not published (yet): {local} (no such Tardis file)")
                     size, sha = sha256_file(local)
                     location = str(local.resolve())
             except NotPublishedError:
-                if day in optional:
-                    continue  # an edge file only adds the few trades that arrived across midnight
-                raise
-            csv_path = work / name.removesuffix(".gz")
-            _gunzip(local, csv_path, name=name)
-            files.append(TradeFile(origin=name, frame=scan_tardis_csv(csv_path, exchange, native, day, origin=name)))
+                if day not in optional:
+                    missing_days.append(day)
+                    missing_files.append(name)
+                continue  # an edge file only adds the few trades that arrived across midnight
+            files.append(read_file(local, exchange, native, month, name=name))
             objects.append(SourceObject(location=location, size=size, sha256=sha))
+        check_missing_days(
+            f"Tardis {tardis_exchange(exchange)} {file_symbol(native)} {month}", missing_days,
+            published=len(files), config=config, detail="the day files of", missing_objects=missing_files,
+        )
         stats = build_canonical_month(files, month, dest, outside_month="trim")
+    except CorruptArchiveError:
+        if downloader is not None:
+            for key in cached:  # a file that does not decompress or parse must not stay cached as good
+                downloader.evict(key)
+        raise
     return SourceResult(
         exchange=exchange,
         symbol=symbol,
@@ -122,50 +170,62 @@ def fetch_month(
         has_arrival_times=True,
         dataset="tardis",
         objects=objects,
+        missing_days=missing_days,
     )
 
 
-def _check_gzip(path: Path, *, name: str) -> None:
-    try:
-        with gzip.open(path, "rb") as handle:
-            while handle.read(1 << 20):
-                pass
-    except (OSError, EOFError, zlib.error) as exc:
-        raise CorruptArchiveError(f"{name} is not a readable gzip file: {exc}") from None
+def _check_gzip_magic(path: Path, *, name: str) -> None:
+    """Cheap check before caching (the data is checked, CRC included, when it is streamed)."""
+    with open(path, "rb") as handle:
+        head = handle.read(2)
+    if head and head != _GZIP_MAGIC:
+        raise CorruptArchiveError(f"{name} is not a gzip file (starts with {head!r})")
 
 
-def _gunzip(source: Path, target: Path, *, name: str) -> None:
-    try:
-        with gzip.open(source, "rb") as src, open(target, "wb") as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise CorruptArchiveError(f"{name} is not a readable gzip file: {exc}") from None
-
-
-def scan_tardis_csv(csv_path: Path, exchange: str, native: str, day: str, *, origin: str) -> pl.LazyFrame:
-    """Lazy canonical frame of one decompressed Tardis trades CSV."""
-    with open(csv_path, "rb") as handle:
-        header = handle.readline().decode("utf-8", errors="replace").strip().lstrip("\ufeff")
+def read_file(path: Path, exchange: str, native: str, month: str, *, name: str) -> TradeFile:
+    """Lazy canonical frame of one Tardis trades file; an empty file (no header, no rows) is a day without trades."""
+    source = gzip_csv(path, name=name)
+    header = first_line(source).strip()
+    if not header:
+        return TradeFile(origin=name, frame=pl.LazyFrame(schema=CANONICAL_SCHEMA))
     if header.split(",") != list(COLUMNS):
-        raise CorruptArchiveError(f"{origin}: unexpected header {header!r}, expected {','.join(COLUMNS)}")
-    frame = pl.scan_csv(csv_path, has_header=False, skip_rows=1, schema=COLUMNS, raise_if_empty=False)
-    non_numeric = frame.filter(~pl.col("id").str.contains(r"^\d+$").fill_null(False)).select("id").head(3).collect()
-    if non_numeric.height:
-        raise CorruptArchiveError(
-            f"{origin}: trade ids must be numeric for canonical trades, found {non_numeric['id'].to_list()}"
+        raise CorruptArchiveError(f"{name}: unexpected header {header!r}, expected {','.join(COLUMNS)}")
+    expected_symbol = tardis_symbol(native)
+    start_us, end_us = month_bounds_us(month)
+
+    def to_canonical(frame: pl.DataFrame, line: int) -> pl.DataFrame:
+        ids = frame.get_column("id").cast(pl.Int64, strict=False)
+        bad_ids = ids.is_null() | ~frame.get_column("id").str.contains(r"^\d+$")
+        if bad_ids.any():
+            shown = frame.filter(bad_ids).get_column("id").head(3).to_list()
+            first = int(bad_ids.arg_true()[0])
+            raise CorruptArchiveError(
+                f"{name}: line {line + first}: trade ids must be numeric for canonical trades, found {shown}"
+            )
+        other = frame.get_column("symbol") != expected_symbol
+        if other.any():
+            first = int(other.arg_true()[0])
+            raise CorruptArchiveError(
+                f"{name}: line {line + first}: rows of symbol {frame['symbol'][first]!r} in a file of "
+                f"{expected_symbol} ({native})"
+            )
+        frame = frame.with_columns(ts_exchange=pl.col("timestamp"), trade_id=ids, size=pl.col("amount"))
+        if exchange == "okx-perps":
+            frame = okx.base_quantity(frame, native, origin=name, line=line, start_us=start_us, end_us=end_us)
+        else:
+            frame = frame.with_columns(qty=pl.col("amount"))
+        side = pl.col("side")
+        return frame.select(
+            "ts_exchange",
+            ts_arrival=pl.col("local_timestamp"),
+            trade_id=pl.col("trade_id"),
+            price=pl.col("price"),
+            qty=pl.col("qty"),
+            is_buy=pl.when(side == "buy").then(True).when(side == "sell").then(False),  # "unknown" → rejected
         )
-    other = frame.filter(pl.col("symbol") != native).select("symbol").head(1).collect()
-    if other.height:
-        raise CorruptArchiveError(f"{origin}: rows of symbol {other.item()!r} in a file of {native}")
-    side = pl.col("side")
-    qty = pl.col("amount")
-    if exchange == "okx-perps":
-        qty = okx.base_quantity(qty, pl.col("price"), native, day)
-    return frame.select(
-        ts_exchange=pl.col("timestamp"),
-        ts_arrival=pl.col("local_timestamp"),
-        trade_id=pl.col("id").cast(pl.Int64),
-        price=pl.col("price"),
-        qty=qty,
-        is_buy=pl.when(side == "buy").then(True).when(side == "sell").then(False),  # "unknown" → rejected
+
+    frame = lazy_csv(
+        source, schema=COLUMNS, skip_first_line=True, convert=to_canonical, out_schema=CANONICAL_SCHEMA,
+        required=("symbol", "timestamp", "local_timestamp", "id", "side", "price", "amount"),
     )
+    return TradeFile(origin=name, frame=frame)
