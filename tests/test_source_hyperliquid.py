@@ -21,6 +21,7 @@ from botocore.config import Config
 
 from aperiodic_pipelines.errors import CorruptArchiveError, NotPublishedError, SymbolError
 from aperiodic_pipelines.mirror.s3 import (
+    CORRUPTIONS,
     corrupt_object,
     create_bucket,
     delete_hour,
@@ -36,7 +37,7 @@ from aperiodic_pipelines.sources.hyperliquid import (
     NODE_FILLS,
     NODE_FILLS_BY_BLOCK,
     NODE_TRADES,
-    dataset_candidates,
+    datasets_for_hour,
     fetch_month,
     hour_key,
     parse_s3_url,
@@ -48,9 +49,9 @@ from tests.s3_fixtures import MOTO_REGION, aws_env, moto_endpoint  # noqa: F401
 pytestmark = pytest.mark.slow
 
 BUCKET = "hl-node-data-test"
-# node_trades: March 2025, of which the archive holds only the last 10 days (it starts 2025-03-22)
+# node_trades: March 2025, of which the archive holds only the hours from 2025-03-22 10:00 on
 BLOCK_MONTH, FILLS_MONTH, TRADES_MONTH = "2025-09", "2025-06", "2025-03"
-ARCHIVE_START_US = int(datetime(2025, 3, 22, tzinfo=UTC).timestamp()) * 1_000_000
+ARCHIVE_START_US = int(datetime(2025, 3, 22, 10, tzinfo=UTC).timestamp()) * 1_000_000
 US_PER_HOUR = 3_600_000_000
 
 
@@ -276,9 +277,9 @@ def test_node_trades_row_by_row_with_built_ids(world: World, cache_dir: Path, tm
     )
     assert got.equals(expected)
     assert result.dataset == NODE_TRADES and got.get_column("trade_id").is_unique().all()
-    # nothing exists before 2025-03-22, so only those days' hours are read
-    assert len(result.objects) == 10 * 24 + 1
-    assert result.objects[0].location.endswith("/node_trades/hourly/20250322/0.lz4")
+    # nothing exists before 2025-03-22 10:00, so only the hours from then on are read
+    assert len(result.objects) == 14 + 9 * 24 + 1
+    assert result.objects[0].location.endswith("/node_trades/hourly/20250322/10.lz4")
 
 
 # --- cache, registry, upstream changes -------------------------------------------------------------------------
@@ -349,7 +350,7 @@ def test_missing_month_is_not_published(world: World, cache_dir: Path, tmp_path:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("mode", ["flip", "truncate", "garbage"])
+@pytest.mark.parametrize("mode", CORRUPTIONS)
 def test_corrupt_lz4_is_reported_and_never_cached(
     world: World, block_fetch: tuple[Any, RequestLog], cache_dir: Path, tmp_path: Path, mode: str
 ) -> None:
@@ -379,9 +380,9 @@ def test_corrupt_lz4_is_reported_and_never_cached(
 @pytest.mark.parametrize(
     ("bad_fill", "why"),
     [
-        ('{"coin":"BTC","px":"abc","sz":"1.0","side":"B","time":1757000000000,"crossed":true,"tid":1}', "px"),
-        ('{"coin":"BTC","px":"1.0","sz":"1.0","side":"X","time":1757000000000,"crossed":true,"tid":1}', "side"),
-        ('{"coin":"BTC","px":"1.0","sz":"1.0","side":"B","time":"soon","crossed":true,"tid":1}', "time"),
+        ('{"coin":"BTC","px":"abc","sz":"1.0","side":"B","time":1757000000000,"crossed":true,"hash":"0x01","tid":1}', "px"),
+        ('{"coin":"BTC","px":"1.0","sz":"1.0","side":"X","time":1757000000000,"crossed":true,"hash":"0x01","tid":1}', "side"),
+        ('{"coin":"BTC","px":"1.0","sz":"1.0","side":"B","time":"soon","crossed":true,"hash":"0x01","tid":1}', "time"),
         ('{"coin":"BTC","px":"1.0","sz":"1.0","side":"B","time":1757000000000,"crossed":true', "invalid JSON"),
     ],
 )
@@ -414,14 +415,16 @@ def test_registry_rejects_bad_arguments_before_io(tmp_path: Path) -> None:
 
 
 def test_eras_keys_and_urls() -> None:
-    from datetime import date
+    def at(day: int, month: int, hour: int) -> datetime:
+        return datetime(2025, month, day, hour, tzinfo=UTC)
 
-    assert dataset_candidates(date(2025, 3, 21)) == []
-    assert dataset_candidates(date(2025, 4, 1)) == [NODE_TRADES]
-    assert dataset_candidates(date(2025, 5, 25)) == [NODE_FILLS, NODE_TRADES]
-    assert dataset_candidates(date(2025, 6, 1)) == [NODE_FILLS]
-    assert dataset_candidates(date(2025, 7, 27)) == [NODE_FILLS_BY_BLOCK, NODE_FILLS]
-    assert dataset_candidates(date(2026, 1, 1)) == [NODE_FILLS_BY_BLOCK]
+    assert datasets_for_hour(at(22, 3, 9)) == []
+    assert datasets_for_hour(at(22, 3, 10)) == [NODE_TRADES]
+    assert datasets_for_hour(at(25, 5, 13)) == [NODE_TRADES]
+    assert datasets_for_hour(at(25, 5, 14)) == [NODE_FILLS]
+    assert datasets_for_hour(at(27, 7, 7)) == [NODE_FILLS]
+    assert datasets_for_hour(at(27, 7, 8)) == [NODE_FILLS, NODE_FILLS_BY_BLOCK]
+    assert datasets_for_hour(at(27, 7, 9)) == [NODE_FILLS_BY_BLOCK]
     assert hour_key(NODE_FILLS, datetime(2025, 6, 1, 7, tzinfo=UTC), prefix="p") == "p/node_fills/hourly/20250601/7.lz4"
     assert parse_s3_url("s3://hl-mainnet-node-data") == ("hl-mainnet-node-data", "")
     assert parse_s3_url("s3://bucket-x/some/prefix/") == ("bucket-x", "some/prefix")
@@ -436,9 +439,12 @@ def test_block_with_other_key_order_and_nested_objects(world: World, cache_dir: 
     ms = int(_hour(BLOCK_MONTH, 4, 2).timestamp()) * 1000 + 1234
     taker = (
         '{"liquidation":{"liquidatedUser":"0x1","markPx":"1.0","method":"market"},"coin":"BTC","px":"50000.5",'
-        f'"sz":"0.5","side":"A","time":{ms},"crossed":true,"tid":424242}}'
+        f'"sz":"0.5","side":"A","time":{ms},"crossed":true,"hash":"0x{"ab" * 32}","tid":424242}}'
     )
-    maker = f'{{"coin":"BTC","px":"50000.5","sz":"0.5","side":"B","time":{ms},"crossed":false,"tid":424242}}'
+    maker = (
+        f'{{"coin":"BTC","px":"50000.5","sz":"0.5","side":"B","time":{ms},"crossed":false,"hash":"0x{"ab" * 32}",'
+        '"tid":424242}'
+    )
     reordered = (
         f'{{"events":[["0x2",{maker}],["0x1",{taker}]],"block_number":7,'
         '"block_time":"2025-09-04T02:00:01.234000000","local_time":"2025-09-04T02:00:01.300000001Z"}'

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class SourceResult:
     has_arrival_times: bool = False
     dataset: str = ""  # e.g. "aggTrades", "trades", "node_fills_by_block", "tardis"
     objects: list[SourceObject] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)  # source-specific, JSON-able facts (e.g. partial_month)
 
     def to_metadata(self) -> dict:
         """Plain JSON-able dict for run metadata and parquet key-value metadata."""
