@@ -218,6 +218,8 @@ def write_hyperliquid_month(
 ) -> list[str]:
     """Write canonical `trades` of `coin` as the bucket's hourly objects; return the keys written, in order.
 
+    `trades` may carry a `coin` column instead (several coins in one pass, sharing blocks as they do upstream).
+
     Each trade goes to the dataset the nodes wrote at its time (`PUBLISHED`, `SWITCHES`; `era` forces one dataset
     for every trade and hour); trades within `switch_overlap_ms` of a switch go to both datasets. Trades before the
     archive starts (2025-03-22 10:00) are not published. Records are filed by `time + delay - rotation_lag_ms` with a
@@ -228,7 +230,7 @@ def write_hyperliquid_month(
     """
     rng = random.Random(f"{seed}-{coin}-{month}")
     lines_by_key: dict[str, list[bytes]] = defaultdict(list)
-    rows = trades.sort("ts_exchange", "trade_id").iter_rows(named=True)
+    rows = trades.sort("ts_exchange", "trade_id").iter_rows(named=True)  # a `coin` column overrides `coin`
 
     def datasets_of(moment_ms: int) -> list[str]:
         if era is not None:
@@ -253,12 +255,12 @@ def write_hyperliquid_month(
         ms = int(trade["ts_exchange"]) // 1000
         for dataset in datasets_of(ms):
             if dataset == NODE_TRADES:
-                record = _node_trade(coin, trade, rng, include_tid)
+                record = _node_trade(trade.get("coin", coin), trade, rng, include_tid)
                 twins = [record, {**record, "side": "A" if record["side"] == "B" else "B"}] if both_sides else [record]
                 filed = ms + rng.randint(0, max_delay_ms) - rotation_lag_ms
                 lines_by_key[key_for(dataset, filed)].extend(_dumps(twin) for twin in twins)
             elif dataset == NODE_FILLS:
-                for fill in _fill_pair(coin, trade, rng):
+                for fill in _fill_pair(trade.get("coin", coin), trade, rng):
                     filed = ms + rng.randint(0, max_delay_ms) - rotation_lag_ms
                     lines_by_key[key_for(dataset, filed)].append(_dumps(fill))
             elif dataset == NODE_FILLS_BY_BLOCK:
@@ -441,7 +443,7 @@ def _flush_block(
     ms = int(trades[0]["ts_exchange"]) // 1000
     block_ns = ms * 1_000_000 + rng.randint(0, 999_999)
     local_ns = block_ns + rng.randint(20, max(20, max_delay_ms)) * 1_000_000 + rng.randint(0, 999_999)
-    events = [fill for trade in trades for fill in _fill_pair(coin, trade, rng)]
+    events = [fill for trade in trades for fill in _fill_pair(trade.get("coin", coin), trade, rng)]
     record = {
         "local_time": _iso_ns(local_ns),
         "block_time": _iso_ns(block_ns),

@@ -62,7 +62,7 @@ class _Fill(msgspec.Struct):
 
 class _Block(msgspec.Struct):
     local_time: str
-    events: list[tuple[str, _Fill]]
+    events: list[tuple[msgspec.Raw, _Fill]]  # the user is not needed: left undecoded
 
 
 class _Party(msgspec.Struct):
@@ -81,7 +81,11 @@ class _Trade(msgspec.Struct):
     tid: int | None = None
 
 
-_RECORD_TYPES: dict[str, Any] = {NODE_TRADES: _Trade, NODE_FILLS: tuple[str, _Fill], NODE_FILLS_BY_BLOCK: _Block}
+_RECORD_TYPES: dict[str, Any] = {
+    NODE_TRADES: _Trade,
+    NODE_FILLS: tuple[msgspec.Raw, _Fill],
+    NODE_FILLS_BY_BLOCK: _Block,
+}
 
 
 class HourParser:
@@ -91,17 +95,9 @@ class HourParser:
         self.dataset = dataset
         self.uri = uri
         self.decoder = msgspec.json.Decoder(_RECORD_TYPES[dataset])
-        self.coin: list[str] = []
-        self.time: list[Any] = []  # ms (fills) or ISO text (node_trades)
-        self.arrival: list[str | None] = []
-        self.tid: list[int | None] = []
-        self.px: list[str] = []
-        self.sz: list[str] = []
-        self.side: list[str] = []
-        self.crossed: list[bool] = []
-        self.hash: list[str] = []
-        self.side_fp: list[int | None] = []
-        self.line: list[int] = []
+        self.records: list[Any] = []  # _Fill or _Trade, in file order
+        self.lines: list[int] = []  # the line of each record
+        self.arrival: list[str] = []  # node_fills_by_block: the local_time of each fill's block
 
     def fail(self, line: int | None, why: str) -> CorruptArchiveError:
         where = f"{self.uri} line {line}" if line is not None else self.uri
@@ -119,12 +115,17 @@ class HourParser:
             raise self._locate(chunk, first_line) from None
         lines = _line_numbers(chunk, first_line, len(records))
         if self.dataset == NODE_FILLS_BY_BLOCK:
-            self._add_blocks(records, lines)
+            for line, block in zip(lines, records, strict=True):
+                n = len(block.events)
+                self.records.extend(fill for _, fill in block.events)
+                self.lines.extend([line] * n)
+                self.arrival.extend([block.local_time] * n)
         elif self.dataset == NODE_FILLS:
-            for line, (_, fill) in zip(lines, records, strict=True):
-                self._add_fill(fill, line, None)
+            self.records.extend(fill for _, fill in records)
+            self.lines.extend(lines)
         else:
-            self._add_trades(records, lines)
+            self.records.extend(records)
+            self.lines.extend(lines)
 
     def _locate(self, chunk: bytes, first_line: int) -> CorruptArchiveError:
         for offset, text in enumerate(chunk.split(b"\n")):
@@ -138,73 +139,48 @@ class HourParser:
                 return self.fail(first_line + offset, f"invalid JSON: {exc}")
         return self.fail(None, "undecodable NDJSON")  # pragma: no cover - decode_lines failed, no line does
 
-    def _add_fill(self, fill: _Fill, line: int, arrival: str | None) -> None:
-        self.coin.append(fill.coin)
-        self.time.append(fill.time)
-        self.arrival.append(arrival)
-        self.tid.append(fill.tid)
-        self.px.append(fill.px)
-        self.sz.append(fill.sz)
-        self.side.append(fill.side)
-        self.crossed.append(fill.crossed)
-        self.hash.append(fill.hash)
-        self.side_fp.append(None)
-        self.line.append(line)
-
-    def _add_blocks(self, blocks: list[_Block], lines: list[int]) -> None:
-        for line, block in zip(lines, blocks, strict=True):
-            for _, fill in block.events:
-                self._add_fill(fill, line, block.local_time)
-
-    def _add_trades(self, trades: list[_Trade], lines: list[int]) -> None:
-        for line, trade in zip(lines, trades, strict=True):
-            buyer, seller = trade.side_info
-            self.coin.append(trade.coin)
-            self.time.append(trade.time)
-            self.arrival.append(None)
-            self.tid.append(trade.tid)
-            self.px.append(trade.px)
-            self.sz.append(trade.sz)
-            self.side.append(trade.side)
-            self.crossed.append(True)
-            self.hash.append(trade.hash)
-            self.side_fp.append(((buyer.oid << 21) ^ seller.oid) & _OID_MASK)
-            self.line.append(line)
-
     def frame(self) -> pl.DataFrame:
         """The parsed hour: taker fills (and makers without a taker in this object), sorted by coin then line."""
-        line = pl.Series("line", self.line, dtype=pl.Int64)
-        price = self._positive(pl.Series(self.px, dtype=pl.String), "px", line)
-        qty = self._positive(pl.Series(self.sz, dtype=pl.String), "sz", line)
+        records, n = self.records, len(self.records)
+        line = pl.Series("line", self.lines, dtype=pl.Int64)
+        price = self._positive(pl.Series([r.px for r in records], dtype=pl.String), "px", line)
+        qty = self._positive(pl.Series([r.sz for r in records], dtype=pl.String), "sz", line)
         if self.dataset == NODE_TRADES:
-            ts = self._iso_us(pl.Series(self.time, dtype=pl.String), "time", line)
+            ts = self._iso_us(pl.Series([r.time for r in records], dtype=pl.String), "time", line)
+            crossed = pl.Series([True] * n, dtype=pl.Boolean)  # one record per trade, `side` is the aggressor's
+            side_fp = pl.Series(
+                [((r.side_info[0].oid << 21) ^ r.side_info[1].oid) & _OID_MASK for r in records], dtype=pl.Int64
+            )
         else:
-            ts = pl.Series(self.time, dtype=pl.Int64) * 1000
+            ts = pl.Series([r.time for r in records], dtype=pl.Int64) * 1000
+            crossed = pl.Series([r.crossed for r in records], dtype=pl.Boolean)
+            side_fp = pl.Series([None] * n, dtype=pl.Int64)
         arrival = (
             self._iso_us(pl.Series(self.arrival, dtype=pl.String), "local_time", line)
             if self.dataset == NODE_FILLS_BY_BLOCK
-            else pl.Series([None] * len(line), dtype=pl.Int64)
+            else pl.Series([None] * n, dtype=pl.Int64)
         )
         frame = pl.DataFrame(
             {
-                "coin": pl.Series(self.coin, dtype=pl.String),
+                "coin": pl.Series([r.coin for r in records], dtype=pl.String),
                 "ts_exchange": ts,
                 "ts_arrival": arrival,
-                "trade_id": pl.Series(self.tid, dtype=pl.Int64),
+                "trade_id": pl.Series([r.tid for r in records], dtype=pl.Int64),
                 "price": price,
                 "qty": qty,
-                "is_buy": pl.Series(self.side, dtype=pl.String) == "B",
-                "crossed": pl.Series(self.crossed, dtype=pl.Boolean),
-                "hash64": pl.Series(self.hash, dtype=pl.String).str.slice(2, 15).str.to_integer(base=16, strict=False),
-                "side_fp": pl.Series(self.side_fp, dtype=pl.Int64),
+                "is_buy": pl.Series([r.side for r in records], dtype=pl.String) == "B",
+                "crossed": crossed,
+                "hash64": pl.Series([r.hash for r in records], dtype=pl.String)
+                .str.slice(2, 15)
+                .str.to_integer(base=16, strict=False),
+                "side_fp": side_fp,
                 "line": line,
             },
             schema=HOUR_SCHEMA,
         )
         takers = frame.filter(pl.col("crossed"))
-        lone_makers = frame.filter(~pl.col("crossed")).join(
-            takers.select("coin", "trade_id"), on=["coin", "trade_id"], how="anti"
-        )
+        # Hyperliquid tids are unique across the venue, so the coin need not be part of the match.
+        lone_makers = frame.filter(~pl.col("crossed") & ~pl.col("trade_id").is_in(takers.get_column("trade_id")))
         return pl.concat([takers, lone_makers]).sort("coin", "line", maintain_order=True)
 
     def _positive(self, text: pl.Series, field: str, line: pl.Series) -> pl.Series:
