@@ -289,6 +289,26 @@ def write_hyperliquid_month(
     return keys
 
 
+def ndjson_lines(dataset: str, trades: pl.DataFrame, *, coin: str | None = None, seed: int = 0) -> list[bytes]:
+    """The NDJSON lines (no newline) one dataset holds for `trades`, in time order, without filing them into hours:
+    for parser tests and benchmarks. `coin` or a `coin` column names the coin."""
+    rng = random.Random(seed)
+    rows = list(trades.sort("ts_exchange", "trade_id").iter_rows(named=True))
+    if dataset == NODE_TRADES:
+        return [_dumps(_node_trade(row.get("coin", coin), row, rng, False)) for row in rows]
+    if dataset == NODE_FILLS:
+        return [_dumps(fill) for row in rows for fill in _fill_pair(row.get("coin", coin), row, rng)]
+    if dataset != NODE_FILLS_BY_BLOCK:
+        raise ValueError(f"unknown Hyperliquid dataset {dataset!r}")
+    collected: dict[str, list[bytes]] = defaultdict(list)
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end]["ts_exchange"] // 1000 != rows[start]["ts_exchange"] // 1000:
+            _flush_block(coin, rows[start:end], rng, collected, lambda _dataset, _filed: "all", 0, 0)
+            start = end
+    return collected["all"]
+
+
 def _existing_keys(client: Any, bucket: str, prefixes: set[str]) -> set[str]:
     found: set[str] = set()
     for prefix in prefixes:
