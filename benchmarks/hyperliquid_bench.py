@@ -79,16 +79,15 @@ def tape(coins: list[str], trades: int) -> pl.DataFrame:
 def ndjson_samples(month_tape: pl.DataFrame, client: Any, keys: list[str]) -> dict[str, bytes]:
     """Decompressed NDJSON of each dataset as the mirror writes it: the month's fills-by-block objects, and the same
     trades as node_fills and node_trades records."""
-    import random
-
-    from aperiodic_pipelines.mirror.s3 import _dumps, _fill_pair, _node_trade, read_lines
+    from aperiodic_pipelines.mirror.s3 import ndjson_lines, read_lines
 
     blocks = b"".join(line + b"\n" for key in keys for line in read_lines(client, BUCKET, key))
-    rng = random.Random(1)
-    rows = list(month_tape.head(200_000).iter_rows(named=True))
-    fills = b"".join(_dumps(f) + b"\n" for row in rows for f in _fill_pair(row["coin"], row, rng))
-    trades = b"".join(_dumps(_node_trade(row["coin"], row, rng, False)) + b"\n" for row in rows)
-    return {"node_fills_by_block": blocks, "node_fills": fills, "node_trades": trades}
+    head = month_tape.head(200_000)
+    return {
+        "node_fills_by_block": blocks,
+        "node_fills": b"".join(line + b"\n" for line in ndjson_lines("node_fills", head, seed=1)),
+        "node_trades": b"".join(line + b"\n" for line in ndjson_lines("node_trades", head, seed=1)),
+    }
 
 
 def throughput(samples: dict[str, bytes]) -> None:
@@ -147,6 +146,7 @@ def main() -> None:
 
     from aperiodic_pipelines.mirror.s3 import create_bucket, make_client, write_hyperliquid_month
     from aperiodic_pipelines.sources import hyperliquid as after
+    from aperiodic_pipelines.sources.config import SourceConfig
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="hl-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -179,7 +179,17 @@ def main() -> None:
         print(f"  after (each hour parsed once for every coin):        {new_wall:7.1f} / {new_cpu:7.1f}")
         again_counts, again_wall, again_cpu = months(after, coins, after_cache, workdir / "out-again", client)
         print(f"  after, hours already parsed (a rerun):               {again_wall:7.1f} / {again_cpu:7.1f}")
-        print(f"  speed-up {old_wall / new_wall:.1f}x wall, {old_cpu / new_cpu:.1f}x CPU")
+        fanout_cache = workdir / "cache-fanout"
+        shutil.copytree(raw_cache, fanout_cache, ignore=shutil.ignore_patterns("*.parquet"))
+        config = SourceConfig(hyperliquid_url=f"s3://{BUCKET}", cache_dir=fanout_cache)
+        fanout, fan_wall, fan_cpu = timed(
+            lambda: after.fetch_months(coins, MONTH, dest=workdir / "out-fanout", config=config, s3_client=client)
+        )
+        print(f"  after, fetch_months (one listing and parse pass):   {fan_wall:7.1f} / {fan_cpu:7.1f}")
+        print(f"  speed-up {old_wall / new_wall:.1f}x wall, {old_cpu / new_cpu:.1f}x CPU (fetch_months: "
+              f"{old_wall / fan_wall:.1f}x wall, {old_cpu / fan_cpu:.1f}x CPU)")
+        if [fanout[coin].trade_count for coin in coins] != new_counts:
+            raise SystemExit("fetch_months counts differ")
         if not old_counts == new_counts == again_counts:
             raise SystemExit(f"trade counts differ: before {old_counts}, after {new_counts}, rerun {again_counts}")
         for coin in coins:
