@@ -21,6 +21,7 @@ from botocore.config import Config
 
 from aperiodic_pipelines.errors import CorruptArchiveError, NotPublishedError, SymbolError
 from aperiodic_pipelines.mirror.s3 import (
+    CORRUPTIONS,
     corrupt_object,
     create_bucket,
     delete_hour,
@@ -36,11 +37,15 @@ from aperiodic_pipelines.sources.hyperliquid import (
     NODE_FILLS,
     NODE_FILLS_BY_BLOCK,
     NODE_TRADES,
-    dataset_candidates,
+    AmbiguousAggressorError,
+    datasets_for_hour,
     fetch_month,
+    fetch_months,
     hour_key,
     parse_s3_url,
+    prepare_month,
 )
+from aperiodic_pipelines.sources.hyperliquid.parse import PARSER_VERSION
 from aperiodic_pipelines.synthetic import generate_tape
 from aperiodic_pipelines.trades import CANONICAL_COLUMNS
 from tests.s3_fixtures import MOTO_REGION, aws_env, moto_endpoint  # noqa: F401
@@ -48,9 +53,9 @@ from tests.s3_fixtures import MOTO_REGION, aws_env, moto_endpoint  # noqa: F401
 pytestmark = pytest.mark.slow
 
 BUCKET = "hl-node-data-test"
-# node_trades: March 2025, of which the archive holds only the last 10 days (it starts 2025-03-22)
+# node_trades: March 2025, of which the archive holds only the hours from 2025-03-22 10:00 on
 BLOCK_MONTH, FILLS_MONTH, TRADES_MONTH = "2025-09", "2025-06", "2025-03"
-ARCHIVE_START_US = int(datetime(2025, 3, 22, tzinfo=UTC).timestamp()) * 1_000_000
+ARCHIVE_START_US = int(datetime(2025, 3, 22, 10, tzinfo=UTC).timestamp()) * 1_000_000
 US_PER_HOUR = 3_600_000_000
 
 
@@ -90,6 +95,23 @@ class World:
     tapes: dict[str, pl.DataFrame]
     eth_keys: list[str]
     outside_ids: set[int]
+    eth: pl.DataFrame
+
+
+def _trades_at(times: list[int], *, first_id: int, price: float = 42000.5) -> pl.DataFrame:
+    """One trade at each µs time, alternating buy and sell."""
+    return pl.DataFrame(
+        {
+            "ts_exchange": times,
+            "ts_arrival": [None] * len(times),
+            "trade_id": list(range(first_id, first_id + len(times))),
+            "price": [price + i for i in range(len(times))],
+            "qty": [0.25] * len(times),
+            "is_buy": [i % 2 == 0 for i in range(len(times))],
+        },
+        schema={"ts_exchange": pl.Int64, "ts_arrival": pl.Int64, "trade_id": pl.Int64, "price": pl.Float64,
+                "qty": pl.Float64, "is_buy": pl.Boolean},
+    )
 
 
 class RequestLog:
@@ -129,7 +151,11 @@ def world(moto_endpoint: str) -> World:  # noqa: F811
     tapes = {
         BLOCK_MONTH: _tape(BLOCK_MONTH, 1),
         FILLS_MONTH: _tape(FILLS_MONTH, 2),
-        TRADES_MONTH: _tape(TRADES_MONTH, 3).filter(pl.col("ts_exchange") >= ARCHIVE_START_US),
+        # the archive's first hour (2025-03-22 10:00) from its first milliseconds on
+        TRADES_MONTH: pl.concat([
+            _tape(TRADES_MONTH, 3).filter(pl.col("ts_exchange") >= ARCHIVE_START_US),
+            _trades_at([ARCHIVE_START_US + 5_000, ARCHIVE_START_US + US_PER_HOUR - 5_000], first_id=2 * 10**9),
+        ]).sort("ts_exchange", "trade_id"),
     }
     for month, tape in tapes.items():
         write_hyperliquid_month(client, BUCKET, "BTC", month, tape, seed=11)
@@ -142,7 +168,7 @@ def world(moto_endpoint: str) -> World:  # noqa: F811
     eth = _edge_trades(BLOCK_MONTH, hours=6, first_id=7 * 10**9).with_columns(price=pl.col("price") / 20)
     eth_keys = write_hyperliquid_month(client, BUCKET, "ETH", BLOCK_MONTH, eth, seed=13, cover_month=False)
     outside = set(before.get_column("trade_id").to_list()) | set(after.get_column("trade_id").to_list())
-    return World(moto_endpoint, client, tapes, eth_keys, outside)
+    return World(moto_endpoint, client, tapes, eth_keys, outside, eth)
 
 
 @pytest.fixture(scope="module")
@@ -276,9 +302,53 @@ def test_node_trades_row_by_row_with_built_ids(world: World, cache_dir: Path, tm
     )
     assert got.equals(expected)
     assert result.dataset == NODE_TRADES and got.get_column("trade_id").is_unique().all()
-    # nothing exists before 2025-03-22, so only those days' hours are read
-    assert len(result.objects) == 10 * 24 + 1
-    assert result.objects[0].location.endswith("/node_trades/hourly/20250322/0.lz4")
+    # nothing exists before 2025-03-22 10:00, so only the hours from then on are read
+    assert len(result.objects) == 14 + 9 * 24 + 1
+    assert result.objects[0].location.endswith("/node_trades/hourly/20250322/10.lz4")
+
+
+def test_node_trades_archive_starts_at_20250322_hour_10_partial_first_month(
+    world: World, block_fetch: tuple[Any, RequestLog], cache_dir: Path, tmp_path: Path
+) -> None:
+    # The mirror publishes what the bucket holds: 2025-03-22 starts with 10.lz4.
+    listed = world.client.list_objects_v2(Bucket=BUCKET, Prefix="node_trades/hourly/20250322/")["Contents"]
+    assert sorted(int(item["Key"].rsplit("/", 1)[1].split(".")[0]) for item in listed) == list(range(10, 24))
+    result = fetch_month("BTC", TRADES_MONTH, dest=tmp_path, config=_config(cache_dir), s3_client=_client(world.endpoint))
+    assert result.metadata["first_hour"] == "2025-03-22T10:00:00Z"
+    assert result.metadata["partial_month"] is True
+    times = pl.read_parquet(result.path).get_column("ts_exchange")
+    assert times.min() == ARCHIVE_START_US + 5_000  # the first hour's trades are in
+    assert result.trade_count == world.tapes[TRADES_MONTH].height
+    full, _ = block_fetch
+    assert full.metadata["first_hour"] == "2025-09-01T00:00:00Z" and full.metadata["partial_month"] is False
+    assert full.to_metadata()["metadata"]["partial_month"] is False  # reaches the asset's metadata
+
+
+def test_each_hour_is_parsed_once_for_every_coin(
+    world: World, block_fetch: tuple[Any, RequestLog], cache_dir: Path, tmp_path: Path
+) -> None:
+    client = _client(world.endpoint)
+    log = RequestLog(client)
+    prepared = prepare_month(BLOCK_MONTH, config=_config(cache_dir), s3_client=client)
+    # the BTC fetch parsed every hour for every coin: nothing is downloaded or parsed again
+    assert len(prepared.hours) == 722 and not any(hour.parsed_now for hour in prepared.hours)
+    assert log.gets == []
+    assert {"BTC", "ETH"} <= set(prepared.coins())
+    results = fetch_months(["ETH", "perpetual-BTC-USDC:USDC"], BLOCK_MONTH, dest=tmp_path,
+                           config=_config(cache_dir), s3_client=client)
+    assert log.gets == []
+    eth = results["ETH"]
+    assert eth.path == tmp_path / "ETH" / f"{BLOCK_MONTH}.parquet"
+    assert pl.read_parquet(eth.path).drop("ts_arrival").equals(_expected(world.eth).drop("ts_arrival"))
+    btc = results["perpetual-BTC-USDC:USDC"]
+    assert btc.path.read_bytes() == block_fetch[0].path.read_bytes()
+    # a parsed hour: one parquet per object and ETag, every coin, sorted by coin
+    hour = next(h for h in prepared.hours if h.source.location.endswith("/20250901/2.lz4"))
+    key = hour.source.location.removeprefix(f"s3://{BUCKET}/")
+    etag = world.client.head_object(Bucket=BUCKET, Key=key)["ETag"].strip('"')
+    assert hour.path.name == f"2.lz4.{etag}.p{PARSER_VERSION}.parquet"
+    coins = pl.read_parquet(hour.path).get_column("coin")
+    assert set(coins) == {"BTC", "ETH"} and coins.is_sorted()
 
 
 # --- cache, registry, upstream changes -------------------------------------------------------------------------
@@ -316,8 +386,11 @@ def test_changed_upstream_object_is_fetched_again(
     changed = write_hyperliquid_month(world.client, BUCKET, "ETH", BLOCK_MONTH, more_eth, seed=14, cover_month=False)
     client = _client(world.endpoint)
     log = RequestLog(client)
-    again = fetch_month("BTC", BLOCK_MONTH, dest=tmp_path, config=_config(cache_dir), s3_client=client)
+    prepared = prepare_month(BLOCK_MONTH, config=_config(cache_dir), s3_client=client)
     assert sorted(log.gets) == sorted(changed)
+    reparsed = {hour.source.location for hour in prepared.hours if hour.parsed_now}
+    assert reparsed == {f"s3://{BUCKET}/{key}" for key in changed}
+    again = fetch_month("BTC", BLOCK_MONTH, dest=tmp_path, prepared=prepared)
     assert pl.read_parquet(again.path).equals(pl.read_parquet(first.path))
     changed_uris = {f"s3://{BUCKET}/{key}" for key in changed}
     for old, new in zip(first.objects, again.objects, strict=True):
@@ -349,23 +422,37 @@ def test_missing_month_is_not_published(world: World, cache_dir: Path, tmp_path:
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("mode", ["flip", "truncate", "garbage"])
-def test_corrupt_lz4_is_reported_and_never_cached(
+def _cache_files(cache_dir: Path, key: str) -> list[Path]:
+    """Everything the cache holds for `key`: the raw copy, its sidecar, parsed hours, partial downloads."""
+    path = cache_dir / "hyperliquid" / BUCKET / key
+    return sorted(path.parent.glob(path.name + "*")) if path.parent.exists() else []
+
+
+def _fails_once_caches_nothing(world: World, cache_dir: Path, tmp_path: Path, key: str, match: str) -> str:
+    """Fetch September with `key` damaged: one CorruptArchiveError matching `match`, the object downloaded once
+    (never retried), nothing of it left in the cache, no output written. Returns the message."""
+    for stale in _cache_files(cache_dir, key):  # forget any cached copy, so this key is fetched anew
+        stale.unlink()
+    client = _client(world.endpoint)
+    log = RequestLog(client)
+    with pytest.raises(CorruptArchiveError, match=match) as info:
+        fetch_month("BTC", BLOCK_MONTH, dest=tmp_path / "x.parquet", config=_config(cache_dir), s3_client=client)
+    assert log.gets.count(key) == 1
+    assert _cache_files(cache_dir, key) == []
+    assert not (tmp_path / "x.parquet").exists()
+    return str(info.value)
+
+
+@pytest.mark.parametrize("mode", CORRUPTIONS)
+def test_corrupt_lz4_frame_is_one_permanent_error(
     world: World, block_fetch: tuple[Any, RequestLog], cache_dir: Path, tmp_path: Path, mode: str
 ) -> None:
+    """Truncated frame, bad magic, bad content checksum, garbled blocks, not LZ4 at all."""
     key = hour_key(NODE_FILLS_BY_BLOCK, _hour(BLOCK_MONTH, 9, 13))
-    cached, meta = cache_dir / "hyperliquid" / BUCKET / key, cache_dir / "hyperliquid" / BUCKET / (key + ".meta.json")
-    cached.unlink(missing_ok=True)  # forget any cached copy, so this key is fetched anew
-    meta.unlink(missing_ok=True)
     with damaged(world, key):
         corrupt_object(world.client, BUCKET, key, mode=mode)
-        with pytest.raises(CorruptArchiveError, match=f"s3://{BUCKET}/{key}") as info:
-            fetch_month("BTC", BLOCK_MONTH, dest=tmp_path / "x.parquet", config=_config(cache_dir),
-                        s3_client=_client(world.endpoint))
-        assert "LZ4" in str(info.value)
-        assert not cached.exists() and not meta.exists()  # the damaged bytes were not kept
-        assert not list(cached.parent.glob("*.part-*"))
-        assert not (tmp_path / "x.parquet").exists()
+        message = _fails_once_caches_nothing(world, cache_dir, tmp_path, key, f"s3://{BUCKET}/{key}")
+        assert "LZ4 frame" in message
     if mode != "flip":
         return  # the recovery below is the same for every kind of damage
     # once upstream is fixed, only that object is fetched again
@@ -376,30 +463,40 @@ def test_corrupt_lz4_is_reported_and_never_cached(
     assert fixed.trade_count == _expected(world.tapes[BLOCK_MONTH]).height
 
 
+_GOOD_FILL = '{"coin":"BTC","px":"1.0","sz":"1.0","side":"B","time":1757000000000,"crossed":true,"hash":"0x01","tid":1}'
+
+
 @pytest.mark.parametrize(
     ("bad_fill", "why"),
     [
-        ('{"coin":"BTC","px":"abc","sz":"1.0","side":"B","time":1757000000000,"crossed":true,"tid":1}', "px"),
-        ('{"coin":"BTC","px":"1.0","sz":"1.0","side":"X","time":1757000000000,"crossed":true,"tid":1}', "side"),
-        ('{"coin":"BTC","px":"1.0","sz":"1.0","side":"B","time":"soon","crossed":true,"tid":1}', "time"),
-        ('{"coin":"BTC","px":"1.0","sz":"1.0","side":"B","time":1757000000000,"crossed":true', "invalid JSON"),
+        pytest.param(_GOOD_FILL.replace('"0x01"', '"0x<NOT-UTF-8>"'), "not UTF-8", id="invalid-utf8"),
+        pytest.param(_GOOD_FILL[:-1], "invalid JSON", id="invalid-json"),
+        pytest.param(_GOOD_FILL.replace(',"tid":1', ""), "missing required field `tid`", id="missing-field"),
+        pytest.param(_GOOD_FILL.replace('1757000000000', '"soon"'), "Expected `int`, got `str`.*time",
+                     id="ill-typed-time"),
+        pytest.param(_GOOD_FILL.replace('"crossed":true', '"crossed":"yes"'), "Expected `bool`.*crossed",
+                     id="ill-typed-crossed"),
+        pytest.param(_GOOD_FILL.replace('"side":"B"', '"side":"X"'), "side", id="unknown-side"),
+        pytest.param(_GOOD_FILL.replace('"px":"1.0"', '"px":"abc"'), "px='abc' is not a positive number",
+                     id="px-not-a-number"),
+        pytest.param(_GOOD_FILL.replace('"sz":"1.0"', '"sz":"-2"'), "sz='-2' is not a positive number",
+                     id="sz-not-positive"),
     ],
 )
-def test_malformed_record_names_key_and_line(
-    world: World, cache_dir: Path, tmp_path: Path, bad_fill: str, why: str
+def test_malformed_ndjson_line_is_one_permanent_error_naming_key_and_line(
+    world: World, block_fetch: tuple[Any, RequestLog], cache_dir: Path, tmp_path: Path, bad_fill: str, why: str
 ) -> None:
     key = hour_key(NODE_FILLS_BY_BLOCK, _hour(BLOCK_MONTH, 3, 7))
     good = read_lines(world.client, BUCKET, key)
     bad = (
         '{"local_time":"2025-09-03T07:10:00.100000000","block_time":"2025-09-03T07:10:00.000000000",'
         f'"block_number":1,"events":[["0xabc",{bad_fill}]]}}'
-    ).encode()
+    ).encode().replace(b"<NOT-UTF-8>", b"\xff\xfe")
     with damaged(world, key):
         put_raw_lines(world.client, BUCKET, key, [*good[:1], bad, *good[1:]])
-        with pytest.raises(CorruptArchiveError, match=rf"s3://{BUCKET}/{key} line 2: malformed record .*{why}"):
-            fetch_month("BTC", BLOCK_MONTH, dest=tmp_path / "x.parquet", config=_config(cache_dir),
-                        s3_client=_client(world.endpoint))
-    assert not (tmp_path / "x.parquet").exists()
+        _fails_once_caches_nothing(
+            world, cache_dir, tmp_path, key, rf"s3://{BUCKET}/{key} line 2: malformed record .*{why}"
+        )
 
 
 def test_registry_rejects_bad_arguments_before_io(tmp_path: Path) -> None:
@@ -414,14 +511,16 @@ def test_registry_rejects_bad_arguments_before_io(tmp_path: Path) -> None:
 
 
 def test_eras_keys_and_urls() -> None:
-    from datetime import date
+    def at(day: int, month: int, hour: int) -> datetime:
+        return datetime(2025, month, day, hour, tzinfo=UTC)
 
-    assert dataset_candidates(date(2025, 3, 21)) == []
-    assert dataset_candidates(date(2025, 4, 1)) == [NODE_TRADES]
-    assert dataset_candidates(date(2025, 5, 25)) == [NODE_FILLS, NODE_TRADES]
-    assert dataset_candidates(date(2025, 6, 1)) == [NODE_FILLS]
-    assert dataset_candidates(date(2025, 7, 27)) == [NODE_FILLS_BY_BLOCK, NODE_FILLS]
-    assert dataset_candidates(date(2026, 1, 1)) == [NODE_FILLS_BY_BLOCK]
+    assert datasets_for_hour(at(22, 3, 9)) == []
+    assert datasets_for_hour(at(22, 3, 10)) == [NODE_TRADES]
+    assert datasets_for_hour(at(25, 5, 13)) == [NODE_TRADES]
+    assert datasets_for_hour(at(25, 5, 14)) == [NODE_FILLS]
+    assert datasets_for_hour(at(27, 7, 7)) == [NODE_FILLS]
+    assert datasets_for_hour(at(27, 7, 8)) == [NODE_FILLS, NODE_FILLS_BY_BLOCK]
+    assert datasets_for_hour(at(27, 7, 9)) == [NODE_FILLS_BY_BLOCK]
     assert hour_key(NODE_FILLS, datetime(2025, 6, 1, 7, tzinfo=UTC), prefix="p") == "p/node_fills/hourly/20250601/7.lz4"
     assert parse_s3_url("s3://hl-mainnet-node-data") == ("hl-mainnet-node-data", "")
     assert parse_s3_url("s3://bucket-x/some/prefix/") == ("bucket-x", "some/prefix")
@@ -436,9 +535,12 @@ def test_block_with_other_key_order_and_nested_objects(world: World, cache_dir: 
     ms = int(_hour(BLOCK_MONTH, 4, 2).timestamp()) * 1000 + 1234
     taker = (
         '{"liquidation":{"liquidatedUser":"0x1","markPx":"1.0","method":"market"},"coin":"BTC","px":"50000.5",'
-        f'"sz":"0.5","side":"A","time":{ms},"crossed":true,"tid":424242}}'
+        f'"sz":"0.5","side":"A","time":{ms},"crossed":true,"hash":"0x{"ab" * 32}","tid":424242}}'
     )
-    maker = f'{{"coin":"BTC","px":"50000.5","sz":"0.5","side":"B","time":{ms},"crossed":false,"tid":424242}}'
+    maker = (
+        f'{{"coin":"BTC","px":"50000.5","sz":"0.5","side":"B","time":{ms},"crossed":false,"hash":"0x{"ab" * 32}",'
+        '"tid":424242}'
+    )
     reordered = (
         f'{{"events":[["0x2",{maker}],["0x1",{taker}]],"block_number":7,'
         '"block_time":"2025-09-04T02:00:01.234000000","local_time":"2025-09-04T02:00:01.300000001Z"}'
@@ -450,3 +552,23 @@ def test_block_with_other_key_order_and_nested_objects(world: World, cache_dir: 
     row = pl.read_parquet(result.path).filter(pl.col("trade_id") == 424242)
     assert row.rows() == [(ms * 1000, ms * 1000 + 66_000, 424242, 50000.5, 0.5, False)]
     assert result.trade_count == _expected(world.tapes[BLOCK_MONTH]).height + 1
+
+
+def test_node_trades_written_as_buy_and_sell_twins_fail_the_month(
+    world: World, cache_dir: Path, tmp_path: Path
+) -> None:
+    """Some node_trades output writes each trade twice (side B and side A, same hash, time, px, sz, side_info):
+    the aggressor is unknowable, so the month fails naming the object and the count."""
+    middle = ARCHIVE_START_US + 30 * US_PER_HOUR + US_PER_HOUR // 2
+    twins = _trades_at([middle + i * 1000 for i in range(3)], first_id=9 * 10**9, price=3.5)
+    keys = write_hyperliquid_month(world.client, BUCKET, "TWIN", TRADES_MONTH, twins, seed=21, cover_month=False,
+                                   both_sides=True)
+    assert len(keys) == 1 and len(read_lines(world.client, BUCKET, keys[0])) >= 6
+    with pytest.raises(AmbiguousAggressorError, match=rf"3 TWIN trade\(s\) are written twice .*"
+                       rf"s3://{BUCKET}/{keys[0]} \(3 pair\(s\)"):
+        fetch_month("TWIN", TRADES_MONTH, dest=tmp_path / "twin.parquet", config=_config(cache_dir),
+                    s3_client=_client(world.endpoint))
+    assert not (tmp_path / "twin.parquet").exists()
+    # other coins of the same objects are unaffected
+    btc = fetch_month("BTC", TRADES_MONTH, dest=tmp_path, config=_config(cache_dir), s3_client=_client(world.endpoint))
+    assert btc.trade_count == world.tapes[TRADES_MONTH].height

@@ -1,15 +1,19 @@
 """A local stand-in for Hyperliquid's `hl-mainnet-node-data` bucket: a moto S3 server on 127.0.0.1 and writers that
-turn canonical trades into the hourly LZ4 NDJSON objects of each era, byte-compatible with what the source reads.
+turn canonical trades into the hourly LZ4 NDJSON objects of each era, as Hyperliquid publishes them.
 
     with hyperliquid_mirror() as mirror:
         mirror.write_month("BTC", "2025-09", trades)
         os.environ.update(mirror.environment())   # AWS_ENDPOINT_URL_S3, fake credentials
         fetch_month("perpetual-BTC-USDC:USDC", "2025-09", dest=..., config=SourceConfig(hyperliquid_url=mirror.url))
 
-What the writers reproduce, per era (see `aperiodic_pipelines.sources.hyperliquid`):
+What the writers reproduce, per era (formats and dates from Hyperliquid's docs and listings of the real bucket):
 
+- When: `node_trades` from `20250322/10.lz4` to `20250525/13.lz4`, `node_fills` from `20250525/14.lz4` to
+  `20250727/8.lz4`, `node_fills_by_block` from `20250727/8.lz4` on (hour 8 of 2025-07-27 is in both fill datasets).
+  Trades within a few seconds of a switch are written by both outputs (`PUBLISHED`, `SWITCHES`).
 - `node_trades`: one record per trade, ISO `time` with nanoseconds, `side` of the aggressor, `side_info` of both
-  users; no `tid` unless `include_tid=True`.
+  users; no `tid` (real records have none) unless `include_tid=True`; `both_sides=True` writes every trade twice,
+  as a B and an A record, as some node output does.
 - `node_fills`: two `[user, fill]` lines per trade sharing `tid`, the taker's with `crossed: true`.
 - `node_fills_by_block`: trades of one millisecond form one block; `local_time` is `block_time` plus a delay.
 
@@ -35,11 +39,10 @@ from typing import Any
 import lz4.frame
 import polars as pl
 
-from aperiodic_pipelines.sources.hyperliquid import (
+from aperiodic_pipelines.sources.hyperliquid.eras import (
     NODE_FILLS,
     NODE_FILLS_BY_BLOCK,
     NODE_TRADES,
-    dataset_candidates,
     hour_key,
 )
 
@@ -152,6 +155,49 @@ def empty_bucket(client: Any, bucket: str) -> None:
 
 # --- writers ---------------------------------------------------------------------------------------------------
 
+# What the real bucket holds, from listings of hl-mainnet-node-data (kept here, apart from the source's own table, so
+# a wrong schedule in the source is caught): dataset, first hourly object, last hourly object (None: ongoing).
+PUBLISHED: tuple[tuple[str, datetime, datetime | None], ...] = (
+    (NODE_TRADES, datetime(2025, 3, 22, 10, tzinfo=UTC), datetime(2025, 5, 25, 13, tzinfo=UTC)),
+    (NODE_FILLS, datetime(2025, 5, 25, 14, tzinfo=UTC), datetime(2025, 7, 27, 8, tzinfo=UTC)),
+    (NODE_FILLS_BY_BLOCK, datetime(2025, 7, 27, 8, tzinfo=UTC), None),
+)
+# When the nodes' output switched to the next dataset: trades from then on are written in the new format. Around a
+# switch both outputs ran for a while, so trades near it are in both datasets (`switch_overlap_ms`); the fills →
+# fills-by-block switch fell inside hour 08:00, which is why that hour exists in both.
+SWITCHES: dict[str, datetime] = {
+    NODE_FILLS: datetime(2025, 5, 25, 14, tzinfo=UTC),
+    NODE_FILLS_BY_BLOCK: datetime(2025, 7, 27, 8, 30, tzinfo=UTC),
+}
+
+
+def published_datasets(hour: datetime) -> list[str]:
+    """Datasets with an object for `hour` in the real bucket."""
+    return [name for name, first, last in PUBLISHED if first <= hour and (last is None or hour <= last)]
+
+
+def _dataset_at(moment_ms: int) -> str | None:
+    """The dataset a trade at `moment_ms` was written to (None before the archive starts)."""
+    if moment_ms < _ms(PUBLISHED[0][1]):
+        return None
+    if moment_ms >= _ms(SWITCHES[NODE_FILLS_BY_BLOCK]):
+        return NODE_FILLS_BY_BLOCK
+    return NODE_FILLS if moment_ms >= _ms(SWITCHES[NODE_FILLS]) else NODE_TRADES
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _clamp_hour(dataset: str, hour_ms: int) -> int:
+    """An object hour the dataset really has: a record filed past a dataset's last (or before its first) hour went
+    into its last (first) object."""
+    for name, first, last in PUBLISHED:
+        if name == dataset:
+            hour_ms = max(hour_ms, _ms(first))
+            return hour_ms if last is None else min(hour_ms, _ms(last))
+    raise ValueError(f"unknown Hyperliquid dataset {dataset!r}")
+
 
 def write_hyperliquid_month(
     client: Any,
@@ -167,52 +213,63 @@ def write_hyperliquid_month(
     rotation_lag_ms: int = 150,
     include_tid: bool = False,
     cover_month: bool = True,
+    switch_overlap_ms: int = 2000,
+    both_sides: bool = False,
 ) -> list[str]:
     """Write canonical `trades` of `coin` as the bucket's hourly objects; return the keys written, in order.
 
-    `era` forces one dataset for every hour (default: the dataset of each hour's date, as the source expects).
-    Records are filed by `time + delay - rotation_lag_ms` with a delay up to `max_delay_ms`, so records near an
-    hour edge go to the neighbouring object. With `cover_month`, every hour of the month and the hour on each side
-    gets an object even when it holds no trade of `coin` (upstream, every hour exists).
+    `trades` may carry a `coin` column instead (several coins in one pass, sharing blocks as they do upstream).
+
+    Each trade goes to the dataset the nodes wrote at its time (`PUBLISHED`, `SWITCHES`; `era` forces one dataset
+    for every trade and hour); trades within `switch_overlap_ms` of a switch go to both datasets. Trades before the
+    archive starts (2025-03-22 10:00) are not published. Records are filed by `time + delay - rotation_lag_ms` with a
+    delay up to `max_delay_ms`, so records near an hour edge go to the neighbouring object. With `cover_month`, every
+    published hour of the month and the hour on each side gets an object even without a trade of `coin` (upstream,
+    every hour exists). `both_sides` writes each node_trades trade twice, with side B and side A, as some node
+    output does.
     """
     rng = random.Random(f"{seed}-{coin}-{month}")
     lines_by_key: dict[str, list[bytes]] = defaultdict(list)
-    rows = trades.sort("ts_exchange", "trade_id").iter_rows(named=True)
+    rows = trades.sort("ts_exchange", "trade_id").iter_rows(named=True)  # a `coin` column overrides `coin`
 
-    def dataset_of(moment_ms: int) -> str:
+    def datasets_of(moment_ms: int) -> list[str]:
         if era is not None:
-            return era
-        moment = datetime.fromtimestamp(moment_ms / 1000, tz=UTC)
-        candidates = dataset_candidates(moment.date())
-        if not candidates:
-            raise ValueError(f"no Hyperliquid dataset covers {moment:%Y-%m-%d}")
-        return candidates[0]
+            return [era]
+        current = _dataset_at(moment_ms)
+        if current is None:
+            return []
+        found = {current}
+        for new, switch in SWITCHES.items():
+            if abs(moment_ms - _ms(switch)) < switch_overlap_ms:  # both outputs ran around the switch
+                found |= {_dataset_at(_ms(switch) - 1) or current, new}
+        return [name for name, _, _ in PUBLISHED if name in found]
 
-    def key_for(trade_ms: int, filed_ms: int) -> str:
-        hour = datetime.fromtimestamp(filed_ms // _HOUR_MS * _HOUR_MS / 1000, tz=UTC)
-        if era is None and not dataset_candidates(hour.date()):  # no spill into hours before the archive starts
-            hour = datetime.fromtimestamp(trade_ms // _HOUR_MS * _HOUR_MS / 1000, tz=UTC)
-        return hour_key(dataset_of(trade_ms), hour, prefix=prefix)
+    def key_for(dataset: str, filed_ms: int) -> str:
+        hour_ms = filed_ms // _HOUR_MS * _HOUR_MS
+        if era is None:
+            hour_ms = _clamp_hour(dataset, hour_ms)
+        return hour_key(dataset, datetime.fromtimestamp(hour_ms / 1000, tz=UTC), prefix=prefix)
 
     block: list[dict[str, Any]] = []
     for trade in rows:
-        ts_us = int(trade["ts_exchange"])
-        ms = ts_us // 1000
-        dataset = dataset_of(ms)
-        if dataset == NODE_TRADES:
-            filed = ms + rng.randint(0, max_delay_ms) - rotation_lag_ms
-            lines_by_key[key_for(ms, filed)].append(_dumps(_node_trade(coin, trade, rng, include_tid)))
-        elif dataset == NODE_FILLS:
-            for fill in _fill_pair(coin, trade, rng):
+        ms = int(trade["ts_exchange"]) // 1000
+        for dataset in datasets_of(ms):
+            if dataset == NODE_TRADES:
+                record = _node_trade(trade.get("coin", coin), trade, rng, include_tid)
+                twins = [record, {**record, "side": "A" if record["side"] == "B" else "B"}] if both_sides else [record]
                 filed = ms + rng.randint(0, max_delay_ms) - rotation_lag_ms
-                lines_by_key[key_for(ms, filed)].append(_dumps(fill))
-        elif dataset == NODE_FILLS_BY_BLOCK:
-            if block and int(block[-1]["ts_exchange"]) // 1000 != ms:
-                _flush_block(coin, block, rng, lines_by_key, key_for, max_delay_ms, rotation_lag_ms)
-                block = []
-            block.append(trade)
-        else:
-            raise ValueError(f"unknown Hyperliquid dataset {dataset!r}")
+                lines_by_key[key_for(dataset, filed)].extend(_dumps(twin) for twin in twins)
+            elif dataset == NODE_FILLS:
+                for fill in _fill_pair(trade.get("coin", coin), trade, rng):
+                    filed = ms + rng.randint(0, max_delay_ms) - rotation_lag_ms
+                    lines_by_key[key_for(dataset, filed)].append(_dumps(fill))
+            elif dataset == NODE_FILLS_BY_BLOCK:
+                if block and int(block[-1]["ts_exchange"]) // 1000 != ms:
+                    _flush_block(coin, block, rng, lines_by_key, key_for, max_delay_ms, rotation_lag_ms)
+                    block = []
+                block.append(trade)
+            else:
+                raise ValueError(f"unknown Hyperliquid dataset {dataset!r}")
     if block:
         _flush_block(coin, block, rng, lines_by_key, key_for, max_delay_ms, rotation_lag_ms)
 
@@ -221,9 +278,8 @@ def write_hyperliquid_month(
         hour = datetime(year, mon, 1, tzinfo=UTC) - timedelta(hours=1)
         end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
         while hour <= end:
-            ms = int(hour.timestamp() * 1000)
-            if era is not None or dataset_candidates(hour.date()):  # nothing is published before the archive starts
-                lines_by_key.setdefault(key_for(ms, ms), [])
+            for dataset in [era] if era is not None else published_datasets(hour):
+                lines_by_key.setdefault(hour_key(dataset, hour, prefix=prefix), [])
             hour += timedelta(hours=1)
 
     keys = sorted(lines_by_key, key=_key_order)
@@ -231,6 +287,26 @@ def write_hyperliquid_month(
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(lambda key: append_lines(client, bucket, key, lines_by_key[key], exists=key in existing), keys))
     return keys
+
+
+def ndjson_lines(dataset: str, trades: pl.DataFrame, *, coin: str | None = None, seed: int = 0) -> list[bytes]:
+    """The NDJSON lines (no newline) one dataset holds for `trades`, in time order, without filing them into hours:
+    for parser tests and benchmarks. `coin` or a `coin` column names the coin."""
+    rng = random.Random(seed)
+    rows = list(trades.sort("ts_exchange", "trade_id").iter_rows(named=True))
+    if dataset == NODE_TRADES:
+        return [_dumps(_node_trade(row.get("coin", coin), row, rng, False)) for row in rows]
+    if dataset == NODE_FILLS:
+        return [_dumps(fill) for row in rows for fill in _fill_pair(row.get("coin", coin), row, rng)]
+    if dataset != NODE_FILLS_BY_BLOCK:
+        raise ValueError(f"unknown Hyperliquid dataset {dataset!r}")
+    collected: dict[str, list[bytes]] = defaultdict(list)
+    start = 0
+    for end in range(1, len(rows) + 1):
+        if end == len(rows) or rows[end]["ts_exchange"] // 1000 != rows[start]["ts_exchange"] // 1000:
+            _flush_block(coin, rows[start:end], rng, collected, lambda _dataset, _filed: "all", 0, 0)
+            start = end
+    return collected["all"]
 
 
 def _existing_keys(client: Any, bucket: str, prefixes: set[str]) -> set[str]:
@@ -270,11 +346,19 @@ def read_lines(client: Any, bucket: str, key: str) -> list[bytes]:
 # --- faults ----------------------------------------------------------------------------------------------------
 
 
+CORRUPTIONS: tuple[str, ...] = ("flip", "truncate", "garbage", "magic", "checksum")
+
+
 def corrupt_object(client: Any, bucket: str, key: str, *, mode: str = "flip") -> None:
-    """Damage an object in place: `flip` garbles bytes inside the compressed data (the frame checksum catches it),
-    `truncate` cuts the frame short, `garbage` replaces it with bytes that are not LZ4 at all."""
+    """Damage an object in place: `flip` garbles bytes inside the compressed data, `truncate` cuts the frame short,
+    `garbage` replaces it with bytes that are not LZ4 at all, `magic` breaks the frame's magic number, `checksum`
+    changes only the content checksum at the end of the frame (every block still decompresses)."""
     body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    if mode == "flip":
+    if mode == "magic":
+        damaged = b"\x00\x00\x00\x00" + body[4:]
+    elif mode == "checksum":
+        damaged = body[:-4] + bytes(b ^ 0xFF for b in body[-4:])
+    elif mode == "flip":
         middle = len(body) // 2
         damaged = body[:middle] + bytes(b ^ 0xFF for b in body[middle : middle + 8]) + body[middle + 8 :]
     elif mode == "truncate":
@@ -282,7 +366,7 @@ def corrupt_object(client: Any, bucket: str, key: str, *, mode: str = "flip") ->
     elif mode == "garbage":
         damaged = b"this is not an lz4 frame\n"
     else:
-        raise ValueError(f"unknown corruption mode {mode!r}: use flip, truncate or garbage")
+        raise ValueError(f"unknown corruption mode {mode!r}: use one of {', '.join(CORRUPTIONS)}")
     client.put_object(Bucket=bucket, Key=key, Body=damaged)
 
 
@@ -292,7 +376,7 @@ def delete_hour(client: Any, bucket: str, key: str) -> None:
 
 
 def put_raw_lines(client: Any, bucket: str, key: str, lines: list[bytes]) -> None:
-    """Replace an object with exactly these lines (e.g. a malformed record)."""
+    """Replace an object with exactly these lines (e.g. a malformed record, bytes that are not UTF-8)."""
     put_lz4(client, bucket, key, b"".join(line + b"\n" for line in lines))
 
 
@@ -379,7 +463,7 @@ def _flush_block(
     ms = int(trades[0]["ts_exchange"]) // 1000
     block_ns = ms * 1_000_000 + rng.randint(0, 999_999)
     local_ns = block_ns + rng.randint(20, max(20, max_delay_ms)) * 1_000_000 + rng.randint(0, 999_999)
-    events = [fill for trade in trades for fill in _fill_pair(coin, trade, rng)]
+    events = [fill for trade in trades for fill in _fill_pair(trade.get("coin", coin), trade, rng)]
     record = {
         "local_time": _iso_ns(local_ns),
         "block_time": _iso_ns(block_ns),
@@ -387,7 +471,7 @@ def _flush_block(
         "events": events,
     }
     filed = local_ns // 1_000_000 - rotation_lag_ms
-    lines_by_key[key_for(ms, filed)].append(_dumps(record))
+    lines_by_key[key_for(NODE_FILLS_BY_BLOCK, filed)].append(_dumps(record))
 
 
 def _key_order(key: str) -> tuple[str, str, int]:

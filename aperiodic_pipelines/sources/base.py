@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class SourceResult:
     # Days (YYYY-MM-DD, sorted) the upstream never published, when the operator allowed building without them
     # (APERIODIC_ALLOW_MISSING_DAYS=1); empty for a complete month.
     missing_days: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)  # source-specific, JSON-able facts (e.g. partial_month)
 
     def to_metadata(self) -> dict:
         """Plain JSON-able dict for run metadata and parquet key-value metadata."""
