@@ -1,6 +1,6 @@
 """Benchmark: Hyperliquid hourly objects parsed once for every coin, against parsing them for each coin.
 
-    .venv/bin/python benchmarks/hyperliquid_bench.py --trades 600000 --coins 12 [--before-ref 1c4617b]
+    .venv/bin/python benchmarks/hyperliquid_bench.py --trades 1200000 --coins 12 [--before-ref 1c4617b] [--workdir DIR]
 
 1. Parse throughput, MB/s of decompressed NDJSON (every coin), ours (`parse_ndjson`: msgspec typed decode + polars
    columns) against `polars.read_ndjson` on the same bytes, for each dataset's records as the mirror writes them.

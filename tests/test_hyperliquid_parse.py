@@ -102,3 +102,24 @@ def test_lz4_frame_damage_is_a_corrupt_archive(two_coins: pl.DataFrame, tmp_path
     path.write_bytes(body)  # the same bytes undamaged parse
     frame, sha256, ndjson_bytes = parse_object(path, NODE_FILLS, URI)
     assert frame.height == two_coins.height and len(sha256) == 64 and ndjson_bytes > len(body)
+
+
+def test_era_switch_record_and_fill_disagreeing_on_the_taker_side_is_refused(two_coins: pl.DataFrame) -> None:
+    """A node_trades record and a fill with the same time, px, sz and hash are one trade; if they disagree on the
+    side, neither can be trusted and neither is dropped silently."""
+    from aperiodic_pipelines.sources.hyperliquid.month import assemble_month
+
+    btc = two_coins.filter(pl.col("coin") == "BTC").head(20)
+    flipped = btc.with_columns(is_buy=pl.when(pl.col("trade_id") == btc["trade_id"][7]).then(~pl.col("is_buy"))
+                               .otherwise(pl.col("is_buy")))
+    parts = []
+    for index, (dataset, trades) in enumerate(((NODE_TRADES, btc), (NODE_FILLS, flipped))):
+        rows = parse_ndjson(_ndjson(ndjson_lines(dataset, trades, seed=3)), dataset, f"{URI}-{dataset}")
+        parts.append(rows.drop("coin").with_columns(_object=pl.lit(index, pl.Int32), _rank=pl.lit(index, pl.Int8)))
+    rows = pl.concat(parts)
+    window = {"coin": "BTC", "start_us": 0, "end_us": 2**62}
+    with pytest.raises(CorruptArchiveError, match=r"disagree on the taker side, e\.g\. a line 8"):
+        assemble_month(rows, ["a", "b"], **window)
+    agreeing = pl.concat([parts[0], parts[1].filter(pl.col("trade_id") != btc["trade_id"][7])])
+    trades, counts = assemble_month(agreeing, ["a", "b"], **window)
+    assert counts.merged_by_hash == 19 and trades.height == 20  # 19 merged, the 8th kept once from node_trades

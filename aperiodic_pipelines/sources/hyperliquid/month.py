@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
@@ -111,7 +112,7 @@ def _refuse_buy_sell_twins(takers: pl.DataFrame, locations: list[str], coin: str
 
 
 def _merge_node_trades(
-    records: pl.DataFrame, fills: pl.DataFrame, where: object, coin: str
+    records: pl.DataFrame, fills: pl.DataFrame, where: Callable[[dict], str], coin: str
 ) -> tuple[pl.DataFrame, int]:
     """Drop node_trades records that are also fills (the era switch of 2025-05-25): the same trade has the same
     millisecond, price, size and transaction hash in both, and the fill (real tid) is kept. Matched one to one."""
@@ -128,7 +129,7 @@ def _merge_node_trades(
         first = unmatched.row(0, named=True)
         raise CorruptArchiveError(
             f"a {coin} node_trades record and a fill of the same trade (time, px, sz, hash) disagree on the taker "
-            f"side, e.g. {where(first)}"  # type: ignore[operator]
+            f"side, e.g. {where(first)}"
         )
     matched = records.filter(pl.col("_k") < pl.col("_fills"))
     return records.filter(pl.col("_k") >= pl.col("_fills")).drop("_ms", "_k", "_fills"), matched.height
