@@ -163,7 +163,8 @@ def test_missing_month_is_one_not_published_error(tmp_path, mirror_root, source_
     tape = tiny_tape()
     write_binance_month(mirror_root, "BTCUSDT", MONTH, tape, daily=True)
     (mirror_root / binance.archive_path("BTCUSDT", "aggTrades", "2024-01-17")).unlink()
-    with pytest.raises(NotPublishedError, match=r"incomplete upstream.*1 day\(s\): 2024-01-17 \(not published: BTCUSDT-aggTrades-2024-01-17\.zip\)\. Set APERIODIC_ALLOW"):
+    with pytest.raises(NotPublishedError, match=r"incomplete upstream.*1 day\(s\): 2024-01-17 "
+                                                r"\(not published: BTCUSDT-aggTrades-2024-01-17\.zip\)\. Set APERIODIC_ALLOW"):
         _fetch(tmp_path, source_config, fast_downloader)
     assert not (tmp_path / "raw" / "out.parquet").exists()
 

@@ -173,6 +173,12 @@ def test_fact2_tardis_reads_the_datasets_api_with_a_bearer_key_never_shown(tmp_p
                                 exchange="binance-futures", downloader=fast_downloader)
     assert pl.read_parquet(result.path).equals(tape)
     assert archive_mirror.count("tardis/v1/binance-futures/trades/2024/01/31/BTCUSDT.csv.gz") == 1
+    again = tardis.fetch_month("perpetual-BTC-USDT:USDT", "2024-01", dest=tmp_path / "t2.parquet", config=config,
+                               exchange="binance-futures", downloader=fast_downloader)
+    assert again.path.read_bytes() == result.path.read_bytes()
+    # the rerun revalidated with HEAD requests that carried the key, and downloaded nothing
+    assert archive_mirror.count("tardis/v1/binance-futures/trades/2024/01/31/BTCUSDT.csv.gz") == 1
+    assert archive_mirror.count("tardis/v1/binance-futures/trades/2024/01/31/BTCUSDT.csv.gz", method="HEAD") == 1
     metadata = json.dumps(result.to_metadata())
     sidecars = "".join(p.read_text() for p in (tmp_path / "cache").rglob("*.meta.json"))
     for wrong in ({**env, "APERIODIC_TARDIS_API_KEY": "TD.wrong-key"}, {k: v for k, v in env.items()

@@ -136,7 +136,8 @@ def test_unknown_instrument_fails_before_any_download(tmp_path, source_config, f
 def test_missing_day_is_one_not_published_error(tmp_path, mirror_root, source_config, fast_downloader):
     paths = write_okx_month(mirror_root, "BTC-USDT-SWAP", MONTH, tiny_tape())
     paths[-1].unlink()  # the 2024-02-01 file (UTC+8) holds the month's last 8 hours
-    with pytest.raises(NotPublishedError, match=r"incomplete upstream.*2024-01-31 \(not published: BTC-USDT-SWAP-trades-2024-02-01\.zip"):
+    with pytest.raises(NotPublishedError,
+                       match=r"incomplete upstream.*2024-01-31 \(not published: BTC-USDT-SWAP-trades-2024-02-01\.zip"):
         _fetch(tmp_path, source_config, fast_downloader)
     assert not (tmp_path / "raw" / "out.parquet").exists()
 
