@@ -45,11 +45,13 @@ def s3_client_from_env(environ: dict[str, str] | None = None) -> Any:
     Credentials come from boto3's usual chain (environment, profile, instance role), never from arguments.
     """
     import boto3
+    from botocore.config import Config
 
     env = os.environ if environ is None else environ
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.client("s3", endpoint_url=endpoint, region_name=region)
+    # SigV4 for presigned URLs too (boto3 would presign with the legacy SigV2 in us-east-1).
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=Config(signature_version="s3v4"))
 
 
 def store_from_uri(uri: str | None = None, *, s3_client: Any = None) -> ObjectStore:
