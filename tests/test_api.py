@@ -327,3 +327,14 @@ def test_access_log_names_key_and_never_a_secret(local: Deployment) -> None:
     assert re.search(r"GET /api/v1/files/flow/exchange/\S+\.parquet 200 key=- [\d.]+ms", log)
     assert local.key not in log and local.key.split("_", 2)[2] not in log
     assert "signature" not in log and parse_qs(urlsplit(url).query)["signature"][0] not in log
+
+
+def test_showcase_reads_a_month_back_with_the_client(local: Deployment) -> None:
+    from aperiodic_pipelines.api.showcase import read_back_with_client
+
+    lines = read_back_with_client(str(local.root / "store"), EXCHANGE, NATIVE, "1h", "2024-02")
+    assert "696 bars x 37 columns, equal to the published file" in lines[0]
+    assert any(line.startswith("│ 2024-02-01 00:00:00") for line in lines)
+    snippet = "\n".join(lines[lines.index("to do the same yourself:") + 1 :])
+    assert f'symbol="{SYMBOL}"' in snippet and "end_date=date(2024, 2, 29)" in snippet
+    assert "aperiodic-pipelines serve" in snippet and "api-keys create" in snippet
