@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -155,6 +155,9 @@ class Api:
             else None
         )
         self.preview = {(p.exchange, p.symbol, p.interval, p.month) for p in settings.preview}
+        self._signed: dict[str, str] = {}
+        self._signed_at = 0
+        self._bases: dict[tuple[object, ...], str] = {}
 
     def authenticate(self, request: Request, *, preview: bool) -> str:
         """The caller's key name; 401 without a valid key, 403 for DEMO-KEY off the preview path; rate-limited."""
@@ -190,17 +193,35 @@ class Api:
         return await run_in_threadpool(self.catalog.load_months, exchange, native)
 
     def base_url(self, request: Request) -> str:
+        """APERIODIC_PUBLIC_URL, else this request's scheme, host and root path (cached: building it is slow)."""
         if self.settings.public_url:
             return self.settings.public_url
-        return str(request.base_url).rstrip("/") + API_PREFIX
+        origin = (request.scope.get("scheme"), request.headers.get("host"), request.scope.get("root_path"))
+        base = self._bases.get(origin)
+        if base is None:
+            base = str(request.base_url).rstrip("/") + API_PREFIX
+            if len(self._bases) < 64:  # a few host names; never grows with hostile Host headers
+                self._bases[origin] = base
+        return base
 
-    def file_url(self, request: Request, key: str) -> str:
-        if isinstance(self.store, S3Store):
-            return self.store.presigned_get_url(key, self.settings.url_ttl_seconds)
-        assert self.signer is not None
-        expires, signature = self.signer.sign(key)
-        query = urlencode({"expires": expires, "signature": signature})
-        return f"{self.base_url(request)}/files/{quote(key, safe='/')}?{query}"
+    def file_urls(self, request: Request, keys: list[str]) -> list[str]:
+        """Self-authorising URLs: S3 presigned GETs, or signed paths of this API for a local store."""
+        if self.signer is None:
+            assert isinstance(self.store, S3Store)
+            return [self.store.presigned_get_url(key, self.settings.url_ttl_seconds) for key in keys]
+        now = int(time.time())
+        if now != self._signed_at:  # URLs signed within one second are identical: reuse them
+            self._signed, self._signed_at = {}, now
+        base = self.base_url(request)
+        urls = []
+        for key in keys:
+            suffix = self._signed.get(key)
+            if suffix is None:
+                expires, signature = self.signer.sign(key, now=now)
+                # The key is made of validated parts; quote() only matters for ':' in HIP-3 ids.
+                suffix = self._signed[key] = f"/files/{quote(key, safe='/')}?expires={expires}&signature={signature}"
+            urls.append(base + suffix)
+        return urls
 
     async def listing(self, request: Request, query: ListingQuery, *, preview: bool) -> dict[str, Any]:
         if preview:
@@ -215,15 +236,21 @@ class Api:
                     [f"preview: {e} {s} {i} {m}" for e, s, i, m in sorted(self.preview)] or ["the preview is empty"],
                 )
         published = await self.months(query.exchange, query.native_symbol)
-        files = []
+        found: list[tuple[str, str]] = []  # (month, key)
         for month in query.months():
             entry = published.get(month)
             if entry is None or (preview and month not in allowed):
                 continue
-            for f in entry.files:
-                if (f.timestamp, f.interval) == (query.timestamp, query.interval):
-                    files.append({"year": int(month[:4]), "month": int(month[5:]), "url": self.file_url(request, f.key)})
-        return {"files": files}
+            found.extend(
+                (month, f.key) for f in entry.files if (f.timestamp, f.interval) == (query.timestamp, query.interval)
+            )
+        urls = self.file_urls(request, [key for _month, key in found])
+        return {
+            "files": [
+                {"year": int(month[:4]), "month": int(month[5:]), "url": url}
+                for (month, _key), url in zip(found, urls, strict=True)
+            ]
+        }
 
 
 def _error_response(error: ApiError) -> JSONResponse:
@@ -275,7 +302,7 @@ def create_app(
         log.error("unexpected error: %s: %s", type(exc).__name__, exc, exc_info=not isinstance(exc, StoreError))
         return _error_response(ApiError(500, "internal_error", "the server failed; the error is in its log"))
 
-    def listing_params(
+    async def listing_params(  # async: a sync dependency would cost a thread hop per request
         timestamp: str = Query(description="timestamp variant", json_schema_extra={"enum": list(TIMESTAMP_VARIANTS)}),
         interval: str = Query(description="bar interval", json_schema_extra={"enum": list(INTERVAL_NAMES)}),
         exchange: str = Query(json_schema_extra={"enum": list(EXCHANGES)}),
