@@ -8,7 +8,8 @@ with 72 published months (index manifests + small files), plus one ~40 MB parque
 Cases:
   listing 1 month / 72 months   GET /api/v1/data/flow with a valid key, `--clients` threads, keep-alive
   download                      the 40 MB file: from disk (read), through the API's signed URL, and from a
-                                plain static file server (`python -m http.server`) over the same directory
+                                plain static file server (`python -m http.server`) over the same directory,
+                                each fetched with curl (median of --rounds)
 Clients and server share the machine's cores; the server's CPU seconds are reported beside wall time.
 Goals (issue 7): listing p99 < 20 ms; API downloads within 1.5x of the static file server.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -106,17 +108,27 @@ def listing_case(base: str, key: str, start: str, end: str, clients: int, second
 
 
 def download_rate(url: str, rounds: int) -> tuple[float, float]:
-    """Median MB/s over `rounds` full GETs (one connection per GET, as the client does), and bytes."""
+    """Median MB/s over `rounds` full GETs with curl (a client that costs little CPU), and the bytes received."""
     rates, size = [], 0
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        size = 0
-        with httpx.stream("GET", url, timeout=60) as answer:
-            answer.raise_for_status()
-            for chunk in answer.iter_bytes(1024 * 1024):
-                size += len(chunk)
-        rates.append(size / (time.perf_counter() - t0) / 1e6)
+        done = subprocess.run(
+            ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{size_download} %{speed_download}", url],
+            capture_output=True, text=True, check=True,
+        )
+        size_text, speed = done.stdout.split()
+        size = int(size_text)
+        rates.append(float(speed) / 1e6)
     return statistics.median(rates), size
+
+
+def server_latencies(log: Path, offset: int) -> tuple[float, float, int]:
+    """p50 and p99 (ms) of the listing requests the server logged after `offset`: time inside the server."""
+    with open(log) as fh:
+        fh.seek(offset)
+        found = sorted(float(m[1]) for m in re.finditer(r"GET /api/v1/data/flow 200 key=bench ([\d.]+)ms", fh.read()))
+    if not found:
+        return float("nan"), float("nan"), 0
+    return found[len(found) // 2], found[min(len(found) - 1, int(0.99 * len(found)))], len(found)
 
 
 def disk_rate(path: Path, rounds: int) -> float:
@@ -146,8 +158,9 @@ def main() -> None:
                "APERIODIC_API_KEYS": str(root / "keys.sqlite"), "APERIODIC_RATE_LIMIT_PER_SECOND": "1000000",
                "APERIODIC_RATE_LIMIT_BURST": "1000000"}
         port, static_port = free_port(), free_port()
-        server = subprocess.Popen([sys.executable, "-m", "aperiodic_pipelines.cli", "serve", "--port", str(port),
-                                   "--log-level", "WARNING"], env=env)
+        log = root / "serve.log"
+        server = subprocess.Popen([sys.executable, "-m", "aperiodic_pipelines.cli", "serve", "--port", str(port)],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))  # noqa: SIM115
         static = subprocess.Popen([sys.executable, "-m", "http.server", str(static_port), "--bind", "127.0.0.1",
                                    "--directory", str(root / "store")], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
@@ -156,12 +169,19 @@ def main() -> None:
             wait_http(f"http://127.0.0.1:{port}/healthz", server)
             wait_http(f"http://127.0.0.1:{static_port}/", static)
             proc = psutil.Process(server.pid)
-            print(f"machine: {os.cpu_count()} cores; {args.clients} concurrent clients, {args.seconds:g} s per case")
-            print(f"{'listing':<22}{'files':>6}{'requests':>10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'server CPU s':>14}")
+            print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
+                  f"{args.clients} concurrent clients, {args.seconds:g} s per case")
+            print("listing: latency seen by the clients, and time inside the server (from its access log)")
+            print(f"{'range':<11}{'files':>6}{'requests':>9}{'req/s':>7}{'client p50/p99 ms':>20}"
+                  f"{'server p50/p99 ms':>20}{'server CPU/req':>16}")
             for label, start, end in (("1 month", "2024-03-01", "2024-03-31"), ("72 months", "2019-01-01", "2024-12-31")):
+                offset = log.stat().st_size
                 r = listing_case(base, key, start, end, args.clients, args.seconds, proc)
-                print(f"{label:<22}{r['files'][0]:>6}{r['requests']:>10}{r['rps']:>9.0f}{r['p50']:>9.2f}{r['p99']:>9.2f}"
-                      f"{r['server_cpu']:>9.1f} / {r['wall']:.1f}")
+                time.sleep(0.5)  # let the server's log catch up
+                s50, s99, _n = server_latencies(log, offset)
+                print(f"{label:<11}{r['files'][0]:>6}{r['requests']:>9}{r['rps']:>7.0f}"
+                      f"{r['p50']:>11.1f} / {r['p99']:<6.1f}{s50:>12.2f} / {s99:<6.2f}"
+                      f"{r['server_cpu'] / r['requests'] * 1000:>10.2f} ms")
             answer = httpx.get(f"{base}/data/flow", headers={"X-API-KEY": key}, params={
                 "timestamp": "exchange", "interval": "1s", "exchange": EXCHANGE, "symbol": SYMBOL,
                 "start_date": "2024-12-01", "end_date": "2024-12-31"})
