@@ -339,3 +339,17 @@ def test_showcase_reads_a_month_back_with_the_client(local: Deployment) -> None:
     snippet = "\n".join(lines[lines.index("to do the same yourself:") + 1 :])
     assert f'symbol="{SYMBOL}"' in snippet and "end_date=date(2024, 2, 29)" in snippet
     assert "aperiodic-pipelines serve" in snippet and "api-keys create" in snippet
+
+
+def test_signing_secret_is_kept_in_the_key_database(local: Deployment) -> None:
+    import hmac
+
+    from aperiodic_pipelines.api import ApiKeyStore
+
+    url = local.listing().json()["files"][0]["url"]
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    key = parts.path.split("/api/v1/files/", 1)[1]
+    secret = ApiKeyStore(local.root / "keys.sqlite").signing_secret()  # what the running server generated
+    expected = hmac.new(secret, f"{key}\n{query['expires'][0]}".encode(), hashlib.sha256).hexdigest()
+    assert query["signature"] == [expected]
