@@ -130,7 +130,8 @@ def test_client_reads_published_months_from_s3(
         url = deployment.listing().json()["files"][0]["url"]
         query = parse_qs(urlsplit(url).query)
         assert urlsplit(url).path == f"/{s3_bucket}/team/bars/flow/exchange/{EXCHANGE}/1h/{NATIVE}/2024-01.parquet"
-        assert query["X-Amz-Expires"] == ["300"] and "X-Amz-Signature" in query
+        # Valid for at least the TTL (300 s): signed for TTL + the 30 s it may be handed out again.
+        assert query["X-Amz-Expires"] == ["330"] and "X-Amz-Signature" in query
         assert get_symbols(key, EXCHANGE, base_url=base) == [SYMBOL]
 
 
@@ -353,3 +354,13 @@ def test_signing_secret_is_kept_in_the_key_database(local: Deployment) -> None:
     secret = ApiKeyStore(local.root / "keys.sqlite").signing_secret()  # what the running server generated
     expected = hmac.new(secret, f"{key}\n{query['expires'][0]}".encode(), hashlib.sha256).hexdigest()
     assert query["signature"] == [expected]
+
+
+def test_urls_are_valid_for_at_least_the_ttl_and_reused(local: Deployment) -> None:
+    before = time.time()
+    first = local.listing().json()["files"]
+    second = local.listing().json()["files"]
+    assert first == second  # handed out again within the reuse window: signed once
+    expires = int(parse_qs(urlsplit(first[0]["url"]).query)["expires"][0])
+    assert before + 300 - 30 <= expires <= time.time() + 330  # TTL 300 s + reuse window 30 s
+    assert expires - time.time() >= 300 - 30  # the earliest-signed URL still has nearly the whole TTL
