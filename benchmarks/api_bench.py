@@ -1,7 +1,7 @@
 """Delivery API benchmark: listing latency under 10 concurrent clients, and file download throughput.
 
     .venv/bin/python benchmarks/api_bench.py                      # defaults: 10 clients, 8 s per listing case
-    .venv/bin/python benchmarks/api_bench.py --clients 10 --seconds 8 --file-mb 40
+    .venv/bin/python benchmarks/api_bench.py --clients 10 --seconds 8 --file-mb 40 --s3
 
 Runs `aperiodic-pipelines serve` as a subprocess on 127.0.0.1 over a fresh local store holding one instrument
 with 72 published months (index manifests + small files), plus one ~40 MB parquet (the size of a 1s month).
@@ -142,12 +142,65 @@ def disk_rate(path: Path, rounds: int) -> float:
     return statistics.median(rates)
 
 
+def print_listing_table(title: str, base: str, key: str, log: Path, proc: psutil.Process, args) -> None:
+    print(f"\nlisting, {title}: latency seen by the clients, and time inside the server (from its access log)")
+    print(f"{'range':<11}{'files':>6}{'requests':>9}{'req/s':>7}{'client p50/p99 ms':>20}"
+          f"{'server p50/p99 ms':>20}{'server CPU/req':>16}")
+    for label, start, end in (("1 month", "2024-03-01", "2024-03-31"), ("72 months", "2019-01-01", "2024-12-31")):
+        offset = log.stat().st_size
+        r = listing_case(base, key, start, end, args.clients, args.seconds, proc)
+        time.sleep(0.5)  # let the server's log catch up
+        s50, s99, _n = server_latencies(log, offset)
+        print(f"{label:<11}{r['files'][0]:>6}{r['requests']:>9}{r['rps']:>7.0f}"
+              f"{r['p50']:>11.1f} / {r['p99']:<6.1f}{s50:>12.2f} / {s99:<6.2f}"
+              f"{r['server_cpu'] / r['requests'] * 1000:>10.2f} ms")
+
+
+def s3_listing(root: Path, key: str, env: dict[str, str], args) -> None:
+    """The same listings over an S3 store (a moto server on 127.0.0.1): presigned URLs instead of signed paths."""
+    from aperiodic_pipelines.mirror.s3 import FAKE_CREDENTIALS, create_bucket, make_client, start_moto_server
+    from aperiodic_pipelines.storage import S3Store
+
+    moto, endpoint = start_moto_server("127.0.0.1")
+    try:
+        client = make_client(endpoint)
+        create_bucket(client, "bench")
+        store = S3Store(client, "bench", "bars")
+        small = pl.DataFrame({"time": pl.datetime_range(pl.datetime(2019, 1, 1), pl.datetime(2019, 1, 31), "1d",
+                                                        eager=True)})
+        for month in months(2019, 72):
+            publish_month_bars(store, exchange=EXCHANGE, symbol=SYMBOL, native_symbol=NATIVE, month=month,
+                               bars={("exchange", "1d"): small})
+        log = root / "serve-s3.log"
+        s3_env = {**env, **FAKE_CREDENTIALS, "APERIODIC_STORE": "s3://bench/bars", "AWS_ENDPOINT_URL_S3": endpoint,
+                  "AWS_DEFAULT_REGION": "us-east-1"}
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "aperiodic_pipelines.cli", "serve", "--port", str(port)],
+                                  env=s3_env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))  # noqa: SIM115
+        try:
+            wait_http(f"http://127.0.0.1:{port}/healthz", server)
+            base = f"http://127.0.0.1:{port}/api/v1"
+            params = {"timestamp": "exchange", "interval": "1d", "exchange": EXCHANGE, "symbol": SYMBOL,
+                      "start_date": "2019-01-01", "end_date": "2024-12-31"}
+            httpx.get(f"{base}/data/flow", params={**params, "end_date": "2019-01-31"}, headers={"X-API-KEY": key})
+            t0 = time.perf_counter()
+            httpx.get(f"{base}/data/flow", params=params, headers={"X-API-KEY": key}).raise_for_status()
+            print(f"\nS3 store: first 72-month listing (72 presigned URLs, index cached) {1000 * (time.perf_counter() - t0):.1f} ms")
+            print_listing_table("S3 store (moto), URLs reused", base, key, log, psutil.Process(server.pid), args)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    finally:
+        moto.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--file-mb", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--s3", action="store_true", help="also list over an S3 store (a local moto server)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="aperiodic-api-bench-") as tmp:
@@ -171,17 +224,9 @@ def main() -> None:
             proc = psutil.Process(server.pid)
             print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
                   f"{args.clients} concurrent clients, {args.seconds:g} s per case")
-            print("listing: latency seen by the clients, and time inside the server (from its access log)")
-            print(f"{'range':<11}{'files':>6}{'requests':>9}{'req/s':>7}{'client p50/p99 ms':>20}"
-                  f"{'server p50/p99 ms':>20}{'server CPU/req':>16}")
-            for label, start, end in (("1 month", "2024-03-01", "2024-03-31"), ("72 months", "2019-01-01", "2024-12-31")):
-                offset = log.stat().st_size
-                r = listing_case(base, key, start, end, args.clients, args.seconds, proc)
-                time.sleep(0.5)  # let the server's log catch up
-                s50, s99, _n = server_latencies(log, offset)
-                print(f"{label:<11}{r['files'][0]:>6}{r['requests']:>9}{r['rps']:>7.0f}"
-                      f"{r['p50']:>11.1f} / {r['p99']:<6.1f}{s50:>12.2f} / {s99:<6.2f}"
-                      f"{r['server_cpu'] / r['requests'] * 1000:>10.2f} ms")
+            print_listing_table("local store", base, key, log, proc, args)
+            if args.s3:
+                s3_listing(root, key, env, args)
             answer = httpx.get(f"{base}/data/flow", headers={"X-API-KEY": key}, params={
                 "timestamp": "exchange", "interval": "1s", "exchange": EXCHANGE, "symbol": SYMBOL,
                 "start_date": "2024-12-01", "end_date": "2024-12-31"})

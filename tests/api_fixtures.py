@@ -43,11 +43,13 @@ def compute_test_bars(trades_per_month: int = 20_000) -> Bars:
     return bars
 
 
-def publish_test_bars(store: ObjectStore, bars: Bars, *, native: str = NATIVE, symbol: str = SYMBOL) -> None:
+def publish_test_bars(
+    store: ObjectStore, bars: Bars, *, exchange: str = EXCHANGE, native: str = NATIVE, symbol: str = SYMBOL
+) -> None:
     for month in MONTHS:
         publish_month_bars(
             store,
-            exchange=EXCHANGE,
+            exchange=exchange,
             symbol=symbol,
             native_symbol=native,
             month=month,

@@ -38,6 +38,7 @@ from tests.s3_fixtures import aws_env, moto_endpoint, s3_bucket, s3_client  # no
 
 pytestmark = pytest.mark.slow
 START, END = "2024-01-15", "2024-02-10"  # a range inside the two published months
+HIP3, HIP3_NATIVE = "perpetual-XYZ:AAPL-USDC:USDC", "xyz:AAPL"  # ':' in the native id, hence in the key
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,7 @@ def local(bars: Bars, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Depl
     """A local store with two published months, served with a preview month and the default settings."""
     root = tmp_path_factory.mktemp("api-local")
     publish_test_bars(LocalStore(root / "store"), bars)
+    publish_test_bars(LocalStore(root / "store"), bars, exchange="hyperliquid-perps", native=HIP3_NATIVE, symbol=HIP3)
     env = {"APERIODIC_STORE": str(root / "store"), "APERIODIC_API_KEYS": str(root / "keys.sqlite")}
     key = create_key("tester", env)
     with serve(env, "--preview", f"{EXCHANGE}:{SYMBOL}:1h:2024-01", log_path=root / "serve.log") as base:
@@ -364,3 +366,23 @@ def test_urls_are_valid_for_at_least_the_ttl_and_reused(local: Deployment) -> No
     expires = int(parse_qs(urlsplit(first[0]["url"]).query)["expires"][0])
     assert before + 300 - 30 <= expires <= time.time() + 330  # TTL 300 s + reuse window 30 s
     assert expires - time.time() >= 300 - 30  # the earliest-signed URL still has nearly the whole TTL
+
+
+def test_hip3_instrument_with_a_colon_in_its_key(local: Deployment, bars: Bars) -> None:
+    frame = get_metrics(local.key, metric="flow", timestamp="true", interval="1h", exchange="hyperliquid-perps",
+                        symbol=HIP3, start_date=date.fromisoformat(START), end_date=date.fromisoformat(END),
+                        base_url=local.base, show_progress=False)
+    assert_frame_equal(frame, expected_range(bars, "true", "1h", START, END))
+    assert get_symbols(local.key, "hyperliquid-perps", base_url=local.base) == [HIP3]
+
+
+def test_preview_months_accept_atlas_or_native_ids() -> None:
+    from aperiodic_pipelines.api.settings import ConfigError, PreviewMonth
+
+    assert PreviewMonth.parse("hyperliquid-perps:xyz:AAPL:1h:2025-08") == PreviewMonth.parse(
+        "hyperliquid-perps:perpetual-XYZ:AAPL-USDC:USDC:1h:2025-08"
+    ) == PreviewMonth("hyperliquid-perps", HIP3, HIP3_NATIVE, "1h", "2025-08")
+    for bad, fragment in [("x", "EXCHANGE:SYMBOL"), (f"{EXCHANGE}:BTCUSDT:2h:2024-01", "interval"),
+                          (f"{EXCHANGE}:BTCUSDT:1h:2024-13", "month"), ("kraken:BTCUSDT:1h:2024-01", "exchange")]:
+        with pytest.raises(ConfigError, match=fragment):
+            PreviewMonth.parse(bad)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aperiodic_pipelines.errors import AperiodicError, SymbolError
-from aperiodic_pipelines.sources.symbols import EXCHANGES, parse_symbol, to_native
+from aperiodic_pipelines.sources.symbols import EXCHANGES, resolve_symbol
 from aperiodic_pipelines.storage import DEFAULT_STORE, STORE_ENV
 from aperiodic_pipelines.storage.keys import INTERVAL_NAMES, check_month
 
@@ -42,7 +42,7 @@ class PreviewMonth:
 
     @classmethod
     def parse(cls, text: str) -> PreviewMonth:
-        """`binance-futures:perpetual-BTC-USDT:USDT:1h:2024-01` (the Atlas symbol may itself contain ':')."""
+        """`binance-futures:perpetual-BTC-USDT:USDT:1h:2024-01` or `binance-futures:BTCUSDT:1h:2024-01`."""
         parts = text.rsplit(":", 2)
         head, interval, month = parts if len(parts) == 3 else ("", "", "")
         exchange, _, symbol = head.partition(":")
@@ -54,8 +54,7 @@ class PreviewMonth:
             raise ConfigError(f"--preview {text!r}: interval must be one of {', '.join(INTERVAL_NAMES)}")
         try:
             check_month(month)
-            native = to_native(exchange, symbol)
-            atlas = str(parse_symbol(symbol))
+            atlas, native = resolve_symbol(exchange, symbol)  # an Atlas symbol or the native id
         except (SymbolError, ValueError) as exc:
             raise ConfigError(f"--preview {text!r}: {exc}") from None
         return cls(exchange, atlas, native, interval, month)
