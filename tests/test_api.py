@@ -386,3 +386,26 @@ def test_preview_months_accept_atlas_or_native_ids() -> None:
                           (f"{EXCHANGE}:BTCUSDT:1h:2024-13", "month"), ("kraken:BTCUSDT:1h:2024-01", "exchange")]:
         with pytest.raises(ConfigError, match=fragment):
             PreviewMonth.parse(bad)
+
+
+def test_a_new_month_is_listed_after_the_index_refresh(bars: Bars, tmp_path: Path) -> None:
+    from aperiodic_pipelines.api import ApiKeyStore, ApiSettings, running_server
+    from aperiodic_pipelines.storage.index import publish_month_bars
+
+    store = LocalStore(tmp_path / "store")
+    publish_test_bars(store, bars)
+    key = ApiKeyStore(tmp_path / "keys.sqlite").create("cache")
+    settings = ApiSettings(store_uri=str(store.root), api_keys_path=tmp_path / "keys.sqlite", index_refresh_seconds=1.5)
+    params = {"timestamp": "exchange", "interval": "1d", "exchange": EXCHANGE, "symbol": SYMBOL,
+              "start_date": "2024-01-01", "end_date": "2024-03-31"}
+    with running_server(settings) as base:
+        def listed() -> list[int]:
+            answer = httpx.get(f"{base}/data/flow", params=params, headers={"X-API-KEY": key})
+            return [f["month"] for f in answer.json()["files"]]
+
+        assert listed() == [1, 2]
+        publish_month_bars(store, exchange=EXCHANGE, symbol=SYMBOL, native_symbol=NATIVE, month="2024-03",
+                           bars={("exchange", "1d"): bars[("exchange", "1d", "2024-02")]})
+        assert listed() == [1, 2]  # the cached index, no store access
+        time.sleep(1.6)
+        assert listed() == [1, 2, 3]
