@@ -76,12 +76,12 @@ def local(bars: Bars, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Depl
 
 @pytest.fixture(scope="module")
 def strict(bars: Bars, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """The same store served with 1-second URLs and a rate limit of 1 request/s, bursts of 1."""
+    """The same store served with 1-second URLs."""
     root = tmp_path_factory.mktemp("api-strict")
     publish_test_bars(LocalStore(root / "store"), bars)
     env = {
         "APERIODIC_STORE": str(root / "store"), "APERIODIC_API_KEYS": str(root / "keys.sqlite"),
-        "APERIODIC_URL_TTL_SECONDS": "1", "APERIODIC_RATE_LIMIT_PER_SECOND": "1", "APERIODIC_RATE_LIMIT_BURST": "1",
+        "APERIODIC_URL_TTL_SECONDS": "1",
     }
     key = create_key("strict", env)
     with serve(env, log_path=root / "serve.log") as base:
@@ -266,7 +266,6 @@ def test_client_gets_download_error_403_for_an_expired_listing(strict: Deploymen
         return await original(url, headers, **kw)
 
     monkeypatch.setattr(client_utils, "download_parquet_bytes", late_download)
-    time.sleep(1.1)  # a fresh token for the rate limit
     with pytest.raises(DownloadError) as raised:
         read(strict, "polars")
     assert raised.value.status_code == 403
@@ -275,17 +274,27 @@ def test_client_gets_download_error_403_for_an_expired_listing(strict: Deploymen
 # --- rate limit ------------------------------------------------------------------------------------------------
 
 
-def test_rate_limit_429_with_retry_after_and_the_client_retry_succeeds(strict: Deployment, bars: Bars) -> None:
-    key = create_key("burst", strict.env)  # its own bucket
-    answers = [strict.listing(key=key) for _ in range(4)]  # a burst of 1, then 1/s: some of these are limited
-    assert answers[0].status_code == 200
-    limited = next(a for a in answers if a.status_code == 429)
-    assert limited.headers["Retry-After"] == "1"
-    assert limited.json()["code"] == "rate_limited"
-    frame = read(strict, "polars", api_key=key)  # first attempt is limited, the client waits and retries
-    assert_frame_equal(frame, expected_range(bars, "exchange", "1h", START, END))
-    log = strict.log.read_text()
-    assert re.search(r"GET /api/v1/data/flow 429 key=burst [\d.]+ms", log)
+def test_rate_limit_429_with_retry_after_and_the_client_retry_succeeds(
+    local: Deployment, bars: Bars, caplog: pytest.LogCaptureFixture
+) -> None:
+    from aperiodic_pipelines.api import ApiKeyStore, ApiSettings, running_server
+
+    keys = local.root / "limited-keys.sqlite"
+    key = ApiKeyStore(keys).create("burst")
+    # A token every 4 s: the client's first attempt, right after the burst below, is refused.
+    settings = ApiSettings(store_uri=str(local.root / "store"), api_keys_path=keys, rate_per_second=0.25, rate_burst=1)
+    with running_server(settings) as base, caplog.at_level("INFO", logger="aperiodic_pipelines.api.access"):
+        limited = Deployment(base, key, {}, local.log, local.root)
+        answers = [limited.listing() for _ in range(4)]  # a burst of 1, then the bucket is empty
+        assert answers[0].status_code == 200
+        refused = next(a for a in answers if a.status_code == 429)
+        assert 1 <= int(refused.headers["Retry-After"]) <= 4 and refused.json()["code"] == "rate_limited"
+        frame = read(limited, "polars")  # the first attempt is limited; the client waits and retries
+        assert_frame_equal(frame, expected_range(bars, "exchange", "1h", START, END))
+        lines = [r.getMessage() for r in caplog.records if r.name == "aperiodic_pipelines.api.access"]
+    assert any(re.fullmatch(r"GET /api/v1/data/flow 429 key=burst [\d.]+ms", line) for line in lines)
+    statuses = [line.split()[2] for line in lines if line.startswith("GET /api/v1/data/flow")]
+    assert statuses[-1] == "200" and "429" in statuses[4:]  # the client's own attempt was refused, then served
 
 
 # --- preview ---------------------------------------------------------------------------------------------------
