@@ -418,3 +418,20 @@ def test_a_new_month_is_listed_after_the_index_refresh(bars: Bars, tmp_path: Pat
         assert listed() == [1, 2]  # the cached index, no store access
         time.sleep(1.6)
         assert listed() == [1, 2, 3]
+
+
+def test_public_url_is_the_base_of_file_urls_and_healthz_sees_a_missing_store(
+    local: Deployment, tmp_path: Path
+) -> None:
+    from aperiodic_pipelines.api import ApiSettings, running_server
+
+    public = "https://bars.example.com/team/api/v1"
+    settings = ApiSettings(store_uri=str(local.root / "store"), api_keys_path=local.root / "keys.sqlite",
+                           public_url=public)
+    with running_server(settings) as base:
+        answer = Deployment(base, local.key, {}, local.log, local.root).listing().json()
+        assert all(f["url"].startswith(f"{public}/files/flow/") for f in answer["files"])
+    missing = ApiSettings(store_uri=str(tmp_path / "nowhere"), api_keys_path=tmp_path / "keys.sqlite")
+    with running_server(missing) as base:
+        answer = httpx.get(base.replace("/api/v1", "/healthz"))
+        assert (answer.status_code, answer.json()["code"]) == (503, "store_unavailable")
