@@ -429,6 +429,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+# --- delivery API ----------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aperiodic_pipelines.api import ApiSettings, serve
+
+    serve(ApiSettings.from_env(preview=args.preview), host=args.host, port=args.port, log_level=args.log_level)
+    return EXIT_OK
+
+
+def cmd_api_keys(args: argparse.Namespace) -> int:
+    from aperiodic_pipelines.api import ApiKeyStore, ApiSettings
+
+    keys = ApiKeyStore(ApiSettings.from_env().api_keys_path)
+    if args.api_keys_command == "create":
+        key = keys.create(args.name)
+        warn(f"created API key {args.name!r} in {keys.path}; it is shown once, below, and stored only hashed")
+        say(key)
+    elif args.api_keys_command == "revoke":
+        keys.revoke(args.name)
+        say(f"revoked API key {args.name!r}")
+    else:
+        for info in keys.list():
+            state = f"revoked {info.revoked_at}" if info.revoked_at else "active"
+            say(f"{info.name}\tapk_{info.key_id}_…\tcreated {info.created_at}\t{state}")
+    return EXIT_OK
+
+
 # --- parsing ---------------------------------------------------------------------------------------------------
 
 
@@ -483,6 +511,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--store", help="store URI (default $APERIODIC_STORE, else ./data)")
     log_level_arg(demo)
     demo.set_defaults(handler=cmd_demo)
+
+    serve = commands.add_parser("serve", help="serve the delivery API (/api/v1) over the store in APERIODIC_STORE")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument(
+        "--preview",
+        action="append",
+        default=[],
+        metavar="EXCHANGE:SYMBOL:INTERVAL:YYYY-MM",
+        help="a month the preview path serves to DEMO-KEY (repeatable)",
+    )
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.set_defaults(handler=cmd_serve)
+
+    api_keys = commands.add_parser("api-keys", help="create, list and revoke API keys (APERIODIC_API_KEYS)")
+    api_key_commands = api_keys.add_subparsers(dest="api_keys_command", required=True, metavar="ACTION")
+    api_key_commands.add_parser("create", help="create a key and print it once").add_argument("name")
+    api_key_commands.add_parser("list", help="list keys (names and ids, never the keys)")
+    api_key_commands.add_parser("revoke", help="revoke a key").add_argument("name")
+    api_keys.set_defaults(handler=cmd_api_keys)
     return parser
 
 

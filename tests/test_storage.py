@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -401,3 +402,96 @@ def test_published_index_round_trip_per_month(tmp_path: Path) -> None:
     assert read_published_month(store, "binance-futures", "BTCUSDT", "2024-02") == months[0]
     with pytest.raises(ValueError, match="native symbol"):
         index_key("binance-futures", "../etc", "2024-01")
+
+
+# --- issue 8, fact 11: a writer killed mid-publish leaves nothing behind for long --------------------------------
+
+_KILLED_WRITER = """
+import os, signal, sys
+from pathlib import Path
+from aperiodic_pipelines.storage import LocalStore, S3Store, s3_client_from_env
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # a real kill at the kill point, no cleanup code runs
+
+kind, source, key = sys.argv[1], sys.argv[2], sys.argv[3]
+if kind == "local":
+    os.replace = die  # killed after the temp file is written and fsynced, before the rename
+    LocalStore(sys.argv[4]).publish_file(source, key)
+else:
+    client = s3_client_from_env()
+    client.complete_multipart_upload = die  # killed after the parts are uploaded, before completion
+    S3Store(client, sys.argv[4], "pre", multipart_threshold=5 * 1024 * 1024, part_size=5 * 1024 * 1024).publish_file(
+        source, key
+    )
+"""
+
+
+def kill_a_writer(*args: str) -> None:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", _KILLED_WRITER, *args], env=env, capture_output=True, timeout=120)
+    assert done.returncode == -9, done.stderr.decode()[-2000:]
+
+
+def test_fact11_stale_tmp_part_removed_by_next_publish(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "store")
+    key = flow_key("exchange", "binance-futures", "1h", "BTCUSDT", "2024-01")
+    neighbour = flow_key("exchange", "binance-futures", "1h", "BTCUSDT", "2024-02")
+    other_dir = flow_key("exchange", "binance-futures", "1d", "BTCUSDT", "2024-01")
+    good = write_bars(tmp_path / "good.parquet")
+    store.publish_file(good, key)
+    store.publish_file(good, other_dir)
+    newer = write_bars(tmp_path / "newer.parquet", bars_frame(seed=9))
+    kill_a_writer("local", str(newer), key, str(store.root))
+    kill_a_writer("local", str(newer), other_dir, str(store.root))
+    [dead] = [p for p in temp_leftovers(store.root) if p.parent == store.path(key).parent]
+    assert dead.name.startswith(".tmp-") and dead.name.endswith(".part")
+    assert store.read_bytes(key) == good.read_bytes()  # the published file stayed whole
+    assert store.list() == sorted([key, other_dir])  # readers never see the leftover
+
+    # A live writer's temp file (fresh) is left alone; the dead one is old enough to be removed.
+    live = dead.with_name(".tmp-live-writer.part")
+    live.write_bytes(b"being written")
+    old = time.time() - 2 * 3600
+    os.utime(dead, (old, old))
+    store.publish_file(newer, neighbour)
+    assert not dead.exists() and live.exists()
+    assert [p.parent.name for p in temp_leftovers(store.root)] == sorted(["BTCUSDT", "BTCUSDT"])  # live + 1d's
+    assert store.read_bytes(key) == good.read_bytes() and store.read_bytes(neighbour) == newer.read_bytes()
+
+    # The maintenance form covers the whole store (or a prefix) with the same age rule.
+    assert store.remove_stale_leftovers() == 0  # the 1d leftover is still younger than the safe age
+    assert store.remove_stale_leftovers("flow/", older_than=0) == 2
+    assert temp_leftovers(store.root) == []
+
+
+@pytest.mark.slow
+def test_fact11_stale_multipart_upload_aborted_by_next_publish_s3(
+    s3_client, s3_bucket: str, tmp_path: Path  # noqa: F811
+) -> None:
+    store = S3Store(s3_client, s3_bucket, "pre")
+    key = flow_key("exchange", "binance-futures", "1s", "BTCUSDT", "2024-01")
+    elsewhere = flow_key("exchange", "binance-futures", "1s", "ETHUSDT", "2024-01")
+    big = tmp_path / "big.parquet"  # > 5 MiB: a multipart upload in the killed writer
+    write_parquet_deterministic(
+        pl.DataFrame({"x": np.random.default_rng(1).random(900_000)}), big, metadata={"k": "v"}
+    )
+    kill_a_writer("s3", str(big), key, s3_bucket)
+    kill_a_writer("s3", str(big), elsewhere, s3_bucket)
+    uploads = s3_client.list_multipart_uploads(Bucket=s3_bucket)["Uploads"]
+    assert sorted(u["Key"] for u in uploads) == [f"pre/{key}", f"pre/{elsewhere}"]
+    assert not store.exists(key)  # nothing became visible
+
+    # An upload initiated a minute ago may be a live writer's: left alone.
+    initiated = next(u["Initiated"] for u in uploads if u["Key"] == f"pre/{key}")
+    assert store.remove_stale_leftovers(key.rsplit("/", 1)[0] + "/", now=initiated + timedelta(minutes=1)) == 0
+    # The next publish next to it aborts the dead writer's upload (older than the safe age), not others'.
+    small = write_bars(tmp_path / "small.parquet")
+    store.publish_file(small, flow_key("exchange", "binance-futures", "1s", "BTCUSDT", "2024-02"))
+    remaining = s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])
+    assert [u["Key"] for u in remaining] == [f"pre/{elsewhere}"]
+    assert store.remove_stale_leftovers("flow/") == 1
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []

@@ -11,7 +11,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 from aperiodic_pipelines.errors import StoreError
-from aperiodic_pipelines.storage.base import ObjectNotFoundError, ObjectStore, PublishedObject, sha256_file
+from aperiodic_pipelines.storage.base import (
+    STALE_WRITE_SECONDS,
+    ObjectNotFoundError,
+    ObjectStore,
+    PublishedObject,
+    sha256_file,
+)
 from aperiodic_pipelines.storage.keys import (
     INTERVAL_NAMES,
     TIMESTAMP_VARIANTS,
@@ -30,6 +36,7 @@ from aperiodic_pipelines.storage.s3 import S3Store
 
 STORE_ENV = "APERIODIC_STORE"
 DEFAULT_STORE = "./data"
+STALE_WRITE_ENV = "APERIODIC_STALE_WRITE_SECONDS"
 
 
 def s3_client_from_env(environ: dict[str, str] | None = None) -> Any:
@@ -38,11 +45,13 @@ def s3_client_from_env(environ: dict[str, str] | None = None) -> Any:
     Credentials come from boto3's usual chain (environment, profile, instance role), never from arguments.
     """
     import boto3
+    from botocore.config import Config
 
     env = os.environ if environ is None else environ
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.client("s3", endpoint_url=endpoint, region_name=region)
+    # SigV4 for presigned URLs too (boto3 would presign with the legacy SigV2 in us-east-1).
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=Config(signature_version="s3v4"))
 
 
 def store_from_uri(uri: str | None = None, *, s3_client: Any = None) -> ObjectStore:
@@ -52,21 +61,38 @@ def store_from_uri(uri: str | None = None, *, s3_client: Any = None) -> ObjectSt
     """
     if uri is None:
         uri = os.environ.get(STORE_ENV) or DEFAULT_STORE
+    stale_after = _stale_write_seconds()
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise StoreError(f"store URI {uri!r} has no bucket (expected s3://bucket/prefix)")
-        return S3Store(s3_client if s3_client is not None else s3_client_from_env(), parsed.netloc, parsed.path)
+        client = s3_client if s3_client is not None else s3_client_from_env()
+        return S3Store(client, parsed.netloc, parsed.path, stale_after=stale_after)
     if parsed.scheme == "file":
-        return LocalStore(Path(parsed.path))
+        return LocalStore(Path(parsed.path), stale_after=stale_after)
     if parsed.scheme and len(parsed.scheme) > 1:  # one letter is a Windows drive, not a scheme
         raise StoreError(f"store URI {uri!r}: unsupported scheme {parsed.scheme!r} (use a path or s3://)")
-    return LocalStore(Path(uri))
+    return LocalStore(Path(uri), stale_after=stale_after)
+
+
+def _stale_write_seconds() -> float:
+    text = os.environ.get(STALE_WRITE_ENV)
+    if not text:
+        return STALE_WRITE_SECONDS
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise StoreError(f"{STALE_WRITE_ENV}={text!r}: expected a positive number of seconds")
+    return value
 
 
 __all__ = [
     "DEFAULT_STORE",
     "INTERVAL_NAMES",
+    "STALE_WRITE_ENV",
+    "STALE_WRITE_SECONDS",
     "STORE_ENV",
     "TIMESTAMP_VARIANTS",
     "LocalStore",

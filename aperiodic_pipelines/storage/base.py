@@ -10,6 +10,10 @@ from aperiodic_pipelines.errors import StoreError
 from aperiodic_pipelines.hashing import HASH_CHUNK, sha256_file  # noqa: F401  (re-exported for the stores)
 
 PARQUET_MAGIC = b"PAR1"
+# A writer's leftovers (a local `.tmp-*` file, an S3 multipart upload) older than this are a dead writer's:
+# a live local writer touches its temp file with every chunk, and publishing one object takes minutes, not
+# an hour. Override with APERIODIC_STALE_WRITE_SECONDS (see `store_from_uri`).
+STALE_WRITE_SECONDS = 3600.0
 
 
 class ObjectNotFoundError(StoreError, FileNotFoundError):
@@ -47,6 +51,8 @@ class ObjectStore(Protocol):
     ) -> PublishedObject: ...
 
     def delete(self, key: str) -> None: ...
+
+    def remove_stale_leftovers(self, prefix: str = "", *, older_than: float | None = None) -> int: ...
 
 
 def check_key(key: str) -> str:

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aperiodic_pipelines.storage.base import ObjectStore, PublishedObject
-from aperiodic_pipelines.storage.keys import _segment, check_month
+from aperiodic_pipelines.storage.keys import _segment, check_month, flow_key
+
+if TYPE_CHECKING:
+    import polars as pl
 
 INDEX_PREFIX = "index/flow/"
 
@@ -82,3 +87,46 @@ def list_published_months(store: ObjectStore, exchange: str, native_symbol: str)
     prefix = f"{INDEX_PREFIX}{_segment('exchange', exchange)}/{_segment('native symbol', native_symbol)}/"
     keys = sorted(k for k in store.list(prefix) if k.endswith(".json"))
     return [PublishedMonth.from_json(store.read_bytes(k)) for k in keys]
+
+
+def list_indexed_symbols(store: ObjectStore, exchange: str) -> list[str]:
+    """Native symbols of `exchange` with at least one month manifest in the index, sorted."""
+    prefix = f"{INDEX_PREFIX}{_segment('exchange', exchange)}/"
+    natives = {k[len(prefix) :].split("/", 1)[0] for k in store.list(prefix) if k.endswith(".json")}
+    return sorted(natives)
+
+
+def publish_month_bars(
+    store: ObjectStore,
+    *,
+    exchange: str,
+    symbol: str,
+    native_symbol: str,
+    month: str,
+    bars: Mapping[tuple[str, str], pl.DataFrame],
+    sources: Iterable[Mapping[str, object]] = (),
+) -> PublishedMonth:
+    """Publish one instrument-month of bars, `{(timestamp, interval): frame}`, then index it.
+
+    The same steps as the Dagster publishing asset, without Dagster: deterministic parquet with spec §4
+    metadata, the store's atomic publish per file, and the month's manifest last. For tools, tests and
+    benchmarks that publish bars computed outside the asset graph.
+    """
+    from aperiodic_pipelines.storage.parquet import bars_metadata, write_parquet_deterministic
+
+    files = []
+    sources = [dict(s) for s in sources]
+    with tempfile.TemporaryDirectory(prefix="aperiodic-publish-") as tmp:
+        for (timestamp, interval), frame in sorted(bars.items()):
+            key = flow_key(timestamp, exchange, interval, native_symbol, month)
+            local = Path(tmp) / f"{timestamp}-{interval}.parquet"
+            metadata = bars_metadata(
+                exchange=exchange, symbol=symbol, native_symbol=native_symbol, interval=interval,
+                timestamp=timestamp, month=month, row_count=frame.height, sources=sources,
+            )
+            write_parquet_deterministic(frame, local, metadata=metadata)
+            published = store.publish_file(local, key)
+            files.append(PublishedFile(timestamp, interval, key, published.sha256, frame.height, published.size))
+    entry = PublishedMonth(exchange, symbol, native_symbol, month, tuple(files))
+    record_published_month(store, entry)
+    return entry

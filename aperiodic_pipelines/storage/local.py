@@ -6,12 +6,14 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import BinaryIO
 
 from aperiodic_pipelines.errors import StoreError
 from aperiodic_pipelines.storage.base import (
     HASH_CHUNK,
+    STALE_WRITE_SECONDS,
     ObjectNotFoundError,
     PublishedObject,
     check_key,
@@ -61,11 +63,34 @@ def atomic_copy(source: Path, target: Path) -> tuple[int, str]:
     return size, written_sha
 
 
-class LocalStore:
-    """Objects are files under `root`; keys map to relative paths."""
+def remove_stale_temp_files(directory: Path, older_than: float, *, recursive: bool = False) -> int:
+    """Remove `.tmp-*` files in `directory` not modified for `older_than` seconds; returns how many.
 
-    def __init__(self, root: Path | str) -> None:
+    A live writer's temp file is written chunk by chunk, so its mtime stays fresh; only a dead writer's file
+    ages. A writer stalled past the age loses its temp file and fails on the rename: no object is harmed.
+    """
+    if not directory.is_dir():
+        return 0
+    cutoff = time.time() - older_than
+    removed = 0
+    for tmp in directory.rglob(f"{TEMP_PREFIX}*") if recursive else directory.glob(f"{TEMP_PREFIX}*"):
+        with contextlib.suppress(FileNotFoundError):  # another cleaner got there first
+            if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed += 1
+    return removed
+
+
+class LocalStore:
+    """Objects are files under `root`; keys map to relative paths.
+
+    Publishing a key also removes dead writers' temp files (older than `stale_after` seconds) from the
+    key's directory, so a run killed mid-publish leaves nothing behind for long.
+    """
+
+    def __init__(self, root: Path | str, *, stale_after: float = STALE_WRITE_SECONDS) -> None:
         self.root = Path(root).expanduser().resolve()
+        self.stale_after = stale_after
 
     def __repr__(self) -> str:
         return f"LocalStore(root={str(self.root)!r})"
@@ -129,18 +154,21 @@ class LocalStore:
         target = self.path(key)
         check_publishable(source, key)
         size, sha = atomic_copy(source, target)
+        remove_stale_temp_files(target.parent, self.stale_after)
         return PublishedObject(uri=str(target), key=key, size=size, sha256=sha)
 
     def delete(self, key: str) -> None:
         """Remove `key` if present (no error when absent, like S3)."""
         self.path(key).unlink(missing_ok=True)
 
-    def clear_temp_files(self) -> int:
-        """Remove temp files a killed process left behind; returns how many."""
-        removed = 0
-        if self.root.is_dir():
-            for tmp in self.root.rglob(f"{TEMP_PREFIX}*"):
-                tmp.unlink(missing_ok=True)
-                removed += 1
-        return removed
+    def remove_stale_leftovers(self, prefix: str = "", *, older_than: float | None = None) -> int:
+        """Remove dead writers' temp files under the directory `prefix` names (all of it by default).
 
+        The maintenance form of what every publish does for its own directory; returns how many were removed.
+        """
+        if prefix.startswith("/") or ".." in prefix.split("/"):
+            raise StoreError(f"invalid prefix {prefix!r}: expected a relative key prefix like 'flow/'")
+        directory = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        return remove_stale_temp_files(
+            directory, self.stale_after if older_than is None else older_than, recursive=True
+        )

@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -21,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from aperiodic_pipelines.errors import StoreError
 from aperiodic_pipelines.storage.base import (
     HASH_CHUNK,
+    STALE_WRITE_SECONDS,
     ObjectNotFoundError,
     PublishedObject,
     check_key,
@@ -33,6 +36,7 @@ MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 DEFAULT_MULTIPART_THRESHOLD = 64 * 1024 * 1024
 SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256 so readers can verify without downloading
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+log = logging.getLogger(__name__)
 
 
 def _b64(digest: bytes) -> str:
@@ -54,6 +58,7 @@ class S3Store:
         *,
         multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
         part_size: int = 16 * 1024 * 1024,
+        stale_after: float = STALE_WRITE_SECONDS,
     ) -> None:
         if not bucket:
             raise StoreError("S3Store needs a bucket name")
@@ -62,6 +67,7 @@ class S3Store:
         self.prefix = prefix.strip("/")
         self.multipart_threshold = multipart_threshold
         self.part_size = max(part_size, MIN_PART_SIZE)
+        self.stale_after = stale_after
 
     def __repr__(self) -> str:
         # Only where the data lives; never the client's credentials.
@@ -188,7 +194,48 @@ class S3Store:
                 f"{self.uri(key)}: stored object does not match {source} "
                 f"(size {head.get('ContentLength')} vs {size}, sha256 {stored_sha} vs {sha})"
             )
+        # A killed run's multipart upload stays (and is billed) until aborted: the next publish next to it
+        # aborts those old enough to be a dead writer's. The object is published either way.
+        directory = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+        try:
+            self.remove_stale_leftovers(directory)
+        except StoreError as exc:
+            log.warning("published %s, but could not clean stale uploads: %s", self.uri(key), exc)
         return PublishedObject(uri=self.uri(key), key=key, size=size, sha256=sha)
+
+    def remove_stale_leftovers(
+        self, prefix: str = "", *, older_than: float | None = None, now: datetime | None = None
+    ) -> int:
+        """Abort multipart uploads under `prefix` initiated more than `older_than` seconds ago; returns how many.
+
+        Uploads younger than that may belong to a live writer and are left alone.
+        """
+        age = timedelta(seconds=self.stale_after if older_than is None else older_than)
+        cutoff = (now or datetime.now(UTC)) - age
+        root = f"{self.prefix}/" if self.prefix else ""
+        aborted = 0
+        try:
+            for page in self.client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=root + prefix
+            ):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] < cutoff:
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        aborted += 1
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreError(f"S3 cleaning uploads under s3://{self.bucket}/{root}{prefix} failed ({exc})") from None
+        return aborted
+
+    def presigned_get_url(self, key: str, expires_in: int) -> str:
+        """A GET URL for `key` that S3 honours for `expires_in` seconds, signed with this client's credentials."""
+        try:
+            return self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._object_key(key)}, ExpiresIn=expires_in
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail("PRESIGN", key, exc) from None
 
     def _multipart_upload(self, source: Path, key: str, extra: dict[str, Any]) -> None:
         object_key = self._object_key(key)

@@ -1,0 +1,134 @@
+"""Validation of every request parameter, before anything touches the store.
+
+Each check raises a 400 `ApiError` with a stable `code`; store keys are later built only from the values
+returned here (an exchange from a fixed list, a native id produced by the symbology, a listed interval).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import dataclass
+from datetime import date
+
+from aperiodic_pipelines.api.errors import ApiError, bad_request
+from aperiodic_pipelines.errors import SymbolError
+from aperiodic_pipelines.sources.symbols import EXCHANGES, parse_symbol, to_atlas, to_native
+from aperiodic_pipelines.storage.keys import INTERVAL_NAMES, TIMESTAMP_VARIANTS, flow_key
+
+METRICS: tuple[str, ...] = ("flow",)
+MAX_PARAM_LENGTH = 128
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def shown(value: str) -> str:
+    """A parameter value as quoted in an error, cut so a huge value cannot bloat the answer."""
+    return repr(value if len(value) <= 64 else value[:64] + "…")
+
+
+def check_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ApiError(
+            404, "unknown_metric", f"unknown metric {shown(metric)}", [f"this deployment serves: {', '.join(METRICS)}"]
+        )
+    return metric
+
+
+def check_exchange(exchange: str) -> str:
+    if exchange not in EXCHANGES:
+        raise bad_request("unknown_exchange", f"unknown exchange {shown(exchange)}", f"supported: {', '.join(EXCHANGES)}")
+    return exchange
+
+
+def check_symbol(exchange: str, symbol: str) -> tuple[str, str]:
+    """An Atlas symbol (canonical form) → (atlas, native). A native id is refused with the Atlas form to use."""
+    if len(symbol) > MAX_PARAM_LENGTH:
+        raise bad_request("unknown_symbol", "symbol is too long", f"at most {MAX_PARAM_LENGTH} characters")
+    try:
+        parsed = parse_symbol(symbol)
+    except SymbolError as exc:
+        hint = []
+        with contextlib.suppress(SymbolError):
+            hint = [f"{exchange} {shown(symbol)} is the native id; its Atlas symbol is {to_atlas(exchange, symbol)!r}"]
+        raise bad_request("unknown_symbol", f"symbol {shown(symbol)} is not an Atlas symbol", *hint, str(exc)) from None
+    if str(parsed) != symbol:
+        raise bad_request("unknown_symbol", f"symbol {shown(symbol)} is not in canonical form", f"use {str(parsed)!r}")
+    try:
+        native = to_native(exchange, parsed)
+        flow_key("exchange", exchange, "1m", native, "2000-01")  # the id must make a valid path segment
+    except (SymbolError, ValueError) as exc:
+        raise bad_request("unknown_symbol", f"{exchange} has no instrument {shown(symbol)}", str(exc)) from None
+    return symbol, native
+
+
+def check_interval(interval: str) -> str:
+    if interval not in INTERVAL_NAMES:
+        raise bad_request("invalid_interval", f"unknown interval {shown(interval)}", f"supported: {', '.join(INTERVAL_NAMES)}")
+    return interval
+
+
+def check_timestamp(timestamp: str) -> str:
+    if timestamp not in TIMESTAMP_VARIANTS:
+        raise bad_request(
+            "invalid_timestamp", f"unknown timestamp {shown(timestamp)}", f"supported: {', '.join(TIMESTAMP_VARIANTS)}"
+        )
+    return timestamp
+
+
+def check_date(name: str, value: str) -> date:
+    if not _ISO_DATE.match(value):
+        raise bad_request("invalid_date", f"{name} {shown(value)} is not an ISO date", "expected YYYY-MM-DD")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise bad_request("invalid_date", f"{name} {shown(value)} is not a calendar date") from None
+
+
+@dataclass(frozen=True)
+class ListingQuery:
+    metric: str
+    timestamp: str
+    interval: str
+    exchange: str
+    symbol: str
+    native_symbol: str
+    start: date
+    end: date
+
+    def months(self) -> list[str]:
+        """`YYYY-MM` of every month overlapping [start, end], in order."""
+        out = []
+        year, month = self.start.year, self.start.month
+        while (year, month) <= (self.end.year, self.end.month):
+            out.append(f"{year:04d}-{month:02d}")
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+        return out
+
+
+def check_listing(
+    *,
+    metric: str,
+    timestamp: str,
+    interval: str,
+    exchange: str,
+    symbol: str,
+    start_date: str,
+    end_date: str,
+    max_range_days: int,
+) -> ListingQuery:
+    check_metric(metric)
+    check_timestamp(timestamp)
+    check_interval(interval)
+    check_exchange(exchange)
+    atlas, native = check_symbol(exchange, symbol)
+    start, end = check_date("start_date", start_date), check_date("end_date", end_date)
+    if start > end:
+        raise bad_request("inverted_range", f"start_date {start} is after end_date {end}")
+    days = (end - start).days + 1
+    if days > max_range_days:
+        raise bad_request(
+            "range_too_long",
+            f"the range covers {days} days; this deployment answers at most {max_range_days} per request",
+            "split the range into several requests",
+        )
+    return ListingQuery(metric, timestamp, interval, exchange, atlas, native, start, end)

@@ -1,0 +1,34 @@
+"""Self-authorising file URLs for a local store: an HMAC over the object key and the expiry time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+
+from aperiodic_pipelines.api.errors import ApiError
+
+
+class UrlSigner:
+    """Signs `(key, expires)`; a URL is good until `expires` (Unix seconds) if its signature matches."""
+
+    def __init__(self, secret: bytes, ttl_seconds: int) -> None:
+        self._secret = secret
+        self.ttl_seconds = ttl_seconds
+
+    def _signature(self, key: str, expires: int) -> str:
+        return hmac.new(self._secret, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+    def sign(self, key: str, *, now: float | None = None) -> tuple[int, str]:
+        expires = int(now if now is not None else time.time()) + self.ttl_seconds
+        return expires, self._signature(key, expires)
+
+    def verify(self, key: str, expires: str | None, signature: str | None, *, now: float | None = None) -> None:
+        """Raise a 403 `ApiError` unless the signature matches (checked first) and the URL has not expired."""
+        if not expires or not signature or not expires.isdigit() or len(expires) > 12:
+            raise ApiError(403, "bad_signature", "this file URL is not signed: request a new one from the listing")
+        expected = self._signature(key, int(expires))
+        if not hmac.compare_digest(expected, signature):
+            raise ApiError(403, "bad_signature", "this file URL's signature does not match: request a new one")
+        if int(expires) <= (now if now is not None else time.time()):
+            raise ApiError(403, "url_expired", "this file URL has expired: request a new one from the listing")
