@@ -249,9 +249,11 @@ def test_overdue_month_is_reported_once(webhook: list[dict], tmp_path: Path) -> 
         # The sensor at the real current time: the month due last is published for BTCUSDT only.
         current = latest_due_month(datetime.now(UTC))
         record_published_month(store, PublishedMonth(EXCHANGE, "perpetual-BTC-USDT:USDT", "BTCUSDT", current, ()))
-        context = build_sensor_context(instance=instance, resources={"store": StoreResource(uri=str(store.root))})
-        assert overdue_months(context) is None
-        (message,) = webhook
-        assert f"• {EXCHANGE} ETHUSDT {current}" in message["json"]["text"] and "BTCUSDT" not in message["json"]["text"]
-        skip = overdue_months(context)  # same cursor: nothing new, no second message
-        assert skip is not None and "none new" in skip.skip_message and len(webhook) == 1
+        resources = {"store": StoreResource(uri=str(store.root))}
+        with build_sensor_context(instance=instance, resources=resources) as context:
+            assert overdue_months(context) is None
+            (message,) = webhook
+            text = message["json"]["text"]
+            assert f"• {EXCHANGE} ETHUSDT {current}" in text and "BTCUSDT" not in text
+            skip = overdue_months(context)  # same cursor: nothing new, no second message
+            assert skip is not None and "none new" in skip.skip_message and len(webhook) == 1
