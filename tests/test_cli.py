@@ -248,9 +248,9 @@ def webserver(dagster_home: Path, tmp_path: Path) -> Iterator[str]:
             assert process.poll() is None, (tmp_path / "webserver.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "webserver did not load the code location in 120 s"
             try:
-                cli.find_repository(url, "aperiodic_pipelines")
+                runs.find_repository(url, "aperiodic_pipelines")
                 break
-            except (cli.CliError, requests.RequestException):
+            except (runs.RunSetupError, requests.RequestException):
                 time.sleep(0.5)
         yield url
     finally:
