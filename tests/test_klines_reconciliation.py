@@ -11,27 +11,17 @@ from pathlib import Path
 import polars as pl
 import pytest
 from dagster import (
+    AssetCheckKey,
     AssetCheckSeverity,
     AssetKey,
     DagsterInstance,
-    MaterializeResult,
-    asset,
     build_run_status_sensor_context,
     materialize,
 )
 
-from aperiodic_pipelines.defs.checks import FAILED_RULE
-from aperiodic_pipelines.defs.klines_check import (
-    KLINES_CHECK,
-    evaluate_klines_check,
-    klines_check_spec,
-)
-from aperiodic_pipelines.defs.partitions import (
-    INSTRUMENTS_PARTITIONS_NAME,
-    flow_partition_key,
-    flow_partitions,
-    instrument_key,
-)
+from aperiodic_pipelines.defs.definitions import GRAPHS
+from aperiodic_pipelines.defs.klines_check import KLINES_CHECK, klines_outcome
+from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.defs.sensors import (
     check_failure_alert_on_success,
     check_failure_message,
@@ -45,6 +35,7 @@ from aperiodic_pipelines.mirror.klines import binance_klines_csv, republish_klin
 from aperiodic_pipelines.sources import binance
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.klines import fetch_klines_month, klines_path, parse_klines_csv
+from aperiodic_pipelines.storage import LocalStore, flow_key
 from tests.http_fixtures import (  # noqa: F401
     archive_mirror,
     cached_files,
@@ -59,7 +50,6 @@ pytestmark = pytest.mark.slow  # starts a web server
 SYMBOL = "perpetual-BTC-USDT:USDT"
 NATIVE = "BTCUSDT"
 MONTH = "2024-01"
-ASSET = AssetKey("flow_bars_exchange")
 TAPE = tiny_tape(n=6000, seed=23)
 
 
@@ -152,21 +142,21 @@ def test_altered_kline_is_detected_naming_the_bar(tmp_path, mirror_root, source_
                                                    archive_mirror):
     bars = _bars_from_mirror(tmp_path, mirror_root, source_config, fast_downloader, "trades")
     path = write_binance_klines_month(mirror_root, NATIVE, MONTH, TAPE)
-    assert evaluate_klines_check(ASSET, bars, NATIVE, MONTH, "trades", source_config,
+    assert klines_outcome(bars, NATIVE, MONTH, "trades", source_config,
                                  downloader=fast_downloader).passed
     minute = _busy_buy_minute(bars)
     ours = bars.filter(pl.col("time") == minute)["taker_buy_volume"][0]
     _add_to_taker_buy_volume(path, minute, delta_lots=1)  # one lot more, re-signed as a republished file
 
-    result = evaluate_klines_check(ASSET, bars, NATIVE, MONTH, "trades", source_config, downloader=fast_downloader)
+    result = klines_outcome(bars, NATIVE, MONTH, "trades", source_config, downloader=fast_downloader)
     assert archive_mirror.count("data/futures/um/monthly/klines/*.zip") == 2  # new checksum: fetched again
-    assert not result.passed and result.severity == AssetCheckSeverity.WARN
-    meta = {key: getattr(value, "value", value) for key, value in result.metadata.items()}
+    assert not result.passed
+    meta = {key: getattr(value, "value", value) for key, value in result.detail.items()}
     assert meta["bars_compared"] == bars.height and meta["bars_differing"] == 1
     assert meta["worst_bar"] == minute.isoformat(sep=" ") and meta["worst_field"] == "taker_buy_volume"
     assert meta["worst_ours"] == pytest.approx(ours) and meta["worst_exchange"] == pytest.approx(ours + 0.001)
     assert meta["worst_tolerance"] < 0.001
-    assert f"{minute:%Y-%m-%d %H:%M}" in meta[FAILED_RULE] and "BTCUSDT-1m-2024-01.zip" in meta[FAILED_RULE]
+    assert f"{minute:%Y-%m-%d %H:%M}" in result.failed_rule and "BTCUSDT-1m-2024-01.zip" in result.failed_rule
     assert meta["klines_object"].endswith(klines_path(NATIVE, MONTH)) and len(meta["klines_sha256"]) == 64
     assert meta["fields"]["taker_buy_volume"]["bars_differing"] == 1
     assert meta["fields"]["volume"]["bars_differing"] == 0 and "count" in meta["fields"]
@@ -190,12 +180,10 @@ def test_kline_missing_for_a_minute_with_trades_differs_but_an_empty_one_does_no
 def test_unpublished_klines_pass_with_a_note(tmp_path, mirror_root, source_config, fast_downloader):
     bars = _bars_from_mirror(tmp_path, mirror_root, source_config, fast_downloader, "aggTrades")
     assert fetch_klines_month(NATIVE, MONTH, source_config, downloader=fast_downloader) is None
-    result = evaluate_klines_check(ASSET, bars, NATIVE, MONTH, "aggTrades", source_config,
+    result = klines_outcome(bars, NATIVE, MONTH, "aggTrades", source_config,
                                    downloader=fast_downloader)
-    assert result.passed and result.severity == AssetCheckSeverity.WARN
-    note = result.metadata["klines"]
-    assert getattr(note, "value", note).startswith("no klines published: http://127.0.0.1:")
-    assert FAILED_RULE not in result.metadata
+    assert result.passed and not result.failed_rule
+    assert result.detail["klines"].startswith("no klines published: http://127.0.0.1:")
 
 
 def test_wrong_checksum_and_corrupt_zip_are_clear_permanent_errors(tmp_path, mirror_root, source_config,
@@ -206,10 +194,9 @@ def test_wrong_checksum_and_corrupt_zip_are_clear_permanent_errors(tmp_path, mir
     wrong = write_wrong_checksum(path)
     with pytest.raises(ChecksumMismatchError, match=rf"BTCUSDT-1m-2024-01\.zip.*{wrong}"):
         fetch_klines_month(NATIVE, MONTH, source_config, downloader=fast_downloader)
-    result = evaluate_klines_check(ASSET, bars, NATIVE, MONTH, "aggTrades", source_config,
+    result = klines_outcome(bars, NATIVE, MONTH, "aggTrades", source_config,
                                    downloader=fast_downloader)
-    assert not result.passed and result.severity == AssetCheckSeverity.WARN
-    assert str(result.metadata[FAILED_RULE].value).startswith("klines unusable: ChecksumMismatchError")
+    assert not result.passed and result.failed_rule.startswith("klines unusable: ChecksumMismatchError")
     requests_so_far = archive_mirror.count("*/BTCUSDT-1m-2024-01.zip")
     assert requests_so_far == 2  # one attempt per call: a wrong checksum is never retried
 
@@ -244,33 +231,34 @@ def test_rerun_reuses_the_cached_klines(mirror_root, source_config, fast_downloa
 
 
 def test_failed_reconciliation_is_a_warn_check_in_a_successful_run_and_alerts(tmp_path, mirror_root,
-                                                                               source_config, fast_downloader):
-    """Through Dagster: the non-blocking check fails with WARN, the run succeeds, the alert sensor reports it."""
-    bars = _bars_from_mirror(tmp_path, mirror_root, source_config, fast_downloader, "aggTrades")
+                                                                               archive_mirror, monkeypatch):
+    """Through binance-futures' real graph: the non-blocking check fails with WARN, the month is still published,
+    and the alert sensor reports it."""
+    write_binance_month(mirror_root, NATIVE, MONTH, TAPE, dataset="aggTrades")
     path = write_binance_klines_month(mirror_root, NATIVE, MONTH, TAPE)
+    bars = compute_flow_bars(TAPE, None, month=MONTH, intervals=["1m"])["1m"]
     minute = _busy_buy_minute(bars)
     _add_to_taker_buy_volume(path, minute, delta_lots=-1)
-
-    @asset(key=ASSET, partitions_def=flow_partitions, check_specs=[klines_check_spec(ASSET)])
-    def flow_bars_exchange(context) -> MaterializeResult:  # no annotation: `from __future__` makes it a string
-        result = evaluate_klines_check(ASSET, bars, NATIVE, MONTH, "aggTrades", source_config,
-                                       downloader=fast_downloader)
-        return MaterializeResult(check_results=[result])
-
-    spec = klines_check_spec(ASSET)
-    assert spec.name == KLINES_CHECK and not spec.blocking
+    monkeypatch.setenv("APERIODIC_BINANCE_URL", archive_mirror.url)
+    monkeypatch.setenv("APERIODIC_CACHE_DIR", str(tmp_path / "cache"))
+    store = LocalStore(tmp_path / "store")
+    graph = GRAPHS["binance-futures"]
+    check_key = AssetCheckKey(AssetKey(["binance_futures", "flow_bars_exchange"]), KLINES_CHECK)
+    assert check_key in {k for a in graph.assets for k in a.check_keys}
     instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(INSTRUMENTS_PARTITIONS_NAME, [instrument_key("binance-futures", SYMBOL)])
-    run = materialize([flow_bars_exchange], instance=instance,
-                      partition_key=flow_partition_key("binance-futures", SYMBOL, MONTH))
-    assert run.success  # WARN and non-blocking: the month is still materialized (and would be published)
-    (evaluation,) = run.get_asset_check_evaluations()
+    instance.add_dynamic_partitions(graph.exchange.instruments_name, [NATIVE])
+    run = materialize(
+        graph.assets, instance=instance, partition_key=f"{NATIVE}|{MONTH}-01",
+        resources={"store": StoreResource(uri=str(store.root)), "sources": SourcesResource()},
+    )
+    assert run.success  # WARN and non-blocking: the month is still published
+    assert store.exists(flow_key("exchange", "binance-futures", "1m", NATIVE, MONTH))
+    (evaluation,) = [e for e in run.get_asset_check_evaluations() if e.check_name == KLINES_CHECK]
     assert not evaluation.passed and evaluation.severity == AssetCheckSeverity.WARN
     assert evaluation.metadata["count"].value.startswith("count not compared: the bars count aggregate trades")
 
     (failed,) = failed_checks(instance, run.run_id)
-    assert (failed.asset, failed.check) == ("flow_bars_exchange", KLINES_CHECK)
-    assert f"{minute:%Y-%m-%d %H:%M}" in failed.rule
+    assert failed.check == KLINES_CHECK and f"{minute:%Y-%m-%d %H:%M}" in failed.rule
     message = check_failure_message(instance.get_run_by_id(run.run_id), [failed])
     assert KLINES_CHECK in message and "1 of 44640 1m bars differ" in message
     context = build_run_status_sensor_context(

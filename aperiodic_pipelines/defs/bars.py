@@ -11,7 +11,7 @@ publishes them.
 import json
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ class BarsInput:
     month: str
     timestamp: str
     sources: SourcesResource
+    dataset: str = ""  # what the bars were built from (aggTrades, trades, …), as the second statistics record it
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ def stage_flow_bars(
         hint = " (the month has no arrival times: see second_stats' true_variant)" if timestamp == "true" else ""
         raise MissingInputError(f"{store.uri(seconds)} missing: materialize second_stats first{hint}")
     stats, kv = _load_second_stats(store, seconds)
+    bars_input = replace(bars_input, dataset=kv.get("aperiodic.dataset", ""))
     bars = bars_from_second_stats(stats, intervals=INTERVALS)
     check_results = run_bar_checks(key, bars, month) + _extra_results(key, extra_checks, bars, bars_input)
     passed = all(r.passed for r in check_results if r.severity == AssetCheckSeverity.ERROR)

@@ -1,9 +1,8 @@
 """`reconciles_with_exchange_klines`: a non-blocking (WARN) check that binance-futures 1m exchange-time bars add up
 to Binance's own 1m klines for the month (docs/reconciliation.md).
 
-To attach it to `flow_bars_exchange`: add `klines_check_spec(key)` to the asset's `check_specs`, and in the step
-yield `evaluate_klines_check(...)` for binance-futures partitions (with `bars["1m"]` and the dataset recorded in
-the second statistics' `aperiodic.dataset`) and `klines_not_applicable(...)` for the other exchanges.
+It is a `BarCheck` attached to binance-futures' graph in `definitions.EXTRA_BAR_CHECKS`; the flow-bars step
+evaluates it on the 1m bars it has just computed, with the dataset the second statistics recorded.
 
 It never fails the step: a failed reconciliation, or a klines archive that cannot be read (wrong checksum,
 corrupt zip, download failure), is a failed WARN result whose `failed_rule` the alert sensor quotes, and the
@@ -15,10 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, MetadataValue
+from dagster import AssetCheckSeverity, MetadataValue
 
-from aperiodic_pipelines.defs.checks import FAILED_RULE
-from aperiodic_pipelines.defs.partitions import flow_partitions
+from aperiodic_pipelines.defs.bars import BarCheck
+from aperiodic_pipelines.defs.checks import CheckOutcome
 from aperiodic_pipelines.errors import AperiodicError
 from aperiodic_pipelines.flow.reconcile import Reconciliation, reconcile_with_klines
 from aperiodic_pipelines.sources.config import SourceConfig
@@ -34,20 +33,7 @@ def count_not_compared(dataset: str) -> str:
     return f"count not compared: the bars count {what} ({dataset} dataset), the klines count individual trades"
 
 
-def klines_check_spec(asset_key: AssetKey) -> AssetCheckSpec:
-    """The per-partition, non-blocking reconciliation check of the exchange-time bars."""
-    return AssetCheckSpec(
-        KLINES_CHECK,
-        asset=asset_key,
-        description="binance-futures: every 1m bar's buy volume, volume, buy and total notional (and, with the "
-        "trades dataset, trade count) equal Binance's published 1m klines within their printed decimals",
-        blocking=False,
-        partitions_def=flow_partitions,
-    )
-
-
-def evaluate_klines_check(
-    asset_key: AssetKey,
+def klines_outcome(
     bars_1m: pl.DataFrame,
     native_symbol: str,
     month: str,
@@ -55,8 +41,8 @@ def evaluate_klines_check(
     config: SourceConfig,
     *,
     downloader: Downloader | None = None,
-) -> AssetCheckResult:
-    """Fetch (or reuse from cache) the month's klines and reconcile `bars_1m` with them; severity WARN.
+) -> CheckOutcome:
+    """Fetch (or reuse from cache) the month's klines and reconcile `bars_1m` with them.
 
     `dataset` is what the bars were built from (`SourceResult.dataset`: aggTrades, trades, tardis, …); trade
     counts are compared only for `trades`.
@@ -65,12 +51,9 @@ def evaluate_klines_check(
     try:
         klines = fetch_klines_month(native_symbol, month, config, downloader=downloader)
     except AperiodicError as exc:  # permanent (checksum, corrupt) or retries exhausted: tell, do not block
-        return _result(asset_key, False, {
-            "klines_object": url,
-            FAILED_RULE: f"klines unusable: {type(exc).__name__}: {exc}"[:2000],
-        })
+        return CheckOutcome(False, f"klines unusable: {type(exc).__name__}: {exc}"[:2000], {"klines_object": url})
     if klines is None:
-        return _result(asset_key, True, {"klines": f"no klines published: {url}"})
+        return CheckOutcome(True, detail={"klines": f"no klines published: {url}"})
     compare_counts = dataset == COUNTED_DATASET
     outcome = reconcile_with_klines(bars_1m, klines.frame, compare_counts=compare_counts, decimals=klines.decimals)
     metadata = {
@@ -82,18 +65,28 @@ def evaluate_klines_check(
     }
     if not compare_counts:
         metadata["count"] = count_not_compared(dataset)
-    if not outcome.passed:
-        worst = outcome.worst.describe() if outcome.worst else ""
-        metadata[FAILED_RULE] = (
-            f"{outcome.bars_differing} of {outcome.bars_compared} 1m bars differ from "
-            f"{klines.object.location.rsplit('/', 1)[-1]}; worst: {worst}"
-        )
-    return _result(asset_key, outcome.passed, metadata)
+    if outcome.passed:
+        return CheckOutcome(True, detail=metadata)
+    worst = outcome.worst.describe() if outcome.worst else ""
+    return CheckOutcome(
+        False,
+        f"{outcome.bars_differing} of {outcome.bars_compared} 1m bars differ from "
+        f"{klines.object.location.rsplit('/', 1)[-1]}; worst: {worst}",
+        metadata,
+    )
 
 
-def klines_not_applicable(asset_key: AssetKey, reason: str) -> AssetCheckResult:
-    """A passing result with a note, for partitions without exchange klines (other exchanges)."""
-    return _result(asset_key, True, {"not_applicable": reason})
+reconciles_with_exchange_klines = BarCheck(
+    name=KLINES_CHECK,
+    description="binance-futures: every 1m bar's buy volume, volume, buy and total notional (and, with the "
+    "trades dataset, trade count) equal Binance's published 1m klines within their printed decimals",
+    evaluate=lambda bars, given: klines_outcome(
+        bars["1m"], given.native_symbol, given.month, given.dataset, given.sources.get_config()
+    ),
+    severity=AssetCheckSeverity.WARN,
+    blocking=False,
+    timestamps=("exchange",),
+)
 
 
 def reconciliation_metadata(outcome: Reconciliation) -> dict[str, Any]:
@@ -125,13 +118,3 @@ def reconciliation_metadata(outcome: Reconciliation) -> dict[str, Any]:
         if worst.difference is not None:
             metadata.update(worst_difference=worst.difference, worst_tolerance=worst.tolerance)
     return metadata
-
-
-def _result(asset_key: AssetKey, passed: bool, metadata: dict[str, Any]) -> AssetCheckResult:
-    return AssetCheckResult(
-        asset_key=asset_key,
-        check_name=KLINES_CHECK,
-        passed=passed,
-        severity=AssetCheckSeverity.WARN,
-        metadata=metadata,
-    )
