@@ -92,6 +92,7 @@ def demo_mirrors(workdir: Path, months: Sequence[str], trades_per_month: int) ->
     """Start the HTTP and S3 mirrors, write the generated months, yield the environment that points at them."""
     from aperiodic_pipelines.mirror.archives import write_binance_month, write_okx_month
     from aperiodic_pipelines.mirror.http import ArchiveMirror
+    from aperiodic_pipelines.mirror.klines import write_binance_klines_month
     from aperiodic_pipelines.mirror.s3 import hyperliquid_mirror
 
     archive_root = workdir / "archives"
@@ -104,6 +105,8 @@ def demo_mirrors(workdir: Path, months: Sequence[str], trades_per_month: int) ->
             for month, tape in tapes.items():
                 if instrument.exchange == "binance-futures":
                     write_binance_month(archive_root / "binance", instrument.native_symbol, month, tape)
+                    # Binance's own 1m klines of the same trades, for `reconciles_with_exchange_klines`.
+                    write_binance_klines_month(archive_root / "binance", instrument.native_symbol, month, tape)
                 elif instrument.exchange == "okx-perps":
                     write_okx_month(archive_root / "okx", instrument.native_symbol, month, whole_tape)
                 else:
@@ -224,6 +227,15 @@ def run_demo(
                 if len(results) < len(instruments) * len(demo_months) or not all(r.success for r in results):
                     return False
                 for line in summarise(store_from_uri(store_uri), demo_months):
+                    say(line)
+                # What a researcher does next: read a month back through the delivery API with the real client.
+                from aperiodic_pipelines.api.showcase import read_back_with_client
+
+                first_instrument = DEMO_INSTRUMENTS[0]
+                say("reading one month back through the API (`aperiodic-pipelines serve`) with the aperiodic client:")
+                for line in read_back_with_client(
+                    store_uri, first_instrument.exchange, first_instrument.native_symbol, "1h", demo_months[-1]
+                ):
                     say(line)
     say(
         f"runs are recorded in {os.environ['DAGSTER_HOME']}; browse them with: "
