@@ -13,7 +13,7 @@ from aperiodic_pipelines.flow.grid import (
     month_bounds_us,
     shift_month,
 )
-from aperiodic_pipelines.flow.schema import flow_bars_schema, validate_bars
+from aperiodic_pipelines.flow.schema import flow_bars_schema, validate_bars, validate_month_bars
 from aperiodic_pipelines.flow.seconds import SECOND_STATS_SCHEMA, SecondStats, compute_second_stats
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "compute_second_stats",
     "flow_bars_schema",
     "validate_bars",
+    "validate_month_bars",
     "month_bounds_us",
     "shift_month",
 ]
