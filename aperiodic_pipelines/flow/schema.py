@@ -231,37 +231,36 @@ def validate_bars(
     rest: the time grid, and that every empty bar is the constant empty row. A table whose columns or dtypes
     are not the contract's goes through the full schema, which names what is wrong.
     """
-    if not _is_flow_table(bars):
-        _pandera(bars, flow_bars_schema(interval, month), name)
-    problem = _dense_problem(bars, interval, month)
-    if problem:
-        raise InvalidBarsError(f"{name}: {problem}")
-    _pandera(bars.filter(_HAS_TRADES), flow_bars_schema(ordered_in_time=False), name)
+    validate_month_bars({interval: bars}, month=month, name=name)
     return bars
 
 
-def validate_month_bars(bars: Mapping[str, pl.DataFrame], *, month: str, name: str = "flow bars") -> None:
+def validate_month_bars(
+    bars: Mapping[str | None, pl.DataFrame], *, month: str | None, name: str = "flow bars"
+) -> None:
     """Validate the dense tables of one month, keyed by interval, with one pandera pass over all of them.
 
     The same rules as `validate_bars` on each; the error names the interval.
     """
-    for interval, frame in bars.items():
-        if not _is_flow_table(frame):
-            validate_bars(frame, interval=interval, month=month, name=f"{name} {interval}")
-        problem = _dense_problem(frame, interval, month)
-        if problem:
-            raise InvalidBarsError(f"{name} {interval}: {problem}")
-    with_trades = pl.concat([frame.filter(_HAS_TRADES) for frame in bars.values()])
+    labels = {interval: f"{name} {interval}" if interval else name for interval in bars}
+    with_trades = [_validate_one(frame, interval, month, labels[interval]) for interval, frame in bars.items()]
     try:
-        _pandera(with_trades, flow_bars_schema(ordered_in_time=False), name)
+        _pandera(pl.concat(with_trades), flow_bars_schema(ordered_in_time=False), name)
     except InvalidBarsError:
-        for interval, frame in bars.items():  # the failing interval, named
-            _pandera(frame.filter(_HAS_TRADES), flow_bars_schema(ordered_in_time=False), f"{name} {interval}")
+        for interval, frame in zip(bars, with_trades, strict=True):  # name the failing interval
+            _pandera(frame, flow_bars_schema(ordered_in_time=False), labels[interval])
         raise
 
 
-def _is_flow_table(frame: pl.DataFrame) -> bool:
-    return frame.schema == pl.Schema(FLOW_SCHEMA)  # columns, their order and dtypes
+def _validate_one(frame: pl.DataFrame, interval: str | None, month: str | None, name: str) -> pl.DataFrame:
+    """The dense-table rules of one table; returns its bars with trades, for pandera."""
+    if frame.schema != pl.Schema(FLOW_SCHEMA):  # columns, their order or dtypes: the full schema names it
+        _pandera(frame, flow_bars_schema(interval, month), name)
+    with_trades = frame.filter(_HAS_TRADES)
+    problem = _dense_problem(frame, with_trades, interval, month)
+    if problem:
+        raise InvalidBarsError(f"{name}: {problem}")
+    return with_trades
 
 
 def _pandera(frame: pl.DataFrame, schema: pa.DataFrameSchema, name: str) -> None:
@@ -273,13 +272,25 @@ def _pandera(frame: pl.DataFrame, schema: pa.DataFrameSchema, name: str) -> None
         raise InvalidBarsError(f"{name}: {summarise_schema_errors(exc)}") from None
 
 
-def _dense_problem(frame: pl.DataFrame, interval: str | None, month: str | None) -> str | None:
-    """What is wrong with the rows between bars and the empty bars of a contract-typed table, in one pass."""
+def _dense_problem(frame: pl.DataFrame, with_trades: pl.DataFrame, interval: str | None, month: str | None
+                   ) -> str | None:
+    """What is wrong with the time grid or the empty bars of a contract-typed table, or None.
+
+    Empty bars are proven the constant row by counting, not row by row: a field that must be null in an empty
+    bar has exactly (its nulls among the bars with trades + the empty bars) nulls, which polars knows without a
+    pass; one that must be 0 has no more non-zero values than the bars with trades hold.
+    """
+    empty_bars = frame.height - with_trades.height
     time_us = pl.col("time").cast(pl.Int64)
-    empty = ~_HAS_TRADES
-    rules: dict[str, tuple[pl.Expr, str]] = {  # rule name -> (passes, what it requires); names start with the column
+    score = pl.col("flow_toxicity_score")
+    null_or_zero = (score.is_null() | (score == 0)).sum()
+    rules: dict[str, tuple[pl.Expr, str]] = {  # "column/rule" -> (passes, what it requires)
         "time/not_null": (time_us.null_count() == 0, "time must never be null"),
         "time/strictly_increasing": ((time_us.diff() > 0).all(), "time must be strictly increasing"),
+        "flow_toxicity_score/null_or_zero_when_empty": (
+            null_or_zero == with_trades.select(null_or_zero).item() + empty_bars,
+            "flow_toxicity_score must be null or 0 in a bar without trades (its flow and volatility are 0)",
+        ),
     }
     if interval is not None:
         step = INTERVAL_SECONDS[interval] * US_PER_SECOND
@@ -293,18 +304,17 @@ def _dense_problem(frame: pl.DataFrame, interval: str | None, month: str | None)
                 (pl.len() == rows) & (time_us.first() == start),
                 f"a {month} {interval} table must hold {rows} bars starting at {month}-01 00:00 UTC",
             )
-    for field in _ZERO_WHEN_EMPTY:
+    non_zero = with_trades.select((pl.col(f) != 0).sum() for f in _ZERO_WHEN_EMPTY).row(0)
+    for field, expected in zip(_ZERO_WHEN_EMPTY, non_zero, strict=True):
         rules[f"{field}/zero_when_empty"] = (
-            ((pl.col(field) == 0) | ~empty).all() & (pl.col(field).null_count() == 0),
+            ((pl.col(field) != 0).sum() == expected) & (pl.col(field).null_count() == 0),
             f"{field} must be 0 in a bar without trades (and never null)",
         )
     for field in _NULL_WHEN_EMPTY:
-        rules[f"{field}/null_when_empty"] = ((pl.col(field).is_null() | ~empty).all(), f"{field} must be null in a bar without trades")
-    score = pl.col("flow_toxicity_score")
-    rules["flow_toxicity_score/null_or_zero_when_empty"] = (
-        (score.is_null() | (score == 0) | ~empty).all(),
-        "flow_toxicity_score must be null or 0 in a bar without trades (its flow and volatility are 0)",
-    )
+        rules[f"{field}/null_when_empty"] = (
+            pl.col(field).null_count() == with_trades.get_column(field).null_count() + empty_bars,
+            f"{field} must be null in a bar without trades",
+        )
     passed = frame.select(**{key: rule for key, (rule, _) in rules.items()}).row(0, named=True)
     failed = [key for key, ok in passed.items() if not ok]
     if not failed:
