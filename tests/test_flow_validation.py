@@ -101,3 +101,16 @@ def test_flow_bar_parquet_is_required_where_never_null_and_reads_back_equal(mont
             frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("taker_buy_volume")), tmp_path / "c.parquet",
             metadata={},
         )
+
+
+def test_bars_do_not_depend_on_the_slice_size(monkeypatch) -> None:
+    """Non-empty bars are derived a slice at a time (the first slices partly the previous month's lead-in)."""
+    from aperiodic_pipelines.flow import bars as bars_module
+
+    tape = generate_tape(MONTH, 2_000, seed=41, first_trade_id=10_000)
+    previous = generate_tape("2023-12", 2_000, seed=42)
+    whole = compute_flow_bars(tape, previous, month=MONTH, intervals=("1s", "1m"))
+    monkeypatch.setattr(bars_module, "SLICE_ROWS", 97)
+    sliced = compute_flow_bars(tape, previous, month=MONTH, intervals=("1s", "1m"))
+    for interval in ("1s", "1m"):
+        assert sliced[interval].equals(whole[interval], null_equal=True), interval

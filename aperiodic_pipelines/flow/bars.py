@@ -29,6 +29,8 @@ from aperiodic_pipelines.flow.toxicity import toxicity_scores
 # only field of an empty bar that depends on its neighbours; it is computed on the dense grid.
 _ZERO_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f not in NULLABLE_FIELDS)
 _NULL_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f in NULLABLE_FIELDS and f != "flow_toxicity_score")
+# Non-empty bars derived at once: bounds the temporaries of a busy 1s month to a slice.
+SLICE_ROWS = 1 << 18
 
 
 def bars_from_second_stats(
@@ -74,36 +76,33 @@ def _dense_bars(
     """The month's dense bars: fields derived on the non-empty bars only, then scattered onto the grid.
 
     Every field of an empty bar is a constant (0 or null) except the score, whose window spans empty bars too;
-    so only the signed flow and the volatility are laid out densely (from `first_bar`, the window's lead-in),
-    and the work of the other 35 fields grows with the bars that hold trades, not with the grid.
+    so only the signed flow and the volatility are laid out densely from `first_bar` (the window's lead-in),
+    and the work of the other 35 fields grows with the bars that hold trades, not with the grid. The non-empty
+    bars are derived `SLICE_ROWS` at a time and scattered in place into preallocated columns, so memory holds
+    the dense table and one slice, not a second, sparse copy of a busy month.
     """
     bars = sparse.get_column("bar")
     lo, hi = bars.search_sorted(first_bar, side="left"), bars.search_sorted(end, side="left")
-    fields = _derive_fields(sparse.slice(lo, hi - lo), volatility)
-
-    lead_position = ((fields.get_column("bar").to_numpy() - first_bar) // width).astype(np.int64)
-    lead_rows = (end - first_bar) // width
-    signed_flow, realised_volatility = np.zeros(lead_rows), np.zeros(lead_rows)
-    signed_flow[lead_position] = fields.get_column("volume_delta_notional").to_numpy()
-    realised_volatility[lead_position] = fields.get_column("_volatility").to_numpy()
-    lead_in = (month_start - first_bar) // width
-    scores = toxicity_scores(signed_flow, realised_volatility)[lead_in:]
-
-    in_month = lead_position >= lead_in
-    fields = fields.filter(pl.Series(in_month))
-    position = pl.Series(lead_position[in_month] - lead_in)
-    rows = lead_rows - lead_in
-    # Scattered into polars-allocated columns: numpy's fresh (huge-page) allocations cost more CPU than the
-    # scatter itself at 2.7 M rows a column.
+    lead_in, rows = (month_start - first_bar) // width, (end - month_start) // width
+    signed_flow, realised_volatility = np.zeros(lead_in + rows), np.zeros(lead_in + rows)
+    # Preallocated by polars: numpy's fresh (huge-page) allocations cost more CPU than the scatter itself.
     columns: dict[str, pl.Series] = {
-        "time": (pl.int_range(month_start, end, width, dtype=pl.Int64, eager=True) * US_PER_SECOND).cast(TIME_DTYPE)
+        "time": (pl.int_range(month_start, end, width, dtype=pl.Int64, eager=True) * US_PER_SECOND).cast(TIME_DTYPE),
+        **{name: pl.zeros(rows, dtype=FLOW_SCHEMA[name], eager=True) for name in _ZERO_WHEN_EMPTY},
+        **{name: pl.repeat(None, rows, dtype=FLOW_SCHEMA[name], eager=True) for name in _NULL_WHEN_EMPTY},
     }
-    for name in _ZERO_WHEN_EMPTY:
-        empty = pl.zeros(rows, dtype=FLOW_SCHEMA[name], eager=True)
-        columns[name] = empty.scatter(position, fields.get_column(name))
-    for name in _NULL_WHEN_EMPTY:
-        empty = pl.repeat(None, rows, dtype=FLOW_SCHEMA[name], eager=True)
-        columns[name] = empty.scatter(position, fields.get_column(name))
+    for start in range(lo, hi, SLICE_ROWS):
+        fields = _derive_fields(sparse.slice(start, min(SLICE_ROWS, hi - start)), volatility)
+        lead_position = (fields.get_column("bar").to_numpy() - first_bar) // width
+        signed_flow[lead_position] = fields.get_column("volume_delta_notional").to_numpy()
+        realised_volatility[lead_position] = fields.get_column("_volatility").to_numpy()
+        in_month = lead_position >= lead_in
+        if not in_month.all():  # the lead-in bars of the month before feed the score only
+            fields, lead_position = fields.filter(pl.Series(in_month)), lead_position[in_month]
+        position = pl.Series(lead_position - lead_in)
+        for name in (*_ZERO_WHEN_EMPTY, *_NULL_WHEN_EMPTY):
+            columns[name].scatter(position, fields.get_column(name))  # in place
+    scores = toxicity_scores(signed_flow, realised_volatility)[lead_in:]
     columns["flow_toxicity_score"] = pl.Series(scores).fill_nan(None)
     return pl.DataFrame([columns[name].alias(name) for name in FLOW_COLUMNS])
 
