@@ -7,13 +7,15 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from aperiodic_pipelines import SCHEMA_VERSION, __version__
 from aperiodic_pipelines.storage.local import TEMP_PREFIX
+
+if TYPE_CHECKING:  # pyarrow is imported where a file is written or read, not when the definitions load
+    import pyarrow as pa
 
 ROW_GROUP_SIZE = 1 << 20  # fixed, so row-group boundaries never depend on how the frame was chunked
 ZSTD_LEVEL = 3
@@ -30,6 +32,8 @@ def write_parquet_deterministic(df: pl.DataFrame, path: Path | str, *, metadata:
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise TypeError(f"parquet metadata must be str -> str; offending keys: {bad}")
+    import pyarrow.parquet as pq
+
     # Imported here, not at module load: the API layer reads parquet and needs no flow engine.
     from aperiodic_pipelines.flow.grid import FLOW_COLUMNS
 
@@ -72,6 +76,8 @@ def _flow_bars_layout(table: pa.Table) -> tuple[pa.Table, dict[str, str]]:
     OPTIONAL column costs a definition level per value, and the evenly spaced `time` column delta-encodes to a
     few bytes instead of 20 MB for zstd to compress.
     """
+    import pyarrow as pa
+
     from aperiodic_pipelines.flow.grid import FLOW_COLUMNS, NULLABLE_FIELDS
 
     nulls = [name for name in FLOW_COLUMNS if name not in NULLABLE_FIELDS and table.column(name).null_count]
@@ -83,6 +89,9 @@ def _flow_bars_layout(table: pa.Table) -> tuple[pa.Table, dict[str, str]]:
 
 def read_parquet_metadata(source: Path | str | bytes) -> dict[str, str]:
     """Key-value metadata of a parquet file (a path or its bytes), without pyarrow's schema entry."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     handle = pa.BufferReader(source) if isinstance(source, bytes | bytearray) else source
     raw = pq.read_metadata(handle).metadata or {}
     out = {k.decode(): v.decode() for k, v in raw.items()}
