@@ -165,7 +165,7 @@ def read_runs(home: Path, backfill_id: str) -> dict:
 
     phases: dict[str, list[float]] = collections.defaultdict(list)
     steps: dict[str, list[float]] = collections.defaultdict(list)
-    ends, statuses = [], collections.Counter()
+    ends, statuses, failures = [], collections.Counter(), []
     with DagsterInstance.get() as instance:
         records = instance.get_run_records(RunsFilter(tags={"dagster/backfill": backfill_id}))
         for record in records:
@@ -182,7 +182,12 @@ def read_runs(home: Path, backfill_id: str) -> dict:
                 elif kind == "STEP_START":
                     step_start[event.step_key] = entry.timestamp
                     at.setdefault("first_step", entry.timestamp)
-                elif kind in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key in step_start:
+                if kind in ("STEP_FAILURE", "PIPELINE_FAILURE") or (
+                    kind == "ASSET_CHECK_EVALUATION" and not event.event_specific_data.passed
+                ):
+                    failures.append(f"{record.dagster_run.tags.get('dagster/partition', '?')} {kind} "
+                                    f"{event.step_key or ''}: {(event.message or '')[:300]}")
+                if kind in ("STEP_SUCCESS", "STEP_FAILURE") and event.step_key in step_start:
                     steps[event.step_key.split(".")[0]].append(entry.timestamp - step_start[event.step_key])
             created = record.create_timestamp.timestamp()
             end = at.get("PIPELINE_SUCCESS", at.get("PIPELINE_FAILURE"))
@@ -196,7 +201,7 @@ def read_runs(home: Path, backfill_id: str) -> dict:
                 phases["run"].append(end - at["PIPELINE_START"])
             if end:
                 ends.append(end)
-    return {"runs": len(records), "statuses": dict(statuses), "phases": dict(phases), "steps": dict(steps),
+    return {"runs": len(records), "statuses": dict(statuses), "failures": failures, "phases": dict(phases), "steps": dict(steps),
             "last_end": max(ends) if ends else None}
 
 
@@ -211,6 +216,8 @@ def report(label: str, imports: dict, result: dict | None, n_months: int) -> Non
     elapsed = result["last_end"] - result["submitted"]
     print(f"backfill {result['status']}: {result['runs']} runs {result['statuses']} in {elapsed:.0f} s "
           f"-> {n_months / elapsed * 3600:.0f} partitions/hour")
+    for failure in result["failures"]:
+        print(f"  failed: {failure}")
     print(f"{'per run (s)':<22}{'median':>9}{'mean':>9}{'max':>9}")
     for name, values in [*result["phases"].items(), *sorted(result["steps"].items())]:
         print(f"{name:<22}{statistics.median(values):>9.2f}{statistics.fmean(values):>9.2f}{max(values):>9.2f}")
