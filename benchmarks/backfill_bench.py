@@ -36,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EXCHANGE, SYMBOL = "binance-futures", "BTCUSDT"
+STARTUP_TIMEOUT_S = 900  # a loaded machine takes minutes to import Dagster and load the definitions
 FINAL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 
@@ -117,7 +118,7 @@ def run_backfill(tree: Path, months: list[str], workdir: Path, mirror_url: str, 
                          cwd=workdir, env=env, stdout=logs[1], stderr=subprocess.STDOUT),
     ]
     try:
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
             try:
                 if requests.get(f"{url}/server_info", timeout=5).ok:
