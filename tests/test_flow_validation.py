@@ -114,3 +114,18 @@ def test_bars_do_not_depend_on_the_slice_size(monkeypatch) -> None:
     sliced = compute_flow_bars(tape, previous, month=MONTH, intervals=("1s", "1m"))
     for interval in ("1s", "1m"):
         assert sliced[interval].equals(whole[interval], null_equal=True), interval
+
+
+def test_grid_and_sparse_derivations_give_identical_bars(monkeypatch) -> None:
+    """Busy grids derive fields on the grid, sparse ones on the non-empty bars; the tables are the same."""
+    from aperiodic_pipelines.flow import bars as bars_module
+
+    tape = generate_tape(MONTH, 2_000, seed=43, first_trade_id=10_000)
+    previous = generate_tape("2023-12", 2_000, seed=44)
+    intervals = ("1s", "1m", "1d")
+    monkeypatch.setattr(bars_module, "DENSE_FROM", 2.0)  # never the grid
+    sparse = compute_flow_bars(tape, previous, month=MONTH, intervals=intervals)
+    monkeypatch.setattr(bars_module, "DENSE_FROM", -1.0)  # always the grid
+    grid = compute_flow_bars(tape, previous, month=MONTH, intervals=intervals)
+    for interval in intervals:
+        assert grid[interval].equals(sparse[interval], null_equal=True), interval

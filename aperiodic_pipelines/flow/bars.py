@@ -31,6 +31,10 @@ _ZERO_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f not in NULLABLE_FIELDS
 _NULL_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f in NULLABLE_FIELDS and f != "flow_toxicity_score")
 # Non-empty bars derived at once: bounds the temporaries of a busy 1s month to a slice.
 SLICE_ROWS = 1 << 18
+# When more than this share of the grid's bars hold trades (a busy month at 1s, every coarser interval), the
+# fields are derived on the grid itself, 3 days of bars at a time: scattering them afterwards would only add work.
+DENSE_FROM = 0.5
+GRID_SLICE_BARS = 3 * 86_400
 
 
 def bars_from_second_stats(
@@ -84,6 +88,8 @@ def _dense_bars(
     bars = sparse.get_column("bar")
     lo, hi = bars.search_sorted(first_bar, side="left"), bars.search_sorted(end, side="left")
     lead_in, rows = (month_start - first_bar) // width, (end - month_start) // width
+    if hi - lo > DENSE_FROM * (lead_in + rows):
+        return _grid_bars(sparse, first_bar, month_start, end, width, volatility)
     signed_flow, realised_volatility = np.zeros(lead_in + rows), np.zeros(lead_in + rows)
     # Preallocated by polars: numpy's fresh (huge-page) allocations cost more CPU than the scatter itself.
     columns: dict[str, pl.Series] = {
@@ -105,6 +111,48 @@ def _dense_bars(
     scores = toxicity_scores(signed_flow, realised_volatility)[lead_in:]
     columns["flow_toxicity_score"] = pl.Series(scores).fill_nan(None)
     return pl.DataFrame([columns[name].alias(name) for name in FLOW_COLUMNS])
+
+
+def _grid_bars(
+    sparse: pl.DataFrame, first_bar: int, month_start: int, end: int, width: int, volatility: pl.Expr
+) -> pl.DataFrame:
+    """The month's dense bars derived on the grid, in slices of `GRID_SLICE_BARS` bars.
+
+    Each slice starts `TOXICITY_WINDOW` bars early so its scores see a full window; those lead-in rows are
+    dropped. The same per-bar arithmetic as `_dense_bars`, so both give identical tables.
+    """
+    slices = []
+    bars = sparse.get_column("bar")
+    for slice_start in range(month_start, end, GRID_SLICE_BARS * width):
+        lead_start = max(first_bar, slice_start - TOXICITY_WINDOW * width)
+        slice_end = min(end, slice_start + GRID_SLICE_BARS * width)
+        lo, hi = bars.search_sorted(lead_start, side="left"), bars.search_sorted(slice_end, side="left")
+        fields = _derive_fields(_densify(sparse.slice(lo, hi - lo), lead_start, slice_end, width), volatility)
+        scores = toxicity_scores(fields.get_column("volume_delta_notional").to_numpy(),
+                                 fields.get_column("_volatility").to_numpy())
+        fields = fields.with_columns(
+            pl.from_epoch(pl.col("bar"), time_unit="s").cast(TIME_DTYPE).alias("time"),
+            pl.Series("flow_toxicity_score", scores).fill_nan(None),
+        )
+        slices.append(fields.slice((slice_start - lead_start) // width).select(FLOW_COLUMNS))
+    return pl.concat(slices).cast(FLOW_SCHEMA)
+
+
+def _densify(sparse: pl.DataFrame, first_bar: int, end: int, width: int) -> pl.DataFrame:
+    """One row per bar in [first_bar, end): the sparse bars scattered onto a zero-filled grid.
+
+    An empty bar has zero sums and, its price carried forward, a zero return.
+    """
+    bars = np.arange(first_bar, end, width, dtype=np.int64)
+    position = (sparse.get_column("bar").to_numpy() - first_bar) // width
+    columns: dict[str, np.ndarray] = {"bar": bars}
+    for name in (*SUM_STATS, "abs_return"):
+        if name in sparse.columns:
+            values = sparse.get_column(name).to_numpy()
+            dense = np.zeros(len(bars), dtype=values.dtype)
+            dense[position] = values
+            columns[name] = dense
+    return pl.DataFrame(columns)
 
 
 def _ratio(numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
