@@ -132,7 +132,29 @@ def run_ours(base_url: str, month: str, tmp: Path) -> dict:
     published = sorted((out / "store" / "flow").rglob("*.parquet"))
     if len(published) != 8:
         raise SystemExit(f"expected 8 published files, found {len(published)}")
+    result["steps"] = step_seconds(out / "dagster_home")
     return result
+
+
+def step_seconds(home: Path) -> dict[str, float]:
+    """Dagster's own step timings (STEP_START → STEP_SUCCESS) of the run recorded in `home`."""
+    os.environ["DAGSTER_HOME"] = str(home)
+    from dagster import DagsterInstance
+
+    durations: dict[str, float] = {}
+    with DagsterInstance.get() as instance:
+        for record in instance.get_run_records():
+            started: dict[str, float] = {}
+            for entry in instance.all_logs(record.dagster_run.run_id):
+                event = entry.dagster_event
+                if event is None or not event.step_key:
+                    continue
+                if event.event_type_value == "STEP_START":
+                    started[event.step_key] = entry.timestamp
+                elif event.event_type_value == "STEP_SUCCESS" and event.step_key in started:
+                    name = event.step_key.split(".")[0]
+                    durations[name] = durations.get(name, 0.0) + entry.timestamp - started[event.step_key]
+    return durations
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         ratio = m["wall_s"] / medians["floor"]["wall_s"]
         print(f"{case:<10}{m['wall_s']:>10.2f}{m['cpu_s']:>10.2f}{m['peak_rss_mb']:>14.0f}{ratio:>9.2f}x")
     print("targets: ours ≤ 2.00x the floor's wall time, peak RSS ≤ 2048 MB")
+    steps = runs["ours"][len(runs["ours"]) // 2]["steps"]
+    print("ours, Dagster step timings (s): " + ", ".join(f"{name} {seconds:.2f}" for name, seconds in steps.items()))
     return 0
 
 
