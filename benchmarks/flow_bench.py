@@ -26,6 +26,7 @@ CASES = {
     "b": "polars streaming, 1m buy/sell volume",
     "c": "pandas groupby, 36 fields at 1m",
     "d": "ours: compute_flow_bars, 8 intervals",
+    "o": "ours, the --base checkout (old code)",
 }
 US_PER_MINUTE = 60_000_000
 
@@ -149,7 +150,7 @@ def case_ours(path: str, month: str) -> int:
     return sum(frame.height for frame in bars.values())
 
 
-CASE_FUNCTIONS = {"a": case_scan, "b": case_polars_minutes, "c": case_pandas_minutes, "d": case_ours}
+CASE_FUNCTIONS = {"a": case_scan, "b": case_polars_minutes, "c": case_pandas_minutes, "d": case_ours, "o": case_ours}
 
 
 def run_child(case: str, path: str, month: str) -> None:
@@ -158,10 +159,10 @@ def run_child(case: str, path: str, month: str) -> None:
 
     if case == "c":
         import pandas  # noqa: F401
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     rows = CASE_FUNCTIONS[case](path, month)
-    wall = time.perf_counter() - started
-    print(json.dumps({"case": case, "wall_s": wall, "peak_rss_mb": peak_rss_mb(), "output_rows": rows}))
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    print(json.dumps({"case": case, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_rss_mb(), "output_rows": rows}))
 
 
 # --- the parent: data set, subprocesses, table -----------------------------------------------------------
@@ -188,14 +189,28 @@ def ensure_tape(workdir: Path, month: str, n_trades: int, seed: int) -> Path:
     return path
 
 
-def run_case(case: str, path: Path, month: str) -> dict:
+def run_case(case: str, path: Path, month: str, base: Path | None = None) -> dict:
+    """One case in a fresh process; case `o` imports the engine from the `base` checkout instead."""
     command = [sys.executable, os.path.abspath(__file__), "--run-case", case, "--path", str(path),
                "--month", month]
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = dict(os.environ)
+    if case == "o":
+        env["PYTHONPATH"] = str(base)
+    elif "PYTHONPATH" not in env:
+        env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         return {"case": case, "error": (done.stderr.strip().splitlines() or ["?"])[-1],
                 "returncode": done.returncode}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median wall time (a failed run, if any)."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    return sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
 
 
 def format_table(results: list[dict], n_trades: int) -> str:
@@ -207,7 +222,8 @@ def format_table(results: list[dict], n_trades: int) -> str:
             return "-"
         return f"{result['wall_s'] / other['wall_s']:.2f}x"
 
-    header = f"{'case':<44} {'wall s':>8} {'peak RSS MB':>12} {'trades/s':>12} {'vs b':>8} {'vs c':>8}"
+    header = (f"{'case':<44} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'trades/s':>12} {'vs b':>8} "
+              f"{'vs c':>8}")
     lines = [header, "-" * len(header)]
     for result in results:
         label = f"{result['case']}  {CASES[result['case']]}"
@@ -215,7 +231,8 @@ def format_table(results: list[dict], n_trades: int) -> str:
             lines.append(f"{label:<44} FAILED (exit {result['returncode']}): {result['error']}")
             continue
         lines.append(
-            f"{label:<44} {result['wall_s']:>8.2f} {result['peak_rss_mb']:>12.0f} "
+            f"{label:<44} {result['wall_s']:>8.2f} {result.get('cpu_s', float('nan')):>8.2f} "
+            f"{result['peak_rss_mb']:>12.0f} "
             f"{n_trades / result['wall_s']:>12,.0f} {ratio(result, 'b'):>8} {ratio(result, 'c'):>8}"
         )
     return "\n".join(lines)
@@ -229,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
     parser.add_argument("--skip-pandas", action="store_true", help="leave out case c (needs lots of memory)")
     parser.add_argument("--cases", default="abcd", help="which cases to run, e.g. 'abc' (default abcd)")
+    parser.add_argument("--base", type=Path, help="also run case o: the engine of this checkout (the old code)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the cases this many times, interleaved; the table shows each case's median run")
     parser.add_argument("--run-case", choices=sorted(CASE_FUNCTIONS), help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -237,13 +257,17 @@ def main(argv: list[str] | None = None) -> int:
         run_child(args.run_case, args.path, args.month)
         return 0
 
-    cases = [c for c in args.cases if c in CASE_FUNCTIONS and not (args.skip_pandas and c == "c")]
+    cases = [c for c in args.cases if c in CASE_FUNCTIONS and c != "o" and not (args.skip_pandas and c == "c")]
+    if args.base is not None:
+        cases.append("o")
     path = ensure_tape(args.workdir, args.month, args.trades, args.seed)
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}", flush=True)
-    results = []
-    for case in cases:
-        print(f"running {case}: {CASES[case]} ...", flush=True)
-        results.append(run_case(case, path, args.month))
+    runs: dict[str, list[dict]] = {case: [] for case in cases}
+    for repeat in range(args.repeat):
+        for case in cases:
+            print(f"running {case}: {CASES[case]} ({repeat + 1}/{args.repeat}) ...", flush=True)
+            runs[case].append(run_case(case, path, args.month, args.base))
+    results = [median_run(runs[case]) for case in cases]
     table = format_table(results, args.trades)
     print()
     print(table)

@@ -9,11 +9,12 @@ from aperiodic_pipelines.flow.grid import (
     FLOW_SCHEMA,
     INTERVAL_SECONDS,
     INTERVALS,
+    NULLABLE_FIELDS,
     bars_in_month,
     month_bounds_us,
     shift_month,
 )
-from aperiodic_pipelines.flow.schema import flow_bars_schema, validate_bars
+from aperiodic_pipelines.flow.schema import flow_bars_schema, validate_bars, validate_month_bars
 from aperiodic_pipelines.flow.seconds import SECOND_STATS_SCHEMA, SecondStats, compute_second_stats
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "FLOW_SCHEMA",
     "INTERVALS",
     "INTERVAL_SECONDS",
+    "NULLABLE_FIELDS",
     "SECOND_STATS_SCHEMA",
     "SecondStats",
     "bars_from_second_stats",
@@ -31,6 +33,7 @@ __all__ = [
     "compute_second_stats",
     "flow_bars_schema",
     "validate_bars",
+    "validate_month_bars",
     "month_bounds_us",
     "shift_month",
 ]

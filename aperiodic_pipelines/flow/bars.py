@@ -14,6 +14,7 @@ from aperiodic_pipelines.flow.grid import (
     FLOW_SCHEMA,
     INTERVAL_SECONDS,
     INTERVALS,
+    NULLABLE_FIELDS,
     ROLLUP_FROM,
     SIDES,
     TIME_DTYPE,
@@ -22,10 +23,18 @@ from aperiodic_pipelines.flow.grid import (
     month_bounds_us,
 )
 from aperiodic_pipelines.flow.seconds import SUM_STATS, SecondStats
-from aperiodic_pipelines.flow.toxicity import with_flow_toxicity_score
+from aperiodic_pipelines.flow.toxicity import toxicity_scores
 
-# Bars derived at once; 3 days of 1s bars keep temporaries small and slices few.
-SLICE_BARS = 3 * 86_400
+# Fields of an empty bar (spec §2): sums are 0, every ratio, percentage and entropy is null. The score is the
+# only field of an empty bar that depends on its neighbours; it is computed on the dense grid.
+_ZERO_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f not in NULLABLE_FIELDS)
+_NULL_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f in NULLABLE_FIELDS and f != "flow_toxicity_score")
+# Non-empty bars derived at once: bounds the temporaries of a busy 1s month to a slice.
+SLICE_ROWS = 1 << 18
+# When more than this share of the grid's bars hold trades (a busy month at 1s, every coarser interval), the
+# fields are derived on the grid itself, 3 days of bars at a time: scattering them afterwards would only add work.
+DENSE_FROM = 0.5
+GRID_SLICE_BARS = 3 * 86_400
 
 
 def bars_from_second_stats(
@@ -33,22 +42,17 @@ def bars_from_second_stats(
 ) -> dict[str, pl.DataFrame]:
     """Dense bars of the month for each requested interval, keyed by interval name, in `INTERVALS` order."""
     wanted = _check_intervals(intervals)
-    month_start, month_end = month_bounds_us(stats.month)
+    month_start, month_end = (bound // US_PER_SECOND for bound in month_bounds_us(stats.month))
     sparse = {"1s": stats.frame.rename({"second": "bar"})}
     out: dict[str, pl.DataFrame] = {}
-    for interval in INTERVALS:
+    for interval in INTERVALS[: max(INTERVALS.index(i) for i in wanted) + 1]:
         if interval not in sparse:
             sparse[interval] = _roll_up(sparse[ROLLUP_FROM[interval]], INTERVAL_SECONDS[interval])
         if interval in wanted:
             width = INTERVAL_SECONDS[interval]
-            first_bar = month_start // US_PER_SECOND - (TOXICITY_WINDOW * width if stats.has_previous else 0)
+            first_bar = month_start - (TOXICITY_WINDOW * width if stats.has_previous else 0)
             volatility = pl.col("abs_return") if interval == "1s" else pl.col("squared_return").sqrt()
-            out[interval] = _dense_bars(
-                sparse[interval], first_bar, month_start // US_PER_SECOND, month_end // US_PER_SECOND, width,
-                volatility,
-            )
-        if interval == max(wanted, key=INTERVALS.index):
-            break
+            out[interval] = _dense_bars(sparse[interval], first_bar, month_start, month_end, width, volatility)
     return {interval: out[interval] for interval in INTERVALS if interval in wanted}
 
 
@@ -73,21 +77,65 @@ def _roll_up(finer: pl.DataFrame, width: int) -> pl.DataFrame:
 def _dense_bars(
     sparse: pl.DataFrame, first_bar: int, month_start: int, end: int, width: int, volatility: pl.Expr
 ) -> pl.DataFrame:
-    """The month's dense bars, built in slices of at most `SLICE_BARS` bars.
+    """The month's dense bars: fields derived on the non-empty bars only, then scattered onto the grid.
+
+    Every field of an empty bar is a constant (0 or null) except the score, whose window spans empty bars too;
+    so only the signed flow and the volatility are laid out densely from `first_bar` (the window's lead-in),
+    and the work of the other 35 fields grows with the bars that hold trades, not with the grid. The non-empty
+    bars are derived `SLICE_ROWS` at a time and scattered in place into preallocated columns, so memory holds
+    the dense table and one slice, not a second, sparse copy of a busy month.
+    """
+    bars = sparse.get_column("bar")
+    lo, hi = bars.search_sorted(first_bar, side="left"), bars.search_sorted(end, side="left")
+    lead_in, rows = (month_start - first_bar) // width, (end - month_start) // width
+    if hi - lo > DENSE_FROM * (lead_in + rows):
+        return _grid_bars(sparse, first_bar, month_start, end, width, volatility)
+    signed_flow, realised_volatility = np.zeros(lead_in + rows), np.zeros(lead_in + rows)
+    # Preallocated by polars: numpy's fresh (huge-page) allocations cost more CPU than the scatter itself.
+    columns: dict[str, pl.Series] = {
+        "time": (pl.int_range(month_start, end, width, dtype=pl.Int64, eager=True) * US_PER_SECOND).cast(TIME_DTYPE),
+        **{name: pl.zeros(rows, dtype=FLOW_SCHEMA[name], eager=True) for name in _ZERO_WHEN_EMPTY},
+        **{name: pl.repeat(None, rows, dtype=FLOW_SCHEMA[name], eager=True) for name in _NULL_WHEN_EMPTY},
+    }
+    for start in range(lo, hi, SLICE_ROWS):
+        fields = _derive_fields(sparse.slice(start, min(SLICE_ROWS, hi - start)), volatility)
+        lead_position = (fields.get_column("bar").to_numpy() - first_bar) // width
+        signed_flow[lead_position] = fields.get_column("volume_delta_notional").to_numpy()
+        realised_volatility[lead_position] = fields.get_column("_volatility").to_numpy()
+        in_month = lead_position >= lead_in
+        if not in_month.all():  # the lead-in bars of the month before feed the score only
+            fields, lead_position = fields.filter(pl.Series(in_month)), lead_position[in_month]
+        position = pl.Series(lead_position - lead_in)
+        for name in (*_ZERO_WHEN_EMPTY, *_NULL_WHEN_EMPTY):
+            columns[name].scatter(position, fields.get_column(name))  # in place
+    scores = toxicity_scores(signed_flow, realised_volatility)[lead_in:]
+    columns["flow_toxicity_score"] = pl.Series(scores).fill_nan(None)
+    return pl.DataFrame([columns[name].alias(name) for name in FLOW_COLUMNS])
+
+
+def _grid_bars(
+    sparse: pl.DataFrame, first_bar: int, month_start: int, end: int, width: int, volatility: pl.Expr
+) -> pl.DataFrame:
+    """The month's dense bars derived on the grid, in slices of `GRID_SLICE_BARS` bars.
 
     Each slice starts `TOXICITY_WINDOW` bars early so its scores see a full window; those lead-in rows are
-    dropped. Slicing bounds the temporaries of the 1s table (2.7 M rows) to a few days of bars.
+    dropped. The same per-bar arithmetic as `_dense_bars`, so both give identical tables.
     """
     slices = []
     bars = sparse.get_column("bar")
-    for slice_start in range(month_start, end, SLICE_BARS * width):
+    for slice_start in range(month_start, end, GRID_SLICE_BARS * width):
         lead_start = max(first_bar, slice_start - TOXICITY_WINDOW * width)
-        slice_end = min(end, slice_start + SLICE_BARS * width)
+        slice_end = min(end, slice_start + GRID_SLICE_BARS * width)
         lo, hi = bars.search_sorted(lead_start, side="left"), bars.search_sorted(slice_end, side="left")
-        dense = _densify(sparse.slice(lo, hi - lo), lead_start, slice_end, width)
-        derived = _derive_fields(dense, volatility)
-        slices.append(derived.slice((slice_start - lead_start) // width))
-    return pl.concat(slices)
+        fields = _derive_fields(_densify(sparse.slice(lo, hi - lo), lead_start, slice_end, width), volatility)
+        scores = toxicity_scores(fields.get_column("volume_delta_notional").to_numpy(),
+                                 fields.get_column("_volatility").to_numpy())
+        fields = fields.with_columns(
+            pl.from_epoch(pl.col("bar"), time_unit="s").cast(TIME_DTYPE).alias("time"),
+            pl.Series("flow_toxicity_score", scores).fill_nan(None),
+        )
+        slices.append(fields.slice((slice_start - lead_start) // width).select(FLOW_COLUMNS))
+    return pl.concat(slices).cast(FLOW_SCHEMA)
 
 
 def _densify(sparse: pl.DataFrame, first_bar: int, end: int, width: int) -> pl.DataFrame:
@@ -117,11 +165,13 @@ def _entropy(share: pl.Expr) -> pl.Expr:
     return pl.when(share > 0).then(-share * share.log(2)).otherwise(0.0)
 
 
-def _derive_fields(dense: pl.DataFrame, volatility: pl.Expr) -> pl.DataFrame:
-    """The 36 fields from the summed statistics; totals and shares first, so each is computed once."""
+def _derive_fields(bars: pl.DataFrame, volatility: pl.Expr) -> pl.DataFrame:
+    """The fields of non-empty bars (all but the score) from their summed statistics, plus `_volatility`.
+
+    Totals and shares first, so each is computed once. Every field is a function of its own bar only.
+    """
     col = pl.col
-    totals = dense.lazy().with_columns(
-        pl.from_epoch(col("bar"), time_unit="s").cast(TIME_DTYPE).alias("time"),
+    totals = bars.lazy().with_columns(
         *(
             ordered_sum(*(col(f"taker_{side}_{b}_order_volume") for b in BUCKETS)).alias(f"_{side}_notional")
             for side in SIDES
@@ -134,7 +184,7 @@ def _derive_fields(dense: pl.DataFrame, volatility: pl.Expr) -> pl.DataFrame:
         _ratio(col("taker_buy_volume"), col("_volume")).alias("taker_buy_sell_percentage"),
         _ratio(col("taker_sell_volume"), col("_volume")).alias("_sell_share"),
     )
-    fields = shares.with_columns(
+    return shares.with_columns(
         (col("taker_buy_volume") - col("taker_sell_volume")).alias("volume_delta"),
         (col("_buy_notional") - col("_sell_notional")).alias("volume_delta_notional"),
         # Binary entropy is at most 1 in exact arithmetic; clip the rounding that could push it past.
@@ -161,5 +211,3 @@ def _derive_fields(dense: pl.DataFrame, volatility: pl.Expr) -> pl.DataFrame:
             for b in BUCKETS
         ),
     ).collect()
-    scored = with_flow_toxicity_score(fields, signed_flow="volume_delta_notional", realised_volatility="_volatility")
-    return scored.select(FLOW_COLUMNS).cast(FLOW_SCHEMA)

@@ -62,6 +62,19 @@ FLOW_SCHEMA: dict[str, pl.DataType] = {
     **{f: (pl.Int64() if f in COUNT_FIELDS else pl.Float64()) for f in FLOW_FIELDS},
 }
 
+# Fields that are null where undefined (no volume, no trades on a side, warm-up); every other field is never null.
+NULLABLE_FIELDS: frozenset[str] = frozenset(
+    {
+        "flow_entropy",
+        "flow_toxicity_score",
+        "taker_buy_sell_ratio",
+        "taker_buy_sell_count_ratio",
+        "taker_buy_sell_percentage",
+        "taker_buy_sell_count_percentage",
+        *(f"taker_{s}_{b}_order_{kind}" for s in SIDES for b in BUCKETS for kind in ("percentage", "count_percentage")),
+    }
+)
+
 # Fields that are sums over trades: a coarser bar is the sum of the finer bars it covers.
 ADDITIVE_FIELDS: tuple[str, ...] = (
     "taker_buy_volume",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
+from typing import TYPE_CHECKING
 
-import pandera.polars as pa
 import polars as pl
 
 from aperiodic_pipelines.errors import InvalidBarsError
@@ -13,12 +14,16 @@ from aperiodic_pipelines.flow.grid import (
     FLOW_COLUMNS,
     FLOW_SCHEMA,
     INTERVAL_SECONDS,
+    NULLABLE_FIELDS,
     SIDES,
     US_PER_SECOND,
     bars_in_month,
     month_start_us,
 )
 from aperiodic_pipelines.trades import summarise_schema_errors
+
+if TYPE_CHECKING:  # pandera costs ~1 s to import; only validation needs it
+    import pandera.polars as pa
 
 # Float sums are not associative: invariants between sums hold to this relative tolerance.
 RELATIVE_TOLERANCE = 1e-9
@@ -39,15 +44,6 @@ _NON_NEGATIVE = {
     "taker_sell_count",
 }
 _SIGNED = {"volume_delta", "volume_delta_notional", "flow_toxicity_score"}
-_NULLABLE = {
-    "flow_entropy",
-    "flow_toxicity_score",
-    "taker_buy_sell_ratio",
-    "taker_buy_sell_count_ratio",
-    "taker_buy_sell_percentage",
-    "taker_buy_sell_count_percentage",
-    *(f"taker_{s}_{b}_order_{kind}" for s in SIDES for b in BUCKETS for kind in ("percentage", "count_percentage")),
-}
 
 
 def _close(left: pl.Expr, right: pl.Expr) -> pl.Expr:
@@ -150,10 +146,14 @@ def _invariants() -> dict[str, tuple[pl.Expr, str]]:
 
 
 def _row_check(name: str, rule: pl.Expr, error: str) -> pa.Check:
+    import pandera.polars as pa
+
     return pa.Check(lambda data: data.lazyframe.select(rule.alias(name)), name=name, error=error)
 
 
 def _column(name: str) -> pa.Column:
+    import pandera.polars as pa
+
     checks = []
     if name in _FRACTIONS:
         checks.append(pa.Check.in_range(0.0, 1.0))
@@ -162,22 +162,30 @@ def _column(name: str) -> pa.Column:
     if name in _SIGNED or name in _FRACTIONS or name in _NON_NEGATIVE:
         checks.append(pa.Check(lambda data, c=name: data.lazyframe.select(pl.col(c).is_nan().not_()),
                                name="not_nan", error=f"{name} must not be NaN"))
-    return pa.Column(FLOW_SCHEMA[name], checks=checks, nullable=name in _NULLABLE)
+    return pa.Column(FLOW_SCHEMA[name], checks=checks, nullable=name in NULLABLE_FIELDS)
 
 
 @cache
-def flow_bars_schema(interval: str | None = None, month: str | None = None) -> pa.DataFrameSchema:
-    """The schema of a flow-bar table; with `interval` and `month`, also its dense grid (spec §2)."""
+def flow_bars_schema(interval: str | None = None, month: str | None = None, *, ordered_in_time: bool = True
+                     ) -> pa.DataFrameSchema:
+    """The schema of a flow-bar table; with `interval` and `month`, also its dense grid (spec §2).
+
+    `ordered_in_time=False` leaves out every rule between rows (for a table of bars picked from several
+    intervals): what remains are the dtypes, nulls, ranges and the per-bar invariants.
+    """
+    import pandera.polars as pa
+
     checks = [_row_check(name, rule, error) for name, (rule, error) in _invariants().items()]
     time_us = pl.col("time").cast(pl.Int64)
-    checks.append(
-        _row_check(
-            "time_strictly_increasing",
-            (time_us > time_us.shift(1)).fill_null(True),
-            "time must be strictly increasing",
+    if ordered_in_time:
+        checks.append(
+            _row_check(
+                "time_strictly_increasing",
+                (time_us > time_us.shift(1)).fill_null(True),
+                "time must be strictly increasing",
+            )
         )
-    )
-    if interval is not None:
+    if interval is not None and ordered_in_time:
         step = INTERVAL_SECONDS[interval] * US_PER_SECOND
         checks.append(
             _row_check(
@@ -186,7 +194,7 @@ def flow_bars_schema(interval: str | None = None, month: str | None = None) -> p
                 f"time must step by exactly {interval} on the UTC-aligned grid (empty bars included)",
             )
         )
-    if interval is not None and month is not None:
+    if interval is not None and month is not None and ordered_in_time:
         start, rows = month_start_us(month), bars_in_month(month, interval)
         checks.append(
             pa.Check(
@@ -206,11 +214,110 @@ def flow_bars_schema(interval: str | None = None, month: str | None = None) -> p
     )
 
 
+# An empty bar (no trades) is the same constant row everywhere: sums 0, every ratio, share and entropy null,
+# and a score that is null or 0 (its flow and volatility are 0). That row satisfies every per-bar rule, so on a
+# dense table pandera needs to see only the bars with trades; the empty ones are proven equal to the constant.
+_ZERO_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f not in NULLABLE_FIELDS)
+_NULL_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f in NULLABLE_FIELDS and f != "flow_toxicity_score")
+_HAS_TRADES = (pl.col("taker_buy_count") + pl.col("taker_sell_count")) > 0
+
+
 def validate_bars(
     bars: pl.DataFrame, *, interval: str | None = None, month: str | None = None, name: str = "flow bars"
 ) -> pl.DataFrame:
-    """Validate a flow-bar table; raise `InvalidBarsError` naming the field, the rule and a few failing rows."""
+    """Validate a flow-bar table; raise `InvalidBarsError` naming the field, the rule and a few failing rows.
+
+    The pandera schema sees the bars that hold trades; one vectorised pass over the whole table proves the
+    rest: the time grid, and that every empty bar is the constant empty row. A table whose columns or dtypes
+    are not the contract's goes through the full schema, which names what is wrong.
+    """
+    validate_month_bars({interval: bars}, month=month, name=name)
+    return bars
+
+
+def validate_month_bars(
+    bars: Mapping[str | None, pl.DataFrame], *, month: str | None, name: str = "flow bars"
+) -> None:
+    """Validate the dense tables of one month, keyed by interval, with one pandera pass over all of them.
+
+    The same rules as `validate_bars` on each; the error names the interval.
+    """
+    labels = {interval: f"{name} {interval}" if interval else name for interval in bars}
+    with_trades = [_validate_one(frame, interval, month, labels[interval]) for interval, frame in bars.items()]
     try:
-        return flow_bars_schema(interval, month).validate(bars, lazy=True)
+        _pandera(pl.concat(with_trades), flow_bars_schema(ordered_in_time=False), name)
+    except InvalidBarsError:
+        for interval, frame in zip(bars, with_trades, strict=True):  # name the failing interval
+            _pandera(frame, flow_bars_schema(ordered_in_time=False), labels[interval])
+        raise
+
+
+def _validate_one(frame: pl.DataFrame, interval: str | None, month: str | None, name: str) -> pl.DataFrame:
+    """The dense-table rules of one table; returns its bars with trades, for pandera."""
+    if frame.schema != pl.Schema(FLOW_SCHEMA):  # columns, their order or dtypes: the full schema names it
+        _pandera(frame, flow_bars_schema(interval, month), name)
+    with_trades = frame.filter(_HAS_TRADES)
+    problem = _dense_problem(frame, with_trades, interval, month)
+    if problem:
+        raise InvalidBarsError(f"{name}: {problem}")
+    return with_trades
+
+
+def _pandera(frame: pl.DataFrame, schema: pa.DataFrameSchema, name: str) -> None:
+    import pandera.polars as pa
+
+    try:
+        schema.validate(frame, lazy=True)
     except pa.errors.SchemaErrors as exc:
         raise InvalidBarsError(f"{name}: {summarise_schema_errors(exc)}") from None
+
+
+def _dense_problem(frame: pl.DataFrame, with_trades: pl.DataFrame, interval: str | None, month: str | None
+                   ) -> str | None:
+    """What is wrong with the time grid or the empty bars of a contract-typed table, or None.
+
+    Empty bars are proven the constant row by counting, not row by row: a field that must be null in an empty
+    bar has exactly (its nulls among the bars with trades + the empty bars) nulls, which polars knows without a
+    pass; one that must be 0 has no more non-zero values than the bars with trades hold.
+    """
+    empty_bars = frame.height - with_trades.height
+    time_us = pl.col("time").cast(pl.Int64)
+    score = pl.col("flow_toxicity_score")
+    null_or_zero = (score.is_null() | (score == 0)).sum()
+    rules: dict[str, tuple[pl.Expr, str]] = {  # "column/rule" -> (passes, what it requires)
+        "time/not_null": (time_us.null_count() == 0, "time must never be null"),
+        "time/strictly_increasing": ((time_us.diff() > 0).all(), "time must be strictly increasing"),
+        "flow_toxicity_score/null_or_zero_when_empty": (
+            null_or_zero == with_trades.select(null_or_zero).item() + empty_bars,
+            "flow_toxicity_score must be null or 0 in a bar without trades (its flow and volatility are 0)",
+        ),
+    }
+    if interval is not None:
+        step = INTERVAL_SECONDS[interval] * US_PER_SECOND
+        rules["time/dense_grid"] = (
+            (time_us.diff() == step).all() & (time_us.first() % step == 0),
+            f"time must step by exactly {interval} on the UTC-aligned grid (empty bars included)",
+        )
+        if month is not None:
+            start, rows = month_start_us(month), bars_in_month(month, interval)
+            rules["time/covers_month"] = (
+                (pl.len() == rows) & (time_us.first() == start),
+                f"a {month} {interval} table must hold {rows} bars starting at {month}-01 00:00 UTC",
+            )
+    non_zero = with_trades.select((pl.col(f) != 0).sum() for f in _ZERO_WHEN_EMPTY).row(0)
+    for field, expected in zip(_ZERO_WHEN_EMPTY, non_zero, strict=True):
+        rules[f"{field}/zero_when_empty"] = (
+            ((pl.col(field) != 0).sum() == expected) & (pl.col(field).null_count() == 0),
+            f"{field} must be 0 in a bar without trades (and never null)",
+        )
+    for field in _NULL_WHEN_EMPTY:
+        rules[f"{field}/null_when_empty"] = (
+            pl.col(field).null_count() == with_trades.get_column(field).null_count() + empty_bars,
+            f"{field} must be null in a bar without trades",
+        )
+    passed = frame.select(**{key: rule for key, (rule, _) in rules.items()}).row(0, named=True)
+    failed = [key for key, ok in passed.items() if not ok]
+    if not failed:
+        return None
+    column, rule = failed[0].split("/")
+    return f"column {column!r} failed {rule}: {rules[failed[0]][1]}"

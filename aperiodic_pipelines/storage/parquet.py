@@ -7,13 +7,15 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from aperiodic_pipelines import SCHEMA_VERSION, __version__
 from aperiodic_pipelines.storage.local import TEMP_PREFIX
+
+if TYPE_CHECKING:  # pyarrow is imported where a file is written or read, not when the definitions load
+    import pyarrow as pa
 
 ROW_GROUP_SIZE = 1 << 20  # fixed, so row-group boundaries never depend on how the frame was chunked
 ZSTD_LEVEL = 3
@@ -30,7 +32,15 @@ def write_parquet_deterministic(df: pl.DataFrame, path: Path | str, *, metadata:
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise TypeError(f"parquet metadata must be str -> str; offending keys: {bad}")
+    import pyarrow.parquet as pq
+
+    # Imported here, not at module load: the API layer reads parquet and needs no flow engine.
+    from aperiodic_pipelines.flow.grid import FLOW_COLUMNS
+
     table = df.rechunk().to_arrow()
+    encodings = None
+    if tuple(df.columns) == FLOW_COLUMNS:
+        table, encodings = _flow_bars_layout(table)
     table = table.replace_schema_metadata({k: metadata[k] for k in sorted(metadata)})
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +57,7 @@ def write_parquet_deterministic(df: pl.DataFrame, path: Path | str, *, metadata:
             # Bars are mostly distinct floats: dictionary pages cost ~45% more CPU and end up larger (measured on a
             # 1s month, 2.7 M rows x 37 columns: 2.3 s vs 3.3 s CPU, 42.6 vs 47.8 MB).
             use_dictionary=False,
+            column_encoding=encodings,
             write_statistics=True,
             store_schema=True,
         )
@@ -56,8 +67,31 @@ def write_parquet_deterministic(df: pl.DataFrame, path: Path | str, *, metadata:
         raise
 
 
+def _flow_bars_layout(table: pa.Table) -> tuple[pa.Table, dict[str, str]]:
+    """A flow-bar table's parquet layout: fields that are never null (spec §2) are REQUIRED, and `time` is
+    delta-encoded.
+
+    Both only change how the same values are stored, and both are fixed by the contract, never by the data, so
+    every month has the same parquet schema. They halve the writer's CPU on a 1s month (2.7 M rows): an
+    OPTIONAL column costs a definition level per value, and the evenly spaced `time` column delta-encodes to a
+    few bytes instead of 20 MB for zstd to compress.
+    """
+    import pyarrow as pa
+
+    from aperiodic_pipelines.flow.grid import FLOW_COLUMNS, NULLABLE_FIELDS
+
+    nulls = [name for name in FLOW_COLUMNS if name not in NULLABLE_FIELDS and table.column(name).null_count]
+    if nulls:
+        raise ValueError(f"flow bars: columns {nulls} must never be null (spec §2)")
+    schema = pa.schema([field.with_nullable(field.name in NULLABLE_FIELDS) for field in table.schema])
+    return table.cast(schema), {"time": "DELTA_BINARY_PACKED"}
+
+
 def read_parquet_metadata(source: Path | str | bytes) -> dict[str, str]:
     """Key-value metadata of a parquet file (a path or its bytes), without pyarrow's schema entry."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     handle = pa.BufferReader(source) if isinstance(source, bytes | bytearray) else source
     raw = pq.read_metadata(handle).metadata or {}
     out = {k.decode(): v.decode() for k, v in raw.items()}
