@@ -5,17 +5,18 @@ from __future__ import annotations
 import base64
 import io
 
-import matplotlib
-
-matplotlib.use("Agg")  # headless: run workers have no display
-
-import matplotlib.pyplot as plt  # noqa: E402
-import polars as pl  # noqa: E402
-from dagster import MetadataValue  # noqa: E402
+import polars as pl
+from dagster import MetadataValue
 
 
 def month_picture_png(daily_bars: pl.DataFrame, *, title: str) -> bytes:
     """PNG of the `1d` bars of a month: volume delta (bars) over flow toxicity (line)."""
+    # Imported here, not at module load: matplotlib costs every run's start-up, and only publishing draws.
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: run workers have no display
+    import matplotlib.pyplot as plt
+
     days = daily_bars.get_column("time").dt.day().to_list()
     delta = daily_bars.get_column("volume_delta").to_list()
     toxicity = [float("nan") if v is None else v for v in daily_bars.get_column("flow_toxicity_score").to_list()]
