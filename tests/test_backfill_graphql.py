@@ -1,7 +1,8 @@
 """A backfill submitted through Dagster's GraphQL API to a running webserver + daemon publishes every partition.
 
 Everything is real and local: `dagster-webserver` and `dagster-daemon` subprocesses on 127.0.0.1 with a temporary
-DAGSTER_HOME configured by `dagster.yaml`, the archive mirror on 127.0.0.1, a local store. Two partitions.
+DAGSTER_HOME configured by `dagster.yaml` (SQLite) or `dagster.postgres.yaml` (a real PostgreSQL server started by
+the test), the archive mirror on 127.0.0.1, a local store. Two partitions.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from aperiodic_pipelines.defs.partitions import (
 )
 from aperiodic_pipelines.mirror.http import ArchiveMirror
 from aperiodic_pipelines.storage import LocalStore
+from tests.postgres_fixtures import INSTANCE_KINDS, instance_environment, stored_run_ids
 from tests.test_assets_local import EXCHANGE, MONTHS, SYMBOL, assert_published_months, write_binance_months
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,17 +91,18 @@ def _wait_for(predicate, timeout_s: float, what: str, processes: list[subprocess
     raise AssertionError(f"timed out after {timeout_s}s {what}")
 
 
-@pytest.fixture
-def dagster_services(tmp_path: Path) -> Iterator[dict]:
-    """Webserver + daemon with a fresh DAGSTER_HOME, pointed at a local mirror and store; stopped afterwards."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+@pytest.fixture(params=INSTANCE_KINDS)
+def dagster_services(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict]:
+    """Webserver + daemon with a fresh instance (SQLite or Postgres), pointed at a local mirror and store;
+    stopped afterwards."""
     counts = write_binance_months(tmp_path / "archives")
-    with ArchiveMirror(tmp_path / "archives") as mirror:
+    with (
+        instance_environment(request.param, tmp_path / "dagster_home") as instance_env,
+        ArchiveMirror(tmp_path / "archives") as mirror,
+    ):
         env = {
             **os.environ,
-            "DAGSTER_HOME": str(home),
+            **instance_env,
             "APERIODIC_STORE": str(tmp_path / "store"),
             "APERIODIC_BINANCE_URL": mirror.url,
             "APERIODIC_CACHE_DIR": str(tmp_path / "cache"),
@@ -129,7 +132,8 @@ def dagster_services(tmp_path: Path) -> Iterator[dict]:
 
             _wait_for(webserver_up, STARTUP_TIMEOUT_S, "waiting for the webserver", processes)
             yield {"url": url, "store": LocalStore(tmp_path / "store"), "counts": counts,
-                   "processes": processes, "logs": tmp_path}
+                   "processes": processes, "logs": tmp_path,
+                   "instance_kind": request.param, "instance_env": instance_env}
         finally:
             for process in processes:
                 process.terminate()
@@ -183,4 +187,7 @@ def test_backfill_through_graphql_publishes_every_partition(dagster_services: di
     run_partitions = {tag["value"] for run in runs for tag in run["tags"] if tag["key"] == "dagster/partition"}
     assert run_partitions == set(partitions)
     assert all({"key": "aperiodic/exchange", "value": EXCHANGE} in run["tags"] for run in runs)
+    # The runs are recorded in the configured storage (the Postgres server, or SQLite under DAGSTER_HOME).
+    stored = stored_run_ids(dagster_services["instance_kind"], dagster_services["instance_env"])
+    assert {run["runId"] for run in runs} <= stored
     assert_published_months(dagster_services["store"], dagster_services["counts"])
