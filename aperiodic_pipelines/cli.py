@@ -1,30 +1,21 @@
 """`aperiodic-pipelines`: register instruments, materialise months, submit backfills, run the offline demo.
 
-A thin layer over Dagster and the package's modules: argument parsing, the Dagster instance, and
-readable output. Exit codes: 0 ok, 1 a run or backfill failed, 2 bad arguments or input.
+Argument parsing and printing only; the runs themselves are `runs.py` (shared with the demo). Exit codes:
+0 ok, 1 a run or backfill failed, 2 bad arguments or input.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from aperiodic_pipelines import runs
 from aperiodic_pipelines.errors import AperiodicError
-from aperiodic_pipelines.storage.keys import check_month
+from aperiodic_pipelines.runs import DEFAULT_CODE_LOCATION, EXCHANGE_TAG, LAUNCHED_BY_TAG, RunSetupError
 
-if TYPE_CHECKING:
-    from dagster import DagsterInstance, Definitions, JobDefinition
-    from dagster._core.definitions.asset_key import AssetKey
-
-DEFAULT_DAGSTER_HOME = ".dagster_home"
 DEFAULT_WEBSERVER_URL = "http://127.0.0.1:3000"
-DEFAULT_CODE_LOCATION = "aperiodic_pipelines"  # location_name in workspace.yaml
-FLOW_JOB_NAME = "flow_bars_job"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -40,267 +31,58 @@ def warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-# --- Dagster instance ------------------------------------------------------------------------------------------
-
-
-def repo_dagster_yaml() -> Path | None:
-    """The project's instance config (`dagster.yaml`), looked up from the current directory, then from
-    the source tree (editable installs)."""
-    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        candidate = base / "dagster.yaml"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def ensure_dagster_home() -> Path:
-    """DAGSTER_HOME, or `./.dagster_home` (created, with the project's dagster.yaml) when it is unset."""
-    configured = os.environ.get("DAGSTER_HOME")
-    if configured:
-        home = Path(configured).expanduser().resolve()
-        home.mkdir(parents=True, exist_ok=True)
-        os.environ["DAGSTER_HOME"] = str(home)  # Dagster insists on an absolute path
-        return home
-    home = Path(DEFAULT_DAGSTER_HOME).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    source = repo_dagster_yaml()
-    note = ""
-    target = home / "dagster.yaml"
-    if not target.exists():
-        if source is not None:
-            shutil.copyfile(source, target)
-            note = f", copied {source}"
-        else:  # an explicit empty config: Dagster's defaults, without its "no dagster.yaml" warning
-            target.write_text("# Dagster instance settings; empty means Dagster's defaults (storage in this dir).\n")
-    os.environ["DAGSTER_HOME"] = str(home)
-    warn(
-        f"DAGSTER_HOME is not set; using {home}{note}. "
-        f"Run `export DAGSTER_HOME={home}` before `dagster dev` to see these runs in the UI."
-    )
-    return home
-
-
-def get_instance() -> DagsterInstance:
-    from dagster import DagsterInstance
-
-    ensure_dagster_home()
-    return DagsterInstance.get()
-
-
 # --- instruments -----------------------------------------------------------------------------------------------
 
 
-def resolve_instrument(exchange: str, symbol: str) -> tuple[str, str, str]:
-    """(instrument partition key, Atlas symbol, native id) for an Atlas or native symbol on `exchange`."""
-    from aperiodic_pipelines.defs.partitions import instrument_key
-    from aperiodic_pipelines.sources.symbols import resolve_symbol
-
-    atlas, native = resolve_symbol(exchange, symbol)
-    return instrument_key(exchange, atlas), atlas, native
-
-
-def register_instrument(instance: DagsterInstance, exchange: str, symbol: str) -> tuple[str, bool]:
-    """Add the instrument to the `instruments` dynamic partitions; returns (key, newly added)."""
-    from aperiodic_pipelines.defs.partitions import INSTRUMENTS_PARTITIONS_NAME
-
-    key, _atlas, _native = resolve_instrument(exchange, symbol)
-    if instance.has_dynamic_partition(INSTRUMENTS_PARTITIONS_NAME, key):
-        return key, False
-    instance.add_dynamic_partitions(INSTRUMENTS_PARTITIONS_NAME, [key])
-    return key, True
-
-
 def cmd_instruments_add(args: argparse.Namespace) -> int:
-    _key, _atlas, native = resolve_instrument(args.exchange, args.symbol)  # validate before touching the instance
-    key, added = register_instrument(get_instance(), args.exchange, args.symbol)
-    say(f"{'added' if added else 'already registered'}: {key} (native {native})")
+    instrument = runs.resolve_instrument(args.exchange, args.symbol)  # validate before touching the instance
+    added = runs.register_instrument(runs.get_instance(warn), instrument)
+    say(f"{'added' if added else 'already registered'}: {instrument.exchange} {instrument.native} "
+        f"({instrument.atlas}) in {instrument.instruments_name}")
     return EXIT_OK
 
 
 def cmd_instruments_list(args: argparse.Namespace) -> int:
-    from aperiodic_pipelines.defs.partitions import INSTRUMENTS_PARTITIONS_NAME, parse_instrument_key
-    from aperiodic_pipelines.sources.symbols import to_native
+    from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME
+    from aperiodic_pipelines.sources.symbols import to_atlas
 
-    keys = sorted(get_instance().get_dynamic_partitions(INSTRUMENTS_PARTITIONS_NAME))
-    if not keys:
+    instance = runs.get_instance(warn)
+    rows = [
+        (exchange.name, native)
+        for exchange in EXCHANGES_BY_NAME.values()
+        for native in sorted(instance.get_dynamic_partitions(exchange.instruments_name))
+    ]
+    if not rows:
         say("no instruments registered (add one: aperiodic-pipelines instruments add --exchange E --symbol S)")
         return EXIT_OK
-    for key in keys:
-        exchange, atlas = parse_instrument_key(key)
-        say(f"{key}\t{exchange}\t{atlas}\t{to_native(exchange, atlas)}")
+    for exchange, native in rows:
+        say(f"{exchange}\t{native}\t{to_atlas(exchange, native)}")
     return EXIT_OK
-
-
-# --- months ----------------------------------------------------------------------------------------------------
-
-
-def month_range(first: str, last: str | None = None) -> list[str]:
-    """Inclusive `YYYY-MM` range in calendar order; `last=None` means just `first`."""
-    check_month(first)
-    last = check_month(last) if last is not None else first
-    if last < first:
-        raise CliError(f"month range is backwards: {first} .. {last}")
-    year, mon = (int(p) for p in first.split("-"))
-    months = []
-    while (current := f"{year:04d}-{mon:02d}") <= last:
-        months.append(current)
-        year, mon = (year + 1, 1) if mon == 12 else (year, mon + 1)
-    return months
 
 
 # --- materialize -----------------------------------------------------------------------------------------------
 
 
-def load_definitions() -> Definitions:
-    import warnings
-
-    from dagster import BetaWarning, PreviewWarning
-
-    # The definitions knowingly use beta/preview APIs (see the defs docs); operators need not see that each time.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", BetaWarning)
-        warnings.simplefilter("ignore", PreviewWarning)
-        from aperiodic_pipelines.defs.definitions import defs
-    return defs
-
-
-def flow_asset_keys(defs: Definitions) -> list[AssetKey]:
-    """Materialisable assets partitioned by instrument × month (the per-partition graph), in order."""
-    from dagster import MultiPartitionsDefinition
-
-    graph = defs.resolve_asset_graph()
-    keys = []
-    for key in graph.toposorted_asset_keys:
-        if key not in graph.materializable_asset_keys:
-            continue
-        partitions = graph.get(key).partitions_def
-        if isinstance(partitions, MultiPartitionsDefinition) and set(partitions.partition_dimension_names) == {
-            "instrument",
-            "month",
-        }:
-            keys.append(key)
-    if not keys:
-        raise CliError("the definitions have no assets partitioned by instrument × month")
-    return keys
-
-
-def flow_job(defs: Definitions) -> tuple[JobDefinition, list[AssetKey] | None]:
-    """The job that materialises one partition: the definitions' `flow_bars_job` (whole selection, with
-    checks), else the implicit asset job restricted to the instrument × month assets."""
-    from dagster import DagsterError
-
-    try:
-        return defs.resolve_job_def(FLOW_JOB_NAME), None
-    except DagsterError:
-        return defs.resolve_implicit_global_asset_job_def(), flow_asset_keys(defs)
-
-
-def _failed_checks(result: Any, *, limit: int = 400) -> list[str]:
-    """Failed asset checks with their description and text metadata, each cut to `limit` characters."""
-    lines = []
-    for evaluation in result.get_asset_check_evaluations():
-        if evaluation.passed:
-            continue
-        details = [evaluation.description] if evaluation.description else []
-        for name, value in evaluation.metadata.items():
-            raw = getattr(value, "value", value)
-            if isinstance(raw, str | int | float):
-                details.append(f"{name}: {raw}")
-        text = "; ".join(details)
-        text = text if len(text) <= limit else text[:limit] + " ..."
-        lines.append(
-            f"check {evaluation.asset_check_key.name} on {evaluation.asset_key.to_user_string()} "
-            f"failed ({evaluation.severity.value}){': ' + text if text else ''}"
-        )
-    return lines
-
-
-def describe_failure(result: Any) -> list[str]:
-    """One line per failed step (step key, error message and causes), then the failed checks' findings."""
-    lines = []
-    for event in result.all_events:
-        if not event.is_step_failure:
-            continue
-        error = event.step_failure_data.error
-        message = error.message.strip() if error is not None else "unknown error"
-        cause = error.cause if error is not None else None
-        while cause is not None:
-            message += f"\n    caused by: {cause.message.strip()}"
-            cause = cause.cause
-        lines.append(f"step {event.step_key} failed: {message}")
-    lines.extend(_failed_checks(result))
-    return lines or ["the run failed before any step ran (see the run's logs in the Dagster UI)"]
-
-
-def summarise_run(result: Any) -> list[str]:
-    """Short per-asset lines from the run's materialisations and failed checks."""
-    lines = []
-    for event in result.get_asset_materialization_events():
-        materialization = event.event_specific_data.materialization
-        shown = []
-        for name, value in materialization.metadata.items():
-            raw = getattr(value, "value", value)
-            if isinstance(raw, bool | int | float) or (isinstance(raw, str) and len(raw) <= 120):
-                shown.append(f"{name}={raw}")
-            if len(shown) == 4:
-                break
-        lines.append(f"  {materialization.asset_key.to_user_string()}: {', '.join(shown)}")
-    lines.extend(f"  {line}" for line in _failed_checks(result))
-    return lines
-
-
-def materialize_months(
-    exchange: str,
-    symbol: str,
-    months: Sequence[str],
-    *,
-    instance: DagsterInstance | None = None,
-    defs: Definitions | None = None,
-    log_level: str = "INFO",
-) -> tuple[bool, list[str]]:
-    """Run the instrument × month asset graph in-process, one run per month in order; stop at the first failure.
-
-    Runs are recorded in `instance` (default: the one in DAGSTER_HOME), so they show in the Dagster UI.
-    Returns (all succeeded, run ids).
-    """
-    from aperiodic_pipelines.defs.partitions import flow_partition_key
-
-    instance = instance if instance is not None else get_instance()
-    defs = defs if defs is not None else load_definitions()
-    key, added = register_instrument(instance, exchange, symbol)
-    if added:
-        say(f"registered instrument {key}")
-    _key, atlas, _native = resolve_instrument(exchange, symbol)
-    job, asset_keys = flow_job(defs)
-    run_ids = []
-    for month in months:
-        partition = flow_partition_key(exchange, atlas, month)
-        say(f"materialising {partition} with {job.name} ...")
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=str(partition),
-            asset_selection=asset_keys,
-            raise_on_error=False,
-            tags={"aperiodic/launched_by": "cli"},
-            run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-        )
-        run_ids.append(result.run_id)
-        if not result.success:
-            warn(f"run {result.run_id} for {partition} FAILED")
-            for line in describe_failure(result):
-                warn(line)
-            return False, run_ids
-        say(f"run {result.run_id} succeeded")
-        for line in summarise_run(result):
+def _print_month_run(result: runs.MonthRun) -> None:
+    where = f"{result.instrument.exchange} {result.instrument.native} {result.month}"
+    if result.success:
+        say(f"run {result.run_id} for {where} succeeded")
+        for line in result.lines:
             say(line)
-    return True, run_ids
+    else:
+        warn(f"run {result.run_id} for {where} FAILED")
+        for line in result.lines:
+            warn(line)
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    months = month_range(args.month, args.to)
-    resolve_instrument(args.exchange, args.symbol)  # fail on a bad symbol before loading Dagster definitions
-    ok, _run_ids = materialize_months(args.exchange, args.symbol, months, log_level=args.log_level)
-    return EXIT_OK if ok else EXIT_FAILED
+    months = runs.month_range(args.month, args.to)
+    instrument = runs.resolve_instrument(args.exchange, args.symbol)  # fail on a bad symbol before loading Dagster
+    results = runs.run_month_waves(
+        runs.get_instance(warn), [instrument], months, tags={LAUNCHED_BY_TAG: "cli"}, log_level=args.log_level,
+        say=say, report=_print_month_run,
+    )
+    return EXIT_OK if results and all(r.success for r in results) else EXIT_FAILED
 
 
 # --- backfill (GraphQL against a running webserver; the daemon executes it) ------------------------------------
@@ -378,25 +160,30 @@ def submit_backfill(
 
     Returns the backfill id. The daemon then runs one run per partition (no backfill policy).
     """
-    from aperiodic_pipelines.defs.partitions import INSTRUMENTS_PARTITIONS_NAME, flow_partition_key
+    from aperiodic_pipelines.defs.partitions import flow_partition_key
 
-    key, atlas, _native = resolve_instrument(exchange, symbol)
+    instrument = runs.resolve_instrument(exchange, symbol)
     repository = find_repository(url, location)
     added = graphql(
         url,
         _ADD_PARTITION_MUTATION,
-        {"repositorySelector": repository, "partitionsDefName": INSTRUMENTS_PARTITIONS_NAME, "partitionKey": key},
+        {"repositorySelector": repository, "partitionsDefName": instrument.instruments_name,
+         "partitionKey": instrument.native},
     )["addDynamicPartition"]
     if added["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
-        raise CliError(f"could not register instrument {key}: {added.get('message', added['__typename'])}")
+        raise CliError(
+            f"could not register instrument {exchange} {instrument.native}: {added.get('message', added['__typename'])}"
+        )
     # A backfill of the partitioned job runs exactly these months. An asset backfill would also run
     # second_stats..published_flow_bars of the month after the range (it reads raw trades of the range's last
     # month through the m−1 mapping). The exchange tag feeds the per-exchange run limit in dagster.yaml.
     params = {
-        "selector": {"partitionSetName": f"{FLOW_JOB_NAME}_partition_set", "repositorySelector": repository},
-        "partitionNames": [str(flow_partition_key(exchange, atlas, m)) for m in months],
-        "title": f"{key} {months[0]}..{months[-1]}",
-        "tags": [{"key": "aperiodic/launched_by", "value": "cli"}, {"key": "aperiodic/exchange", "value": exchange}],
+        "selector": {
+            "partitionSetName": f"{runs.flow_job_name(exchange)}_partition_set", "repositorySelector": repository
+        },
+        "partitionNames": [str(flow_partition_key(exchange, instrument.native, m)) for m in months],
+        "title": f"{exchange} {instrument.native} {months[0]}..{months[-1]}",
+        "tags": [{"key": LAUNCHED_BY_TAG, "value": "cli"}, {"key": EXCHANGE_TAG, "value": exchange}],
         "fromFailure": False,
     }
     launched = graphql(url, _LAUNCH_BACKFILL_MUTATION, {"backfillParams": params})["launchPartitionBackfill"]
@@ -406,7 +193,7 @@ def submit_backfill(
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    months = month_range(args.from_month, args.to)
+    months = runs.month_range(args.from_month, args.to)
     backfill_id = submit_backfill(args.url, args.exchange, args.symbol, months, location=args.location)
     say(f"backfill {backfill_id} submitted: {len(months)} month(s) {months[0]}..{months[-1]}")
     say(f"follow it at {args.url.rstrip('/')}/runs/b/{backfill_id} (the daemon must be running: dagster dev)")
@@ -461,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing = instrument_commands.add_parser("list", help="list registered instruments")
     listing.set_defaults(handler=cmd_instruments_list)
 
-    mat = commands.add_parser("materialize", help="run the asset graph in-process for one or more months")
+    mat = commands.add_parser(
+        "materialize", help="submit one run per month through the code location and wait for each (in order)"
+    )
     instrument_args(mat)
     mat.add_argument("--month", required=True, help="first month, YYYY-MM")
     mat.add_argument("--to", help="last month, YYYY-MM (inclusive; default: --month)")
@@ -492,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except (AperiodicError, ValueError) as exc:
         warn(f"error: {exc}")
-        return EXIT_USAGE if isinstance(exc, (CliError, ValueError)) else EXIT_FAILED
+        return EXIT_USAGE if isinstance(exc, (CliError, RunSetupError, ValueError)) else EXIT_FAILED
     except KeyboardInterrupt:
         warn("interrupted")
         return 130

@@ -3,8 +3,9 @@
 No internet: Binance and OKX archives are served by `ArchiveMirror` over HTTP on 127.0.0.1, Hyperliquid's
 bucket by a moto S3 server on 127.0.0.1. The `APERIODIC_*_URL` variables and the AWS endpoint point at them
 for the duration of the demo; the store is `./data` unless `APERIODIC_STORE` says otherwise (an `s3://` store
-then lives in the same moto server). Each instrument gets two consecutive generated months, materialised in
-order through the Dagster asset graph, recorded in the instance in DAGSTER_HOME (so they show in the UI).
+then lives in the same moto server). Each instrument gets two consecutive generated months, materialised month by
+month (the three exchanges side by side) by runs submitted through the code location (`runs.py`), recorded in
+the instance in DAGSTER_HOME: they show under each exchange's job in the UI.
 """
 
 from __future__ import annotations
@@ -181,8 +182,14 @@ def run_demo(
     log_level: str = "INFO",
 ) -> bool:
     """Mirror, register, materialise two months per instrument, summarise. Returns True when every run passed."""
-    from aperiodic_pipelines.cli import get_instance, load_definitions, materialize_months, month_range
     from aperiodic_pipelines.defs.partitions import month_of
+    from aperiodic_pipelines.runs import (
+        LAUNCHED_BY_TAG,
+        get_instance,
+        month_range,
+        resolve_instrument,
+        run_month_waves,
+    )
 
     first = first_month or DEFAULT_DEMO_MONTHS[0]
     if last_month:
@@ -191,7 +198,16 @@ def run_demo(
         year, mon = (int(p) for p in month_of(first).split("-"))
         demo_months = [first, f"{year + mon // 12:04d}-{mon % 12 + 1:02d}"]
     store_uri = store_uri or os.environ.get("APERIODIC_STORE") or "./data"
-    instance = get_instance()
+    instance = get_instance(say)
+    instruments = [resolve_instrument(i.exchange, i.native_symbol) for i in DEMO_INSTRUMENTS]
+
+    def report(result) -> None:  # noqa: ANN001 - runs.MonthRun
+        state = "succeeded" if result.success else "FAILED"
+        say(f"run {result.run_id} {result.instrument.exchange} {result.instrument.native} {result.month}: {state}")
+        if not result.success:
+            for line in result.lines:
+                say(f"  {line}")
+
     with tempfile.TemporaryDirectory(prefix="aperiodic-demo-") as tmp:
         say(f"generating {len(demo_months)} months x {trades_per_month:,} trades for {len(DEMO_INSTRUMENTS)} instruments")
         with demo_mirrors(Path(tmp), demo_months, trades_per_month) as environment:
@@ -199,19 +215,18 @@ def run_demo(
             environment["APERIODIC_STORE"] = store_uri
             if store_uri.startswith("s3://"):
                 _ensure_s3_store_bucket(store_uri, endpoint)
+            # The code server and the runs it launches inherit this environment (mirrors, store).
             with patched_environ(environment):
-                defs = load_definitions()
-                for instrument in DEMO_INSTRUMENTS:
-                    ok, _runs = materialize_months(
-                        instrument.exchange, instrument.native_symbol, demo_months, instance=instance, defs=defs,
-                        log_level=log_level,
-                    )
-                    if not ok:
-                        return False
+                results = run_month_waves(
+                    instance, instruments, demo_months, tags={LAUNCHED_BY_TAG: "demo"}, log_level=log_level,
+                    say=say, report=report,
+                )
+                if len(results) < len(instruments) * len(demo_months) or not all(r.success for r in results):
+                    return False
                 for line in summarise(store_from_uri(store_uri), demo_months):
                     say(line)
     say(
         f"runs are recorded in {os.environ['DAGSTER_HOME']}; browse them with: "
-        f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} dagster dev -w workspace.yaml (http://127.0.0.1:3000)"
+        f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} dg dev (or dagster dev -w workspace.yaml), http://127.0.0.1:3000"
     )
     return True

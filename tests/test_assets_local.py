@@ -16,12 +16,10 @@ import polars as pl
 import pytest
 from dagster import AssetKey, DagsterEventType, DagsterInstance, MultiPartitionKey, materialize
 
-from aperiodic_pipelines.defs.assets import ASSETS, raw_sources_key
-from aperiodic_pipelines.defs.partitions import (
-    INSTRUMENTS_PARTITIONS_NAME,
-    flow_partition_key,
-    instrument_key,
-)
+from aperiodic_pipelines.defs.definitions import GRAPHS
+from aperiodic_pipelines.defs.metadata import FLOW_COLUMN_DESCRIPTIONS
+from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME, flow_partition_key
+from aperiodic_pipelines.defs.raw import raw_sources_key
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.flow import FLOW_SCHEMA, INTERVALS, bars_in_month
 from aperiodic_pipelines.mirror.http import ArchiveMirror
@@ -34,6 +32,8 @@ SYMBOL = "perpetual-BTC-USDT:USDT"
 NATIVE = "BTCUSDT"
 MONTHS = ("2024-01", "2024-02")
 TRADES_PER_MONTH = 2_000
+ASSETS = GRAPHS[EXCHANGE].assets
+PREFIX = EXCHANGES_BY_NAME[EXCHANGE].slug
 
 
 def write_binance_months(root: Path, months: tuple[str, ...] = MONTHS, n_trades: int = TRADES_PER_MONTH) -> dict:
@@ -83,7 +83,7 @@ def stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stage]:
 
 def new_instance() -> DagsterInstance:
     instance = DagsterInstance.ephemeral()
-    instance.add_dynamic_partitions(INSTRUMENTS_PARTITIONS_NAME, [instrument_key(EXCHANGE, SYMBOL)])
+    instance.add_dynamic_partitions(EXCHANGES_BY_NAME[EXCHANGE].instruments_name, [NATIVE])
     return instance
 
 
@@ -91,7 +91,7 @@ def run_month(instance: DagsterInstance, resources: dict, month: str, assets=ASS
     return materialize(
         assets,
         instance=instance,
-        partition_key=flow_partition_key(EXCHANGE, SYMBOL, month),
+        partition_key=flow_partition_key(EXCHANGE, NATIVE, month),
         resources=resources,
         raise_on_error=raise_on_error,
     )
@@ -100,7 +100,7 @@ def run_month(instance: DagsterInstance, resources: dict, month: str, assets=ASS
 def expected_keys(months: tuple[str, ...] = MONTHS) -> list[str]:
     keys = []
     for month in months:
-        keys += [raw_key(EXCHANGE, NATIVE, month), raw_sources_key(EXCHANGE, NATIVE, month)]
+        keys += [raw_key(EXCHANGE, NATIVE, month), raw_sources_key(EXCHANGE, NATIVE, month)]  # no staging left
         keys.append(seconds_key("exchange", EXCHANGE, NATIVE, month))
         keys += [flow_key("exchange", EXCHANGE, interval, NATIVE, month) for interval in INTERVALS]
         keys.append(index_key(EXCHANGE, NATIVE, month))
@@ -111,8 +111,12 @@ def digests(store: ObjectStore) -> dict[str, str]:
     return {key: hashlib.sha256(store.read_bytes(key)).hexdigest() for key in store.list("")}
 
 
-def materialization_metadata(result, asset: str) -> dict:
-    (event,) = result.asset_materializations_for_node(asset)
+def materialization_metadata(result, asset: str, prefix: str = PREFIX) -> dict:
+    """Metadata of the run's one materialization of `{prefix}/{asset}`, values unwrapped, in recorded order."""
+    (event,) = [
+        e.event_specific_data.materialization for e in result.get_asset_materialization_events()
+        if e.asset_key == AssetKey([prefix, asset])
+    ]
     return {key: getattr(value, "value", value) for key, value in event.metadata.items()}
 
 
@@ -135,6 +139,7 @@ def assert_published_months(store: ObjectStore, trade_counts: dict, months: tupl
             assert meta["aperiodic.timestamp"] == "exchange"
             assert meta["aperiodic.month"] == month
             assert meta["aperiodic.row_count"] == str(frame.height)
+            assert meta["aperiodic.missing_days"] == "[]"
             source_sets.append(meta["aperiodic.sources"])
         assert len(set(source_sets)) == 1  # every interval names the same inputs
         sources = json.loads(source_sets[0])
@@ -152,49 +157,63 @@ def test_two_months_published_with_metadata_and_rerun_is_byte_identical(stage: S
     store = stage.store()
     assert_published_months(store, stage.trade_counts)
 
-    # Materialisation metadata: lineage of the raw month, schema/row count/uri of bars, the month picture.
+    # Materialisation metadata that is true: every uri names an object that exists after the run.
     raw = materialization_metadata(results["2024-02"], "raw_trades")
-    assert raw["trade_count"] == stage.trade_counts["2024-02"]
     assert raw["dagster/row_count"] == stage.trade_counts["2024-02"]
     assert raw["dataset"] == "aggTrades"
-    assert raw["duplicates_dropped"] == 0
-    assert raw["source_objects"][0]["location"].endswith(f"{NATIVE}-aggTrades-2024-02.zip")
+    assert raw["duplicates_dropped"] == 0 and raw["missing_days"] == 0
     assert raw["dagster/uri"] == store.uri(raw_key(EXCHANGE, NATIVE, "2024-02"))
+    # Lineage: a count, a digest and a link to the sidecar listing the objects, not the objects inline.
+    sidecar = json.loads(store.read_bytes(raw_sources_key(EXCHANGE, NATIVE, "2024-02")))
+    assert raw["source_objects"] == len(sidecar["objects"]) == 1
+    assert raw["source_digest"] == hashlib.sha256(
+        json.dumps(sidecar["objects"], sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    assert raw["source_lineage"] == store.uri(raw_sources_key(EXCHANGE, NATIVE, "2024-02"))
+    assert [c.description for c in raw["dagster/column_schema"].columns if not c.description] == []
 
     bars = materialization_metadata(results["2024-02"], "flow_bars_exchange")
-    assert [c.name for c in bars["dagster/column_schema"].columns] == list(FLOW_SCHEMA)
-    assert bars["dagster/row_count"] == sum(bars_in_month("2024-02", i) for i in INTERVALS)
+    columns = bars["dagster/column_schema"].columns
+    assert [c.name for c in columns] == list(FLOW_SCHEMA) and len(columns) == 37
+    assert [c.description for c in columns] == [FLOW_COLUMN_DESCRIPTIONS[c.name] for c in columns]
+    assert all(c.description for c in columns)
+    # Row counts per interval, and dagster/row_count = the 1m rows of the month.
+    assert {k: v for k, v in bars.items() if k.startswith("rows/")} == {
+        f"rows/{i}": bars_in_month("2024-02", i) for i in INTERVALS
+    }
+    assert bars["dagster/row_count"] == bars_in_month("2024-02", "1m")
     assert bars["trades"] == stage.trade_counts["2024-02"]
-    assert bars["month_picture"].startswith("![") and "data:image/png;base64," in bars["month_picture"]
-
-    true_bars = materialization_metadata(results["2024-02"], "flow_bars_true")
-    assert true_bars["produced"] is False and "no arrival times" in true_bars["note"]
-    assert true_bars["dagster/row_count"] == 0 and "dagster/column_schema" in true_bars
 
     published = materialization_metadata(results["2024-02"], "published_flow_bars")
-    assert published["files"] == len(INTERVALS)
-    assert published["dagster/uri"] == store.uri(flow_key("exchange", EXCHANGE, "1m", NATIVE, "2024-02"))
-    assert "no arrival times" in published["true_variant"]
+    assert list(published)[0] == "month_picture" and "data:image/png;base64," in published["month_picture"]
+    assert published["files"] == len(INTERVALS) and published["variants"] == "exchange"
+    assert published["dagster/uri"] == store.uri(index_key(EXCHANGE, NATIVE, "2024-02"))
+    assert published["dagster/row_count"] == bars_in_month("2024-02", "1m")
+    assert published["source_objects"] == 1
 
     stats = materialization_metadata(results["2024-02"], "second_stats")
     assert "from the store" in stats["previous_month"] and "from the store" in stats["this_month"]
     assert stats["dagster/uri"] == store.uri(seconds_key("exchange", EXCHANGE, NATIVE, "2024-02"))
-    assert "second" in [c.name for c in stats["dagster/column_schema"].columns]
-    assert "not produced" in stats["true_variant"]
     first = materialization_metadata(results["2024-01"], "second_stats")
     assert "first month" in first["previous_month"]
+    for result in results.values():  # every uri of every asset names an object in the store after the run
+        for event in result.get_asset_materialization_events():
+            uri = event.event_specific_data.materialization.metadata["dagster/uri"].value
+            assert Path(uri).is_file(), uri
 
-    # Every check ran per partition and passed.
+    # Every check ran per partition and passed: where data enters (raw), in the middle (bars), where it leaves.
     records = instance.get_records_for_run(
         results["2024-02"].run_id, of_type={DagsterEventType.ASSET_CHECK_EVALUATION}
     ).records
     evaluations = [r.event_log_entry.dagster_event.event_specific_data for r in records]
-    assert {(e.asset_key, e.check_name) for e in evaluations} == {
-        (AssetKey(f"flow_bars_{t}"), c) for t in ("exchange", "true")
-        for c in ("schema_and_invariants", "dense_grid", "nonempty_month")
+    assert {(e.asset_key.to_user_string(), e.check_name) for e in evaluations} == {
+        *((f"{PREFIX}/raw_trades", c) for c in ("canonical_schema", "nonempty_month", "duplicates_and_gaps",
+                                                  "complete_month")),
+        *((f"{PREFIX}/flow_bars_exchange", c) for c in ("schema_and_invariants", "dense_grid", "nonempty_month")),
+        (f"{PREFIX}/published_flow_bars", "matches_staged_and_index"),
     }
     assert all(e.passed for e in evaluations)
-    partition = MultiPartitionKey({"instrument": instrument_key(EXCHANGE, SYMBOL), "month": "2024-02-01"})
+    partition = MultiPartitionKey({"instrument": NATIVE, "month": "2024-02-01"})
     assert {e.partition for e in evaluations} == {partition}
 
     # Rerunning both months (cache hits, same inputs) rewrites every object with identical bytes.
@@ -202,3 +221,16 @@ def test_two_months_published_with_metadata_and_rerun_is_byte_identical(stage: S
     for month in MONTHS:
         run_month(instance, stage.resources(), month)
     assert digests(store) == before
+
+    # Republishing alone (staging was cleared) re-verifies against the index: succeeds, same bytes.
+    (published_asset,) = [a for a in ASSETS if a.key == AssetKey([PREFIX, "published_flow_bars"])]
+    again = run_month(instance, stage.resources(), "2024-02", assets=[published_asset])
+    assert materialization_metadata(again, "published_flow_bars")["published_now"] == "none (re-verified)"
+    assert digests(store) == before
+    # ... and refuses when a published object no longer matches the index, naming it.
+    damaged = flow_key("exchange", EXCHANGE, "1h", NATIVE, "2024-02")
+    store.path(damaged).write_bytes(store.read_bytes(flow_key("exchange", EXCHANGE, "1h", NATIVE, "2024-01")))
+    failed = run_month(instance, stage.resources(), "2024-02", assets=[published_asset], raise_on_error=False)
+    assert not failed.success
+    (failure,) = [e for e in failed.all_events if e.is_step_failure]
+    assert f"{damaged} does not match the index" in failure.step_failure_data.error.message

@@ -9,12 +9,8 @@ import polars as pl
 import pytest
 from dagster import DagsterInstance, materialize
 
-from aperiodic_pipelines.defs.assets import ASSETS
-from aperiodic_pipelines.defs.partitions import (
-    INSTRUMENTS_PARTITIONS_NAME,
-    flow_partition_key,
-    instrument_key,
-)
+from aperiodic_pipelines.defs.definitions import GRAPHS
+from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME, flow_partition_key
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource, store_resource_from_env
 from aperiodic_pipelines.mirror.http import ArchiveMirror
 from aperiodic_pipelines.mirror.s3 import hyperliquid_mirror
@@ -25,6 +21,7 @@ from tests.test_assets_local import (
     MONTHS,
     assert_published_months,
     digests,
+    materialization_metadata,
     new_instance,
     point_sources_at,
     run_month,
@@ -54,9 +51,10 @@ def test_two_months_on_s3_store_exact_objects_metadata_and_identical_rerun(
         assert_published_months(store, counts)
         listed = s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]
         assert all(obj["Key"].startswith("aperiodic/") for obj in listed)
-        uri = {k: v.value for k, v in results[1].asset_materializations_for_node("published_flow_bars")[0]
-               .metadata.items()}["dagster/uri"]
-        assert uri == f"s3://{s3_bucket}/aperiodic/flow/exchange/binance-futures/1m/BTCUSDT/2024-02.parquet"
+        uri = materialization_metadata(results[1], "published_flow_bars")["dagster/uri"]
+        assert uri == f"s3://{s3_bucket}/aperiodic/index/flow/binance-futures/BTCUSDT/2024-02.json"
+        bars_uri = materialization_metadata(results[1], "flow_bars_exchange")["dagster/uri"]
+        assert bars_uri == f"s3://{s3_bucket}/aperiodic/flow/exchange/binance-futures/1m/BTCUSDT/2024-02.parquet"
 
         # Credentials never reach run metadata or logs.
         for result in results:
@@ -73,7 +71,7 @@ def test_two_months_on_s3_store_exact_objects_metadata_and_identical_rerun(
 @pytest.mark.slow
 def test_hyperliquid_month_publishes_both_timestamp_variants(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A source with arrival times (node_fills_by_block on a moto S3 bucket) gets `true` bars as well."""
-    month, symbol, coin = "2025-08", "perpetual-BTC-USDC:USDC", "BTC"
+    month, coin = "2025-08", "BTC"
     tape = generate_tape(month, 1_500, seed=5, start_price=60_000.0, with_arrival=True)
     with hyperliquid_mirror() as mirror:
         mirror.write_month(coin, month, tape)
@@ -81,11 +79,11 @@ def test_hyperliquid_month_publishes_both_timestamp_variants(tmp_path: Path, mon
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("APERIODIC_CACHE_DIR", str(tmp_path / "cache"))
         instance = DagsterInstance.ephemeral()
-        instance.add_dynamic_partitions(INSTRUMENTS_PARTITIONS_NAME, [instrument_key("hyperliquid-perps", symbol)])
+        instance.add_dynamic_partitions(EXCHANGES_BY_NAME["hyperliquid-perps"].instruments_name, [coin])
         resources = {"store": StoreResource(uri=str(tmp_path / "store")), "sources": SourcesResource()}
         result = materialize(
-            ASSETS, instance=instance, resources=resources,
-            partition_key=flow_partition_key("hyperliquid-perps", symbol, month),
+            GRAPHS["hyperliquid-perps"].assets, instance=instance, resources=resources,
+            partition_key=flow_partition_key("hyperliquid-perps", coin, month),
         )
     store = LocalStore(tmp_path / "store")
     raw = pl.read_parquet(store.read_bytes(raw_key("hyperliquid-perps", coin, month)))
@@ -99,7 +97,9 @@ def test_hyperliquid_month_publishes_both_timestamp_variants(tmp_path: Path, mon
             bars = pl.read_parquet(data)
             assert bars["taker_buy_count"].sum() + bars["taker_sell_count"].sum() == expected
             assert read_parquet_metadata(data)["aperiodic.timestamp"] == timestamp
-    true_meta = result.asset_materializations_for_node("flow_bars_true")[0].metadata
-    assert true_meta["produced"].value is True
-    published = result.asset_materializations_for_node("published_flow_bars")[0].metadata
-    assert published["files"].value == 16
+    true_meta = materialization_metadata(result, "flow_bars_true", prefix="hyperliquid_perps")
+    assert true_meta["trades"] == arrived_in_month and true_meta["rows/1s"] == 31 * 86_400
+    published = materialization_metadata(result, "published_flow_bars", prefix="hyperliquid_perps")
+    assert published["files"] == 16 and published["variants"] == "exchange, true"
+    # One lineage count, however many hourly node objects fed the month (not one metadata entry per object).
+    assert published["source_objects"] > 1 and len(published["source_digest"]) == 64

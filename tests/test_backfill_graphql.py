@@ -18,15 +18,18 @@ from pathlib import Path
 import pytest
 import requests
 
-from aperiodic_pipelines.defs.partitions import (
-    INSTRUMENTS_PARTITIONS_NAME,
-    flow_partition_key,
-    instrument_key,
-)
+from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME, flow_partition_key
 from aperiodic_pipelines.mirror.http import ArchiveMirror
 from aperiodic_pipelines.storage import LocalStore
 from tests.postgres_fixtures import INSTANCE_KINDS, instance_environment, stored_run_ids
-from tests.test_assets_local import EXCHANGE, MONTHS, SYMBOL, assert_published_months, write_binance_months
+from tests.test_assets_local import (
+    EXCHANGE,
+    MONTHS,
+    NATIVE,
+    PREFIX,
+    assert_published_months,
+    write_binance_months,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 180
@@ -147,47 +150,59 @@ def dagster_services(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
                 handle.close()
 
 
-@pytest.mark.slow
-def test_backfill_through_graphql_publishes_every_partition(dagster_services: dict) -> None:
-    url = dagster_services["url"]
-    added = _graphql(url, ADD_PARTITION, {
-        "repo": REPOSITORY, "name": INSTRUMENTS_PARTITIONS_NAME, "key": instrument_key(EXCHANGE, SYMBOL),
-    })["addDynamicPartition"]
-    assert added["__typename"] == "AddDynamicPartitionSuccess", added
-
-    partitions = [str(flow_partition_key(EXCHANGE, SYMBOL, month)) for month in MONTHS]
-    # A backfill of the partitioned job: exactly these partitions. (An asset backfill would also reach
-    # second_stats of the month after the range, which reads raw_trades of the range's last month.)
-    launched = _graphql(url, LAUNCH_BACKFILL, {"params": {
-        "selector": {"partitionSetName": "flow_bars_job_partition_set", "repositorySelector": REPOSITORY},
-        "partitionNames": partitions,
-        "title": "test backfill",
-        "tags": [{"key": "aperiodic/exchange", "value": EXCHANGE}],
-    }})["launchPartitionBackfill"]
+def _launch(url: str, params: dict) -> str:
+    launched = _graphql(url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
     assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    backfill_id = launched["backfillId"]
+    return launched["backfillId"]
 
-    status: dict = {}
-    runs: list[dict] = []
+
+def _wait_for_backfill(services: dict, backfill_id: str, expected_runs: int) -> list[dict]:
+    url, status, runs = services["url"], {}, []
 
     def finished() -> bool:
         status.update(_graphql(url, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"])
         runs[:] = _graphql(url, BACKFILL_RUNS, {"id": backfill_id})["runsOrError"]["results"]
-        runs_done = len(runs) >= len(partitions) and all(r["status"] in FINAL_RUN_STATUSES for r in runs)
+        runs_done = len(runs) >= expected_runs and all(r["status"] in FINAL_RUN_STATUSES for r in runs)
         return status.get("status") in FINAL_STATUSES and runs_done
 
     try:
-        _wait_for(finished, BACKFILL_TIMEOUT_S, "waiting for the backfill", dagster_services["processes"])
+        _wait_for(finished, BACKFILL_TIMEOUT_S, "waiting for the backfill", services["processes"])
     except AssertionError:
-        print((dagster_services["logs"] / "daemon.log").read_text()[-5000:])
+        print((services["logs"] / "daemon.log").read_text()[-5000:])
         raise
     assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), (status, runs)
     assert runs and all(run["status"] == "SUCCESS" for run in runs), runs
-    # No backfill policy: one run per partition (and step), each tagged with its partition and the backfill's tags.
+    return runs
+
+
+@pytest.mark.slow
+def test_backfills_through_graphql_publish_every_partition_and_carry_the_exchange_tag(dagster_services: dict) -> None:
+    url = dagster_services["url"]
+    added = _graphql(url, ADD_PARTITION, {
+        "repo": REPOSITORY, "name": EXCHANGES_BY_NAME[EXCHANGE].instruments_name, "key": NATIVE,
+    })["addDynamicPartition"]
+    assert added["__typename"] == "AddDynamicPartitionSuccess", added
+
+    # What the UI's asset-graph "Materialize → backfill" sends: an asset selection, partitions, no tags.
+    asset_runs = _wait_for_backfill(dagster_services, _launch(url, {
+        "assetSelection": [{"path": [PREFIX, "raw_trades"]}],
+        "partitionNames": [str(flow_partition_key(EXCHANGE, NATIVE, MONTHS[0]))],
+        "title": "UI asset backfill",
+    }), expected_runs=1)
+    # The per-exchange run limit applies to it: the run coordinator gave it the exchange tag.
+    assert all({"key": "aperiodic/exchange", "value": EXCHANGE} in run["tags"] for run in asset_runs)
+
+    partitions = [str(flow_partition_key(EXCHANGE, NATIVE, month)) for month in MONTHS]
+    # A backfill of the exchange's job: exactly these partitions, one run each, no tags given either.
+    runs = _wait_for_backfill(dagster_services, _launch(url, {
+        "selector": {"partitionSetName": f"{PREFIX}_flow_bars_job_partition_set", "repositorySelector": REPOSITORY},
+        "partitionNames": partitions,
+        "title": "test backfill",
+    }), expected_runs=len(partitions))
     run_partitions = {tag["value"] for run in runs for tag in run["tags"] if tag["key"] == "dagster/partition"}
     assert run_partitions == set(partitions)
     assert all({"key": "aperiodic/exchange", "value": EXCHANGE} in run["tags"] for run in runs)
     # The runs are recorded in the configured storage (the Postgres server, or SQLite under DAGSTER_HOME).
     stored = stored_run_ids(dagster_services["instance_kind"], dagster_services["instance_env"])
-    assert {run["runId"] for run in runs} <= stored
+    assert {run["runId"] for run in runs + asset_runs} <= stored
     assert_published_months(dagster_services["store"], dagster_services["counts"])

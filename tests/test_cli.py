@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from dagster import DagsterInstance, Definitions, asset, define_asset_job
+from dagster import DagsterInstance
 
-from aperiodic_pipelines import cli
-from aperiodic_pipelines.defs.partitions import flow_partitions, split_partition_key
-from aperiodic_pipelines.errors import AperiodicError, NotPublishedError
+from aperiodic_pipelines import cli, runs
+from aperiodic_pipelines.errors import AperiodicError
 from aperiodic_pipelines.storage import INTERVAL_NAMES, LocalStore, flow_key, read_parquet_metadata
 
 
@@ -69,12 +68,12 @@ def test_parser_rejects_incomplete_commands(argv: list[str], capsys: pytest.Capt
 
 
 def test_month_range() -> None:
-    assert cli.month_range("2024-01") == ["2024-01"]
-    assert cli.month_range("2023-11", "2024-02") == ["2023-11", "2023-12", "2024-01", "2024-02"]
+    assert runs.month_range("2024-01") == ["2024-01"]
+    assert runs.month_range("2023-11", "2024-02") == ["2023-11", "2023-12", "2024-01", "2024-02"]
     with pytest.raises(AperiodicError, match="backwards"):
-        cli.month_range("2024-03", "2024-01")
+        runs.month_range("2024-03", "2024-01")
     with pytest.raises(ValueError, match="YYYY-MM"):
-        cli.month_range("2024-1")
+        runs.month_range("2024-1")
 
 
 def test_bad_month_exits_2_naming_it(dagster_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -89,25 +88,24 @@ def test_instruments_add_and_list(dagster_home: Path, capsys: pytest.CaptureFixt
     assert "no instruments registered" in capsys.readouterr().out
 
     assert cli.main(["instruments", "add", "--exchange", "binance-futures", "--symbol", "BTCUSDT"]) == 0
-    assert "added: binance-futures:perpetual-BTC-USDT:USDT (native BTCUSDT)" in capsys.readouterr().out
-    # The same instrument by its Atlas symbol is the same partition key.
+    out = capsys.readouterr().out
+    assert "added: binance-futures BTCUSDT (perpetual-BTC-USDT:USDT) in binance_futures_instruments" in out
+    # The same instrument by its Atlas symbol is the same partition key (the native id).
     assert cli.main(["instruments", "add", "--exchange", "binance-futures", "--symbol", "perpetual-BTC-USDT:USDT"]) == 0
-    assert "already registered: binance-futures:perpetual-BTC-USDT:USDT" in capsys.readouterr().out
+    assert "already registered: binance-futures BTCUSDT" in capsys.readouterr().out
     assert cli.main(["instruments", "add", "--exchange", "hyperliquid-perps", "--symbol", "BTC"]) == 0
     capsys.readouterr()
 
     instance = DagsterInstance.from_config(str(dagster_home))
-    assert sorted(instance.get_dynamic_partitions("instruments")) == [
-        "binance-futures:perpetual-BTC-USDT:USDT",
-        "hyperliquid-perps:perpetual-BTC-USDC:USDC",
-    ]
+    assert instance.get_dynamic_partitions("binance_futures_instruments") == ["BTCUSDT"]
+    assert instance.get_dynamic_partitions("hyperliquid_perps_instruments") == ["BTC"]
     instance.dispose()
 
     assert cli.main(["instruments", "list"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines == [
-        "binance-futures:perpetual-BTC-USDT:USDT\tbinance-futures\tperpetual-BTC-USDT:USDT\tBTCUSDT",
-        "hyperliquid-perps:perpetual-BTC-USDC:USDC\thyperliquid-perps\tperpetual-BTC-USDC:USDC\tBTC",
+        "binance-futures\tBTCUSDT\tperpetual-BTC-USDT:USDT",
+        "hyperliquid-perps\tBTC\tperpetual-BTC-USDC:USDC",
     ]
 
 
@@ -140,47 +138,80 @@ def test_default_dagster_home_is_created_with_the_project_config(
     assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
     assert f"DAGSTER_HOME is not set; using {home}" in capsys.readouterr().err
     instance = DagsterInstance.from_config(str(home))
-    assert instance.get_dynamic_partitions("instruments") == ["okx-perps:perpetual-BTC-USDT:USDT"]
+    assert instance.get_dynamic_partitions("okx_perps_instruments") == ["BTC-USDT-SWAP"]
     instance.dispose()
 
 
 # --- materialize: one run per month, in order, stopping at the first failure ------------------------------------
 
 
-def _toy_definitions(fail_month: str) -> Definitions:
-    """A one-asset stand-in for the real graph on the real partitions; fails on `fail_month` with a clear error."""
-    @asset(partitions_def=flow_partitions)
-    def toy_bars(context) -> None:  # noqa: ANN001 - Dagster rejects string annotations (future import)
-        exchange, symbol, month = split_partition_key(context.partition_key)
-        if month == fail_month:
-            raise NotPublishedError(f"{exchange} {symbol} {month} is not published (yet)")
-        context.add_output_metadata({"month": month, "rows": 744})
+TOY_DEFINITIONS = """
+from dagster import AssetKey, Definitions, asset, define_asset_job
 
-    job = define_asset_job(cli.FLOW_JOB_NAME, selection=[toy_bars], partitions_def=flow_partitions)
-    return Definitions(assets=[toy_bars], jobs=[job])
+from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME, split_partition_key
+from aperiodic_pipelines.errors import NotPublishedError
+
+OKX = EXCHANGES_BY_NAME["okx-perps"]
 
 
-def test_materialize_runs_months_in_order_and_stops_at_a_failure(
-    dagster_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@asset(key=AssetKey(["okx_perps", "toy_bars"]), partitions_def=OKX.partitions)
+def toy_bars(context):
+    native, month = split_partition_key(context.partition_key)
+    if month == "2024-02":
+        raise NotPublishedError(f"okx-perps {native} {month} is not published (yet)")
+    context.add_output_metadata({"month": month, "rows": 744})
+
+
+defs = Definitions(assets=[toy_bars], jobs=[
+    define_asset_job("okx_perps_flow_bars_job", selection=[toy_bars], partitions_def=OKX.partitions)
+])
+"""
+
+
+@pytest.fixture
+def toy_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A one-asset stand-in for the real graph on the real okx partitions, loaded as a code location from the
+    current directory's workspace.yaml (what the CLI loads); fails on 2024-02 with a clear error."""
+    location = tmp_path / "toy"
+    location.mkdir()
+    (location / "toy_defs.py").write_text(TOY_DEFINITIONS)
+    (location / "workspace.yaml").write_text(
+        "load_from:\n  - python_file:\n      relative_path: toy_defs.py\n      location_name: aperiodic_pipelines\n"
+    )
+    monkeypatch.chdir(location)
+    return location
+
+
+@pytest.mark.usefixtures("toy_workspace")
+def test_materialize_submits_runs_the_ui_knows_in_order_and_stops_at_a_failure(
+    dagster_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(cli, "load_definitions", lambda: _toy_definitions(fail_month="2024-02"))
     code = cli.main(
         ["materialize", "--exchange", "okx-perps", "--symbol", "BTC-USDT-SWAP", "--month", "2023-12", "--to", "2024-03"]
     )
     out, err = capsys.readouterr()
-    assert code == 1
-    assert out.index("|2023-12-01") < out.index("|2024-01-01") < out.index("|2024-02-01")
-    assert "2024-03-01" not in out  # stopped at the failure
-    assert "toy_bars: month=2024-01, rows=744" in out
-    assert "step toy_bars failed:" in err
-    assert "okx-perps perpetual-BTC-USDT:USDT 2024-02 is not published (yet)" in err
+    assert code == 1, err
+    assert out.index("BTC-USDT-SWAP 2023-12") < out.index("BTC-USDT-SWAP 2024-01") < out.index("BTC-USDT-SWAP 2024-02")
+    assert "2024-03" not in out  # stopped at the failure
+    assert "okx_perps/toy_bars: month=2024-01, rows=744" in out
+    assert "step okx_perps__toy_bars failed:" in err
+    assert "okx-perps BTC-USDT-SWAP 2024-02 is not published (yet)" in err
 
     instance = DagsterInstance.from_config(str(dagster_home))
-    runs = list(reversed(instance.get_runs()))  # newest first -> launch order
-    assert [r.tags["dagster/partition/month"] for r in runs] == ["2023-12-01", "2024-01-01", "2024-02-01"]
-    assert [r.status.value for r in runs] == ["SUCCESS", "SUCCESS", "FAILURE"]
-    assert instance.get_dynamic_partitions("instruments") == ["okx-perps:perpetual-BTC-USDT:USDT"]
-    instance.dispose()
+    try:
+        launched = list(reversed(instance.get_runs()))  # newest first -> launch order
+        assert [r.tags["dagster/partition"] for r in launched] == [
+            f"BTC-USDT-SWAP|{m}-01" for m in ("2023-12", "2024-01", "2024-02")
+        ]
+        assert [r.status.value for r in launched] == ["SUCCESS", "SUCCESS", "FAILURE"]
+        for run in launched:  # submitted through the code location: the UI lists them under the job
+            assert run.job_name == "okx_perps_flow_bars_job"
+            assert run.remote_job_origin is not None and run.remote_job_origin.location_name == "aperiodic_pipelines"
+            assert run.tags["aperiodic/exchange"] == "okx-perps" and run.tags["aperiodic/launched_by"] == "cli"
+            assert run.tags["dagster/partition/instrument"] == "BTC-USDT-SWAP"
+        assert instance.get_dynamic_partitions("okx_perps_instruments") == ["BTC-USDT-SWAP"]
+    finally:
+        instance.dispose()
 
 
 # --- backfill: GraphQL against a real webserver -------------------------------------------------------------------
@@ -243,12 +274,12 @@ def test_backfill_is_submitted_to_the_webserver(
 
     instance = DagsterInstance.from_config(str(dagster_home))
     try:
-        assert instance.get_dynamic_partitions("instruments") == ["binance-futures:perpetual-BTC-USDT:USDT"]
+        assert instance.get_dynamic_partitions("binance_futures_instruments") == ["BTCUSDT"]
         backfill = instance.get_backfill(backfill_id)
         assert backfill is not None
-        assert backfill.partition_set_origin.partition_set_name == "flow_bars_job_partition_set"
+        assert backfill.partition_set_origin.partition_set_name == "binance_futures_flow_bars_job_partition_set"
         assert list(backfill.partition_names) == [
-            f"binance-futures:perpetual-BTC-USDT:USDT|{m}-01" for m in ("2023-11", "2023-12", "2024-01", "2024-02")
+            f"BTCUSDT|{m}-01" for m in ("2023-11", "2023-12", "2024-01", "2024-02")
         ]
         assert backfill.tags["aperiodic/exchange"] == "binance-futures"
         assert backfill.tags["aperiodic/launched_by"] == "cli"
@@ -300,8 +331,15 @@ def test_demo_publishes_two_months_for_three_exchanges(
 
     instance = DagsterInstance.from_config(str(dagster_home))
     try:
-        runs = instance.get_runs()
-        assert len(runs) == 6 and all(r.status.value == "SUCCESS" for r in runs)
-        assert len(instance.get_dynamic_partitions("instruments")) == 3
+        demo_runs = instance.get_runs()
+        assert len(demo_runs) == 6 and all(r.status.value == "SUCCESS" for r in demo_runs)
+        # Runs the UI knows: each under its exchange's job, with the code location's origin and the exchange tag.
+        assert {(r.job_name, r.tags["aperiodic/exchange"]) for r in demo_runs} == {
+            (f"{e.replace('-', '_')}_flow_bars_job", e) for e in ("binance-futures", "okx-perps", "hyperliquid-perps")
+        }
+        assert all(r.remote_job_origin is not None for r in demo_runs)
+        for name, native in (("binance_futures", "BTCUSDT"), ("okx_perps", "BTC-USDT-SWAP"),
+                             ("hyperliquid_perps", "BTC")):
+            assert instance.get_dynamic_partitions(f"{name}_instruments") == [native]
     finally:
         instance.dispose()

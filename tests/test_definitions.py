@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,113 +21,148 @@ from dagster import (
     Jitter,
     MultiPartitionKey,
 )
+from dagster._core.definitions.partitions.context import partition_loading_context
+from dagster._core.run_coordinator import QueuedRunCoordinator
 
-from aperiodic_pipelines.defs.assets import DOWNLOAD_OPS, MONTH_AND_PREVIOUS, NETWORK_RETRY
-from aperiodic_pipelines.defs.definitions import defs
+from aperiodic_pipelines.defs.definitions import GRAPHS, defs
 from aperiodic_pipelines.defs.partitions import (
     EXCHANGES,
-    flow_partitions,
+    EXCHANGES_BY_NAME,
+    MAX_PARTITIONS_PER_ASSET,
+    flow_partition_key,
     instrument_key,
     month_of,
-    parse_instrument_key,
     previous_month,
     split_partition_key,
 )
+from aperiodic_pipelines.defs.policies import NETWORK_RETRY, OWNERS
 from aperiodic_pipelines.defs.resources import StoreResource, store_is_s3, store_resource_from_env
+from aperiodic_pipelines.defs.seconds import MONTH_AND_PREVIOUS
 from aperiodic_pipelines.errors import SymbolError
 
 REPO = Path(__file__).resolve().parents[1]
-ASSET_NAMES = {"raw_trades", "second_stats", "flow_bars_exchange", "flow_bars_true", "published_flow_bars"}
-CHECK_NAMES = {"schema_and_invariants", "dense_grid", "nonempty_month"}
+STAGES = ("raw_trades", "second_stats", "flow_bars_exchange", "published_flow_bars")
+BAR_CHECKS = {"schema_and_invariants", "dense_grid", "nonempty_month"}
+RAW_CHECKS = {"canonical_schema", "nonempty_month", "duplicates_and_gaps", "complete_month"}
 
 
-def test_definitions_load_with_every_asset_check_job_schedule_and_sensor() -> None:
+def _expected_assets(slug: str, with_true: bool) -> set[str]:
+    return {f"{slug}/{stage}" for stage in STAGES} | ({f"{slug}/flow_bars_true"} if with_true else set())
+
+
+def test_one_graph_per_exchange_with_its_checks_job_schedule_and_sensors() -> None:
     Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
-    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == ASSET_NAMES
-    assert {(key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys} == {
-        (f"flow_bars_{t}", name) for t in ("exchange", "true") for name in CHECK_NAMES
-    }
-    job = defs.resolve_job_def("flow_bars_job")
-    assert job.partitions_def == flow_partitions
-    assert job.executor_def.name == "in_process"  # a partition's steps are a chain; runs give parallelism
-    assert defs.get_schedule_def("monthly_flow_bars_schedule").default_status == DefaultScheduleStatus.RUNNING
+    # Only Hyperliquid's node data carries arrival times (with the archive sources): only it has `true` bars.
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == (
+        _expected_assets("binance_futures", False) | _expected_assets("okx_perps", False)
+        | _expected_assets("hyperliquid_perps", True)
+    )
+    checks = {(key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys}
+    for exchange in EXCHANGES_BY_NAME.values():
+        slug = exchange.slug
+        variants = ("exchange", "true") if exchange.has_arrival_times else ("exchange",)
+        assert {c for c in checks if c[0].startswith(f"{slug}/")} == {
+            *((f"{slug}/raw_trades", name) for name in RAW_CHECKS),
+            *((f"{slug}/flow_bars_{t}", name) for t in variants for name in BAR_CHECKS),
+            (f"{slug}/published_flow_bars", "matches_staged_and_index"),
+        }
+        job = defs.resolve_job_def(f"{slug}_flow_bars_job")
+        assert job.partitions_def == exchange.partitions
+        assert job.tags["aperiodic/exchange"] == exchange.name
+        assert job.executor_def.name == "in_process"  # a partition's steps are a chain; runs give parallelism
+        schedule = defs.get_schedule_def(f"{slug}_monthly_schedule")
+        assert schedule.default_status == DefaultScheduleStatus.RUNNING and schedule.cron_schedule == "0 6 8 * *"
     sensors = {name: defs.get_sensor_def(name) for name in (
-        "check_failure_alert_on_success", "check_failure_alert_on_failure", "run_failure_alert"
+        "check_failure_alert_on_success", "check_failure_alert_on_failure", "run_failure_alert", "overdue_months",
     )}
     assert all(s.default_status == DefaultSensorStatus.RUNNING for s in sensors.values())
 
 
-def test_lineage_groups_kinds_code_versions_and_blocking_checks() -> None:
+def test_every_graph_stays_under_dagsters_partition_limit_for_500_instruments_over_8_years() -> None:
+    instruments = [f"SYM{i:03d}USDT" for i in range(500)]
+    with DagsterInstance.ephemeral() as instance:
+        for exchange in EXCHANGES_BY_NAME.values():
+            instance.add_dynamic_partitions(exchange.instruments_name, instruments)
+            year, mon = (int(p) for p in exchange.first_month.split("-"))
+            eight_years_on = datetime(year + 8, mon, 2, tzinfo=UTC)
+            with partition_loading_context(effective_dt=eight_years_on, dynamic_partitions_store=instance):
+                count = exchange.partitions.get_num_partitions()
+                first_key = exchange.partitions.get_partition_keys()[0]
+            assert count == 500 * 8 * 12 < MAX_PARTITIONS_PER_ASSET, (exchange.name, count)
+            # Months start at the exchange's first archive month, not at a global first month.
+            assert first_key == f"{instruments[0]}|{exchange.first_month}-01"
+    assert {e.first_month for e in EXCHANGES_BY_NAME.values()} == {"2019-09", "2019-12", "2025-03"}
+
+
+def test_lineage_groups_kinds_owners_tags_code_versions_and_freshness() -> None:
     graph = defs.resolve_asset_graph()
     parents = {key.to_user_string(): {p.to_user_string() for p in graph.get(key).parent_keys}
                for key in graph.get_all_asset_keys()}
-    assert parents == {
-        "raw_trades": set(),
-        "second_stats": {"raw_trades"},
-        "flow_bars_exchange": {"second_stats"},
-        "flow_bars_true": {"second_stats"},
-        "published_flow_bars": {"flow_bars_exchange", "flow_bars_true"},
+    slug = "hyperliquid_perps"
+    assert {k: v for k, v in parents.items() if k.startswith(slug)} == {
+        f"{slug}/raw_trades": set(),
+        f"{slug}/second_stats": {f"{slug}/raw_trades"},
+        f"{slug}/flow_bars_exchange": {f"{slug}/second_stats"},
+        f"{slug}/flow_bars_true": {f"{slug}/second_stats"},
+        f"{slug}/published_flow_bars": {f"{slug}/flow_bars_exchange", f"{slug}/flow_bars_true"},
     }
+    assert parents["binance_futures/published_flow_bars"] == {"binance_futures/flow_bars_exchange"}
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
+        exchange = next(e for e in EXCHANGES_BY_NAME.values() if e.slug == key.path[0])
         assert node.code_version, key
-        assert node.partitions_def == flow_partitions
+        assert node.partitions_def == exchange.partitions
         assert {"polars", "parquet"} <= set(node.kinds), key
         assert node.group_name in ("raw", "flow_bars")
-    for spec in defs.resolve_assets_def("flow_bars_exchange").check_specs:
-        assert spec.blocking and spec.partitions_def == flow_partitions
+        assert list(node.owners) == OWNERS and node.tags["aperiodic/exchange"] == exchange.name
+        assert (node.freshness_policy is not None) == (key.path[-1] == "published_flow_bars")
+    for spec in defs.resolve_assets_def(AssetKey(["okx_perps", "flow_bars_exchange"])).check_specs:
+        assert spec.blocking and spec.partitions_def == EXCHANGES_BY_NAME["okx-perps"].partitions
 
 
 def test_downloads_have_a_pool_per_exchange_and_exponential_jittered_retries() -> None:
-    assert set(DOWNLOAD_OPS) == set(EXCHANGES)
-    for exchange, op_def in DOWNLOAD_OPS.items():
+    for exchange in EXCHANGES:
+        raw = defs.resolve_assets_def(AssetKey([exchange.replace("-", "_"), "raw_trades"]))
+        (op_def,) = [raw.op]
         assert op_def.pool == f"download_{exchange.replace('-', '_')}"
         assert op_def.retry_policy == NETWORK_RETRY
     assert NETWORK_RETRY.max_retries == 3
     assert NETWORK_RETRY.backoff == Backoff.EXPONENTIAL and NETWORK_RETRY.jitter == Jitter.PLUS_MINUS
 
 
-def test_instrument_keys_round_trip_and_reject_bad_input() -> None:
-    key = instrument_key("binance-futures", "perpetual-BTC-USDT:USDT")
-    assert key == "binance-futures:perpetual-BTC-USDT:USDT"
-    assert parse_instrument_key(key) == ("binance-futures", "perpetual-BTC-USDT:USDT")
-    hip3 = instrument_key("hyperliquid-perps", "perpetual-XYZ:AAPL-USDC:USDC")
-    assert parse_instrument_key(hip3) == ("hyperliquid-perps", "perpetual-XYZ:AAPL-USDC:USDC")
-    multi = MultiPartitionKey({"instrument": key, "month": "2024-02-01"})
-    assert str(multi) == f"{key}|2024-02-01"
-    assert split_partition_key(multi) == split_partition_key(str(multi)) == (
-        "binance-futures", "perpetual-BTC-USDT:USDT", "2024-02"
-    )
+def test_instrument_keys_are_native_ids_and_reject_bad_input() -> None:
+    multi = flow_partition_key("binance-futures", "BTCUSDT", "2024-02")
+    assert str(multi) == "BTCUSDT|2024-02-01"
+    assert multi == MultiPartitionKey({"instrument": "BTCUSDT", "month": "2024-02-01"})
+    assert split_partition_key(multi) == split_partition_key(str(multi)) == ("BTCUSDT", "2024-02")
+    assert instrument_key("hyperliquid-perps", "xyz:AAPL") == "xyz:AAPL"
     with pytest.raises(SymbolError, match="unknown exchange 'kraken'"):
-        instrument_key("kraken", "perpetual-BTC-USD:BTC")
-    for bad in ("perpetual-BTC|USDT", "a,b", "x[1]", ""):
+        instrument_key("kraken", "XBTUSD")
+    for bad in ("BTC|USDT", "a,b", "x[1]", ""):
         with pytest.raises(SymbolError, match="cannot be part of a partition key"):
             instrument_key("okx-perps", bad)
-    with pytest.raises(SymbolError, match="is not '{exchange}:{atlas_symbol}'"):
-        parse_instrument_key("binance-futures")
     assert month_of("2024-02-01") == "2024-02" and previous_month("2024-01") == "2023-12"
     with pytest.raises(ValueError, match="2024-13"):
         month_of("2024-13")
+    assert set(GRAPHS) == set(EXCHANGES)
 
 
 def test_second_stats_reads_this_and_the_previous_raw_month() -> None:
-    graph = defs.resolve_asset_graph()
-    raw = graph.get(AssetKey("raw_trades")).partitions_def
-    stats = graph.get(AssetKey("second_stats")).partitions_def
-    instrument = "binance-futures:perpetual-BTC-USDT:USDT"
+    exchange = EXCHANGES_BY_NAME["binance-futures"]
+    partitions = exchange.partitions
 
     def upstream(month_key: str) -> list[str]:
-        child = MultiPartitionKey({"instrument": instrument, "month": month_key})
+        child = MultiPartitionKey({"instrument": "BTCUSDT", "month": month_key})
         with DagsterInstance.ephemeral() as instance:
-            instance.add_dynamic_partitions("instruments", [instrument])
+            instance.add_dynamic_partitions(exchange.instruments_name, ["BTCUSDT"])
             result = MONTH_AND_PREVIOUS.get_upstream_mapped_partitions_result_for_partitions(
-                stats.subset_with_partition_keys([child]), stats, raw, dynamic_partitions_store=instance
+                partitions.subset_with_partition_keys([child]), partitions, partitions, dynamic_partitions_store=instance
             )
         return sorted(str(k) for k in result.partitions_subset.get_partition_keys())
 
-    assert upstream("2024-02-01") == [f"{instrument}|2024-01-01", f"{instrument}|2024-02-01"]
-    assert upstream("2019-09-01") == [f"{instrument}|2019-09-01"]  # first month: no previous partition
+    assert upstream("2024-02-01") == ["BTCUSDT|2024-01-01", "BTCUSDT|2024-02-01"]
+    assert upstream("2019-09-01") == ["BTCUSDT|2019-09-01"]  # first month: no previous partition
 
 
 def test_store_resource_reads_the_environment_and_keeps_credentials_as_env_vars(
@@ -155,7 +191,9 @@ def test_deploy_files_configure_the_instance(tmp_path: Path, monkeypatch: pytest
     (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     instance = DagsterInstance.from_config(str(home))
     try:
-        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        # Dagster's queued coordinator, adding the exchange tag to every run (aperiodic_pipelines.runs).
+        assert type(instance.run_coordinator).__name__ == "ExchangeTaggingRunCoordinator"
+        assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         assert instance.run_monitoring_enabled
         config = instance.get_concurrency_config()

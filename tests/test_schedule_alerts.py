@@ -12,39 +12,55 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from dagster import build_run_status_sensor_context, build_schedule_context, instance_for_test
-
-from aperiodic_pipelines.defs.assets import (
-    flow_bars_exchange,
-    flow_bars_true,
-    manifest_key,
-    published_flow_bars,
-    raw_sources_key,
-    second_stats,
-    staged_key,
+from dagster import (
+    DagsterInstance,
+    build_run_status_sensor_context,
+    build_schedule_context,
+    build_sensor_context,
+    instance_for_test,
 )
-from aperiodic_pipelines.defs.definitions import defs
-from aperiodic_pipelines.defs.partitions import INSTRUMENTS_PARTITIONS_NAME, instrument_key
+
+from aperiodic_pipelines.defs import raw as raw_module
+from aperiodic_pipelines.defs.definitions import GRAPHS, defs
+from aperiodic_pipelines.defs.freshness import due_at, latest_due_month, overdue_months, overdue_months_at
+from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME
+from aperiodic_pipelines.defs.raw import raw_sources_key
+from aperiodic_pipelines.defs.resources import StoreResource
 from aperiodic_pipelines.defs.sensors import (
     check_failure_alert_on_failure,
     check_failure_alert_on_success,
     run_failure_alert,
     send_alert,
 )
-from aperiodic_pipelines.storage import flow_key, raw_key, write_parquet_deterministic
+from aperiodic_pipelines.storage import (
+    LocalStore,
+    flow_key,
+    raw_key,
+    read_parquet_metadata,
+    write_parquet_deterministic,
+)
+from aperiodic_pipelines.storage.index import PublishedMonth, record_published_month
+from aperiodic_pipelines.storage.staging import manifest_key, staged_key
 from aperiodic_pipelines.trades import empty_trades
-from tests.test_assets_local import EXCHANGE, NATIVE, SYMBOL, Stage, new_instance, run_month, stage  # noqa: F401
+from tests.test_assets_local import EXCHANGE, NATIVE, PREFIX, Stage, new_instance, run_month, stage  # noqa: F401
+
+BINANCE = EXCHANGES_BY_NAME[EXCHANGE]
+
+
+def _assets(*names: str) -> list:
+    return [a for a in GRAPHS[EXCHANGE].assets if a.key.path[-1] in names]
 
 
 def test_schedule_runs_on_the_8th_and_requests_last_month_for_every_instrument() -> None:
-    schedule = defs.get_schedule_def("monthly_flow_bars_schedule")
+    schedule = defs.get_schedule_def("binance_futures_monthly_schedule")
     assert schedule.cron_schedule == "0 6 8 * *"
     assert schedule.execution_timezone in (None, "UTC")
     assert schedule.default_status.value == "RUNNING"
-    instruments = [instrument_key(EXCHANGE, SYMBOL), instrument_key("okx-perps", "perpetual-ETH-USDT:USDT")]
+    instruments = ["BTCUSDT", "ETHUSDT"]
     # A persistent (test) instance, as in the daemon: the schedule reads the registered instruments from it.
     with instance_for_test() as instance:
-        instance.add_dynamic_partitions(INSTRUMENTS_PARTITIONS_NAME, instruments)
+        instance.add_dynamic_partitions(BINANCE.instruments_name, instruments)
+        instance.add_dynamic_partitions(EXCHANGES_BY_NAME["okx-perps"].instruments_name, ["ETH-USDT-SWAP"])
         context = build_schedule_context(
             instance=instance, scheduled_execution_time=datetime(2024, 3, 8, 6, 0, tzinfo=UTC)
         )
@@ -120,11 +136,11 @@ def test_failing_check_blocks_publishing_keeps_previous_file_and_alerts(
         instance,
         stage.resources(),
         month,
-        assets=[second_stats, flow_bars_exchange, flow_bars_true, published_flow_bars],
+        assets=_assets("second_stats", "flow_bars_exchange", "published_flow_bars"),
         raise_on_error=False,
     )
     assert not result.success
-    assert result.asset_materializations_for_node("published_flow_bars") == []
+    assert [e for e in result.get_asset_materialization_events() if e.asset_key.path[-1] == "published_flow_bars"] == []
     # The previously published month is untouched; the bad bars wait in staging, flagged as failed.
     assert hashlib.sha256(store.read_bytes(published_key)).hexdigest() == good
     assert store.exists(staged_key("exchange", EXCHANGE, "1h", NATIVE, month))
@@ -146,8 +162,8 @@ def test_failing_check_blocks_publishing_keeps_previous_file_and_alerts(
     assert webhook[0]["path"] == "/hooks/T000/secret"
     text = webhook[0]["json"]["text"]
     assert set(webhook[0]["json"]) == {"text"}
-    assert "flow_bars_exchange" in text and "nonempty_month" in text
-    assert f"{instrument_key(EXCHANGE, SYMBOL)}|{month}-01" in text
+    assert f"{PREFIX}/flow_bars_exchange" in text and "nonempty_month (ERROR)" in text
+    assert f"{NATIVE}|{month}-01" in text
     assert f"no trades in {month}" in text
     assert f"http://dagster.example:3000/runs/{result.run_id}" in text
     assert "secret" not in text
@@ -157,7 +173,7 @@ def test_failing_check_blocks_publishing_keeps_previous_file_and_alerts(
     assert len(webhook) == 1
 
     # A run that failed for another reason (nothing staged to publish) gets a run-failure alert.
-    other = run_month(instance, stage.resources(), month, assets=[published_flow_bars], raise_on_error=False)
+    other = run_month(instance, stage.resources(), month, assets=_assets("published_flow_bars"), raise_on_error=False)
     assert not other.success
     other_context = build_run_status_sensor_context(
         sensor_name=run_failure_alert.name,
@@ -186,3 +202,58 @@ def test_webhook_errors_name_the_variable_not_the_secret_url(monkeypatch: pytest
     with pytest.raises(RuntimeError, match="APERIODIC_ALERT_WEBHOOK_URL") as failure:
         send_alert("x", logging.getLogger("aperiodic-test-alerts"))
     assert "secret-token" not in str(failure.value)
+
+
+def test_incomplete_month_publishes_and_its_warn_check_alerts(
+    stage: Stage, webhook: list[dict], monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """A month the source reports days missing from: a successful run, a failed WARN check, one alert; the
+    missing days are in the published files' key-value metadata."""
+    fetch = raw_module.fetch_source_month
+
+    def fetch_reporting_a_missing_day(*args, **kwargs) -> dict:  # noqa: ANN002, ANN003
+        info = fetch(*args, **kwargs)  # the real download; the source's `missing_days` report stands in here
+        return {**info, "missing_days": ["2024-01-15"]}
+
+    monkeypatch.setattr(raw_module, "fetch_source_month", fetch_reporting_a_missing_day)
+    instance = new_instance()
+    result = run_month(instance, stage.resources(), "2024-01")
+    assert result.success
+    meta = read_parquet_metadata(stage.store().read_bytes(flow_key("exchange", EXCHANGE, "1m", NATIVE, "2024-01")))
+    assert meta["aperiodic.missing_days"] == '["2024-01-15"]'
+    evaluation = next(e for e in result.get_asset_check_evaluations() if e.check_name == "complete_month")
+    assert not evaluation.passed and evaluation.severity.value == "WARN"
+
+    check_failure_alert_on_success(build_run_status_sensor_context(
+        sensor_name=check_failure_alert_on_success.name,
+        dagster_event=result.get_run_success_event(),
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(result.run_id),
+    ))
+    (message,) = webhook
+    text = message["json"]["text"]
+    assert f"{PREFIX}/raw_trades [{NATIVE}|2024-01-01] complete_month (WARN)" in text
+    assert "2024-01-15" in text
+
+
+def test_overdue_month_is_reported_once(webhook: list[dict], tmp_path: Path) -> None:
+    now = datetime(2024, 3, 9, 1, 0, tzinfo=UTC)
+    assert latest_due_month(now) == "2024-02" and due_at("2024-02") == datetime(2024, 3, 9, 0, 0, tzinfo=UTC)
+    assert latest_due_month(datetime(2024, 3, 8, 23, 0, tzinfo=UTC)) == "2024-01"  # Feb not due yet
+    store = LocalStore(tmp_path / "store")
+    with DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(BINANCE.instruments_name, ["BTCUSDT", "ETHUSDT"])
+        record_published_month(store, PublishedMonth(EXCHANGE, "perpetual-BTC-USDT:USDT", "BTCUSDT", "2024-02", ()))
+        assert [m.key() for m in overdue_months_at(instance, store, now)] == [f"{EXCHANGE}|ETHUSDT|2024-02"]
+
+        # The sensor at the real current time: the month due last is published for BTCUSDT only.
+        current = latest_due_month(datetime.now(UTC))
+        record_published_month(store, PublishedMonth(EXCHANGE, "perpetual-BTC-USDT:USDT", "BTCUSDT", current, ()))
+        resources = {"store": StoreResource(uri=str(store.root))}
+        with build_sensor_context(instance=instance, resources=resources) as context:
+            assert overdue_months(context) is None
+            (message,) = webhook
+            text = message["json"]["text"]
+            assert f"• {EXCHANGE} ETHUSDT {current}" in text and "BTCUSDT" not in text
+            skip = overdue_months(context)  # same cursor: nothing new, no second message
+            assert skip is not None and "none new" in skip.skip_message and len(webhook) == 1

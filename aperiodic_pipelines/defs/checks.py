@@ -12,9 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import polars as pl
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, PartitionsDefinition
 
-from aperiodic_pipelines.defs.partitions import flow_partitions
 from aperiodic_pipelines.errors import InvalidBarsError
 from aperiodic_pipelines.flow import FLOW_COLUMNS, INTERVAL_SECONDS, bars_in_month, month_bounds_us
 
@@ -82,10 +81,10 @@ BAR_CHECKS: dict[str, tuple[Callable[[Mapping[str, pl.DataFrame], str], CheckOut
 }
 
 
-def bar_check_specs(asset_key: AssetKey) -> list[AssetCheckSpec]:
+def bar_check_specs(asset_key: AssetKey, partitions_def: PartitionsDefinition) -> list[AssetCheckSpec]:
     """The blocking per-partition checks of one staged flow-bars asset."""
     return [
-        AssetCheckSpec(name, asset=asset_key, description=description, blocking=True, partitions_def=flow_partitions)
+        AssetCheckSpec(name, asset=asset_key, description=description, blocking=True, partitions_def=partitions_def)
         for name, (_, description) in BAR_CHECKS.items()
     ]
 

@@ -1,27 +1,30 @@
-"""The code location: every asset, check, job, schedule, sensor and resource, and the global policies, in one place.
+"""The code location: one asset graph per exchange, the alert and freshness sensors, and the resources.
 
-Loaded by `workspace.yaml` (module `aperiodic_pipelines.defs.definitions`, attribute `defs`).
-Policies that apply across assets live here or in the assets' shared constants:
-- partitions: instrument × month (`partitions.flow_partitions`); no BackfillPolicy, so a backfill runs one run per
-  partition and checks record per-partition results;
-- retries: `assets.NETWORK_RETRY` on every step that touches the network; run retries in dagster.yaml;
-- concurrency: one pool per exchange for downloads (`download_<exchange>`), run limits in dagster.yaml;
-- executor: in-process. A partition's steps form a chain, so a process per step would only add start-up time
-  and memory; parallelism comes from running partitions (runs) side by side.
+Loaded by `workspace.yaml` (module `aperiodic_pipelines.defs.definitions`, attribute `defs`). Global policies
+(retries, pools, kinds, owners, tags, code versions, due dates) are in `policies.py`; the per-exchange graph in
+`factory.py`. Executor: in-process (a partition's steps form a chain, so a process per step would only add
+start-up time and memory; parallelism comes from running partitions side by side).
 """
 
 from dagster import Definitions, in_process_executor
 
-from aperiodic_pipelines.defs.assets import ASSETS
+from aperiodic_pipelines.defs.factory import ExchangeGraph, build_exchange_graph
+from aperiodic_pipelines.defs.freshness import overdue_months
+from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME
 from aperiodic_pipelines.defs.resources import sources_resource_from_env, store_resource_from_env
-from aperiodic_pipelines.defs.schedules import flow_bars_job, monthly_flow_bars_schedule
 from aperiodic_pipelines.defs.sensors import SENSORS
 
+GRAPHS: dict[str, ExchangeGraph] = {
+    "binance-futures": build_exchange_graph(EXCHANGES_BY_NAME["binance-futures"]),
+    "okx-perps": build_exchange_graph(EXCHANGES_BY_NAME["okx-perps"]),
+    "hyperliquid-perps": build_exchange_graph(EXCHANGES_BY_NAME["hyperliquid-perps"]),
+}
+
 defs = Definitions(
-    assets=ASSETS,
-    jobs=[flow_bars_job],
-    schedules=[monthly_flow_bars_schedule],
-    sensors=SENSORS,
+    assets=[a for graph in GRAPHS.values() for a in graph.assets],
+    jobs=[graph.job for graph in GRAPHS.values()],
+    schedules=[graph.schedule for graph in GRAPHS.values()],
+    sensors=[*SENSORS, overdue_months],
     executor=in_process_executor,
     resources={"store": store_resource_from_env(), "sources": sources_resource_from_env()},
 )

@@ -1,10 +1,13 @@
-"""Alerts: failed data-quality checks and failed runs, as Slack-compatible `{"text": ...}` webhook posts.
+"""Alerts: failed data-quality checks, failed runs and overdue months, as Slack-compatible `{"text": ...}` posts.
 
-Open-source Dagster has no alert policies, so two run-status sensors read each finished run:
-- `check_failure_alert_on_{success,failure}`: the run's failed `ASSET_CHECK_EVALUATION`s, one message per run
-  (a failed blocking check fails the run; a non-blocking one could fail in a successful run);
+Open-source Dagster has no alert policies, so sensors do it:
+- `check_failure_alert_on_{success,failure}`: the run's failed `ASSET_CHECK_EVALUATION`s of either severity
+  (ERROR or WARN), one message per run (a failed blocking check fails the run; a non-blocking one, such as
+  `complete_month`, fails in a successful run);
 - `run_failure_alert`: runs that failed for any other reason (network, bad archive, bug). Runs whose failure
-  is explained by failed checks are left to the check alert, so one incident gives one message.
+  is explained by failed ERROR checks are left to the check alert, so one incident gives one message;
+- `overdue_months`: hourly, every registered instrument whose last due month is not in the published index
+  (see `freshness.py`), once per instrument-month.
 The webhook is `APERIODIC_ALERT_WEBHOOK_URL` (a secret: never logged); when unset the message is only logged.
 """
 
@@ -38,8 +41,8 @@ DAGSTER_URL_ENV = "APERIODIC_DAGSTER_URL"
 DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
 WEBHOOK_TIMEOUT_SECONDS = 10
 MAX_RULE_CHARS = 300  # keep chat messages short; the run page has the rest
-# Runs started in-process (the CLI's `materialize`) carry no code-location origin; only this setting lets the
-# daemon's sensors see them. This platform is the deployment's only code location.
+# Runs from every code location of the instance (this platform is normally the only one; runs started with
+# `execute_in_process` in scripts carry no code-location origin and are seen only with this setting).
 MONITOR_ALL_RUNS = True
 
 
@@ -49,6 +52,7 @@ class FailedCheck:
     check: str
     partition: str | None
     rule: str
+    severity: str = "ERROR"
 
 
 def run_url(run_id: str) -> str:
@@ -73,6 +77,7 @@ def failed_checks(instance: DagsterInstance, run_id: str) -> list[FailedCheck]:
                 check=evaluation.check_name,
                 partition=evaluation.partition,
                 rule=rule if len(rule) <= MAX_RULE_CHARS else rule[: MAX_RULE_CHARS - 1] + "…",
+                severity=evaluation.severity.value,
             )
         )
     return failed
@@ -85,7 +90,9 @@ def _partition_of(run: DagsterRun) -> str:
 def check_failure_message(run: DagsterRun, checks: Sequence[FailedCheck]) -> str:
     lines = [f"Data-quality check failed ({len(checks)}) in run {run.run_id[:8]}: {run_url(run.run_id)}"]
     for check in checks:
-        lines.append(f"• {check.asset} [{check.partition or _partition_of(run)}] {check.check}: {check.rule}")
+        lines.append(
+            f"• {check.asset} [{check.partition or _partition_of(run)}] {check.check} ({check.severity}): {check.rule}"
+        )
     return "\n".join(lines)
 
 
@@ -148,7 +155,7 @@ check_failure_alert_on_failure = _check_alert_sensor(DagsterRunStatus.FAILURE)
     description=f"Posts failed runs (other than failed checks) to {WEBHOOK_ENV}.",
 )
 def run_failure_alert(context: RunFailureSensorContext):
-    if failed_checks(context.instance, context.dagster_run.run_id):
+    if any(c.severity == "ERROR" for c in failed_checks(context.instance, context.dagster_run.run_id)):
         return SkipReason("failure explained by failed checks; reported by check_failure_alert_on_failure")
     error = context.failure_event.message or ""
     step_failures = context.get_step_failure_events()

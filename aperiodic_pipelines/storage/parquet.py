@@ -75,13 +75,15 @@ def bars_metadata(
     month: str,
     row_count: int,
     sources: Iterable[Mapping[str, object]] = (),
+    missing_days: Iterable[str] = (),
     code_version: str = __version__,
     schema_version: str = SCHEMA_VERSION,
 ) -> dict[str, str]:
     """Spec §4 key-value metadata of one published flow-bar file.
 
     `sources` are the upstream objects (e.g. `dataclasses.asdict(SourceObject)`: location, size, sha256),
-    stored as canonical JSON (sorted keys, in the order given) so the file stays reproducible.
+    stored as canonical JSON (sorted keys, in the order given) so the file stays reproducible. `missing_days` are
+    the days (`YYYY-MM-DD`) the source lacked for the month, stored sorted as a JSON list (`[]`: complete).
     """
     return {
         "aperiodic.schema_version": schema_version,
@@ -94,5 +96,6 @@ def bars_metadata(
         "aperiodic.code_version": code_version,
         "aperiodic.sources": json.dumps([dict(s) for s in sources], sort_keys=True, separators=(",", ":")),
         "aperiodic.row_count": str(int(row_count)),
+        "aperiodic.missing_days": json.dumps(sorted(missing_days), separators=(",", ":")),
     }
 

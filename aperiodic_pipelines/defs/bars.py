@@ -1,0 +1,192 @@
+"""`{exchange}/flow_bars_{exchange,true}`: one variant's bars at all 8 intervals, checked, then staged.
+
+The checks run inside the step on the frames it has just computed (reading a month of 1s bars back once per
+check would multiply the IO): the three blocking bar checks of `checks.py`, plus any extra checks the exchange's
+graph was built with (`BarCheck`, e.g. binance-futures' `reconciles_with_exchange_klines`). The bars go to
+`staging/` (`storage.staging`); only `published_flow_bars`, which runs after the blocking checks passed,
+publishes them.
+"""
+
+# No `from __future__ import annotations` here: Dagster inspects the `context` annotation at runtime.
+import json
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    MaterializeResult,
+    asset,
+)
+
+from aperiodic_pipelines import SCHEMA_VERSION
+from aperiodic_pipelines.defs import policies
+from aperiodic_pipelines.defs.checks import FAILED_RULE, CheckOutcome, bar_check_specs, run_bar_checks
+from aperiodic_pipelines.defs.metadata import (
+    BARS_TABLE_SCHEMA,
+    PRIMARY_INTERVAL,
+    missing_days_metadata,
+    rows_by_interval,
+)
+from aperiodic_pipelines.defs.partitions import Exchange, split_partition_key
+from aperiodic_pipelines.defs.raw import local_copy
+from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
+from aperiodic_pipelines.flow import INTERVALS, SecondStats, bars_from_second_stats
+from aperiodic_pipelines.storage import (
+    ObjectStore,
+    bars_metadata,
+    flow_key,
+    read_parquet_metadata,
+    seconds_key,
+    write_parquet_deterministic,
+)
+from aperiodic_pipelines.storage.staging import MissingInputError, StagedFile, manifest_key, stage_variant
+
+TIMESTAMP_LABELS = {"exchange": "exchange timestamps (ts_exchange)", "true": "arrival timestamps (ts_arrival)"}
+
+
+@dataclass(frozen=True)
+class BarsInput:
+    """What an extra bar check sees besides the bars: which instrument-month, and the archive sources."""
+
+    exchange: str
+    symbol: str
+    native_symbol: str
+    month: str
+    timestamp: str
+    sources: SourcesResource
+
+
+@dataclass(frozen=True)
+class BarCheck:
+    """An extra check on a variant's bars, evaluated in the flow-bars step. Attach with
+    `build_exchange_graph(exchange, extra_bar_checks=[BarCheck(...)])`."""
+
+    name: str
+    description: str
+    evaluate: Callable[[Mapping[str, pl.DataFrame], BarsInput], CheckOutcome]
+    severity: AssetCheckSeverity = AssetCheckSeverity.WARN
+    blocking: bool = False
+    timestamps: tuple[str, ...] = ("exchange",)
+
+
+def _extra_results(key: AssetKey, checks: Sequence[BarCheck], bars, bars_input: BarsInput) -> list[AssetCheckResult]:
+    results = []
+    for check in checks:
+        try:
+            outcome = check.evaluate(bars, bars_input)
+        except Exception as exc:  # a crashing check is a failed check, reported with its cause
+            outcome = CheckOutcome(False, f"check crashed: {type(exc).__name__}: {exc}")
+        metadata: dict[str, Any] = dict(outcome.detail or {})
+        if not outcome.passed:
+            metadata[FAILED_RULE] = outcome.failed_rule[:2000]
+        results.append(
+            AssetCheckResult(asset_key=key, check_name=check.name, passed=outcome.passed,
+                             severity=check.severity, metadata=metadata)
+        )
+    return results
+
+
+def _load_second_stats(store: ObjectStore, key: str) -> tuple[SecondStats, dict[str, str]]:
+    with local_copy(store, key) as path:
+        kv = read_parquet_metadata(path)
+        frame = pl.read_parquet(path)
+    stats = SecondStats(
+        frame=frame, month=kv["aperiodic.month"], timestamp=kv["aperiodic.timestamp"],
+        has_previous=kv["aperiodic.has_previous"] == "true",
+    )
+    return stats, kv
+
+
+def stage_flow_bars(
+    context: AssetExecutionContext, key: AssetKey, bars_input: BarsInput, store: ObjectStore,
+    extra_checks: Sequence[BarCheck],
+) -> MaterializeResult:
+    """Compute, check and stage one variant's bars for all intervals; the manifest records the checks' verdict."""
+    exchange, native, month, timestamp = (
+        bars_input.exchange, bars_input.native_symbol, bars_input.month, bars_input.timestamp
+    )
+    seconds = seconds_key(timestamp, exchange, native, month)
+    if not store.exists(seconds):
+        hint = " (the month has no arrival times: see second_stats' true_variant)" if timestamp == "true" else ""
+        raise MissingInputError(f"{store.uri(seconds)} missing: materialize second_stats first{hint}")
+    stats, kv = _load_second_stats(store, seconds)
+    bars = bars_from_second_stats(stats, intervals=INTERVALS)
+    check_results = run_bar_checks(key, bars, month) + _extra_results(key, extra_checks, bars, bars_input)
+    passed = all(r.passed for r in check_results if r.severity == AssetCheckSeverity.ERROR)
+    sources_used = json.loads(kv.get("aperiodic.sources", "[]"))
+    missing_days = json.loads(kv.get("aperiodic.missing_days", "[]"))
+    with tempfile.TemporaryDirectory(prefix="aperiodic-bars-") as tmp:
+        files = []
+        for interval, frame in bars.items():
+            path = Path(tmp) / f"{interval}.parquet"
+            write_parquet_deterministic(
+                frame,
+                path,
+                metadata=bars_metadata(
+                    exchange=exchange, symbol=bars_input.symbol, native_symbol=native, interval=interval,
+                    timestamp=timestamp, month=month, row_count=frame.height, sources=sources_used,
+                    missing_days=missing_days, code_version=policies.CODE_VERSION, schema_version=SCHEMA_VERSION,
+                ),
+            )
+            files.append(StagedFile(interval, path, frame.height))
+        stage_variant(
+            store, exchange=exchange, symbol=bars_input.symbol, native_symbol=native, month=month,
+            timestamp=timestamp, files=files, checks_passed=passed,
+        )
+    trades = int(bars["1d"].select(pl.col("taker_buy_count").sum() + pl.col("taker_sell_count").sum()).item() or 0)
+    return MaterializeResult(
+        metadata={
+            # Where these bars are read once published (staging is cleared by publishing).
+            "dagster/uri": store.uri(flow_key(timestamp, exchange, PRIMARY_INTERVAL, native, month)),
+            "staged_manifest": store.uri(manifest_key(timestamp, exchange, native, month)),
+            **rows_by_interval({f.interval: f.rows for f in files}),
+            "dagster/column_schema": BARS_TABLE_SCHEMA,
+            "checks_passed": passed,
+            "trades": trades,
+            **missing_days_metadata(missing_days),
+        },
+        check_results=check_results,
+    )
+
+
+def build_flow_bars(
+    exchange: Exchange, timestamp: str, kinds: set[str], extra_checks: Sequence[BarCheck] = ()
+) -> AssetsDefinition:
+    key = AssetKey([exchange.slug, f"flow_bars_{timestamp}"])
+    extra = [c for c in extra_checks if timestamp in c.timestamps]
+    check_specs = bar_check_specs(key, exchange.partitions) + [
+        AssetCheckSpec(c.name, asset=key, description=c.description, blocking=c.blocking,
+                       partitions_def=exchange.partitions)
+        for c in extra
+    ]
+
+    @asset(
+        key=key,
+        partitions_def=exchange.partitions,
+        deps=[AssetKey([exchange.slug, "second_stats"])],
+        group_name=policies.FLOW_GROUP,
+        kinds=kinds,
+        owners=policies.OWNERS,
+        tags=policies.asset_tags(exchange.name),
+        code_version=policies.FLOW_BARS_VERSION,
+        check_specs=check_specs,
+        description=f"Flow bars by {TIMESTAMP_LABELS[timestamp]}, all 8 intervals, staged until the checks pass.",
+    )
+    def flow_bars(context: AssetExecutionContext, store: StoreResource, sources: SourcesResource) -> MaterializeResult:
+        from aperiodic_pipelines.sources.symbols import to_atlas
+
+        native, month = split_partition_key(context.partition_key)
+        with policies.permanent_failures():
+            bars_input = BarsInput(exchange.name, to_atlas(exchange.name, native), native, month, timestamp, sources)
+            return stage_flow_bars(context, key, bars_input, store.get_store(), extra)
+
+    return flow_bars

@@ -1,0 +1,75 @@
+"""The per-exchange asset graph, built in one place:
+
+    {slug}/raw_trades ──► {slug}/second_stats ──► {slug}/flow_bars_exchange ─┬─► {slug}/published_flow_bars
+        (m and m−1)                          └─► {slug}/flow_bars_true ──────┘   (true: arrival-time sources only)
+
+plus the exchange's job (`{slug}_flow_bars_job`, tagged with the exchange) and monthly schedule. Every graph has
+its own partitions (`partitions.Exchange`), so each stays under Dagster's ~100,000 partitions per asset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dagster import (
+    AssetsDefinition,
+    AssetSelection,
+    DefaultScheduleStatus,
+    ScheduleDefinition,
+    build_schedule_from_partitioned_job,
+    define_asset_job,
+)
+
+from aperiodic_pipelines.defs import policies
+from aperiodic_pipelines.defs.bars import BarCheck, build_flow_bars
+from aperiodic_pipelines.defs.partitions import Exchange
+from aperiodic_pipelines.defs.publish import build_published_flow_bars
+from aperiodic_pipelines.defs.raw import build_raw_trades
+from aperiodic_pipelines.defs.resources import store_is_s3
+from aperiodic_pipelines.defs.seconds import build_second_stats
+
+
+@dataclass(frozen=True)
+class ExchangeGraph:
+    exchange: Exchange
+    assets: tuple[AssetsDefinition, ...]
+    job: Any  # the unresolved asset job `define_asset_job` returns
+    schedule: ScheduleDefinition
+
+
+def job_name(exchange: Exchange) -> str:
+    return f"{exchange.slug}_flow_bars_job"
+
+
+def build_exchange_graph(exchange: Exchange, *, extra_bar_checks: Sequence[BarCheck] = ()) -> ExchangeGraph:
+    """One exchange's assets, checks, job and schedule. `extra_bar_checks` run in its flow-bars steps."""
+    kinds = policies.kinds(store_is_s3())
+    timestamps = ("exchange", "true") if exchange.has_arrival_times else ("exchange",)
+    assets = (
+        build_raw_trades(exchange, kinds),
+        build_second_stats(exchange, kinds),
+        *(build_flow_bars(exchange, t, kinds, extra_bar_checks) for t in timestamps),
+        build_published_flow_bars(exchange, kinds),
+    )
+    job = define_asset_job(
+        job_name(exchange),
+        selection=AssetSelection.assets(*assets),  # includes the assets' checks
+        partitions_def=exchange.partitions,
+        tags={policies.EXCHANGE_TAG: exchange.name},
+        description=f"{exchange.name}: raw_trades → second_stats → flow bars (+ checks) → published, per partition.",
+    )
+    schedule = build_schedule_from_partitioned_job(
+        job,
+        name=f"{exchange.slug}_monthly_schedule",
+        day_of_month=policies.SCHEDULE_DAY_OF_MONTH,
+        hour_of_day=policies.SCHEDULE_HOUR_UTC,
+        minute_of_hour=0,
+        default_status=DefaultScheduleStatus.RUNNING,
+        description=(
+            f"On day {policies.SCHEDULE_DAY_OF_MONTH}, {policies.SCHEDULE_HOUR_UTC:02d}:00 UTC: one run per registered "
+            f"{exchange.name} instrument for the month just closed."
+        ),
+    )
+    return ExchangeGraph(exchange, assets, job, schedule)
