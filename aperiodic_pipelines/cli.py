@@ -9,18 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from aperiodic_pipelines import runs
 from aperiodic_pipelines.errors import AperiodicError
-from aperiodic_pipelines.runs import DEFAULT_CODE_LOCATION, EXCHANGE_TAG, LAUNCHED_BY_TAG, RunSetupError
+from aperiodic_pipelines.runs import DEFAULT_CODE_LOCATION, LAUNCHED_BY_TAG, RunSetupError
 
 DEFAULT_WEBSERVER_URL = "http://127.0.0.1:3000"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-class CliError(AperiodicError):
-    """A problem the user can fix: bad arguments, unreachable webserver, unknown code location."""
 
 
 def say(message: str) -> None:
@@ -87,114 +82,9 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 # --- backfill (GraphQL against a running webserver; the daemon executes it) ------------------------------------
 
-_REPOSITORIES_QUERY = """
-query Repositories {
-  repositoriesOrError {
-    __typename
-    ... on RepositoryConnection { nodes { name location { name } } }
-    ... on Error { message }
-  }
-}
-"""
-
-_ADD_PARTITION_MUTATION = """
-mutation AddInstrument($repositorySelector: RepositorySelector!, $partitionsDefName: String!, $partitionKey: String!) {
-  addDynamicPartition(
-    repositorySelector: $repositorySelector, partitionsDefName: $partitionsDefName, partitionKey: $partitionKey
-  ) {
-    __typename
-    ... on Error { message }
-  }
-}
-"""
-
-_LAUNCH_BACKFILL_MUTATION = """
-mutation LaunchBackfill($backfillParams: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $backfillParams) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
-  }
-}
-"""
-
-
-def graphql(url: str, query: str, variables: dict[str, Any] | None = None, *, timeout: float = 60.0) -> dict:
-    """POST one GraphQL request to the webserver's `/graphql`; raise `CliError` on transport or GraphQL errors."""
-    import requests
-
-    endpoint = url.rstrip("/") + "/graphql"
-    try:
-        response = requests.post(endpoint, json={"query": query, "variables": variables or {}}, timeout=timeout)
-    except requests.RequestException as exc:
-        raise CliError(f"cannot reach the Dagster webserver at {endpoint}: {exc}") from None
-    if response.status_code != 200:
-        raise CliError(f"{endpoint} answered HTTP {response.status_code}: {response.text[:300]}")
-    body = response.json()
-    if body.get("errors"):
-        raise CliError(f"{endpoint}: {'; '.join(e.get('message', '?') for e in body['errors'])}")
-    return body["data"]
-
-
-def find_repository(url: str, location: str) -> dict[str, str]:
-    """The repository selector of code location `location` on the webserver."""
-    data = graphql(url, _REPOSITORIES_QUERY)["repositoriesOrError"]
-    if data["__typename"] != "RepositoryConnection":
-        raise CliError(f"webserver could not list repositories: {data.get('message')}")
-    for node in data["nodes"]:
-        if node["location"]["name"] == location:
-            return {"repositoryLocationName": location, "repositoryName": node["name"]}
-    found = ", ".join(sorted(n["location"]["name"] for n in data["nodes"])) or "none"
-    raise CliError(f"code location {location!r} is not loaded in the webserver at {url} (loaded: {found})")
-
-
-def submit_backfill(
-    url: str,
-    exchange: str,
-    symbol: str,
-    months: Sequence[str],
-    *,
-    location: str = DEFAULT_CODE_LOCATION,
-) -> str:
-    """Register the instrument on the server's instance and launch one backfill of the flow job over `months`.
-
-    Returns the backfill id. The daemon then runs one run per partition (no backfill policy).
-    """
-    from aperiodic_pipelines.defs.partitions import flow_partition_key
-
-    instrument = runs.resolve_instrument(exchange, symbol)
-    repository = find_repository(url, location)
-    added = graphql(
-        url,
-        _ADD_PARTITION_MUTATION,
-        {"repositorySelector": repository, "partitionsDefName": instrument.instruments_name,
-         "partitionKey": instrument.native},
-    )["addDynamicPartition"]
-    if added["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
-        raise CliError(
-            f"could not register instrument {exchange} {instrument.native}: {added.get('message', added['__typename'])}"
-        )
-    # A backfill of the partitioned job runs exactly these months. An asset backfill would also run
-    # second_stats..published_flow_bars of the month after the range (it reads raw trades of the range's last
-    # month through the m−1 mapping). The exchange tag feeds the per-exchange run limit in dagster.yaml.
-    params = {
-        "selector": {
-            "partitionSetName": f"{runs.flow_job_name(exchange)}_partition_set", "repositorySelector": repository
-        },
-        "partitionNames": [str(flow_partition_key(exchange, instrument.native, m)) for m in months],
-        "title": f"{exchange} {instrument.native} {months[0]}..{months[-1]}",
-        "tags": [{"key": LAUNCHED_BY_TAG, "value": "cli"}, {"key": EXCHANGE_TAG, "value": exchange}],
-        "fromFailure": False,
-    }
-    launched = graphql(url, _LAUNCH_BACKFILL_MUTATION, {"backfillParams": params})["launchPartitionBackfill"]
-    if launched["__typename"] != "LaunchBackfillSuccess":
-        raise CliError(f"backfill not launched ({launched['__typename']}): {launched.get('message', '')}")
-    return launched["backfillId"]
-
-
 def cmd_backfill(args: argparse.Namespace) -> int:
     months = runs.month_range(args.from_month, args.to)
-    backfill_id = submit_backfill(args.url, args.exchange, args.symbol, months, location=args.location)
+    backfill_id = runs.submit_backfill(args.url, args.exchange, args.symbol, months, location=args.location)
     say(f"backfill {backfill_id} submitted: {len(months)} month(s) {months[0]}..{months[-1]}")
     say(f"follow it at {args.url.rstrip('/')}/runs/b/{backfill_id} (the daemon must be running: dagster dev)")
     return EXIT_OK
@@ -281,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except (AperiodicError, ValueError) as exc:
         warn(f"error: {exc}")
-        return EXIT_USAGE if isinstance(exc, (CliError, RunSetupError, ValueError)) else EXIT_FAILED
+        return EXIT_USAGE if isinstance(exc, (RunSetupError, ValueError)) else EXIT_FAILED
     except KeyboardInterrupt:
         warn("interrupted")
         return 130

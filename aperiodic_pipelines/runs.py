@@ -1,4 +1,5 @@
-"""Runs the UI knows: the Dagster instance, instruments, and partition runs submitted through the code location.
+"""Runs the UI knows: the Dagster instance, instruments, partition runs submitted through the code location, and
+backfills submitted to a webserver (GraphQL).
 
 Used by the CLI (`cli.py`) and the demo (`demo.py`). A run is created from the code location's job snapshot
 (loaded from `workspace.yaml`, as the webserver and the daemon load it), so it carries the repository origin:
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 
+from aperiodic_pipelines.defs.policies import EXCHANGE_TAG
 from aperiodic_pipelines.errors import AperiodicError
 from aperiodic_pipelines.storage.keys import check_month
 
@@ -31,7 +33,6 @@ if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
     from dagster._core.workspace.context import WorkspaceProcessContext
 
-EXCHANGE_TAG = "aperiodic/exchange"
 LAUNCHED_BY_TAG = "aperiodic/launched_by"
 DEFAULT_DAGSTER_HOME = ".dagster_home"
 DEFAULT_CODE_LOCATION = "aperiodic_pipelines"  # location_name in workspace.yaml
@@ -42,7 +43,8 @@ Say = Callable[[str], None]
 
 
 class RunSetupError(AperiodicError):
-    """A problem the user can fix: bad month range, no workspace file, code location not loadable."""
+    """A problem the user can fix: bad month range, no workspace file, code location not loadable, unreachable
+    webserver."""
 
 
 def _quiet(_message: str) -> None:
@@ -386,3 +388,110 @@ def run_month_waves(
             if not all(r.success for r in results):
                 break
     return results
+
+
+# --- backfills (GraphQL against a running webserver; the daemon executes them) ---------------------------------
+
+_REPOSITORIES_QUERY = """
+query Repositories {
+  repositoriesOrError {
+    __typename
+    ... on RepositoryConnection { nodes { name location { name } } }
+    ... on Error { message }
+  }
+}
+"""
+
+_ADD_PARTITION_MUTATION = """
+mutation AddInstrument($repositorySelector: RepositorySelector!, $partitionsDefName: String!, $partitionKey: String!) {
+  addDynamicPartition(
+    repositorySelector: $repositorySelector, partitionsDefName: $partitionsDefName, partitionKey: $partitionKey
+  ) {
+    __typename
+    ... on Error { message }
+  }
+}
+"""
+
+_LAUNCH_BACKFILL_MUTATION = """
+mutation LaunchBackfill($backfillParams: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $backfillParams) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}
+"""
+
+
+def graphql(url: str, query: str, variables: dict[str, Any] | None = None, *, timeout: float = 60.0) -> dict:
+    """POST one GraphQL request to the webserver's `/graphql`; raise `RunSetupError` on transport or GraphQL errors."""
+    import requests
+
+    endpoint = url.rstrip("/") + "/graphql"
+    try:
+        response = requests.post(endpoint, json={"query": query, "variables": variables or {}}, timeout=timeout)
+    except requests.RequestException as exc:
+        raise RunSetupError(f"cannot reach the Dagster webserver at {endpoint}: {exc}") from None
+    if response.status_code != 200:
+        raise RunSetupError(f"{endpoint} answered HTTP {response.status_code}: {response.text[:300]}")
+    body = response.json()
+    if body.get("errors"):
+        raise RunSetupError(f"{endpoint}: {'; '.join(e.get('message', '?') for e in body['errors'])}")
+    return body["data"]
+
+
+def find_repository(url: str, location: str) -> dict[str, str]:
+    """The repository selector of code location `location` on the webserver."""
+    data = graphql(url, _REPOSITORIES_QUERY)["repositoriesOrError"]
+    if data["__typename"] != "RepositoryConnection":
+        raise RunSetupError(f"webserver could not list repositories: {data.get('message')}")
+    for node in data["nodes"]:
+        if node["location"]["name"] == location:
+            return {"repositoryLocationName": location, "repositoryName": node["name"]}
+    found = ", ".join(sorted(n["location"]["name"] for n in data["nodes"])) or "none"
+    raise RunSetupError(f"code location {location!r} is not loaded in the webserver at {url} (loaded: {found})")
+
+
+def submit_backfill(
+    url: str,
+    exchange: str,
+    symbol: str,
+    months: Sequence[str],
+    *,
+    location: str = DEFAULT_CODE_LOCATION,
+) -> str:
+    """Register the instrument on the server's instance and launch one backfill of the flow job over `months`.
+
+    Returns the backfill id. The daemon then runs one run per partition (no backfill policy).
+    """
+    from aperiodic_pipelines.defs.partitions import flow_partition_key
+
+    instrument = resolve_instrument(exchange, symbol)
+    repository = find_repository(url, location)
+    added = graphql(
+        url,
+        _ADD_PARTITION_MUTATION,
+        {"repositorySelector": repository, "partitionsDefName": instrument.instruments_name,
+         "partitionKey": instrument.native},
+    )["addDynamicPartition"]
+    if added["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
+        raise RunSetupError(
+            f"could not register instrument {exchange} {instrument.native}: {added.get('message', added['__typename'])}"
+        )
+    # A backfill of the partitioned job runs exactly these months. An asset backfill would also run
+    # second_stats..published_flow_bars of the month after the range (it reads raw trades of the range's last
+    # month through the m−1 mapping). The exchange tag feeds the per-exchange run limit in dagster.yaml.
+    params = {
+        "selector": {
+            "partitionSetName": f"{flow_job_name(exchange)}_partition_set", "repositorySelector": repository
+        },
+        "partitionNames": [str(flow_partition_key(exchange, instrument.native, m)) for m in months],
+        "title": f"{exchange} {instrument.native} {months[0]}..{months[-1]}",
+        "tags": [{"key": LAUNCHED_BY_TAG, "value": "cli"}, {"key": EXCHANGE_TAG, "value": exchange}],
+        "fromFailure": False,
+    }
+    launched = graphql(url, _LAUNCH_BACKFILL_MUTATION, {"backfillParams": params})["launchPartitionBackfill"]
+    if launched["__typename"] != "LaunchBackfillSuccess":
+        raise RunSetupError(f"backfill not launched ({launched['__typename']}): {launched.get('message', '')}")
+    return launched["backfillId"]

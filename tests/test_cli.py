@@ -19,6 +19,8 @@ from aperiodic_pipelines import cli, runs
 from aperiodic_pipelines.errors import AperiodicError
 from aperiodic_pipelines.storage import INTERVAL_NAMES, LocalStore, flow_key, read_parquet_metadata
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 
 @pytest.fixture
 def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -186,6 +188,10 @@ def toy_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_materialize_submits_runs_the_ui_knows_in_order_and_stops_at_a_failure(
     dagster_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # The project's instance config: the queued coordinator, and no daemon running, so runs are launched directly
+    # (the demo test covers Dagster's default coordinator, which launches on submit).
+    dagster_home.mkdir(parents=True)
+    shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
     code = cli.main(
         ["materialize", "--exchange", "okx-perps", "--symbol", "BTC-USDT-SWAP", "--month", "2023-12", "--to", "2024-03"]
     )
@@ -196,6 +202,7 @@ def test_materialize_submits_runs_the_ui_knows_in_order_and_stops_at_a_failure(
     assert "okx_perps/toy_bars: month=2024-01, rows=744" in out
     assert "step okx_perps__toy_bars failed:" in err
     assert "okx-perps BTC-USDT-SWAP 2024-02 is not published (yet)" in err
+    assert "no dagster-daemon is dequeuing runs: launching directly" in out
 
     instance = DagsterInstance.from_config(str(dagster_home))
     try:
@@ -215,9 +222,6 @@ def test_materialize_submits_runs_the_ui_knows_in_order_and_stops_at_a_failure(
 
 
 # --- backfill: GraphQL against a real webserver -------------------------------------------------------------------
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -244,9 +248,9 @@ def webserver(dagster_home: Path, tmp_path: Path) -> Iterator[str]:
             assert process.poll() is None, (tmp_path / "webserver.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "webserver did not load the code location in 120 s"
             try:
-                cli.find_repository(url, "aperiodic_pipelines")
+                runs.find_repository(url, "aperiodic_pipelines")
                 break
-            except (cli.CliError, requests.RequestException):
+            except (runs.RunSetupError, requests.RequestException):
                 time.sleep(0.5)
         yield url
     finally:

@@ -21,7 +21,10 @@ from dagster import (
 )
 
 from aperiodic_pipelines.defs import raw as raw_module
+from aperiodic_pipelines.defs.bars import BarCheck
+from aperiodic_pipelines.defs.checks import CheckOutcome
 from aperiodic_pipelines.defs.definitions import GRAPHS, defs
+from aperiodic_pipelines.defs.factory import build_exchange_graph
 from aperiodic_pipelines.defs.freshness import due_at, latest_due_month, overdue_months, overdue_months_at
 from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME
 from aperiodic_pipelines.defs.raw import raw_sources_key
@@ -207,8 +210,8 @@ def test_webhook_errors_name_the_variable_not_the_secret_url(monkeypatch: pytest
 def test_incomplete_month_publishes_and_its_warn_check_alerts(
     stage: Stage, webhook: list[dict], monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
-    """A month the source reports days missing from: a successful run, a failed WARN check, one alert; the
-    missing days are in the published files' key-value metadata."""
+    """A month the source reports days missing from, on a graph with an extra WARN bar check that fails: the run
+    succeeds and publishes, both WARN failures reach one alert; the missing days are in the published files."""
     fetch = raw_module.fetch_source_month
 
     def fetch_reporting_a_missing_day(*args, **kwargs) -> dict:  # noqa: ANN002, ANN003
@@ -216,8 +219,13 @@ def test_incomplete_month_publishes_and_its_warn_check_alerts(
         return {**info, "missing_days": ["2024-01-15"]}
 
     monkeypatch.setattr(raw_module, "fetch_source_month", fetch_reporting_a_missing_day)
+    extra = BarCheck(
+        "reconciles_with_exchange_klines", "bars agree with the exchange's klines",
+        lambda bars, where: CheckOutcome(False, f"{where.native_symbol} {where.month}: 1m volume off by 2%"),
+    )
+    graph = build_exchange_graph(BINANCE, extra_bar_checks=[extra])  # attaching an extra check: one argument
     instance = new_instance()
-    result = run_month(instance, stage.resources(), "2024-01")
+    result = run_month(instance, stage.resources(), "2024-01", assets=graph.assets)
     assert result.success
     meta = read_parquet_metadata(stage.store().read_bytes(flow_key("exchange", EXCHANGE, "1m", NATIVE, "2024-01")))
     assert meta["aperiodic.missing_days"] == '["2024-01-15"]'
@@ -234,6 +242,8 @@ def test_incomplete_month_publishes_and_its_warn_check_alerts(
     text = message["json"]["text"]
     assert f"{PREFIX}/raw_trades [{NATIVE}|2024-01-01] complete_month (WARN)" in text
     assert "2024-01-15" in text
+    assert f"{PREFIX}/flow_bars_exchange [{NATIVE}|2024-01-01] reconciles_with_exchange_klines (WARN)" in text
+    assert "1m volume off by 2%" in text
 
 
 def test_overdue_month_is_reported_once(webhook: list[dict], tmp_path: Path) -> None:

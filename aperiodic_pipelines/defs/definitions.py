@@ -8,16 +8,20 @@ start-up time and memory; parallelism comes from running partitions side by side
 
 from dagster import Definitions, in_process_executor
 
+from aperiodic_pipelines.defs.bars import BarCheck
 from aperiodic_pipelines.defs.factory import ExchangeGraph, build_exchange_graph
 from aperiodic_pipelines.defs.freshness import overdue_months
 from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME
 from aperiodic_pipelines.defs.resources import sources_resource_from_env, store_resource_from_env
 from aperiodic_pipelines.defs.sensors import SENSORS
 
+# Extra checks on an exchange's flow bars, evaluated in its flow-bars steps (see `bars.BarCheck`), e.g.
+# "binance-futures": [reconciles_with_exchange_klines].
+EXTRA_BAR_CHECKS: dict[str, list[BarCheck]] = {}
+
 GRAPHS: dict[str, ExchangeGraph] = {
-    "binance-futures": build_exchange_graph(EXCHANGES_BY_NAME["binance-futures"]),
-    "okx-perps": build_exchange_graph(EXCHANGES_BY_NAME["okx-perps"]),
-    "hyperliquid-perps": build_exchange_graph(EXCHANGES_BY_NAME["hyperliquid-perps"]),
+    name: build_exchange_graph(exchange, extra_bar_checks=EXTRA_BAR_CHECKS.get(name, ()))
+    for name, exchange in EXCHANGES_BY_NAME.items()
 }
 
 defs = Definitions(
