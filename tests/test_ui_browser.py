@@ -1,9 +1,10 @@
 """The Dagster UI, seen in a real browser, shows what the CLI materialised.
 
-A small instance is materialised through the CLI (`aperiodic-pipelines materialize`) from the offline demo's
-mirrors: binance-futures BTCUSDT and hyperliquid-perps BTC, one month, a few hundred trades each (OKX is mirrored
-but never materialised). Then `dagster-webserver` serves that instance on 127.0.0.1 and Debian's chromium, driven
-by Playwright, reads the rendered pages. Screenshots of every page land in the test's tmp dir.
+A small instance is materialised through the CLI's entry point (`aperiodic-pipelines materialize`, which submits
+runs through the code location) from the offline demo's mirrors: binance-futures BTCUSDT and hyperliquid-perps BTC,
+one month, a few hundred trades each; binance-futures ETHUSDT and okx-perps BTC-USDT-SWAP are registered but never
+run. Then `dagster-webserver` serves that instance on 127.0.0.1 and Debian's chromium, driven by Playwright (no
+downloaded browser), reads the rendered pages. Screenshots land in the test's tmp dir, `ui0/screenshots/`.
 """
 
 from __future__ import annotations
@@ -40,10 +41,7 @@ MATERIALISED = {"binance-futures": ["BTCUSDT"], "hyperliquid-perps": ["BTC"], "o
 REGISTERED = {"binance-futures": ["BTCUSDT", "ETHUSDT"], "hyperliquid-perps": ["BTC"], "okx-perps": ["BTC-USDT-SWAP"]}
 LOCATION = "aperiodic_pipelines"
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)"),
-]
+pytestmark = pytest.mark.slow
 
 
 # --- names in the asset graph (one graph per exchange, assets prefixed by the exchange's slug) -----------------
@@ -142,6 +140,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 def browser(ui: dict) -> Iterator:
     from playwright.sync_api import sync_playwright
 
+    assert CHROMIUM.exists(), f"no {CHROMIUM}: install Debian's chromium (apt-get install chromium; .ci/run does)"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
