@@ -183,25 +183,26 @@ def test_backfills_through_graphql_publish_every_partition_and_carry_the_exchang
     })["addDynamicPartition"]
     assert added["__typename"] == "AddDynamicPartitionSuccess", added
 
-    # What the UI's asset-graph "Materialize → backfill" sends: an asset selection, partitions, no tags.
-    asset_runs = _wait_for_backfill(dagster_services, _launch(url, {
-        "assetSelection": [{"path": [PREFIX, "raw_trades"]}],
-        "partitionNames": [str(flow_partition_key(EXCHANGE, NATIVE, MONTHS[0]))],
-        "title": "UI asset backfill",
-    }), expected_runs=1)
-    # The per-exchange run limit applies to it: the run coordinator gave it the exchange tag.
-    assert all({"key": "aperiodic/exchange", "value": EXCHANGE} in run["tags"] for run in asset_runs)
-
     partitions = [str(flow_partition_key(EXCHANGE, NATIVE, month)) for month in MONTHS]
-    # A backfill of the exchange's job: exactly these partitions, one run each, no tags given either.
-    runs = _wait_for_backfill(dagster_services, _launch(url, {
+    # Two backfills side by side, neither given tags. What the UI's asset-graph "Materialize → backfill" sends:
+    # an asset selection and partitions; and a backfill of the exchange's job: exactly these partitions.
+    asset_backfill = _launch(url, {
+        "assetSelection": [{"path": [PREFIX, "raw_trades"]}],
+        "partitionNames": partitions[:1],
+        "title": "UI asset backfill",
+    })
+    job_backfill = _launch(url, {
         "selector": {"partitionSetName": f"{PREFIX}_flow_bars_job_partition_set", "repositorySelector": REPOSITORY},
         "partitionNames": partitions,
         "title": "test backfill",
-    }), expected_runs=len(partitions))
+    })
+    asset_runs = _wait_for_backfill(dagster_services, asset_backfill, expected_runs=1)
+    runs = _wait_for_backfill(dagster_services, job_backfill, expected_runs=len(partitions))
+    # The per-exchange run limit applies to both: every run carries the exchange tag (the run coordinator's).
+    assert all({"key": "aperiodic/exchange", "value": EXCHANGE} in run["tags"] for run in asset_runs + runs)
+    # One run per partition (no backfill policy), each tagged with its partition.
     run_partitions = {tag["value"] for run in runs for tag in run["tags"] if tag["key"] == "dagster/partition"}
     assert run_partitions == set(partitions)
-    assert all({"key": "aperiodic/exchange", "value": EXCHANGE} in run["tags"] for run in runs)
     # The runs are recorded in the configured storage (the Postgres server, or SQLite under DAGSTER_HOME).
     stored = stored_run_ids(dagster_services["instance_kind"], dagster_services["instance_env"])
     assert {run["runId"] for run in runs + asset_runs} <= stored

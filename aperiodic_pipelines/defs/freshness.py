@@ -1,7 +1,7 @@
 """When a published month is due, and which ones are overdue.
 
-Month m is due on day `SCHEDULE_DAY_OF_MONTH` of m+1 at `SCHEDULE_HOUR_UTC` plus `DUE_GRACE_HOURS` (by default
-the 9th, 00:00 UTC): every exchange has published m's archive by the schedule's day, and the schedule's runs
+Month m is due on day `DUE_DAY_OF_MONTH` of m+1 at `DUE_HOUR_UTC` (policies: the 9th, 00:00 UTC, 18 h after the
+monthly schedule): every exchange has published m's archive by the schedule's day, and the schedule's runs
 (with their retries) finish well within the grace. A registered instrument whose due month is not in the
 published index (`storage.index`) then is overdue; the `overdue_months` sensor reports it once. Instruments
 registered after a month was due are checked from the next due month on; months before an exchange's first
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from dagster import (
     DagsterInstance,
@@ -36,9 +36,7 @@ def due_at(month: str) -> datetime:
     """When month `YYYY-MM` must be published (UTC)."""
     year, mon = (int(p) for p in month.split("-"))
     year, mon = (year + 1, 1) if mon == 12 else (year, mon + 1)
-    return datetime(year, mon, policies.SCHEDULE_DAY_OF_MONTH, policies.SCHEDULE_HOUR_UTC, tzinfo=UTC) + timedelta(
-        hours=policies.DUE_GRACE_HOURS
-    )
+    return datetime(year, mon, policies.DUE_DAY_OF_MONTH, policies.DUE_HOUR_UTC, tzinfo=UTC)
 
 
 def latest_due_month(now: datetime) -> str:

@@ -1,4 +1,5 @@
-"""Global policies, in one place: retries, pools, kinds, owners, tags, code versions, freshness, failure handling.
+"""Global policies, in one place: retries, pools, kinds, owners, tags, code versions, due dates and freshness,
+failure handling.
 
 Every exchange's graph is built by `factory.py` from these; nothing here is specific to one exchange.
 """
@@ -6,8 +7,9 @@ Every exchange's graph is built by `factory.py` from these; nothing here is spec
 # No `from __future__ import annotations`: not needed, and this module is imported by assets Dagster inspects.
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
-from dagster import Backoff, Failure, Jitter, RetryPolicy
+from dagster import Backoff, Failure, FreshnessPolicy, Jitter, RetryPolicy
 
 from aperiodic_pipelines.errors import (
     ChecksumMismatchError,
@@ -39,7 +41,14 @@ NETWORK_RETRY = RetryPolicy(max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL,
 # is after all of them, with a margin: the schedule runs then, and a published month is due then plus a grace.
 SCHEDULE_DAY_OF_MONTH = 8
 SCHEDULE_HOUR_UTC = 6
-DUE_GRACE_HOURS = 18  # a month's runs (retries included) finish well within this; then the month is overdue
+# A month is due 18 h after the schedule (its runs, retries included, finish well within that): the 9th, 00:00 UTC.
+DUE_DAY_OF_MONTH = 9
+DUE_HOUR_UTC = 0
+DUE_GRACE = timedelta(hours=(DUE_DAY_OF_MONTH - SCHEDULE_DAY_OF_MONTH) * 24 + DUE_HOUR_UTC - SCHEDULE_HOUR_UTC)
+# Asset-level freshness of the published bars in the UI: some partition published between schedule and due time.
+MONTHLY_FRESHNESS = FreshnessPolicy.cron(
+    deadline_cron=f"0 {DUE_HOUR_UTC} {DUE_DAY_OF_MONTH} * *", lower_bound_delta=DUE_GRACE, timezone="UTC"
+)
 
 
 def pool_name(slug: str) -> str:

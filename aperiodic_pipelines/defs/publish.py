@@ -8,7 +8,6 @@ staged (or indexed) sha256 and the index in the store names exactly what was pub
 
 # No `from __future__ import annotations` here: Dagster inspects the `context` annotation at runtime.
 import io
-from datetime import timedelta
 
 import polars as pl
 from dagster import (
@@ -18,7 +17,6 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
-    FreshnessPolicy,
     MaterializeResult,
     asset,
 )
@@ -35,11 +33,6 @@ from aperiodic_pipelines.storage.staging import publish_month, verify_published_
 
 PUBLISHED_CHECK = "matches_staged_and_index"
 
-# The month closed on the 1st is due on the schedule's day plus a grace (policies); asset-level in the UI, and
-# per instrument-month by the `overdue_months` sensor.
-DUE_CRON = f"0 {(policies.SCHEDULE_HOUR_UTC + policies.DUE_GRACE_HOURS) % 24} " \
-           f"{policies.SCHEDULE_DAY_OF_MONTH + (policies.SCHEDULE_HOUR_UTC + policies.DUE_GRACE_HOURS) // 24} * *"
-MONTHLY_FRESHNESS = FreshnessPolicy.cron(deadline_cron=DUE_CRON, lower_bound_delta=timedelta(hours=policies.DUE_GRACE_HOURS))
 
 
 def _picture(store: ObjectStore, exchange: str, native: str, month: str):
@@ -62,7 +55,7 @@ def build_published_flow_bars(exchange: Exchange, kinds: set[str]) -> AssetsDefi
         tags=policies.asset_tags(exchange.name),
         code_version=policies.PUBLISHED_VERSION,
         retry_policy=policies.NETWORK_RETRY,
-        freshness_policy=MONTHLY_FRESHNESS,
+        freshness_policy=policies.MONTHLY_FRESHNESS,
         check_specs=[
             AssetCheckSpec(PUBLISHED_CHECK, asset=key, partitions_def=exchange.partitions,
                            description="every published object has its staged sha256; the month's index names them")
