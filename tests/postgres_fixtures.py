@@ -168,16 +168,31 @@ def write_instance_home(home: Path, kind: str) -> Path:
     return home
 
 
+def create_instance_storage(environment: dict[str, str]) -> None:
+    """Create the instance's tables once, before several processes (webserver, daemon) open it: processes that
+    first open a fresh SQLite instance at the same moment can both stamp its schema version ("more than one head")."""
+    from dagster import DagsterInstance
+
+    from aperiodic_pipelines.demo import patched_environ
+
+    with patched_environ(environment), DagsterInstance.get():
+        pass
+
+
 @contextmanager
 def instance_environment(kind: str, home: Path) -> Iterator[dict[str, str]]:
-    """Environment variables (DAGSTER_HOME, and DAGSTER_PG_* for postgres) for an instance of `kind` in `home`;
-    for postgres a fresh server runs for the duration of the block."""
+    """Environment variables (DAGSTER_HOME, and DAGSTER_PG_* for postgres) for an instance of `kind` in `home`,
+    its storage created; for postgres a fresh server runs for the duration of the block."""
     write_instance_home(home, kind)
     if kind == "sqlite":
-        yield {"DAGSTER_HOME": str(home)}
+        environment = {"DAGSTER_HOME": str(home)}
+        create_instance_storage(environment)
+        yield environment
         return
     with running_postgres() as server:
-        yield {"DAGSTER_HOME": str(home), **server.environment()}
+        environment = {"DAGSTER_HOME": str(home), **server.environment()}
+        create_instance_storage(environment)
+        yield environment
 
 
 def stored_run_ids(kind: str, environment: dict[str, str]) -> set[str]:
