@@ -19,8 +19,11 @@ import pytest
 import requests
 
 from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME, flow_partition_key
+from aperiodic_pipelines.defs.raw import raw_sources_key
+from aperiodic_pipelines.mirror.archives import write_okx_month
 from aperiodic_pipelines.mirror.http import ArchiveMirror
-from aperiodic_pipelines.storage import LocalStore
+from aperiodic_pipelines.storage import LocalStore, raw_key
+from aperiodic_pipelines.synthetic import generate_tape
 from tests.postgres_fixtures import INSTANCE_KINDS, instance_environment, stored_run_ids
 from tests.test_assets_local import (
     EXCHANGE,
@@ -36,6 +39,7 @@ STARTUP_TIMEOUT_S = 180
 BACKFILL_TIMEOUT_S = 600
 FINAL_STATUSES = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 FINAL_RUN_STATUSES = {"SUCCESS", "FAILURE", "CANCELED"}
+OKX_NATIVE = "BTC-USDT-SWAP"
 REPOSITORY = {"repositoryLocationName": "aperiodic_pipelines", "repositoryName": "__repository__"}
 
 ADD_PARTITION = """
@@ -99,6 +103,9 @@ def dagster_services(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
     """Webserver + daemon with a fresh instance (SQLite or Postgres), pointed at a local mirror and store;
     stopped afterwards."""
     counts = write_binance_months(tmp_path / "archives")
+    # One OKX month (contracts of 0.01 BTC) for the UI-style asset backfill of another exchange.
+    okx_tape = generate_tape(MONTHS[0], 500, seed=21, start_price=40_000.0, lot=0.01)
+    write_okx_month(tmp_path / "archives" / "okx", OKX_NATIVE, MONTHS[0], okx_tape)
     with (
         instance_environment(request.param, tmp_path / "dagster_home") as instance_env,
         ArchiveMirror(tmp_path / "archives") as mirror,
@@ -108,6 +115,7 @@ def dagster_services(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
             **instance_env,
             "APERIODIC_STORE": str(tmp_path / "store"),
             "APERIODIC_BINANCE_URL": mirror.url,
+            "APERIODIC_OKX_URL": f"{mirror.url}/okx",
             "APERIODIC_CACHE_DIR": str(tmp_path / "cache"),
             "APERIODIC_HTTP_BACKOFF": "0.01",
         }
@@ -156,21 +164,22 @@ def _launch(url: str, params: dict) -> str:
     return launched["backfillId"]
 
 
-def _wait_for_backfill(services: dict, backfill_id: str, expected_runs: int) -> list[dict]:
+def _wait_for_backfill(services: dict, backfill_id: str, expected_runs: int, *, until_completed: bool = True) -> list[dict]:
+    """The backfill's runs once they have finished (and, with `until_completed`, the backfill is marked done)."""
     url, status, runs = services["url"], {}, []
 
     def finished() -> bool:
         status.update(_graphql(url, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"])
         runs[:] = _graphql(url, BACKFILL_RUNS, {"id": backfill_id})["runsOrError"]["results"]
         runs_done = len(runs) >= expected_runs and all(r["status"] in FINAL_RUN_STATUSES for r in runs)
-        return status.get("status") in FINAL_STATUSES and runs_done
+        return runs_done and (not until_completed or status.get("status") in FINAL_STATUSES)
 
     try:
         _wait_for(finished, BACKFILL_TIMEOUT_S, "waiting for the backfill", services["processes"])
     except AssertionError:
         print((services["logs"] / "daemon.log").read_text()[-5000:])
         raise
-    assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), (status, runs)
+    assert not until_completed or status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), (status, runs)
     assert runs and all(run["status"] == "SUCCESS" for run in runs), runs
     return runs
 
@@ -178,17 +187,19 @@ def _wait_for_backfill(services: dict, backfill_id: str, expected_runs: int) -> 
 @pytest.mark.slow
 def test_backfills_through_graphql_publish_every_partition_and_carry_the_exchange_tag(dagster_services: dict) -> None:
     url = dagster_services["url"]
-    added = _graphql(url, ADD_PARTITION, {
-        "repo": REPOSITORY, "name": EXCHANGES_BY_NAME[EXCHANGE].instruments_name, "key": NATIVE,
-    })["addDynamicPartition"]
-    assert added["__typename"] == "AddDynamicPartitionSuccess", added
+    for exchange, native in ((EXCHANGE, NATIVE), ("okx-perps", OKX_NATIVE)):
+        added = _graphql(url, ADD_PARTITION, {
+            "repo": REPOSITORY, "name": EXCHANGES_BY_NAME[exchange].instruments_name, "key": native,
+        })["addDynamicPartition"]
+        assert added["__typename"] == "AddDynamicPartitionSuccess", added
 
     partitions = [str(flow_partition_key(EXCHANGE, NATIVE, month)) for month in MONTHS]
-    # Two backfills side by side, neither given tags. What the UI's asset-graph "Materialize → backfill" sends:
-    # an asset selection and partitions; and a backfill of the exchange's job: exactly these partitions.
+    # Two backfills side by side, neither given tags. What the UI's asset-graph "Materialize → backfill" sends
+    # (an asset selection and partitions; here OKX's raw trades, so it does not queue behind the binance runs),
+    # and a backfill of binance-futures' job: exactly these partitions.
     asset_backfill = _launch(url, {
-        "assetSelection": [{"path": [PREFIX, "raw_trades"]}],
-        "partitionNames": partitions[:1],
+        "assetSelection": [{"path": ["okx_perps", "raw_trades"]}],
+        "partitionNames": [str(flow_partition_key("okx-perps", OKX_NATIVE, MONTHS[0]))],
         "title": "UI asset backfill",
     })
     job_backfill = _launch(url, {
@@ -196,14 +207,21 @@ def test_backfills_through_graphql_publish_every_partition_and_carry_the_exchang
         "partitionNames": partitions,
         "title": "test backfill",
     })
-    asset_runs = _wait_for_backfill(dagster_services, asset_backfill, expected_runs=1)
+    # Its run, not the daemon's next pass marking it complete, is what this test is about.
+    asset_runs = _wait_for_backfill(dagster_services, asset_backfill, expected_runs=1, until_completed=False)
     runs = _wait_for_backfill(dagster_services, job_backfill, expected_runs=len(partitions))
-    # The per-exchange run limit applies to both: every run carries the exchange tag (the run coordinator's).
-    assert all({"key": "aperiodic/exchange", "value": EXCHANGE} in run["tags"] for run in asset_runs + runs)
+    # The per-exchange run limit applies to both: every run carries its exchange's tag (the run coordinator's).
+    assert all({"key": "aperiodic/exchange", "value": "okx-perps"} in run["tags"] for run in asset_runs)
+    assert all({"key": "aperiodic/exchange", "value": EXCHANGE} in run["tags"] for run in runs)
     # One run per partition (no backfill policy), each tagged with its partition.
     run_partitions = {tag["value"] for run in runs for tag in run["tags"] if tag["key"] == "dagster/partition"}
     assert run_partitions == set(partitions)
     # The runs are recorded in the configured storage (the Postgres server, or SQLite under DAGSTER_HOME).
     stored = stored_run_ids(dagster_services["instance_kind"], dagster_services["instance_env"])
     assert {run["runId"] for run in runs + asset_runs} <= stored
-    assert_published_months(dagster_services["store"], dagster_services["counts"])
+    store = dagster_services["store"]
+    okx_raw = [raw_key("okx-perps", OKX_NATIVE, MONTHS[0]), raw_sources_key("okx-perps", OKX_NATIVE, MONTHS[0])]
+    assert all(store.exists(key) for key in okx_raw)
+    for key in okx_raw:  # the binance graph's objects, exactly
+        store.delete(key)
+    assert_published_months(store, dagster_services["counts"])
