@@ -20,8 +20,12 @@ lint: $(STAMP)
 demo: $(STAMP)
 	.venv/bin/aperiodic-pipelines demo
 
+# `dg dev` (dagster-dg-cli) supersedes `dagster dev`: webserver on 127.0.0.1:3000 plus all daemons. The instance
+# lives in DAGSTER_HOME (default ./.dagster_home), seeded with the project's dagster.yaml on first use.
 dev: $(STAMP)
-	DAGSTER_HOME=$${DAGSTER_HOME:-$(CURDIR)/.dagster_home} .venv/bin/dagster dev -w workspace.yaml
+	home=$${DAGSTER_HOME:-$(CURDIR)/.dagster_home}; mkdir -p "$$home"; \
+	test -f "$$home/dagster.yaml" || cp dagster.yaml "$$home/"; \
+	DAGSTER_HOME="$$home" .venv/bin/dg dev -w workspace.yaml
 
 bench: $(STAMP)
 	$(PY) benchmarks/flow_bench.py --trades $${TRADES:-50000000}

@@ -1,7 +1,8 @@
 """A backfill submitted through Dagster's GraphQL API to a running webserver + daemon publishes every partition.
 
 Everything is real and local: `dagster-webserver` and `dagster-daemon` subprocesses on 127.0.0.1 with a temporary
-DAGSTER_HOME configured by `dagster.yaml`, the archive mirror on 127.0.0.1, a local store. Two partitions.
+DAGSTER_HOME configured by `dagster.yaml` (SQLite) or `dagster.postgres.yaml` (a real PostgreSQL server started by
+the test), the archive mirror on 127.0.0.1, a local store. Two partitions.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aperiodic_pipelines.mirror.archives import write_okx_month
 from aperiodic_pipelines.mirror.http import ArchiveMirror
 from aperiodic_pipelines.storage import LocalStore, raw_key
 from aperiodic_pipelines.synthetic import generate_tape
+from tests.postgres_fixtures import INSTANCE_KINDS, instance_environment, stored_run_ids
 from tests.test_assets_local import (
     EXCHANGE,
     MONTHS,
@@ -96,20 +98,21 @@ def _wait_for(predicate, timeout_s: float, what: str, processes: list[subprocess
     raise AssertionError(f"timed out after {timeout_s}s {what}")
 
 
-@pytest.fixture
-def dagster_services(tmp_path: Path) -> Iterator[dict]:
-    """Webserver + daemon with a fresh DAGSTER_HOME, pointed at a local mirror and store; stopped afterwards."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+@pytest.fixture(params=INSTANCE_KINDS)
+def dagster_services(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict]:
+    """Webserver + daemon with a fresh instance (SQLite or Postgres), pointed at a local mirror and store;
+    stopped afterwards."""
     counts = write_binance_months(tmp_path / "archives")
     # One OKX month (contracts of 0.01 BTC) for the UI-style asset backfill of another exchange.
     okx_tape = generate_tape(MONTHS[0], 500, seed=21, start_price=40_000.0, lot=0.01)
     write_okx_month(tmp_path / "archives" / "okx", OKX_NATIVE, MONTHS[0], okx_tape)
-    with ArchiveMirror(tmp_path / "archives") as mirror:
+    with (
+        instance_environment(request.param, tmp_path / "dagster_home") as instance_env,
+        ArchiveMirror(tmp_path / "archives") as mirror,
+    ):
         env = {
             **os.environ,
-            "DAGSTER_HOME": str(home),
+            **instance_env,
             "APERIODIC_STORE": str(tmp_path / "store"),
             "APERIODIC_BINANCE_URL": mirror.url,
             "APERIODIC_OKX_URL": f"{mirror.url}/okx",
@@ -140,7 +143,8 @@ def dagster_services(tmp_path: Path) -> Iterator[dict]:
 
             _wait_for(webserver_up, STARTUP_TIMEOUT_S, "waiting for the webserver", processes)
             yield {"url": url, "store": LocalStore(tmp_path / "store"), "counts": counts,
-                   "processes": processes, "logs": tmp_path}
+                   "processes": processes, "logs": tmp_path,
+                   "instance_kind": request.param, "instance_env": instance_env}
         finally:
             for process in processes:
                 process.terminate()
@@ -212,6 +216,9 @@ def test_backfills_through_graphql_publish_every_partition_and_carry_the_exchang
     # One run per partition (no backfill policy), each tagged with its partition.
     run_partitions = {tag["value"] for run in runs for tag in run["tags"] if tag["key"] == "dagster/partition"}
     assert run_partitions == set(partitions)
+    # The runs are recorded in the configured storage (the Postgres server, or SQLite under DAGSTER_HOME).
+    stored = stored_run_ids(dagster_services["instance_kind"], dagster_services["instance_env"])
+    assert {run["runId"] for run in runs + asset_runs} <= stored
     store = dagster_services["store"]
     okx_raw = [raw_key("okx-perps", OKX_NATIVE, MONTHS[0]), raw_sources_key("okx-perps", OKX_NATIVE, MONTHS[0])]
     assert all(store.exists(key) for key in okx_raw)
