@@ -37,8 +37,10 @@ PREFIX = EXCHANGES_BY_NAME[EXCHANGE].slug
 
 
 def write_binance_months(root: Path, months: tuple[str, ...] = MONTHS, n_trades: int = TRADES_PER_MONTH) -> dict:
-    """Binance aggTrades monthly archives (+ CHECKSUM) of seeded synthetic tapes; returns month → trade count."""
+    """Binance aggTrades monthly archives and the 1m klines Binance computes from the same trades (+ CHECKSUMs)
+    of seeded synthetic tapes; returns month → trade count."""
     from aperiodic_pipelines.mirror.archives import write_binance_month
+    from aperiodic_pipelines.mirror.klines import write_binance_klines_month
 
     counts = {}
     first_id = 1
@@ -46,6 +48,7 @@ def write_binance_months(root: Path, months: tuple[str, ...] = MONTHS, n_trades:
         tape = generate_tape(month, n_trades, seed=11 + index, with_arrival=False, first_trade_id=first_id)
         first_id += tape.height
         write_binance_month(root, NATIVE, month, tape)
+        write_binance_klines_month(root, NATIVE, month, tape)
         counts[month] = tape.height
     return counts
 
@@ -209,10 +212,13 @@ def test_two_months_published_with_metadata_and_rerun_is_byte_identical(stage: S
     assert {(e.asset_key.to_user_string(), e.check_name) for e in evaluations} == {
         *((f"{PREFIX}/raw_trades", c) for c in ("canonical_schema", "nonempty_month", "duplicates_and_gaps",
                                                   "complete_month")),
-        *((f"{PREFIX}/flow_bars_exchange", c) for c in ("schema_and_invariants", "dense_grid", "nonempty_month")),
+        *((f"{PREFIX}/flow_bars_exchange", c) for c in ("schema_and_invariants", "dense_grid", "nonempty_month",
+                                                         "reconciles_with_exchange_klines")),
         (f"{PREFIX}/published_flow_bars", "matches_staged_and_index"),
     }
     assert all(e.passed for e in evaluations)
+    (klines,) = [e for e in evaluations if e.check_name == "reconciles_with_exchange_klines"]
+    assert klines.metadata["bars_compared"].value == 29 * 24 * 60 and klines.metadata["bars_differing"].value == 0
     partition = MultiPartitionKey({"instrument": NATIVE, "month": "2024-02-01"})
     assert {e.partition for e in evaluations} == {partition}
 
