@@ -173,12 +173,9 @@ def build_flow_bars(
 
     @asset(
         key=key,
-        partitions_def=exchange.partitions,
+        **policies.exchange_asset_args(exchange.partitions, exchange.name, kinds),
         deps=[AssetKey([exchange.slug, "second_stats"])],
         group_name=policies.FLOW_GROUP,
-        kinds=kinds,
-        owners=policies.OWNERS,
-        tags=policies.asset_tags(exchange.name),
         code_version=policies.FLOW_BARS_VERSION,
         check_specs=check_specs,
         description=f"Flow bars by {TIMESTAMP_LABELS[timestamp]}, all 8 intervals, staged until the checks pass.",

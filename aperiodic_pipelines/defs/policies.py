@@ -8,6 +8,7 @@ Every exchange's graph is built by `factory.py` from these; nothing here is spec
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from typing import Any
 
 from dagster import Backoff, Failure, FreshnessPolicy, Jitter, RetryPolicy
 
@@ -63,6 +64,11 @@ def kinds(store_is_s3: bool) -> set[str]:
 def asset_tags(exchange: str) -> dict[str, str]:
     """Asset (definition) tags: filter the catalog by exchange."""
     return {EXCHANGE_TAG: exchange}
+
+
+def exchange_asset_args(partitions_def: Any, exchange: str, kinds: set[str]) -> dict[str, Any]:
+    """What every asset of one exchange's graph shares: its partitions, kinds, owners and tags."""
+    return {"partitions_def": partitions_def, "kinds": kinds, "owners": OWNERS, "tags": asset_tags(exchange)}
 
 
 # Errors that a retry cannot fix (bad or missing data, wrong order of runs): fail at once, never retried.

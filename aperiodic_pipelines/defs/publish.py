@@ -47,12 +47,9 @@ def build_published_flow_bars(exchange: Exchange, kinds: set[str]) -> AssetsDefi
 
     @asset(
         key=key,
-        partitions_def=exchange.partitions,
+        **policies.exchange_asset_args(exchange.partitions, exchange.name, kinds),
         deps=[AssetKey([exchange.slug, f"flow_bars_{t}"]) for t in timestamps],
         group_name=policies.FLOW_GROUP,
-        kinds=kinds,
-        owners=policies.OWNERS,
-        tags=policies.asset_tags(exchange.name),
         code_version=policies.PUBLISHED_VERSION,
         retry_policy=policies.NETWORK_RETRY,
         freshness_policy=policies.MONTHLY_FRESHNESS,

@@ -149,11 +149,8 @@ def build_raw_trades(exchange: Exchange, kinds: set[str]) -> AssetsDefinition:
 
     @asset(
         key=key,
-        partitions_def=exchange.partitions,
+        **policies.exchange_asset_args(exchange.partitions, exchange.name, kinds),
         group_name=policies.RAW_GROUP,
-        kinds=kinds,
-        owners=policies.OWNERS,
-        tags=policies.asset_tags(exchange.name),
         code_version=policies.RAW_TRADES_VERSION,
         pool=policies.pool_name(exchange.slug),
         retry_policy=policies.NETWORK_RETRY,

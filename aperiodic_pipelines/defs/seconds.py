@@ -134,12 +134,9 @@ def build_second_stats(exchange: Exchange, kinds: set[str]) -> AssetsDefinition:
 
     @asset(
         key=AssetKey([exchange.slug, "second_stats"]),
-        partitions_def=exchange.partitions,
+        **policies.exchange_asset_args(exchange.partitions, exchange.name, kinds),
         deps=[AssetDep(raw, partition_mapping=MONTH_AND_PREVIOUS)],
         group_name=policies.FLOW_GROUP,
-        kinds=kinds,
-        owners=policies.OWNERS,
-        tags=policies.asset_tags(exchange.name),
         code_version=policies.SECOND_STATS_VERSION,
         retry_policy=policies.NETWORK_RETRY,
         description=f"Per-second statistics by {variants} of month m plus the 20-day tail of m−1 (spec §3).",
