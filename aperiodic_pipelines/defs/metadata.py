@@ -13,7 +13,6 @@ Conventions (docs/dagster.md, "Metadata"):
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,6 +20,7 @@ import polars as pl
 from dagster import MetadataValue, TableColumn, TableSchema
 
 from aperiodic_pipelines.flow import FLOW_SCHEMA, SECOND_STATS_SCHEMA
+from aperiodic_pipelines.storage.json_objects import canonical_json
 from aperiodic_pipelines.trades import CANONICAL_SCHEMA
 
 PRIMARY_INTERVAL = "1m"  # the interval `dagster/row_count` of bar assets counts
@@ -95,8 +95,7 @@ def rows_by_interval(rows: Mapping[str, int]) -> dict[str, Any]:
 
 def lineage_digest(objects: Sequence[Mapping[str, Any]]) -> str:
     """sha256 of the canonical JSON of the source objects (same inputs → same digest)."""
-    text = json.dumps([dict(o) for o in objects], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(canonical_json([dict(o) for o in objects]).encode()).hexdigest()
 
 
 def lineage_metadata(objects: Sequence[Mapping[str, Any]], sidecar_uris: Sequence[str]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from aperiodic_pipelines.defs.metadata import RAW_TABLE_SCHEMA, lineage_metadata
 from aperiodic_pipelines.defs.partitions import Exchange, split_partition_key
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.storage import LocalStore, ObjectStore, raw_key
-from aperiodic_pipelines.storage.staging import publish_json, read_json
+from aperiodic_pipelines.storage.json_objects import publish_json, read_json
 from aperiodic_pipelines.trades import CANONICAL_SCHEMA
 
 MAX_DUPLICATE_FRACTION = 0.01  # duplicates the source dropped, per trade kept

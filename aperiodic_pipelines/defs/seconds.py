@@ -34,7 +34,7 @@ from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.errors import NotPublishedError
 from aperiodic_pipelines.flow import compute_second_stats
 from aperiodic_pipelines.storage import ObjectStore, seconds_key, write_parquet_deterministic
-from aperiodic_pipelines.storage.staging import canonical_json
+from aperiodic_pipelines.storage.json_objects import canonical_json
 
 # second_stats(m) reads raw trades of month m and m−1 of the same instrument (spec §3).
 MONTH_AND_PREVIOUS = MultiPartitionMapping(

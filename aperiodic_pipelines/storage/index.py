@@ -14,9 +14,10 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aperiodic_pipelines.storage.base import ObjectStore, PublishedObject
+from aperiodic_pipelines.storage.json_objects import publish_json
 from aperiodic_pipelines.storage.keys import _segment, check_month, flow_key
 
 if TYPE_CHECKING:
@@ -47,10 +48,10 @@ class PublishedMonth:
     month: str
     files: tuple[PublishedFile, ...]
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict[str, Any]:
         value = asdict(self)
         value["files"] = sorted(value["files"], key=lambda f: (f["timestamp"], f["interval"]))
-        return json.dumps(value, sort_keys=True, separators=(",", ":")) + "\n"
+        return value
 
     @classmethod
     def from_json(cls, text: str | bytes) -> PublishedMonth:
@@ -69,11 +70,7 @@ def index_key(exchange: str, native_symbol: str, month: str) -> str:
 
 def record_published_month(store: ObjectStore, month: PublishedMonth) -> PublishedObject:
     """Replace the month's manifest whole (call after every file it names is published)."""
-    key = index_key(month.exchange, month.native_symbol, month.month)
-    with tempfile.TemporaryDirectory(prefix="aperiodic-index-") as tmp:
-        path = Path(tmp) / "manifest.json"
-        path.write_text(month.to_json())
-        return store.publish_file(path, key, content_type="application/json")
+    return publish_json(store, month.to_dict(), index_key(month.exchange, month.native_symbol, month.month))
 
 
 def read_published_month(store: ObjectStore, exchange: str, native_symbol: str, month: str) -> PublishedMonth | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
@@ -12,6 +11,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from aperiodic_pipelines import SCHEMA_VERSION, __version__
+from aperiodic_pipelines.storage.json_objects import canonical_json
 from aperiodic_pipelines.storage.local import TEMP_PREFIX
 
 if TYPE_CHECKING:  # pyarrow is imported where a file is written or read, not when the definitions load
@@ -128,8 +128,8 @@ def bars_metadata(
         "aperiodic.timestamp": timestamp,
         "aperiodic.month": month,
         "aperiodic.code_version": code_version,
-        "aperiodic.sources": json.dumps([dict(s) for s in sources], sort_keys=True, separators=(",", ":")),
+        "aperiodic.sources": canonical_json([dict(s) for s in sources]),
         "aperiodic.row_count": str(int(row_count)),
-        "aperiodic.missing_days": json.dumps(sorted(missing_days), separators=(",", ":")),
+        "aperiodic.missing_days": canonical_json(sorted(missing_days)),
     }
 

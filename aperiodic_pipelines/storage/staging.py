@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from aperiodic_pipelines.storage.index import (
     read_published_month,
     record_published_month,
 )
+from aperiodic_pipelines.storage.json_objects import publish_json, read_json
 from aperiodic_pipelines.storage.keys import flow_key
 from aperiodic_pipelines.storage.local import LocalStore
 
@@ -46,21 +46,6 @@ def staged_key(timestamp: str, exchange: str, interval: str, native_symbol: str,
 def manifest_key(timestamp: str, exchange: str, native_symbol: str, month: str) -> str:
     """What a flow-bars step staged for one variant, and whether its checks passed."""
     return f"{STAGING_PREFIX}manifests/{timestamp}/{exchange}/{native_symbol}/{month}.json"
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
-
-
-def publish_json(store: ObjectStore, value: Any, key: str) -> None:
-    with tempfile.TemporaryDirectory(prefix="aperiodic-json-") as tmp:
-        path = Path(tmp) / Path(key).name
-        path.write_text(canonical_json(value) + "\n")
-        store.publish_file(path, key, content_type="application/json")
-
-
-def read_json(store: ObjectStore, key: str) -> Any:
-    return json.loads(store.read_bytes(key))
 
 
 def object_sha256(store: ObjectStore, key: str) -> tuple[int, str]:
@@ -201,7 +186,7 @@ def verify_published_month(store: ObjectStore, outcome: PublishOutcome) -> list[
     """
     problems = []
     stored = read_published_month(store, outcome.month.exchange, outcome.month.native_symbol, outcome.month.month)
-    if stored is None or stored.to_json() != outcome.month.to_json():
+    if stored is None or stored.to_dict() != outcome.month.to_dict():
         problems.append(f"{store.uri(index_key(outcome.month.exchange, outcome.month.native_symbol, outcome.month.month))}"
                         " differs from what was published")
     problems.extend(f"{f.key} missing" for f in outcome.month.files if not store.exists(f.key))
