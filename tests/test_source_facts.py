@@ -329,6 +329,37 @@ def test_fact9_okx_cdn_404_that_appears_seconds_later_is_retried(tmp_path, mirro
     assert [s for m, p, s in archive_mirror.requests if p == late and m == "GET"] == [404, 404, 200]
 
 
+@pytest.mark.parametrize("source", ["binance", "okx"])
+def test_fact9_a_month_never_published_fails_without_waiting_on_each_day(tmp_path, mirror_root, source_config,
+                                                                          fast_downloader, archive_mirror, source):
+    """The month before an instrument's first month: no day answers, so none is asked again (a late 404 is only
+    worth waiting for in a month that is there); the monthly Binance archive keeps its 404 patience."""
+    write_binance_month(mirror_root, "BTCUSDT", "2024-02", tiny_tape("2024-02"), daily=True)  # another month only
+    fetch = binance.fetch_month if source == "binance" else okx.fetch_month
+    with pytest.raises(NotPublishedError, match=r"2024-01 is not published \(yet\).*every day"):
+        fetch(SYMBOL, "2024-01", dest=tmp_path / "m.parquet", config=source_config, downloader=fast_downloader)
+    gets = [path for method, path, status in archive_mirror.requests if method == "GET"]
+    assert all(status == 404 for _m, _p, status in archive_mirror.requests)
+    daily = [path for path in gets if "/daily/" in path]
+    assert len(daily) == len(set(daily)) >= 31  # each daily object (or its CHECKSUM) asked exactly once
+    monthly = [path for path in gets if "/monthly/" in path]
+    assert len(monthly) == (fast_downloader.retry.not_found_attempts if source == "binance" else 0)
+    assert not (tmp_path / "m.parquet").exists()
+
+
+def test_fact9_a_missing_day_of_a_published_month_is_asked_again(tmp_path, mirror_root, archive_mirror,
+                                                                 fast_downloader):
+    fetch, missing = _write_with_a_missing_day("binance", mirror_root)
+    config = SourceConfig.from_env({"APERIODIC_BINANCE_URL": archive_mirror.url,
+                                    "APERIODIC_CACHE_DIR": str(tmp_path / "cache")})
+    with pytest.raises(NotPublishedError, match="incomplete upstream"):
+        fetch(config, fast_downloader, tmp_path / "m.parquet")
+    asked = [p for m, p, s in archive_mirror.requests if m == "GET" and p.endswith("2024-01-17.zip")]
+    assert len(asked) == 1 + fast_downloader.retry.not_found_attempts  # a first look, then the 404 patience
+    asked_once = [p for m, p, s in archive_mirror.requests if m == "GET" and "2024-01-16.zip.CHECKSUM" in p]
+    assert len(asked_once) == 1
+
+
 # --- fact 10: every way an archive can be corrupt is one clear, permanent error ----------------------------------
 
 _ZIP_MESSAGES = {

@@ -24,6 +24,7 @@ from aperiodic_pipelines.sources.canonical import (
     parse_month,
 )
 from aperiodic_pipelines.sources.config import SourceConfig
+from aperiodic_pipelines.sources.days import fetch_days
 from aperiodic_pipelines.sources.download import Download, Downloader, parse_checksum_sidecar
 from aperiodic_pipelines.sources.missing import check_missing_days
 from aperiodic_pipelines.sources.symbols import to_native
@@ -78,18 +79,16 @@ def fetch_month(
     base = config.binance_url.rstrip("/")
 
     missing_days: list[str] = []
-    missing_files: list[str] = []
     try:
         downloads = [_fetch_checked(downloader, base, archive_path(native, dataset, month))]
         outside_month = "error"  # a monthly file holds only its month
     except NotPublishedError as monthly_missing:
-        downloads = []
-        for day in days_of_month(month):
-            try:
-                downloads.append(_fetch_checked(downloader, base, archive_path(native, dataset, day)))
-            except NotPublishedError:
-                missing_days.append(day)
-                missing_files.append(archive_path(native, dataset, day).rsplit("/", 1)[-1])
+        fetched, missing_days = fetch_days(
+            days_of_month(month), lambda client, day: _fetch_checked(client, base, archive_path(native, dataset, day)),
+            downloader,
+        )
+        downloads = [download for _day, download in fetched]
+        missing_files = [archive_path(native, dataset, day).rsplit("/", 1)[-1] for day in missing_days]
         check_missing_days(
             f"{EXCHANGE} {native} {dataset} {month}", missing_days, published=len(downloads), config=config,
             detail=f"monthly archive: {monthly_missing}; daily archives missing for", missing_objects=missing_files,

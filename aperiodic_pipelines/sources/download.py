@@ -10,6 +10,7 @@ decides that it need not fetch again and how it notices that upstream changed.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
@@ -127,6 +128,13 @@ class Downloader:
             not_found_attempts=int(env.get("APERIODIC_HTTP_404_ATTEMPTS", RetryPolicy.not_found_attempts)),
         )
         return cls(config.cache_dir, retry=retry)
+
+    def impatient(self) -> Downloader:
+        """The same downloader (cache, session, retries) taking a 404 at its word: for a first look at many
+        objects, before deciding which are worth waiting for (`sources.days`)."""
+        clone = copy.copy(self)
+        clone.retry = replace(self.retry, not_found_attempts=1)
+        return clone
 
     # --- public -------------------------------------------------------------------------------------------
 

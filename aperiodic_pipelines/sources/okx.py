@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from aperiodic_pipelines.errors import ContractValueError, CorruptArchiveError, NotPublishedError, SymbolError
+from aperiodic_pipelines.errors import ContractValueError, CorruptArchiveError, SymbolError
 from aperiodic_pipelines.sources.archive_stream import check_zip_structure, first_line, lazy_csv, zip_csv
 from aperiodic_pipelines.sources.base import SourceObject, SourceResult
 from aperiodic_pipelines.sources.canonical import (
@@ -35,6 +35,7 @@ from aperiodic_pipelines.sources.canonical import (
     parse_month,
 )
 from aperiodic_pipelines.sources.config import SourceConfig
+from aperiodic_pipelines.sources.days import fetch_days
 from aperiodic_pipelines.sources.download import Download, Downloader
 from aperiodic_pipelines.sources.missing import check_missing_days
 from aperiodic_pipelines.sources.symbols import to_native
@@ -230,21 +231,16 @@ def fetch_month(
     dates = file_dates(month)
     downloader = downloader or Downloader.from_config(config)
     base = config.okx_url.rstrip("/")
-    downloads: list[Download] = []
-    missing: set[str] = set()
-    missing_files: list[str] = []
-    for day in dates:
+
+    def fetch_day(client: Downloader, day: str) -> Download:
         path = archive_path(instid, day)
         name = path.rsplit("/", 1)[-1]
-        try:
-            downloads.append(
-                downloader.fetch(
-                    f"{base}/{path}", f"{EXCHANGE}/{path}", verify=lambda p, n=name: check_zip_structure(p, name=n)
-                )
-            )
-        except NotPublishedError:
-            missing.update(utc_days_of_file(day, month))
-            missing_files.append(name)
+        return client.fetch(f"{base}/{path}", f"{EXCHANGE}/{path}", verify=lambda p: check_zip_structure(p, name=name))
+
+    fetched, missing_dates = fetch_days(dates, fetch_day, downloader)
+    downloads = [download for _day, download in fetched]
+    missing = {utc_day for day in missing_dates for utc_day in utc_days_of_file(day, month)}
+    missing_files = [archive_path(instid, day).rsplit("/", 1)[-1] for day in missing_dates]
     missing_days = sorted(missing)
     check_missing_days(
         f"{EXCHANGE} {instid} {month}", missing_days, published=len(downloads), config=config,
