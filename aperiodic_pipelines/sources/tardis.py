@@ -17,6 +17,7 @@ exchange time is read from the day before the month through the first day of the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from aperiodic_pipelines.sources.canonical import (
     parse_month,
 )
 from aperiodic_pipelines.sources.config import SourceConfig
+from aperiodic_pipelines.sources.days import fetch_days
 from aperiodic_pipelines.sources.download import Downloader
 from aperiodic_pipelines.sources.missing import check_missing_days
 from aperiodic_pipelines.sources.symbols import to_native
@@ -90,6 +92,20 @@ def file_days(month: str) -> tuple[list[str], list[str]]:
     return days, [f"{first - timedelta(days=1)}", f"{last + timedelta(days=1)}"]
 
 
+def _local_days(
+    days: list[str], fetch_day: Callable[[None, str], tuple[Path, SourceObject]], optional: list[str]
+) -> tuple[list[tuple[str, tuple[Path, SourceObject]]], list[str]]:
+    """Files of a local directory of client downloads: (found, required days missing)."""
+    found, missing = [], []
+    for day in days:
+        try:
+            found.append((day, fetch_day(None, day)))
+        except NotPublishedError:
+            if day not in optional:
+                missing.append(day)
+    return found, missing
+
+
 def fetch_month(
     symbol: str,
     month: str,
@@ -116,38 +132,38 @@ def fetch_month(
         downloader = downloader or Downloader.from_config(config)
     headers = {"Authorization": f"Bearer {config.tardis_api_key}"} if remote and config.tardis_api_key else None
     dest = Path(dest)
-    objects: list[SourceObject] = []
-    files: list[TradeFile] = []
-    cached: list[str] = []
-    missing_days: list[str] = []
-    missing_files: list[str] = []
+
+    def file_name(day: str) -> str:
+        if remote:
+            return f"{tardis_exchange(exchange)}/{api_path(exchange, native, day).split('/', 2)[2]}"
+        return download_file_name(exchange, native, day)
+
+    def fetch_day(client: Downloader | None, day: str) -> tuple[Path, SourceObject]:
+        name = file_name(day)
+        if client is not None:
+            path = api_path(exchange, native, day)
+            got = client.fetch(
+                f"{base}/{path}", f"tardis/{path}", verify=lambda p: _check_gzip_magic(p, name=name), headers=headers
+            )
+            return got.path, SourceObject(location=got.url, size=got.size, sha256=got.sha256)
+        local = Path(base) / name
+        if not local.is_file():
+            raise NotPublishedError(f"not published (yet): {local} (no such Tardis file)")
+        size, sha = sha256_file(local)
+        return local, SourceObject(location=str(local.resolve()), size=size, sha256=sha)
+
+    # An edge day's file only adds the few trades that arrived across midnight: optional, never waited for.
+    days = sorted([*required, *optional])
+    if remote:
+        assert downloader is not None
+        found, missing_days = fetch_days(days, fetch_day, downloader, required=lambda day: day not in optional)
+    else:
+        found, missing_days = _local_days(days, fetch_day, optional)
+    missing_files = [file_name(day) for day in missing_days]
+    cached = [f"tardis/{api_path(exchange, native, day)}" for day, _ in found] if remote else []
+    objects = [obj for _day, (_path, obj) in found]
     try:
-        for day in sorted([*required, *optional]):
-            try:
-                if remote:
-                    assert downloader is not None
-                    path = api_path(exchange, native, day)
-                    name = f"{tardis_exchange(exchange)}/{path.split('/', 2)[2]}"
-                    got = downloader.fetch(
-                        f"{base}/{path}", f"tardis/{path}", verify=lambda p, n=name: _check_gzip_magic(p, name=n),
-                        headers=headers,
-                    )
-                    local, location, size, sha = got.path, got.url, got.size, got.sha256
-                    cached.append(f"tardis/{path}")
-                else:
-                    name = download_file_name(exchange, native, day)
-                    local = Path(base) / name
-                    if not local.is_file():
-                        raise NotPublishedError(f"not published (yet): {local} (no such Tardis file)")
-                    size, sha = sha256_file(local)
-                    location = str(local.resolve())
-            except NotPublishedError:
-                if day not in optional:
-                    missing_days.append(day)
-                    missing_files.append(name)
-                continue  # an edge file only adds the few trades that arrived across midnight
-            files.append(read_file(local, exchange, native, month, name=name))
-            objects.append(SourceObject(location=location, size=size, sha256=sha))
+        files = [read_file(path, exchange, native, month, name=file_name(day)) for day, (path, _obj) in found]
         check_missing_days(
             f"Tardis {tardis_exchange(exchange)} {file_symbol(native)} {month}", missing_days,
             published=len(files), config=config, detail="the day files of", missing_objects=missing_files,
