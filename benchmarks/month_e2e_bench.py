@@ -14,8 +14,9 @@ Both cases run in a fresh process, one after the other (`--repeat` alternates th
            zstd parquet: the least any pipeline must do.
   ours     `aperiodic-pipelines materialize --exchange binance-futures --symbol BTCUSDT --month M` with a fresh
            DAGSTER_HOME and store: download + checksum + canonical parquet, second_stats, flow_bars_exchange and
-           flow_bars_true with their checks, published_flow_bars. The month before is not on the mirror (404),
-           so the month is the instrument's first, as for a fresh instrument.
+           its checks (incl. the reconciliation with the month's 1m klines, which the mirror serves as Binance
+           does), published_flow_bars. The month before is not on the mirror (404), so the month is the
+           instrument's first, as for a fresh instrument (its monthly archive's 404 is asked 3 times, ~3 s).
 
 Reported: wall seconds; CPU seconds and peak RSS of each case's whole process tree, sampled from /proc every
 50 ms (ours runs in a worker the CLI's code server starts, which `wait4` of the CLI would not see); the largest
@@ -51,6 +52,7 @@ def write_month_zip(root: Path, month: str, trades: int, seed: int) -> Path:
     stamp = path.with_name(path.name + ".bench.json")
     want = {"month": month, "trades": trades, "seed": seed}
     if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == want:
+        write_month_klines(root, month, trades, seed)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     print(f"writing {trades:,} trades of {month} as {path.name} ...", flush=True)
@@ -67,7 +69,24 @@ def write_month_zip(root: Path, month: str, trades: int, seed: int) -> Path:
     path.with_name(path.name + ".CHECKSUM").write_text(f"{digest.hexdigest()}  {path.name}\n")
     stamp.write_text(json.dumps(want))
     print(f"  {path.stat().st_size / 1e6:.0f} MB zip in {time.perf_counter() - started:.0f} s", flush=True)
+    write_month_klines(root, month, trades, seed)
     return path
+
+
+def write_month_klines(root: Path, month: str, trades: int, seed: int) -> None:
+    """The month's 1m klines zip (+ .CHECKSUM) of the same trades, as Binance publishes them next to the trades:
+    without it binance-futures' klines reconciliation would wait out its 404 retries, which no real month pays."""
+    import polars as pl
+
+    from aperiodic_pipelines.mirror.klines import write_binance_klines_month
+    from aperiodic_pipelines.sources.klines import klines_path
+    from aperiodic_pipelines.synthetic import iter_tape_days
+
+    if (root / "binance" / klines_path(SYMBOL, month)).exists():
+        return
+    print(f"writing the 1m klines of {month} ...", flush=True)
+    days = iter_tape_days(month, trades, seed, start_price=60_000.0, with_arrival=False)
+    write_binance_klines_month(root / "binance", SYMBOL, month, pl.concat(list(days)))
 
 
 def floor_child(url: str, out: Path) -> None:
