@@ -102,7 +102,7 @@ class ParsedHour:
     source: SourceObject
     parsed_now: bool  # False when the parse came from the cache
     ndjson_bytes: int  # decompressed size, when parsed now (0 from the cache)
-    parse_seconds: float = 0.0  # decompress + decode + columns + parquet write, when parsed now
+    parse_seconds: float = 0.0  # decompress + decode + columns + parquet write, when parsed now (thread wall)
     etag: str = ""  # the version of the object that was parsed
 
 
@@ -134,7 +134,6 @@ class PreparedMonth:
         """What the preparation read and did, for run metadata: objects, bytes, cache hits, parse throughput."""
         parsed = [hour for hour in self.hours if hour.parsed_now]
         ndjson = sum(hour.ndjson_bytes for hour in parsed)
-        parse_seconds = sum(hour.parse_seconds for hour in parsed)
         return {
             "month": self.month,
             "objects": len(self.hours),
@@ -144,8 +143,8 @@ class PreparedMonth:
             "parsed_now": len(parsed),
             "cache_hits": len(self.hours) - len(parsed),
             "ndjson_bytes_parsed": ndjson,
-            # Per object, summed over the worker threads: the parser's own rate, downloads excluded.
-            "parse_mb_per_s": round(ndjson / 1e6 / parse_seconds, 1) if parse_seconds else 0.0,
+            # Decompressed NDJSON parsed per second of the whole preparation (listing and downloads included).
+            "parse_mb_per_s": round(ndjson / 1e6 / self.seconds, 2) if self.seconds and ndjson else 0.0,
             "seconds": round(self.seconds, 3),
             "first_hour": f"{self.first_hour:%Y-%m-%dT%H:%M:%S}Z",
             "partial_month": self.partial_month,
