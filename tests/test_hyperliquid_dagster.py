@@ -8,6 +8,11 @@ Parses and downloads are counted by wrapping the source's own functions (they st
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,17 +21,20 @@ from typing import Any
 
 import polars as pl
 import pytest
+import requests
 from dagster import (
     AssetKey,
     DagsterEventType,
     DagsterInstance,
     MultiToSingleDimensionPartitionMapping,
     RunRequest,
+    RunsFilter,
     SkipReason,
     build_run_status_sensor_context,
     build_schedule_context,
 )
 
+from aperiodic_pipelines import runs
 from aperiodic_pipelines.defs.definitions import defs
 from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME, flow_partition_key
 from aperiodic_pipelines.defs.venue import FAN_OUT_ALL, FAN_OUT_TAG
@@ -37,6 +45,7 @@ from aperiodic_pipelines.sources.hyperliquid import NODE_FILLS_BY_BLOCK, fetch_m
 from aperiodic_pipelines.sources.hyperliquid.bucket import BucketReader
 from aperiodic_pipelines.storage import LocalStore, raw_key
 from aperiodic_pipelines.synthetic import generate_tape
+from tests.postgres_fixtures import free_port
 from tests.s3_fixtures import MOTO_REGION, aws_env, moto_endpoint  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -47,6 +56,7 @@ COINS = ("BTC", "ETH", "SOL")
 EXCHANGE = EXCHANGES_BY_NAME["hyperliquid-perps"]
 VENUE = AssetKey(["hyperliquid_perps", "venue_hours"])
 RAW = AssetKey(["hyperliquid_perps", "raw_trades"])
+REPO = Path(__file__).resolve().parents[1]
 OBJECTS_IN_MONTH = 722  # 720 hours of September and the hour on each side (records filed late or early)
 
 
@@ -238,3 +248,83 @@ def test_lineage_jobs_schedule_and_fan_out_are_as_documented(
         dagster_event=by_hand.get_run_success_event(),
     ))
     assert isinstance(skipped, SkipReason)
+
+
+# --- the CLI's backfill, executed by a real webserver + daemon -----------------------------------------------------
+
+DAEMON_TIMEOUT_S = 900
+
+
+@pytest.fixture
+def services(bucket: Any, aws_env: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:  # noqa: F811
+    """`dagster-webserver` and `dagster-daemon` on 127.0.0.1 with the project's instance config (SQLite) and the
+    environment pointing at the bucket, a fresh cache and a local store: (url, environment)."""
+    env = {**os.environ, **instance_env(tmp_path / "dagster_home"),
+           "APERIODIC_HYPERLIQUID_URL": f"s3://{BUCKET}", "APERIODIC_CACHE_DIR": str(tmp_path / "cache"),
+           "APERIODIC_STORE": str(tmp_path / "store")}
+    for name in ("APERIODIC_SOURCE", "APERIODIC_ALERT_WEBHOOK_URL"):
+        env.pop(name, None)
+    port, workspace = free_port(), str(REPO / "workspace.yaml")
+    logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("webserver", "daemon")}  # noqa: SIM115
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port), "-w",
+                          workspace], cwd=tmp_path, env=env, stdout=logs["webserver"], stderr=subprocess.STDOUT),
+        subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w", workspace], cwd=tmp_path, env=env,
+                         stdout=logs["daemon"], stderr=subprocess.STDOUT),
+    ]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert all(p.poll() is None for p in processes), (tmp_path / "webserver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the webserver did not load the code location"
+            try:
+                runs.find_repository(url, "aperiodic_pipelines")
+                break
+            except (runs.RunSetupError, requests.RequestException):
+                time.sleep(1)
+        yield url, env
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        for handle in logs.values():
+            handle.close()
+
+
+def instance_env(home: Path) -> dict[str, str]:
+    home.mkdir(parents=True)
+    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
+    return {"DAGSTER_HOME": str(home)}
+
+
+def test_cli_backfill_runs_the_venue_month_before_the_coins_partitions(
+    services: tuple[str, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, env = services
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])  # the instance's config reads it
+    backfill_id = runs.submit_backfill(url, EXCHANGE.name, "BTC", [MONTH])
+    instance = DagsterInstance.from_config(env["DAGSTER_HOME"])
+    try:
+        deadline = time.monotonic() + DAEMON_TIMEOUT_S
+        while (backfill := instance.get_backfill(backfill_id)).status.value == "REQUESTED":
+            assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()[-5000:]
+            time.sleep(2)
+        records = instance.get_run_records(RunsFilter(tags={"dagster/backfill": backfill_id}))
+        assert backfill.status.value == "COMPLETED_SUCCESS", [(r.dagster_run.job_name, r.dagster_run.status)
+                                                               for r in records]
+        venue = [r for r in records if VENUE in (r.dagster_run.asset_selection or ())]
+        coin = [r for r in records if RAW in (r.dagster_run.asset_selection or ())]
+        assert len(venue) == 1 and len(coin) == 1, records
+        assert venue[0].end_time <= coin[0].start_time  # the daemon waited for the venue month
+        assert all(r.dagster_run.status.value == "SUCCESS" for r in records)
+        assert all(r.dagster_run.tags["aperiodic/exchange"] == EXCHANGE.name for r in records)
+        published = LocalStore(tmp_path / "store").list("flow/")
+        assert {k.split("/")[1] for k in published if "/BTC/" in k} == {"exchange", "true"}
+    finally:
+        instance.dispose()
