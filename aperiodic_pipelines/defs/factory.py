@@ -52,16 +52,16 @@ def build_exchange_graph(exchange: Exchange, *, extra_bar_checks: Sequence[BarCh
     timestamps = ("exchange", "true") if exchange.has_arrival_times else ("exchange",)
     venue = build_venue_step(exchange, kinds) if has_venue_step(exchange.name) else None
     raw_args: dict[str, Any] = {"deps": [venue.dep], "source_args": venue.source_args} if venue else {}
-    assets = (
-        *((venue.asset,) if venue else ()),
+    flow_assets = (
         build_raw_trades(exchange, kinds, **raw_args),
         build_second_stats(exchange, kinds),
         *(build_flow_bars(exchange, t, kinds, extra_bar_checks) for t in timestamps),
         build_published_flow_bars(exchange, kinds),
     )
+    assets = (venue.asset, *flow_assets) if venue else flow_assets
     job = define_asset_job(
         job_name(exchange),
-        selection=AssetSelection.assets(*assets[1 if venue else 0:]),  # includes the assets' checks
+        selection=AssetSelection.assets(*flow_assets),  # includes the assets' checks
         partitions_def=exchange.partitions,
         tags={policies.EXCHANGE_TAG: exchange.name},
         description=f"{exchange.name}: raw_trades → second_stats → flow bars (+ checks) → published, per partition.",

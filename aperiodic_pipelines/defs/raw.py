@@ -74,7 +74,7 @@ def fetch_source_month(
     from aperiodic_pipelines.sources import fetch_month
 
     kwargs: dict[str, Any] = dict(source_args)
-    if "prepared" not in kwargs and (client := sources.get_s3_client()) is not None:
+    if (client := sources.get_s3_client()) is not None:
         kwargs["s3_client"] = client
     result = fetch_month(exchange, native, month, dest=dest, config=sources.get_config(), **kwargs)
     info = result.to_metadata()
