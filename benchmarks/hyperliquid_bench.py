@@ -181,7 +181,13 @@ def run_step(step: str, coin: str) -> None:
                 partition_key=str(flow_partition_key("hyperliquid-perps", coin, MONTH)), instance=instance,
                 asset_selection=[AssetKey(["hyperliquid_perps", "raw_trades"])], raise_on_error=False,
             )
-        print(json.dumps({"ok": result.success, "parses": parses, "seconds": time.perf_counter() - started}))
+        report: dict[str, Any] = {"ok": result.success, "parses": parses, "seconds": time.perf_counter() - started}
+        if step == "venue" and result.success:
+            (event,) = result.get_asset_materialization_events()
+            metadata = event.step_materialization_data.materialization.metadata
+            report["ndjson_mb"] = metadata["ndjson_bytes_parsed"].value / 1e6
+            report["parse_mb_per_s"] = metadata["parse_mb_per_s"].value
+        print(json.dumps(report))
 
 
 def step_processes(tree: Path, steps: list[tuple[str, str]], env: dict[str, str]) -> tuple[list[dict], float, float]:
@@ -228,7 +234,9 @@ def dagster_path(base: Path, coins: list[str], raw_cache: Path, workdir: Path, e
         reports, wall, cpu = step_processes(tree, steps, step_env)
         if tree == REPO:  # the venue step first, then the coins
             more, coin_wall, coin_cpu = step_processes(tree, [("raw", coin) for coin in coins], step_env)
-            print(f"  venue_hours alone: {wall:6.1f} / {cpu:6.1f} (step {reports[0]['seconds']:.1f} s)")
+            venue = reports[0]
+            print(f"  venue_hours alone: {wall:6.1f} / {cpu:6.1f} (step {venue['seconds']:.1f} s: "
+                  f"{venue['ndjson_mb']:.0f} MB of NDJSON at {venue['parse_mb_per_s']} MB/s, downloads excluded)")
             reports, wall, cpu = reports + more, wall + coin_wall, cpu + coin_cpu
         parses = sum(r["parses"] for r in reports)
         print(f"  {label}: {wall:7.1f} / {cpu:7.1f}   {parses} objects parsed")
