@@ -236,7 +236,7 @@ def dagster_path(base: Path, coins: list[str], raw_cache: Path, workdir: Path, e
             more, coin_wall, coin_cpu = step_processes(tree, [("raw", coin) for coin in coins], step_env)
             venue = reports[0]
             print(f"  venue_hours alone: {wall:6.1f} / {cpu:6.1f} (step {venue['seconds']:.1f} s: "
-                  f"{venue['ndjson_mb']:.0f} MB of NDJSON at {venue['parse_mb_per_s']} MB/s, downloads excluded)")
+                  f"{venue['ndjson_mb']:.0f} MB of NDJSON at {venue['parse_mb_per_s']} MB/s of the step, raw objects cached)")
             reports, wall, cpu = reports + more, wall + coin_wall, cpu + coin_cpu
         parses = sum(r["parses"] for r in reports)
         print(f"  {label}: {wall:7.1f} / {cpu:7.1f}   {parses} objects parsed")
