@@ -215,9 +215,48 @@ def submit_partition_run(
     say: Say = _quiet,
 ) -> str:
     """Create one partition run of the exchange's flow job from the code location and submit it; its run id."""
-    from dagster._core.definitions.selector import JobSubsetSelector
-
     from aperiodic_pipelines.defs.partitions import flow_partition_key, month_partition_key
+
+    partition_tags = {
+        "dagster/partition": str(flow_partition_key(instrument.exchange, instrument.native, month)),
+        "dagster/partition/instrument": instrument.native,
+        "dagster/partition/month": month_partition_key(month),
+    }
+    return _submit_job_run(process_context, flow_job_name(instrument.exchange), instrument.exchange, partition_tags,
+                           tags=tags, log_level=log_level, location=location, say=say)
+
+
+def submit_venue_run(
+    process_context: WorkspaceProcessContext,
+    exchange: str,
+    month: str,
+    *,
+    tags: dict[str, str] | None = None,
+    log_level: str = "INFO",
+    location: str = DEFAULT_CODE_LOCATION,
+    say: Say = _quiet,
+) -> str:
+    """Create one month's run of the exchange's venue job (`{slug}/venue_hours`, venue.py) and submit it."""
+    from aperiodic_pipelines.defs.partitions import month_partition_key
+    from aperiodic_pipelines.defs.venue import venue_job_name
+
+    partition_tags = {"dagster/partition": month_partition_key(month)}
+    return _submit_job_run(process_context, venue_job_name(exchange), exchange, partition_tags,
+                           tags=tags, log_level=log_level, location=location, say=say)
+
+
+def _submit_job_run(
+    process_context: WorkspaceProcessContext,
+    job_name: str,
+    exchange: str,
+    partition_tags: dict[str, str],
+    *,
+    tags: dict[str, str] | None,
+    log_level: str,
+    location: str,
+    say: Say,
+) -> str:
+    from dagster._core.definitions.selector import JobSubsetSelector
 
     workspace = process_context.create_request_context()
     if workspace.has_code_location_error(location):
@@ -226,21 +265,12 @@ def submit_partition_run(
         raise RunSetupError(f"no code location {location!r} in the workspace (found {workspace.code_location_names})")
     code = workspace.get_code_location(location)
     (repository,) = code.get_repositories().values()
-    job_name = flow_job_name(instrument.exchange)
     remote_job = code.get_job(JobSubsetSelector(location_name=location, repository_name=repository.name,
                                                 job_name=job_name, op_selection=None))
     run_config: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": log_level}}}}
     plan = code.get_execution_plan(remote_job, run_config, step_keys_to_execute=None, known_state=None,
                                    instance=workspace.instance)
-    partition = str(flow_partition_key(instrument.exchange, instrument.native, month))
-    run_tags = {
-        **remote_job.tags,
-        "dagster/partition": partition,
-        "dagster/partition/instrument": instrument.native,
-        "dagster/partition/month": month_partition_key(month),
-        EXCHANGE_TAG: instrument.exchange,
-        **(tags or {}),
-    }
+    run_tags = {**remote_job.tags, **partition_tags, EXCHANGE_TAG: exchange, **(tags or {})}
     instance = workspace.instance
     run = instance.create_run(
         job_name=job_name, run_id=None, run_config=run_config, resolved_op_selection=None,
@@ -366,24 +396,51 @@ def run_month_waves(
     report: Callable[[MonthRun], None] = lambda _run: None,
 ) -> list[MonthRun]:
     """Each month in order; within a month, one run per instrument side by side. Stops after a month in which
-    any run failed (a month needs the one before it). Registers the instruments first."""
+    any run failed (a month needs the one before it). Registers the instruments first.
+
+    An exchange with a venue-wide step (Hyperliquid, `defs/venue.py`) gets its venue run of the month first; its
+    instruments' runs are submitted when it succeeded (the other exchanges' runs go ahead meanwhile). When it
+    fails, each of its instruments' months is reported failed with the venue run's failure."""
+    from aperiodic_pipelines.defs.venue import has_venue_step
+
     for instrument in instruments:
         if register_instrument(instance, instrument):
             say(f"registered instrument {instrument.exchange} {instrument.native}")
+    venue_exchanges = sorted({i.exchange for i in instruments if has_venue_step(i.exchange)})
     results: list[MonthRun] = []
     with code_location(instance, workspace_file) as process_context:
+
+        def submit(instrument: Instrument, month: str) -> str:
+            say(f"submitting {instrument.exchange} {instrument.native} {month} ...")
+            return submit_partition_run(process_context, instrument, month, tags=tags, log_level=log_level, say=say)
+
         for month in months:
-            submitted = {}
-            for instrument in instruments:
-                say(f"submitting {instrument.exchange} {instrument.native} {month} ...")
-                submitted[instrument] = submit_partition_run(
-                    process_context, instrument, month, tags=tags, log_level=log_level, say=say
+            venue_runs = {}
+            for exchange in venue_exchanges:
+                say(f"submitting {exchange} venue month {month} (every hourly object, parsed once for all coins) ...")
+                venue_runs[exchange] = submit_venue_run(
+                    process_context, exchange, month, tags=tags, log_level=log_level, say=say
                 )
+            submitted = {i: submit(i, month) for i in instruments if i.exchange not in venue_runs}
+            month_results: dict[Instrument, MonthRun] = {}
+            for exchange, venue_run_id in venue_runs.items():
+                venue_run = wait_for_runs(instance, [venue_run_id])[venue_run_id]
+                if venue_run.status.value == "SUCCESS":
+                    say(f"venue run {venue_run_id} for {exchange} {month} succeeded")
+                    say("\n".join(summarise_run(instance, venue_run_id)))
+                    submitted.update({i: submit(i, month) for i in instruments if i.exchange == exchange})
+                    continue
+                failure = tuple(f"venue step: {line}" for line in describe_failure(instance, venue_run_id))
+                for instrument in instruments:
+                    if instrument.exchange == exchange:
+                        month_results[instrument] = MonthRun(instrument, month, venue_run_id, False, failure)
             finished = wait_for_runs(instance, list(submitted.values()))
             for instrument, run_id in submitted.items():
                 ok = finished[run_id].status.value == "SUCCESS"
                 lines = summarise_run(instance, run_id) if ok else describe_failure(instance, run_id)
-                results.append(MonthRun(instrument, month, run_id, ok, tuple(lines)))
+                month_results[instrument] = MonthRun(instrument, month, run_id, ok, tuple(lines))
+            for instrument in instruments:  # reported in the caller's order
+                results.append(month_results[instrument])
                 report(results[-1])
             if not all(r.success for r in results):
                 break
@@ -410,6 +467,12 @@ mutation AddInstrument($repositorySelector: RepositorySelector!, $partitionsDefN
     __typename
     ... on Error { message }
   }
+}
+"""
+
+_JOB_ASSETS_QUERY = """
+query JobAssets($pipeline: PipelineSelector!) {
+  assetNodes(pipeline: $pipeline) { assetKey { path } }
 }
 """
 
@@ -479,6 +542,10 @@ def submit_backfill(
         raise RunSetupError(
             f"could not register instrument {exchange} {instrument.native}: {added.get('message', added['__typename'])}"
         )
+    from aperiodic_pipelines.defs.venue import has_venue_step
+
+    if has_venue_step(exchange):
+        return _submit_venue_backfill(url, repository, instrument, months)
     # A backfill of the partitioned job runs exactly these months. An asset backfill would also run
     # second_stats..published_flow_bars of the month after the range (it reads raw trades of the range's last
     # month through the m−1 mapping). The exchange tag feeds the per-exchange run limit in dagster.yaml.
@@ -490,6 +557,37 @@ def submit_backfill(
         "title": f"{exchange} {instrument.native} {months[0]}..{months[-1]}",
         "tags": [{"key": LAUNCHED_BY_TAG, "value": "cli"}, {"key": EXCHANGE_TAG, "value": exchange}],
         "fromFailure": False,
+    }
+    launched = graphql(url, _LAUNCH_BACKFILL_MUTATION, {"backfillParams": params})["launchPartitionBackfill"]
+    if launched["__typename"] != "LaunchBackfillSuccess":
+        raise RunSetupError(f"backfill not launched ({launched['__typename']}): {launched.get('message', '')}")
+    return launched["backfillId"]
+
+
+def _submit_venue_backfill(url: str, repository: dict[str, str], instrument: Instrument, months: Sequence[str]) -> str:
+    """An asset backfill of the venue months and the instrument's months of every asset of the exchange's flow
+    job: the daemon runs each venue month before the instrument's runs of that month (its dependency), and the
+    instrument's months in order (second_stats reads the month before). Exactly these partitions run."""
+    from aperiodic_pipelines.defs.partitions import exchange_of, flow_partition_key, month_partition_key
+    from aperiodic_pipelines.defs.venue import venue_hours_key
+
+    exchange = exchange_of(instrument.exchange)
+    pipeline = {**repository, "pipelineName": flow_job_name(instrument.exchange)}
+    nodes = graphql(url, _JOB_ASSETS_QUERY, {"pipeline": pipeline})["assetNodes"]
+    if not nodes:
+        raise RunSetupError(f"the webserver at {url} shows no assets in job {pipeline['pipelineName']}")
+    first, last = months[0], months[-1]
+    flow_range = {"start": str(flow_partition_key(exchange.name, instrument.native, first)),
+                  "end": str(flow_partition_key(exchange.name, instrument.native, last))}
+    partitions_by_assets = [
+        {"assetKey": {"path": venue_hours_key(exchange).path},
+         "partitions": {"ranges": [{"start": month_partition_key(first), "end": month_partition_key(last)}]}},
+        *({"assetKey": {"path": node["assetKey"]["path"]}, "partitions": {"ranges": [flow_range]}} for node in nodes),
+    ]
+    params = {
+        "partitionsByAssets": partitions_by_assets,
+        "title": f"{exchange.name} {instrument.native} {first}..{last} (venue months first)",
+        "tags": [{"key": LAUNCHED_BY_TAG, "value": "cli"}, {"key": EXCHANGE_TAG, "value": exchange.name}],
     }
     launched = graphql(url, _LAUNCH_BACKFILL_MUTATION, {"backfillParams": params})["launchPartitionBackfill"]
     if launched["__typename"] != "LaunchBackfillSuccess":

@@ -1,6 +1,7 @@
 """Benchmark: Hyperliquid hourly objects parsed once for every coin, against parsing them for each coin.
 
     .venv/bin/python benchmarks/hyperliquid_bench.py --trades 1200000 --coins 12 [--before-ref 1c4617b] [--workdir DIR]
+        [--dagster-base /tmp/perf-base] [--skip-source]
 
 1. Parse throughput, MB/s of decompressed NDJSON (every coin), ours (`parse_ndjson`: msgspec typed decode + polars
    columns) against `polars.read_ndjson` on the same bytes, for each dataset's records as the mirror writes them.
@@ -9,6 +10,11 @@
    127.0.0.1) in the real `node_fills_by_block` format; the raw objects are downloaded into the cache first, then
    every coin's month is built with the source as of `--before-ref` (each coin parses every hour) and with this
    tree (the first coin parses every hour for every coin, the others read their rows of the parsed hours).
+3. The Dagster path (with `--dagster-base`, a checkout of the tree before `venue_hours`): the coins' `raw_trades`
+   steps of the month, each run in its own process as the run launcher does, two at a time (the per-exchange run
+   limit of dagster.yaml), raw objects already in the cache. Before: every coin's step prepares the month itself
+   (they race to parse the same hours). After: one `hyperliquid_perps/venue_hours` step, then the coins' steps read
+   their rows of the parsed hours. Objects parsed are counted in each process.
 Wall and CPU seconds are printed side by side (the machine is shared; CPU time is the steadier figure).
 """
 
@@ -17,6 +23,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
+import json
+import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -24,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +146,124 @@ def months(module: Any, coins: list[str], cache: Path, out: Path, client: Any) -
     return counts, wall, cpu
 
 
+# --- the Dagster path: each step in its own process ------------------------------------------------------------
+
+STEP_RUNS_AT_ONCE = 2  # dagster.yaml: at most 2 runs per exchange at once
+
+
+def run_step(step: str, coin: str) -> None:
+    """In a child process (`--step`): one step of the code location's jobs on an ephemeral instance; prints JSON."""
+    from dagster import AssetKey, DagsterInstance
+
+    from aperiodic_pipelines.sources import hyperliquid
+
+    parses = 0
+    parse = hyperliquid.parse_object
+
+    def counting_parse(*args: Any, **kwargs: Any) -> Any:
+        nonlocal parses
+        parses += 1
+        return parse(*args, **kwargs)
+
+    hyperliquid.parse_object = counting_parse
+    from aperiodic_pipelines.defs.definitions import defs
+    from aperiodic_pipelines.defs.partitions import flow_partition_key
+
+    with DagsterInstance.ephemeral() as instance:
+        started = time.perf_counter()
+        if step == "venue":
+            job = defs.resolve_job_def("hyperliquid_perps_venue_job")
+            result = job.execute_in_process(partition_key=f"{MONTH}-01", instance=instance, raise_on_error=False)
+        else:
+            instance.add_dynamic_partitions("hyperliquid_perps_instruments", [coin])
+            job = defs.resolve_job_def("hyperliquid_perps_flow_bars_job")
+            result = job.execute_in_process(
+                partition_key=str(flow_partition_key("hyperliquid-perps", coin, MONTH)), instance=instance,
+                asset_selection=[AssetKey(["hyperliquid_perps", "raw_trades"])], raise_on_error=False,
+            )
+        report: dict[str, Any] = {"ok": result.success, "parses": parses, "seconds": time.perf_counter() - started}
+        if step == "venue" and result.success:
+            (event,) = result.get_asset_materialization_events()
+            metadata = event.step_materialization_data.materialization.metadata
+            report["ndjson_mb"] = metadata["ndjson_bytes_parsed"].value / 1e6
+            report["parse_mb_per_s"] = metadata["parse_mb_per_s"].value
+        print(json.dumps(report))
+
+
+def step_processes(tree: Path, steps: list[tuple[str, str]], env: dict[str, str]) -> tuple[list[dict], float, float]:
+    """Run the steps as child processes with `tree` on PYTHONPATH, STEP_RUNS_AT_ONCE at a time: their reports,
+    wall seconds and the children's CPU seconds."""
+    child_env = {**env, "PYTHONPATH": str(tree)}
+
+    def one(step: tuple[str, str]) -> dict:
+        done = subprocess.run([sys.executable, __file__, "--step", step[0], "--coin", step[1]], env=child_env,
+                              capture_output=True, text=True, cwd=tree)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+        if done.returncode or not lines:
+            raise SystemExit(f"step {step} failed: {done.stderr[-3000:]}")
+        return json.loads(lines[-1])
+
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter()
+    with ThreadPoolExecutor(STEP_RUNS_AT_ONCE) as pool:
+        reports = list(pool.map(one, steps))
+    wall = time.perf_counter() - wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if not all(r["ok"] for r in reports):
+        raise SystemExit(f"a step failed: {reports}")
+    return reports, wall, (after.ru_utime + after.ru_stime) - (cpu.ru_utime + cpu.ru_stime)
+
+
+def dagster_path(base: Path, coins: list[str], raw_cache: Path, workdir: Path, endpoint: str) -> None:
+    env = {**os.environ, "APERIODIC_HYPERLIQUID_URL": f"s3://{BUCKET}", "AWS_ENDPOINT_URL_S3": endpoint,
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "DAGSTER_HOME": str(workdir / "dagster-home")}
+    env.pop("APERIODIC_SOURCE", None)
+    (workdir / "dagster-home").mkdir(exist_ok=True)
+    print(f"\nDagster path: {len(coins)} coins' raw_trades of {MONTH}, one process per step, {STEP_RUNS_AT_ONCE} at a "
+          "time, raw objects cached (wall s / CPU s of the processes; objects parsed)")
+    outputs = {}
+    for label, tree, steps in (
+        ("before (each coin's step prepares the month)", base, [("raw", coin) for coin in coins]),
+        ("after (venue_hours, then the coins' steps)   ", REPO, [("venue", "")]),
+    ):
+        cache = workdir / f"cache-dagster-{tree.name}"
+        shutil.copytree(raw_cache, cache, ignore=shutil.ignore_patterns("*.parquet", "_prepared"))
+        store = workdir / f"store-dagster-{tree.name}"
+        step_env = {**env, "APERIODIC_CACHE_DIR": str(cache), "APERIODIC_STORE": str(store)}
+        reports, wall, cpu = step_processes(tree, steps, step_env)
+        if tree == REPO:  # the venue step first, then the coins
+            more, coin_wall, coin_cpu = step_processes(tree, [("raw", coin) for coin in coins], step_env)
+            venue = reports[0]
+            print(f"  venue_hours alone: {wall:6.1f} / {cpu:6.1f} (step {venue['seconds']:.1f} s: "
+                  f"{venue['ndjson_mb']:.0f} MB of NDJSON at {venue['parse_mb_per_s']} MB/s of the step, raw objects cached)")
+            reports, wall, cpu = reports + more, wall + coin_wall, cpu + coin_cpu
+        parses = sum(r["parses"] for r in reports)
+        print(f"  {label}: {wall:7.1f} / {cpu:7.1f}   {parses} objects parsed")
+        outputs[tree] = store
+    for coin in coins:
+        key = Path("raw/trades/hyperliquid-perps") / coin / f"{MONTH}.parquet"
+        if not pl.read_parquet(outputs[base] / key).equals(pl.read_parquet(outputs[REPO] / key)):
+            raise SystemExit(f"{coin}: raw trades differ between the Dagster paths")
+    print("  every coin's raw trades are identical before and after")
+
+
 def main() -> None:
+    if "--step" in sys.argv:  # a child process of `dagster_path`
+        step_args = argparse.ArgumentParser()
+        step_args.add_argument("--step", choices=["venue", "raw"])
+        step_args.add_argument("--coin", default="")
+        parsed = step_args.parse_args()
+        run_step(parsed.step, parsed.coin)
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trades", type=int, default=600_000, help="trades in the month, all coins")
     parser.add_argument("--coins", type=int, default=12, help="coins in the month; each one's month is built")
     parser.add_argument("--before-ref", default="1c4617b", help="git ref of the source before parse-once")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--dagster-base", type=Path, default=None,
+                        help="checkout of the tree before venue_hours: time the Dagster path against it")
+    parser.add_argument("--skip-source", action="store_true", help="skip the source-level before/after (2.)")
     args = parser.parse_args()
 
     from aperiodic_pipelines.mirror.s3 import create_bucket, make_client, write_hyperliquid_month
@@ -165,6 +287,14 @@ def main() -> None:
 
         throughput(ndjson_samples(month_tape, client, keys[1:49]))
 
+        if args.skip_source:
+            raw_cache = workdir / "cache-raw"
+            config = SourceConfig(hyperliquid_url=f"s3://{BUCKET}", cache_dir=raw_cache)
+            _, wall, _ = timed(lambda: after.prepare_month(MONTH, config=config, s3_client=client))
+            print(f"\nraw objects downloaded into the cache in {wall:.1f} s (not counted below)")
+            if args.dagster_base:
+                dagster_path(args.dagster_base, coins, raw_cache, workdir, endpoint)
+            return
         before = load_before(args.before_ref, workdir)
         raw_cache = workdir / "cache-before"
         _, wall, _ = timed(lambda: months(before, coins[:1], raw_cache, workdir / "warm", client))
@@ -198,6 +328,8 @@ def main() -> None:
             if not old.equals(new):
                 raise SystemExit(f"{coin}: before and after differ")
         print(f"  every coin's month is identical before and after ({sum(new_counts):,} trades)")
+        if args.dagster_base:
+            dagster_path(args.dagster_base, coins, raw_cache, workdir, endpoint)
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -291,6 +291,36 @@ def test_backfill_is_submitted_to_the_webserver(
         instance.dispose()
 
 
+@pytest.mark.slow
+def test_backfill_of_hyperliquid_is_an_asset_backfill_of_the_venue_months_and_the_coins_partitions(
+    webserver: str, dagster_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(
+        ["backfill", "--exchange", "hyperliquid-perps", "--symbol", "BTC", "--from", "2025-08", "--to", "2025-10",
+         "--url", webserver]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    backfill_id = out.split("backfill ", 1)[1].split(" ", 1)[0]
+    instance = DagsterInstance.from_config(str(dagster_home))
+    try:
+        backfill = instance.get_backfill(backfill_id)
+        assert backfill is not None and backfill.is_asset_backfill
+        months = [f"2025-{m}-01" for m in ("08", "09", "10")]
+        target = backfill.asset_backfill_data.target_subset
+        by_asset = {key.to_user_string(): sorted(target.get_partitions_subset(key).get_partition_keys())
+                    for key in target.asset_keys}
+        # The daemon runs each venue month before the coin's partitions of that month (they depend on it).
+        assert by_asset.pop("hyperliquid_perps/venue_hours") == months
+        assert set(by_asset) == {f"hyperliquid_perps/{a}" for a in (
+            "raw_trades", "second_stats", "flow_bars_exchange", "flow_bars_true", "published_flow_bars")}
+        assert all(keys == [f"BTC|{m}" for m in months] for keys in by_asset.values()), by_asset
+        assert backfill.tags["aperiodic/exchange"] == "hyperliquid-perps"
+        assert instance.get_dynamic_partitions("hyperliquid_perps_instruments") == ["BTC"]
+    finally:
+        instance.dispose()
+
+
 def test_backfill_reports_an_unreachable_webserver(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{_free_port()}"
     code = cli.main(["backfill", "--exchange", "okx-perps", "--symbol", "BTC-USDT-SWAP", "--from", "2024-01",
@@ -336,11 +366,20 @@ def test_demo_publishes_two_months_for_three_exchanges(
     instance = DagsterInstance.from_config(str(dagster_home))
     try:
         demo_runs = instance.get_runs()
-        assert len(demo_runs) == 6 and all(r.status.value == "SUCCESS" for r in demo_runs)
+        # One run per instrument and month, and Hyperliquid's venue month (every coin's hours, parsed once) before
+        # its coin's run of that month.
+        assert len(demo_runs) == 8 and all(r.status.value == "SUCCESS" for r in demo_runs)
         # Runs the UI knows: each under its exchange's job, with the code location's origin and the exchange tag.
         assert {(r.job_name, r.tags["aperiodic/exchange"]) for r in demo_runs} == {
             (f"{e.replace('-', '_')}_flow_bars_job", e) for e in ("binance-futures", "okx-perps", "hyperliquid-perps")
-        }
+        } | {("hyperliquid_perps_venue_job", "hyperliquid-perps")}
+        for month in ("2025-08", "2025-09"):
+            venue, coin = (
+                next(r for r in demo_runs if r.job_name == job and r.tags["dagster/partition"].endswith(f"{month}-01"))
+                for job in ("hyperliquid_perps_venue_job", "hyperliquid_perps_flow_bars_job")
+            )
+            venue_end = instance.get_run_record_by_id(venue.run_id).end_time
+            assert venue_end <= instance.get_run_record_by_id(coin.run_id).start_time
         assert all(r.remote_job_origin is not None for r in demo_runs)
         for name, native in (("binance_futures", "BTCUSDT"), ("okx_perps", "BTC-USDT-SWAP"),
                              ("hyperliquid_perps", "BTC")):

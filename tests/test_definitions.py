@@ -56,7 +56,7 @@ def test_one_graph_per_exchange_with_its_checks_job_schedule_and_sensors() -> No
     # Only Hyperliquid's node data carries arrival times (with the archive sources): only it has `true` bars.
     assert {key.to_user_string() for key in graph.get_all_asset_keys()} == (
         _expected_assets("binance_futures", False) | _expected_assets("okx_perps", False)
-        | _expected_assets("hyperliquid_perps", True)
+        | _expected_assets("hyperliquid_perps", True) | {"hyperliquid_perps/venue_hours"}
     )
     checks = {(key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys}
     for exchange in EXCHANGES_BY_NAME.values():
@@ -103,7 +103,8 @@ def test_lineage_groups_kinds_owners_tags_code_versions_and_freshness() -> None:
                for key in graph.get_all_asset_keys()}
     slug = "hyperliquid_perps"
     assert {k: v for k, v in parents.items() if k.startswith(slug)} == {
-        f"{slug}/raw_trades": set(),
+        f"{slug}/venue_hours": set(),  # every hourly object of a month, parsed once for all coins
+        f"{slug}/raw_trades": {f"{slug}/venue_hours"},
         f"{slug}/second_stats": {f"{slug}/raw_trades"},
         f"{slug}/flow_bars_exchange": {f"{slug}/second_stats"},
         f"{slug}/flow_bars_true": {f"{slug}/second_stats"},
@@ -114,7 +115,8 @@ def test_lineage_groups_kinds_owners_tags_code_versions_and_freshness() -> None:
         node = graph.get(key)
         exchange = next(e for e in EXCHANGES_BY_NAME.values() if e.slug == key.path[0])
         assert node.code_version, key
-        assert node.partitions_def == exchange.partitions
+        venue_wide = key.path[-1] == "venue_hours"  # monthly: one partition per venue month
+        assert node.partitions_def == (exchange.month_partitions if venue_wide else exchange.partitions)
         assert {"polars", "parquet"} <= set(node.kinds), key
         assert node.group_name in ("raw", "flow_bars")
         assert list(node.owners) == OWNERS and node.tags["aperiodic/exchange"] == exchange.name

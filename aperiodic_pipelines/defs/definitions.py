@@ -26,9 +26,9 @@ GRAPHS: dict[str, ExchangeGraph] = {
 
 defs = Definitions(
     assets=[a for graph in GRAPHS.values() for a in graph.assets],
-    jobs=[graph.job for graph in GRAPHS.values()],
+    jobs=[job for graph in GRAPHS.values() for job in (graph.job, *graph.extra_jobs)],
     schedules=[graph.schedule for graph in GRAPHS.values()],
-    sensors=[*SENSORS, overdue_months],
+    sensors=[*SENSORS, overdue_months, *(sensor for graph in GRAPHS.values() for sensor in graph.sensors)],
     executor=in_process_executor,
     resources={"store": store_resource_from_env(), "sources": sources_resource_from_env()},
 )

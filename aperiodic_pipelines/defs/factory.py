@@ -1,4 +1,4 @@
-"""The per-exchange asset graph, built in one place:
+"""The per-exchange asset graph, built in one place (Hyperliquid's starts with `venue_hours`, see venue.py):
 
     {slug}/raw_trades ──► {slug}/second_stats ──► {slug}/flow_bars_exchange ─┬─► {slug}/published_flow_bars
         (m and m−1)                          └─► {slug}/flow_bars_true ──────┘   (true: arrival-time sources only)
@@ -29,6 +29,7 @@ from aperiodic_pipelines.defs.publish import build_published_flow_bars
 from aperiodic_pipelines.defs.raw import build_raw_trades
 from aperiodic_pipelines.defs.resources import store_is_s3
 from aperiodic_pipelines.defs.seconds import build_second_stats
+from aperiodic_pipelines.defs.venue import build_venue_step, has_venue_step
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class ExchangeGraph:
     assets: tuple[AssetsDefinition, ...]
     job: Any  # the unresolved asset job `define_asset_job` returns
     schedule: ScheduleDefinition
+    extra_jobs: tuple[Any, ...] = ()  # e.g. the venue job (venue.py)
+    sensors: tuple[Any, ...] = ()
 
 
 def job_name(exchange: Exchange) -> str:
@@ -47,19 +50,29 @@ def build_exchange_graph(exchange: Exchange, *, extra_bar_checks: Sequence[BarCh
     """One exchange's assets, checks, job and schedule. `extra_bar_checks` run in its flow-bars steps."""
     kinds = policies.kinds(store_is_s3())
     timestamps = ("exchange", "true") if exchange.has_arrival_times else ("exchange",)
-    assets = (
-        build_raw_trades(exchange, kinds),
+    venue = build_venue_step(exchange, kinds) if has_venue_step(exchange.name) else None
+    raw_args: dict[str, Any] = {"deps": [venue.dep], "source_args": venue.source_args} if venue else {}
+    flow_assets = (
+        build_raw_trades(exchange, kinds, **raw_args),
         build_second_stats(exchange, kinds),
         *(build_flow_bars(exchange, t, kinds, extra_bar_checks) for t in timestamps),
         build_published_flow_bars(exchange, kinds),
     )
+    assets = (venue.asset, *flow_assets) if venue else flow_assets
     job = define_asset_job(
         job_name(exchange),
-        selection=AssetSelection.assets(*assets),  # includes the assets' checks
+        selection=AssetSelection.assets(*flow_assets),  # includes the assets' checks
         partitions_def=exchange.partitions,
         tags={policies.EXCHANGE_TAG: exchange.name},
         description=f"{exchange.name}: raw_trades → second_stats → flow bars (+ checks) → published, per partition.",
     )
+    if venue:  # the venue month first, then every registered instrument (venue.py)
+        schedule = venue.schedule(
+            f"{exchange.slug}_monthly_schedule",
+            f"On day {policies.SCHEDULE_DAY_OF_MONTH}, {policies.SCHEDULE_HOUR_UTC:02d}:00 UTC: {exchange.name}'s "
+            "venue month just closed, then (sensor) one run per registered instrument.",
+        )
+        return ExchangeGraph(exchange, assets, job, schedule, (venue.job,), (venue.fan_out_sensor(job),))
     schedule = build_schedule_from_partitioned_job(
         job,
         name=f"{exchange.slug}_monthly_schedule",

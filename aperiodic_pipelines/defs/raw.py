@@ -10,7 +10,7 @@ with a lineage sidecar (`….sources.json`: every source object with its sha256,
 
 # No `from __future__ import annotations` here: Dagster inspects the `context` annotation at runtime.
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AssetDep,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
@@ -65,11 +66,14 @@ def local_copy(store: ObjectStore, key: str) -> Iterator[Path]:
         yield store.download(key, Path(tmp) / Path(key).name)
 
 
-def fetch_source_month(sources: SourcesResource, exchange: str, native: str, month: str, dest: Path) -> dict:
-    """Fetch one month from the archive into `dest`; returns the source's result as plain metadata."""
+def fetch_source_month(
+    sources: SourcesResource, exchange: str, native: str, month: str, dest: Path, **source_args: Any
+) -> dict:
+    """Fetch one month from the archive into `dest`; returns the source's result as plain metadata. `source_args`
+    go to the source's `fetch_month` (e.g. Hyperliquid's `prepared=` month from `venue_hours`)."""
     from aperiodic_pipelines.sources import fetch_month
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(source_args)
     if (client := sources.get_s3_client()) is not None:
         kwargs["s3_client"] = client
     result = fetch_month(exchange, native, month, dest=dest, config=sources.get_config(), **kwargs)
@@ -79,10 +83,11 @@ def fetch_source_month(sources: SourcesResource, exchange: str, native: str, mon
 
 
 def fetch_and_publish_raw(
-    store: ObjectStore, sources: SourcesResource, exchange: str, native: str, month: str, workdir: Path
+    store: ObjectStore, sources: SourcesResource, exchange: str, native: str, month: str, workdir: Path,
+    **source_args: Any,
 ) -> dict[str, Any]:
     """Fetch one instrument-month and publish canonical parquet + sources sidecar; returns the sidecar."""
-    info = fetch_source_month(sources, exchange, native, month, workdir / f"{month}.parquet")
+    info = fetch_source_month(sources, exchange, native, month, workdir / f"{month}.parquet", **source_args)
     local = Path(info.pop("path"))
     key = raw_key(exchange, native, month)
     published = store.publish_file(local, key)
@@ -139,7 +144,14 @@ RAW_CHECKS = {
 }
 
 
-def build_raw_trades(exchange: Exchange, kinds: set[str]) -> AssetsDefinition:
+def build_raw_trades(
+    exchange: Exchange,
+    kinds: set[str],
+    *,
+    deps: Sequence[AssetDep] = (),
+    source_args: Callable[[SourcesResource, str], dict[str, Any]] | None = None,
+) -> AssetsDefinition:
+    """`deps` and `source_args(sources, month)`: the venue-wide step a month is built from, if any (venue.py)."""
     key = AssetKey([exchange.slug, "raw_trades"])
     check_specs = [
         AssetCheckSpec(name, asset=key, description=description, blocking=blocking,
@@ -156,13 +168,15 @@ def build_raw_trades(exchange: Exchange, kinds: set[str]) -> AssetsDefinition:
         retry_policy=policies.NETWORK_RETRY,
         check_specs=check_specs,
         description=f"One month of {exchange.name} trades, canonical (spec §1), with the source objects that fed it.",
+        deps=list(deps),
     )
     def raw_trades(context: AssetExecutionContext, store: StoreResource, sources: SourcesResource) -> MaterializeResult:
         native, month = split_partition_key(context.partition_key)
         object_store = store.get_store()
         with policies.permanent_failures(), tempfile.TemporaryDirectory(prefix="aperiodic-raw-") as tmp:
             context.log.info(f"fetching {exchange.name} {native} {month}")
-            info = fetch_and_publish_raw(object_store, sources, exchange.name, native, month, Path(tmp))
+            extra = source_args(sources, month) if source_args is not None else {}
+            info = fetch_and_publish_raw(object_store, sources, exchange.name, native, month, Path(tmp), **extra)
             checks = raw_check_results(key, info, Path(info["local_path"]))
         sidecar = object_store.uri(raw_sources_key(exchange.name, native, month))
         return MaterializeResult(

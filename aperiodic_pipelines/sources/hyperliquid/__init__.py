@@ -4,13 +4,21 @@
 Each hourly object is downloaded once and parsed once for every coin (`prepare_month`): the parse is cached as a
 parquet per hour, sorted by coin and keyed by the object's ETag, and each coin's month is then assembled from its
 rows of those hours (`fetch_month`, `fetch_months`). Eras, overlaps and formats: `eras.py`, `parse.py`, `month.py`.
+
+`prepare_month` also records what it prepared in a manifest next to the cache (`{cache}/hyperliquid/{bucket}/
+_prepared/{prefix}/{YYYY-MM}.json`); `load_prepared_month` reads it back without touching the bucket, so a
+per-coin step that runs after the venue-wide one (Dagster: `hyperliquid_perps/venue_hours`) never lists,
+downloads or parses anything.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
+import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -40,7 +48,12 @@ from aperiodic_pipelines.sources.hyperliquid.eras import (
     parse_s3_url,
 )
 from aperiodic_pipelines.sources.hyperliquid.month import AmbiguousAggressorError, assemble_month
-from aperiodic_pipelines.sources.hyperliquid.parse import HOUR_SCHEMA, parse_ndjson, parse_object
+from aperiodic_pipelines.sources.hyperliquid.parse import (
+    HOUR_SCHEMA,
+    PARSER_VERSION,
+    parse_ndjson,
+    parse_object,
+)
 from aperiodic_pipelines.sources.symbols import resolve_symbol
 from aperiodic_pipelines.trades import validate_trades
 
@@ -53,12 +66,14 @@ __all__ = [
     "NODE_FILLS_BY_BLOCK",
     "NODE_TRADES",
     "AmbiguousAggressorError",
+    "MonthNotPreparedError",
     "ParsedHour",
     "PreparedMonth",
     "datasets_for_hour",
     "fetch_month",
     "fetch_months",
     "hour_key",
+    "load_prepared_month",
     "make_s3_client",
     "month_bounds",
     "parse_ndjson",
@@ -69,6 +84,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EXCHANGE = "hyperliquid-perps"
+MANIFEST_VERSION = 1
+
+
+class MonthNotPreparedError(AperiodicError):
+    """A coin's month was asked for from prepared hours, but its month has not been prepared (or its parses are
+    gone from the cache): prepare the month first."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +102,8 @@ class ParsedHour:
     source: SourceObject
     parsed_now: bool  # False when the parse came from the cache
     ndjson_bytes: int  # decompressed size, when parsed now (0 from the cache)
+    parse_seconds: float = 0.0  # decompress + decode + columns + parquet write, when parsed now (thread wall)
+    etag: str = ""  # the version of the object that was parsed
 
 
 @dataclass
@@ -91,6 +114,8 @@ class PreparedMonth:
     start: datetime
     end: datetime
     hours: list[ParsedHour] = field(default_factory=list)
+    seconds: float = 0.0  # wall time of the preparation (listing, downloads, parses)
+    manifest: Path | None = None  # where the preparation was recorded (`load_prepared_month` reads it)
 
     @property
     def objects(self) -> list[SourceObject]:
@@ -100,6 +125,30 @@ class PreparedMonth:
     def first_hour(self) -> datetime:
         """The month's first published hour: 2025-03-22 10:00 for March 2025, else the month's first hour."""
         return max(self.start, ARCHIVE_START)
+
+    @property
+    def partial_month(self) -> bool:
+        return self.first_hour > self.start
+
+    def stats(self) -> dict[str, Any]:
+        """What the preparation read and did, for run metadata: objects, bytes, cache hits, parse throughput."""
+        parsed = [hour for hour in self.hours if hour.parsed_now]
+        ndjson = sum(hour.ndjson_bytes for hour in parsed)
+        return {
+            "month": self.month,
+            "objects": len(self.hours),
+            "hours": len({hour.hour for hour in self.hours}),
+            "datasets": "+".join(d for d in DATASETS if d in {hour.dataset for hour in self.hours}),
+            "compressed_bytes": sum(hour.source.size for hour in self.hours),
+            "parsed_now": len(parsed),
+            "cache_hits": len(self.hours) - len(parsed),
+            "ndjson_bytes_parsed": ndjson,
+            # Decompressed NDJSON parsed per second of the whole preparation (listing and downloads included).
+            "parse_mb_per_s": round(ndjson / 1e6 / self.seconds, 2) if self.seconds and ndjson else 0.0,
+            "seconds": round(self.seconds, 3),
+            "first_hour": f"{self.first_hour:%Y-%m-%dT%H:%M:%S}Z",
+            "partial_month": self.partial_month,
+        }
 
     def coins(self) -> list[str]:
         """Every coin with at least one row in the objects read."""
@@ -119,14 +168,18 @@ def prepare_month(
     The fan-out step of an exchange-month: after it, `fetch_month` / `fetch_months` of any coin of that month read
     only their rows of the parsed hours. A missing hour is a `NotPublishedError` naming its `s3://` URI, found from
     the day listings before anything is downloaded; a damaged object is a `CorruptArchiveError` and is not cached.
+    On success the month's manifest is (re)written; on failure it is removed, so no step builds from a stale one.
     """
+    started = time.perf_counter()
     config = config or SourceConfig.from_env()
     start, end = month_bounds(month)
     bucket, prefix = parse_s3_url(config.hyperliquid_url)
     client = s3_client if s3_client is not None else make_s3_client(max_workers=max_workers)
     reader = BucketReader(client, bucket, Path(config.cache_dir) / "hyperliquid" / bucket)
+    manifest = _manifest_path(reader, prefix, month)
+    manifest.unlink(missing_ok=True)
     wanted = month_objects(start, end, prefix=prefix)
-    prepared = PreparedMonth(month, start, end)
+    prepared = PreparedMonth(month, start, end, manifest=manifest)
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
         present = _present_objects(reader, wanted, pool)
         futures: list[Future[ParsedHour]] = [pool.submit(_parse_hour, reader, obj, head) for obj, head in present]
@@ -136,6 +189,37 @@ def prepare_month(
             for future in futures:
                 future.cancel()
             raise
+    prepared.seconds = time.perf_counter() - started
+    _write_manifest(prepared, reader, config.hyperliquid_url)
+    return prepared
+
+
+def load_prepared_month(month: str, *, config: SourceConfig | None = None) -> PreparedMonth:
+    """The month as `prepare_month` last prepared it, from its manifest and the parsed hours in the cache; no
+    request to the bucket. `MonthNotPreparedError` when there is no manifest or a parsed hour is gone."""
+    config = config or SourceConfig.from_env()
+    start, end = month_bounds(month)
+    bucket, prefix = parse_s3_url(config.hyperliquid_url)
+    reader = BucketReader(None, bucket, Path(config.cache_dir) / "hyperliquid" / bucket)
+    manifest = _manifest_path(reader, prefix, month)
+    try:
+        recorded = json.loads(manifest.read_text())
+    except FileNotFoundError:
+        raise MonthNotPreparedError(
+            f"hyperliquid-perps {month} of {config.hyperliquid_url} has not been prepared (no {manifest})"
+        ) from None
+    except ValueError as exc:
+        raise MonthNotPreparedError(f"unreadable manifest {manifest}: {exc}") from None
+    if recorded.get("version") != MANIFEST_VERSION or recorded.get("parser_version") != PARSER_VERSION:
+        raise MonthNotPreparedError(f"{manifest} was written by another version; prepare {month} again")
+    prepared = PreparedMonth(month, start, end, manifest=manifest)
+    for item in recorded["hours"]:
+        path = reader.parsed_path(item["key"], item["etag"])
+        if not path.exists():
+            raise MonthNotPreparedError(f"{manifest} lists {path}, which is gone from the cache; prepare {month} again")
+        hour = datetime.fromisoformat(item["hour"])
+        source = SourceObject(reader.uri(item["key"]), int(item["size"]), item["sha256"])
+        prepared.hours.append(ParsedHour(item["dataset"], hour, path, source, False, 0, etag=item["etag"]))
     return prepared
 
 
@@ -209,8 +293,10 @@ def _parse_hour(reader: BucketReader, obj: HourObject, head: dict[str, Any], *, 
     cached = reader.cached_parse(obj.key, etag, size)
     if cached is not None:
         path, sha256 = cached
-        return ParsedHour(obj.dataset, obj.hour, path, SourceObject(reader.uri(obj.key), size, sha256), False, 0)
+        source = SourceObject(reader.uri(obj.key), size, sha256)
+        return ParsedHour(obj.dataset, obj.hour, path, source, False, 0, etag=etag)
     local = reader.fetch(obj.key, head)
+    started = time.perf_counter()
     try:
         frame, sha256, ndjson_bytes = parse_object(local.path, obj.dataset, local.uri)
     except CorruptArchiveError:
@@ -226,7 +312,39 @@ def _parse_hour(reader: BucketReader, obj: HourObject, head: dict[str, Any], *, 
         lambda target: frame.write_parquet(target, compression="zstd", statistics=True, row_group_size=1 << 16),
     )
     reader.promote(obj.key, local, sha256)
-    return ParsedHour(obj.dataset, obj.hour, path, SourceObject(local.uri, local.size, sha256), True, ndjson_bytes)
+    source = SourceObject(local.uri, local.size, sha256)
+    return ParsedHour(obj.dataset, obj.hour, path, source, True, ndjson_bytes, time.perf_counter() - started,
+                      local.etag)
+
+
+# --- the manifest of a prepared month --------------------------------------------------------------------------
+
+
+def _manifest_path(reader: BucketReader, prefix: str, month: str) -> Path:
+    return reader.cache_root / "_prepared" / prefix.strip("/") / f"{month}.json"
+
+
+def _write_manifest(prepared: PreparedMonth, reader: BucketReader, url: str) -> None:
+    """Record the month's objects (key, ETag, size, sha256): written aside, then renamed, so it is whole or absent."""
+    assert prepared.manifest is not None
+    bucket_prefix = f"s3://{reader.bucket}/"
+    hours = [
+        {
+            "dataset": hour.dataset,
+            "hour": hour.hour.isoformat(),
+            "key": hour.source.location.removeprefix(bucket_prefix),
+            "etag": hour.etag,
+            "size": hour.source.size,
+            "sha256": hour.source.sha256,
+        }
+        for hour in prepared.hours
+    ]
+    body = {"version": MANIFEST_VERSION, "parser_version": PARSER_VERSION, "url": url, "month": prepared.month,
+            "hours": hours}
+    prepared.manifest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = prepared.manifest.with_name(f"{prepared.manifest.name}.part-{uuid.uuid4().hex}")
+    tmp.write_text(json.dumps(body, sort_keys=True, indent=1))
+    os.replace(tmp, prepared.manifest)
 
 
 # --- one coin's month --------------------------------------------------------------------------------------------
