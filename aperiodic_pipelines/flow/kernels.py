@@ -16,73 +16,74 @@ import numpy as np
 # Error codes of `aggregate_trades`: the first offending row is then explained by the polars checks.
 OK, BAD_VALUE, OUTSIDE_MONTH, UNSORTED = 0, 1, 2, 3
 
-# Slots per second: side (buy 0, sell 1) × 3 + size bucket (small 0, medium 1, large 2).
+# Slots per second: side (buy 0, sell 1) × 3 + size bucket (small 0, medium 1, large 2). Per-second sums
+# (`sums`, float) are the 6 slot notionals, the 2 side quantities and the last price; counts (int) are the
+# 6 slot counts and the 2 side counts. `state` is [open second, a second is open (0/1), last time, rows out].
 SLOTS = 6
+SUM_ROWS, COUNT_ROWS = 9, 8
+SECOND, IS_OPEN, LAST_TIME, ROWS_OUT = 0, 1, 2, 3
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def aggregate_trades(
     ts: np.ndarray, price: np.ndarray, qty: np.ndarray, is_buy: np.ndarray,
     lo: int, hi: int, small_below: float, large_from: float,
-    state: np.ndarray, open_notional: np.ndarray, open_count: np.ndarray, open_qty: np.ndarray,
-    open_price: np.ndarray,
-    second: np.ndarray, notional_out: np.ndarray, count_out: np.ndarray, qty_out: np.ndarray,
-    price_out: np.ndarray,
-) -> tuple[int, int, int]:
-    """Add trades sorted by time to per-second sums; return (closed seconds written, error code, error row).
+    state: np.ndarray, open_sums: np.ndarray, open_counts: np.ndarray,
+    seconds_out: np.ndarray, sums_out: np.ndarray, counts_out: np.ndarray,
+) -> tuple[int, int]:
+    """Add trades sorted by time to per-second sums; return (error code, row of the first bad trade or −1).
 
-    The second being summed when the batch ends stays open in the `open_*` arrays (`state` holds that second,
-    whether one is open, and the last time seen): the next batch keeps adding to it, so each
-    second's sums are added in row order, from 0.0, whatever the batching. Seconds that close are written to
-    the output arrays (one row per second, at most one per trade). Each row is checked on the way (spec §1:
-    price and qty finite and > 0, time inside [lo, hi), time not going back); on the first bad row the pass
-    stops and reports it.
+    The second being summed when the batch ends stays open (`open_sums`, `open_counts`, `state`): the next
+    batch keeps adding to it, so each second's sums are added in row order, from 0.0, whatever the batching.
+    A second that closes is written to column `state[ROWS_OUT]` of the outputs (one column per second; each
+    row of `sums_out`/`counts_out` is one statistic, so it is contiguous). Each trade is checked on the way
+    (spec §1: price and qty finite and > 0, time inside [lo, hi) and not going back); on the first bad row
+    the pass stops and reports it.
     """
-    closed = 0
-    current, is_open, last_time = state[0], state[1], state[2]
+    current, is_open, last_time = state[SECOND], state[IS_OPEN], state[LAST_TIME]
     for row in range(len(ts)):
         time = ts[row]
         p, q = price[row], qty[row]
         if not (p > 0.0 and p < np.inf and q > 0.0 and q < np.inf):
-            return closed, BAD_VALUE, row
+            return BAD_VALUE, row
         if time < lo or time >= hi:
-            return closed, OUTSIDE_MONTH, row
+            return OUTSIDE_MONTH, row
         if time < last_time:
-            return closed, UNSORTED, row
+            return UNSORTED, row
         last_time = time
-        sec = time // 1_000_000
-        if sec != current or not is_open:
+        second = time // 1_000_000
+        if second != current or not is_open:
             if is_open:
-                _close(current, open_notional, open_count, open_qty, open_price, closed,
-                       second, notional_out, count_out, qty_out, price_out)
-                closed += 1
-            current = sec
-            is_open = 1
+                state[SECOND] = current
+                close_second(state, open_sums, open_counts, seconds_out, sums_out, counts_out)
+            current, is_open = second, 1
         notional = p * q
         side = 0 if is_buy[row] else 1
         slot = side * 3 + (1 if notional >= small_below else 0) + (1 if notional >= large_from else 0)
-        open_notional[slot] += notional
-        open_count[slot] += 1
-        open_qty[side] += q
-        open_price[0] = p
-    state[0], state[1], state[2] = current, is_open, last_time
-    return closed, OK, -1
+        open_sums[slot] += notional
+        open_counts[slot] += 1
+        open_sums[SLOTS + side] += q
+        open_sums[SLOTS + 2] = p
+    state[SECOND], state[IS_OPEN], state[LAST_TIME] = current, is_open, last_time
+    return OK, -1
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _close(current, open_notional, open_count, open_qty, open_price, at, second, notional_out, count_out,
-           qty_out, price_out):  # noqa: ANN001, ANN202 - numba infers the types
-    """Write the open second's sums to row `at` of the outputs and reset them to zero."""
-    second[at] = current
+@numba.njit(cache=True, nogil=True)
+def close_second(state: np.ndarray, open_sums: np.ndarray, open_counts: np.ndarray,
+                 seconds_out: np.ndarray, sums_out: np.ndarray, counts_out: np.ndarray) -> None:
+    """Write the open second (`state[SECOND]`) to the next output column and reset its sums to zero."""
+    at = state[ROWS_OUT]
+    seconds_out[at] = state[SECOND]
+    for stat in range(SUM_ROWS):
+        sums_out[stat, at] = open_sums[stat]
+        open_sums[stat] = 0.0
     for slot in range(SLOTS):
-        notional_out[at, slot] = open_notional[slot]
-        count_out[at, slot] = open_count[slot]
-        open_notional[slot] = 0.0
-        open_count[slot] = 0
-    for side in range(2):
-        qty_out[at, side] = open_qty[side]
-        open_qty[side] = 0.0
-    price_out[at] = open_price[0]
+        counts_out[slot, at] = open_counts[slot]
+        open_counts[slot] = 0
+    counts_out[SLOTS, at] = counts_out[0, at] + counts_out[1, at] + counts_out[2, at]
+    counts_out[SLOTS + 1, at] = counts_out[3, at] + counts_out[4, at] + counts_out[5, at]
+    state[ROWS_OUT] = at + 1
+    state[IS_OPEN] = 0
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")

@@ -163,7 +163,7 @@ def compute_second_stats(
             seed_price = _exchange_seed_price(frames[0], window_start, month)
             streams.insert(0, (frames[0].filter(pl.col(time_col) >= window_start), shift_month(month, -1),
                                f"trades before {month}"))
-        parts = _aggregate_stream(streams)
+        parts = [_aggregate_stream(streams, window_start, month_end)]
     else:
         _check_raw_month(current, month, name)
         if previous is not None:
@@ -198,62 +198,74 @@ def _exchange_seed_price(previous: pl.LazyFrame, window_start: int, month: str) 
     return price
 
 
-def _aggregate_stream(streams: list[tuple[pl.LazyFrame, str, str]]) -> list[pl.DataFrame]:
+def _aggregate_stream(streams: list[tuple[pl.LazyFrame, str, str]], start: int, end: int) -> pl.DataFrame:
     """One ordered streaming pass over raw months sorted by (ts_exchange, trade_id), in bounded batches.
 
-    `streams` are (trades, raw month, name) in time order. A compiled loop checks and sums each batch while
-    polars decodes the next one (it releases the GIL). The second open at a batch's end stays open in the
-    accumulator, so each second's sums are added in row order whatever the batching. `trade_id` is not read:
-    ties are already in id order (spec §1), so row order decides.
+    `streams` are (trades, raw month, name) in time order, all within [start, end) µs. A compiled loop checks
+    and sums each batch while polars decodes the next one (it releases the GIL). The second open at a batch's
+    end stays open in the accumulator, so each second's sums are added in row order whatever the batching.
+    `trade_id` is not read: ties are already in id order (spec §1), so row order decides.
     """
-    accumulator = _SecondAccumulator()
-    parts: list[pl.DataFrame] = []
+    accumulator = _SecondAccumulator(start, end)
     for trades, raw_month, name in streams:
         lo, hi = month_bounds_us(raw_month)
         columns = trades.select("ts_exchange", "price", "qty", "is_buy")
         for batch in columns.collect_batches(chunk_size=STREAM_BATCH_ROWS, maintain_order=True):
             if batch.height:
-                parts.append(accumulator.add(batch, lo, hi, raw_month, name))
-    parts.append(accumulator.close())
-    return [part for part in parts if part.height]
+                accumulator.add(batch, lo, hi, raw_month, name)
+    return accumulator.frame()
 
 
 class _SecondAccumulator:
-    """Per-second sums over trades fed in time order, batch by batch, with the second in progress held open."""
+    """Per-second sums over trades fed in time order, batch by batch, with the second in progress held open.
 
-    def __init__(self, time_col: str = "ts_exchange") -> None:
+    The output has room for every second of [start, end) from the outset: each second is written once, in
+    place, and memory is touched only where seconds hold trades (a fresh page costs more than the sums).
+    """
+
+    def __init__(self, start: int, end: int, time_col: str = "ts_exchange") -> None:
         from aperiodic_pipelines.flow import kernels  # numba: imported when the engine first runs
 
         self._kernels = kernels
         self._time_col = time_col
-        self._state = np.array([0, 0, np.iinfo(np.int64).min], dtype=np.int64)  # second, is open, last time
-        self._notional = np.zeros(kernels.SLOTS)
-        self._count = np.zeros(kernels.SLOTS, dtype=np.int64)
-        self._qty = np.zeros(2)
-        self._price = np.zeros(1)
+        capacity = -(-(end - start) // US_PER_SECOND) + 1
+        self._state = np.array([0, 0, np.iinfo(np.int64).min, 0], dtype=np.int64)
+        self._open_sums = np.zeros(kernels.SUM_ROWS)
+        self._open_counts = np.zeros(kernels.SLOTS, dtype=np.int64)
+        self._seconds = np.empty(capacity, dtype=np.int64)
+        self._sums = np.empty((kernels.SUM_ROWS, capacity))
+        self._counts = np.empty((kernels.COUNT_ROWS, capacity), dtype=np.int64)
 
-    def add(self, batch: pl.DataFrame, lo: int, hi: int, raw_month: str, name: str) -> pl.DataFrame:
-        """The seconds this batch closes; rows breaking spec §1 raise InvalidTradesError (see `_explain`)."""
+    def _outputs(self) -> tuple[np.ndarray, ...]:
+        return self._state, self._open_sums, self._open_counts, self._seconds, self._sums, self._counts
+
+    def add(self, batch: pl.DataFrame, lo: int, hi: int, raw_month: str, name: str) -> None:
+        """Sum a batch; rows breaking spec §1 raise InvalidTradesError (see `_explain`)."""
         if any(batch.get_column(col).null_count() for col in batch.columns):
             self._explain(batch, lo, hi, raw_month, name)
-        previous_time = int(self._state[2])
+        previous_time = int(self._state[self._kernels.LAST_TIME])
         columns = [batch.get_column(col).to_numpy() for col in (self._time_col, "price", "qty", "is_buy")]
-        rows = len(columns[0]) + 1
-        out = (np.empty(rows, dtype=np.int64), np.empty((rows, 6)), np.empty((rows, 6), dtype=np.int64),
-               np.empty((rows, 2)), np.empty(rows))
-        closed, error, _ = self._kernels.aggregate_trades(
-            *columns, lo, hi, SMALL_BELOW, LARGE_FROM, self._state, self._notional, self._count, self._qty,
-            self._price, *out,
-        )
+        error, _ = self._kernels.aggregate_trades(*columns, lo, hi, SMALL_BELOW, LARGE_FROM, *self._outputs())
         if error != self._kernels.OK:
-            self._explain(batch, lo, hi, raw_month, name, previous_time)
-        return _seconds_frame(*(array[:closed] for array in out))
+            self._explain(batch, lo, hi, raw_month, name, None if previous_time == np.iinfo(np.int64).min
+                          else previous_time)
 
-    def close(self) -> pl.DataFrame:
-        """The second still open after the last batch (an empty frame if there was none)."""
-        n = int(self._state[1])  # 1 if a second is open
-        return _seconds_frame(self._state[:n].copy(), self._notional[None][:n].copy(), self._count[None][:n].copy(),
-                              self._qty[None][:n].copy(), self._price[:n].copy())
+    def frame(self) -> pl.DataFrame:
+        """One row per second summed so far (the open second included), in the columns of `_AGGREGATE_SCHEMA`."""
+        kernels = self._kernels
+        if self._state[kernels.IS_OPEN]:
+            kernels.close_second(*self._outputs())
+        rows = int(self._state[kernels.ROWS_OUT])
+        sums, counts = self._sums[:, :rows], self._counts[:, :rows]
+        stats: dict[str, np.ndarray] = {"second": self._seconds[:rows]}
+        for side_index, side_name in enumerate(SIDES):
+            stats[f"taker_{side_name}_volume"] = sums[kernels.SLOTS + side_index]
+            stats[f"taker_{side_name}_count"] = counts[kernels.SLOTS + side_index]
+            for bucket_index, bucket_name in enumerate(BUCKETS):
+                stats[f"taker_{side_name}_{bucket_name}_order_volume"] = sums[side_index * 3 + bucket_index]
+                stats[f"taker_{side_name}_{bucket_name}_order_count"] = counts[side_index * 3 + bucket_index]
+        stats["last_price"] = sums[kernels.SLOTS + 2]
+        return pl.DataFrame(stats).select(list(_AGGREGATE_SCHEMA))
 
     def _explain(self, batch: pl.DataFrame, lo: int, hi: int, raw_month: str, name: str,
                  previous_time: int | None = None) -> None:
@@ -263,21 +275,6 @@ class _SecondAccumulator:
             _check_in_month(batch, lo, hi, raw_month, name)
         _check_sorted(batch, self._time_col, previous_time, name)
         raise InvalidTradesError(f"{name}: column {self._time_col!r} breaks spec §1 (must be set)")
-
-
-def _seconds_frame(second: np.ndarray, notional: np.ndarray, count: np.ndarray, qty: np.ndarray,
-                   last_price: np.ndarray) -> pl.DataFrame:
-    """Per-second sums (one row per second; slot columns side × 3 + bucket) as the columns of SECOND_STATS."""
-    stats: dict[str, np.ndarray] = {"second": second}
-    for side_index, side_name in enumerate(SIDES):
-        stats[f"taker_{side_name}_volume"] = qty[:, side_index]
-        stats[f"taker_{side_name}_count"] = count[:, side_index * 3 : side_index * 3 + 3].sum(axis=1)
-        for bucket_index, bucket_name in enumerate(BUCKETS):
-            column = side_index * 3 + bucket_index
-            stats[f"taker_{side_name}_{bucket_name}_order_volume"] = notional[:, column]
-            stats[f"taker_{side_name}_{bucket_name}_order_count"] = count[:, column]
-    stats["last_price"] = last_price
-    return pl.DataFrame(stats).select(list(_AGGREGATE_SCHEMA))
 
 
 def _check_in_month(batch: pl.DataFrame, lo: int, hi: int, raw_month: str, name: str) -> None:
@@ -301,7 +298,7 @@ def _aggregate_by_day(
         if day.height == 0:
             return None
         _check_chunk(day, name)
-        return _aggregate_seconds(day.sort([time_col, "trade_id"]).rechunk(), time_col)
+        return _aggregate_seconds(day.sort([time_col, "trade_id"]), time_col, lo, min(lo + step, end))
 
     with ThreadPoolExecutor(max_workers=_workers()) as pool:
         return [day for day in pool.map(one_day, range(start, end, step)) if day is not None]
@@ -319,11 +316,11 @@ def _check_sorted(batch: pl.DataFrame, time_col: str, previous_time: int | None,
         )
 
 
-def _aggregate_seconds(chunk: pl.DataFrame, time_col: str) -> pl.DataFrame:
-    """One row per second of trades already ordered by (time, trade_id) and checked by `_check_chunk`."""
-    accumulator = _SecondAccumulator(time_col)
-    lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-    return pl.concat([accumulator.add(chunk, lo, hi, "", ""), accumulator.close()])
+def _aggregate_seconds(chunk: pl.DataFrame, time_col: str, start: int, end: int) -> pl.DataFrame:
+    """One row per second of trades in [start, end) µs already ordered by (time, trade_id) and checked."""
+    accumulator = _SecondAccumulator(start, end, time_col)
+    accumulator.add(chunk, start, end, "", "")
+    return accumulator.frame()
 
 
 def _with_returns(frame: pl.DataFrame, seed_price: float | None) -> pl.DataFrame:
