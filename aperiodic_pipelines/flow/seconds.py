@@ -336,4 +336,6 @@ def _with_returns(frame: pl.DataFrame, seed_price: float | None) -> pl.DataFrame
         (log_return * log_return).fill_null(0.0).alias("squared_return"),
         log_return.abs().fill_null(0.0).alias("abs_return"),
     )
-    return out.select(list(SECOND_STATS_SCHEMA)).cast(SECOND_STATS_SCHEMA)
+    out = out.select(list(SECOND_STATS_SCHEMA))
+    # A cast, even to the same dtypes, copies every column: only cast when one differs.
+    return out if out.schema == pl.Schema(SECOND_STATS_SCHEMA) else out.cast(SECOND_STATS_SCHEMA)
