@@ -1,7 +1,8 @@
-"""The compiled loops of flow.kernels against plain numpy formulations of the same arithmetic, bit for bit.
+"""The engine's two per-second paths and its toxicity window against plain numpy formulations, bit for bit.
 
-The references below are the engine's former vectorised code (np.bincount per second, the lag-by-lag toxicity
-sums): the kernels must give the same bits, including where batches split a second, -0.0 and NaN.
+Months bigger than one batch are summed by a compiled loop (flow.kernels), smaller ones by np.bincount; both
+must give the bits of the reference below, whatever the batches, including where a batch splits a second.
+The toxicity window (blocked, quiet blocks skipped) must give the bits of the unblocked lag-by-lag sums.
 """
 
 from __future__ import annotations
@@ -173,8 +174,10 @@ def test_time_going_back_across_a_batch_edge_is_unsorted(monkeypatch) -> None:
         compute_second_stats(trades.with_columns(pl.Series("ts_exchange", ts)), month=MONTH)
 
 
-def test_null_time_is_named() -> None:
+@pytest.mark.parametrize("batch_rows", [10, 1_000_000])
+def test_null_time_is_named(monkeypatch, batch_rows: int) -> None:
+    monkeypatch.setattr("aperiodic_pipelines.flow.seconds.STREAM_BATCH_ROWS", batch_rows)
     trades = generate_tape(MONTH, 100, seed=8).with_columns(
         pl.when(pl.int_range(pl.len()) == 50).then(None).otherwise(pl.col("ts_exchange")).alias("ts_exchange"))
-    with pytest.raises(InvalidTradesError, match="ts_exchange"):
+    with pytest.raises(InvalidTradesError, match="column 'ts_exchange' breaks spec"):
         compute_second_stats(trades, month=MONTH)

@@ -1,11 +1,11 @@
-"""Compiled (numba) loops of the engine: the per-second pass over the trades and the toxicity window.
+"""The compiled (numba) loop of the engine: the per-second pass over a big month's trades.
 
-Both are plain sequential loops that do the same IEEE operations in the same order as the numpy code they
-replace (no `fastmath`, so no reassociation or fused multiply-add): results are identical bit for bit, and
-they stay so whatever the batch boundaries are. This module imports numba, which costs a fraction of a second;
-the engine imports it on first use only, so loading the Dagster definitions does not pay for it.
-`cache=True` keeps the compiled code on disk next to this file (`__pycache__`), so a fresh process loads it
-instead of compiling again.
+A plain sequential loop doing the same IEEE operations in the same order as the numpy aggregation
+(`seconds._aggregate_seconds`; no `fastmath`, so no reassociation or fused multiply-add): results are
+identical bit for bit, whatever the batch boundaries. Importing numba and loading the cached machine code
+costs about half a CPU second per process, so the engine imports this module only for inputs bigger than one
+batch (small months take the numpy path), never when the Dagster definitions load. `cache=True` keeps the
+compiled code on disk next to this file (`__pycache__`), so a fresh process loads it instead of compiling.
 """
 
 from __future__ import annotations
@@ -84,38 +84,3 @@ def close_second(state: np.ndarray, open_sums: np.ndarray, open_counts: np.ndarr
     counts_out[SLOTS + 1, at] = counts_out[3, at] + counts_out[4, at] + counts_out[5, at]
     state[ROWS_OUT] = at + 1
     state[IS_OPEN] = 0
-
-
-@numba.njit(cache=True, nogil=True, error_model="numpy")
-def toxicity_scores(signed_flow: np.ndarray, volatility: np.ndarray, window: int) -> np.ndarray:
-    """flow_norm × vol_norm of each bar over the `window` bars before it; NaN where undefined.
-
-    The same arithmetic as the two-pass numpy formulation in `flow.toxicity` (sums from 0.0 by increasing
-    lag, ddof=1). A row is defined when its window holds two neighbouring flows that differ (std > 0) and a
-    positive volatility (mean > 0); the most recent such positions are tracked as the loop goes, so rows of
-    a quiet stretch cost a comparison each, and the window sums are only computed for defined rows.
-    """
-    n = len(signed_flow)
-    scores = np.full(n, np.nan)
-    last_change = -1  # latest t with signed_flow[t] != signed_flow[t - 1]
-    last_positive = -1  # latest t with volatility[t] > 0
-    for row in range(n):
-        if row >= window and last_change > row - window and last_positive >= row - window:
-            flow_sum = 0.0
-            vol_sum = 0.0
-            for lag in range(1, window + 1):
-                flow_sum += signed_flow[row - lag]
-                vol_sum += volatility[row - lag]
-            flow_mean = flow_sum / window
-            vol_mean = vol_sum / window
-            squares = 0.0
-            for lag in range(1, window + 1):
-                deviation = signed_flow[row - lag] - flow_mean
-                squares += deviation * deviation
-            score = (signed_flow[row] - flow_mean) / np.sqrt(squares / (window - 1)) * (volatility[row] / vol_mean)
-            scores[row] = 0.0 if score == 0.0 else score  # IEEE −0.0 becomes 0.0
-        if row > 0 and signed_flow[row] != signed_flow[row - 1]:
-            last_change = row
-        if volatility[row] > 0:
-            last_positive = row
-    return scores

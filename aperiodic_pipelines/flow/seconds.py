@@ -163,7 +163,8 @@ def compute_second_stats(
             seed_price = _exchange_seed_price(frames[0], window_start, month)
             streams.insert(0, (frames[0].filter(pl.col(time_col) >= window_start), shift_month(month, -1),
                                f"trades before {month}"))
-        parts = [_aggregate_stream(streams, window_start, month_end)]
+        small = sum(frame.select(pl.len()).collect().item() for frame in frames) <= STREAM_BATCH_ROWS
+        parts = _aggregate_at_once(streams) if small else [_aggregate_stream(streams, window_start, month_end)]
     else:
         _check_raw_month(current, month, name)
         if previous is not None:
@@ -198,6 +199,24 @@ def _exchange_seed_price(previous: pl.LazyFrame, window_start: int, month: str) 
     return price
 
 
+def _aggregate_at_once(streams: list[tuple[pl.LazyFrame, str, str]]) -> list[pl.DataFrame]:
+    """The months of `_aggregate_stream` when they fit in one batch: checked and summed by numpy at once.
+
+    The compiled loop would cost more to load (numba, about half a CPU second per process) than it saves here.
+    """
+    batches, last_time = [], None
+    for trades, raw_month, name in streams:
+        batch = trades.select("ts_exchange", "price", "qty", "is_buy").collect()
+        if batch.height:
+            lo, hi = month_bounds_us(raw_month)
+            _check_chunk(batch, name)
+            _check_in_month(batch, lo, hi, raw_month, name)
+            _check_sorted(batch, "ts_exchange", last_time, name)
+            last_time = batch.get_column("ts_exchange")[-1]
+            batches.append(batch)
+    return [_aggregate_seconds(pl.concat(batches, rechunk=True), "ts_exchange")] if batches else []
+
+
 def _aggregate_stream(streams: list[tuple[pl.LazyFrame, str, str]], start: int, end: int) -> pl.DataFrame:
     """One ordered streaming pass over raw months sorted by (ts_exchange, trade_id), in bounded batches.
 
@@ -223,11 +242,10 @@ class _SecondAccumulator:
     place, and memory is touched only where seconds hold trades (a fresh page costs more than the sums).
     """
 
-    def __init__(self, start: int, end: int, time_col: str = "ts_exchange") -> None:
+    def __init__(self, start: int, end: int) -> None:
         from aperiodic_pipelines.flow import kernels  # numba: imported when the engine first runs
 
         self._kernels = kernels
-        self._time_col = time_col
         capacity = -(-(end - start) // US_PER_SECOND) + 1
         self._state = np.array([0, 0, np.iinfo(np.int64).min, 0], dtype=np.int64)
         self._open_sums = np.zeros(kernels.SUM_ROWS)
@@ -244,7 +262,7 @@ class _SecondAccumulator:
         if any(batch.get_column(col).null_count() for col in batch.columns):
             self._explain(batch, lo, hi, raw_month, name)
         previous_time = int(self._state[self._kernels.LAST_TIME])
-        columns = [batch.get_column(col).to_numpy() for col in (self._time_col, "price", "qty", "is_buy")]
+        columns = [batch.get_column(col).to_numpy() for col in ("ts_exchange", "price", "qty", "is_buy")]
         error, _ = self._kernels.aggregate_trades(*columns, lo, hi, SMALL_BELOW, LARGE_FROM, *self._outputs())
         if error != self._kernels.OK:
             self._explain(batch, lo, hi, raw_month, name, None if previous_time == np.iinfo(np.int64).min
@@ -271,14 +289,16 @@ class _SecondAccumulator:
                  previous_time: int | None = None) -> None:
         """Raise the error naming the batch's first bad row (the compiled loop only finds that there is one)."""
         _check_chunk(batch, name)
-        if self._time_col == "ts_exchange":
-            _check_in_month(batch, lo, hi, raw_month, name)
-        _check_sorted(batch, self._time_col, previous_time, name)
-        raise InvalidTradesError(f"{name}: column {self._time_col!r} breaks spec §1 (must be set)")
+        _check_in_month(batch, lo, hi, raw_month, name)
+        _check_sorted(batch, "ts_exchange", previous_time, name)
+        raise AssertionError(f"{name}: the compiled pass found a bad row that the checks do not see")
 
 
 def _check_in_month(batch: pl.DataFrame, lo: int, hi: int, raw_month: str, name: str) -> None:
     ts = batch.get_column("ts_exchange")
+    if ts.null_count():
+        row = batch.filter(pl.col("ts_exchange").is_null()).head(1).to_dicts()[0]
+        raise InvalidTradesError(f"{name}: column 'ts_exchange' breaks spec §1 (must be set): {row}")
     if ts[0] < lo or ts.max() >= hi:
         outside = batch.filter((pl.col("ts_exchange") < lo) | (pl.col("ts_exchange") >= hi))
         raise InvalidTradesError(
@@ -298,7 +318,7 @@ def _aggregate_by_day(
         if day.height == 0:
             return None
         _check_chunk(day, name)
-        return _aggregate_seconds(day.sort([time_col, "trade_id"]), time_col, lo, min(lo + step, end))
+        return _aggregate_seconds(day.sort([time_col, "trade_id"]).rechunk(), time_col)
 
     with ThreadPoolExecutor(max_workers=_workers()) as pool:
         return [day for day in pool.map(one_day, range(start, end, step)) if day is not None]
@@ -316,11 +336,46 @@ def _check_sorted(batch: pl.DataFrame, time_col: str, previous_time: int | None,
         )
 
 
-def _aggregate_seconds(chunk: pl.DataFrame, time_col: str, start: int, end: int) -> pl.DataFrame:
-    """One row per second of trades in [start, end) µs already ordered by (time, trade_id) and checked."""
-    accumulator = _SecondAccumulator(start, end, time_col)
-    accumulator.add(chunk, start, end, "", "")
-    return accumulator.frame()
+def _aggregate_seconds(chunk: pl.DataFrame, time_col: str) -> pl.DataFrame:
+    """One row per second of trades already ordered by (time, trade_id).
+
+    Each trade gets the index of its second and a slot (side × size bucket); `np.bincount` then sums every
+    slot of every second in one pass, adding in row order (deterministic). A polars group-by pays a fixed
+    cost per group and aggregation, which at ~2 M seconds a month dominated everything else (~5 s per 10 M
+    trades for 17 aggregations, against well under 1 s here).
+    """
+    seconds = chunk.get_column(time_col).to_numpy() // US_PER_SECOND
+    new_second = np.empty(len(seconds), dtype=bool)
+    new_second[0] = True
+    np.not_equal(seconds[1:], seconds[:-1], out=new_second[1:])
+    starts = np.flatnonzero(new_second)
+    n_seconds = len(starts)
+    # np.repeat, not a cumsum over the booleans, which is several times slower
+    second_index = np.repeat(np.arange(n_seconds, dtype=np.int64), np.diff(starts, append=len(seconds)))
+
+    price = chunk.get_column("price").to_numpy()
+    qty = chunk.get_column("qty").to_numpy()
+    is_buy = chunk.get_column("is_buy").to_numpy()
+    notional = price * qty
+    # slot = side (buy 0, sell 1) × 3 + bucket (small 0, medium 1, large 2), the order of BUCKET_STATS
+    bucket = (notional >= SMALL_BELOW).astype(np.int64) + (notional >= LARGE_FROM)
+    side = (~is_buy).astype(np.int64)
+    slot = second_index * 6 + side * 3 + bucket
+    slot_notional = np.bincount(slot, weights=notional, minlength=n_seconds * 6).reshape(n_seconds, 6)
+    slot_count = np.bincount(slot, minlength=n_seconds * 6).reshape(n_seconds, 6).astype(np.int64)
+    side_qty = np.bincount(second_index * 2 + side, weights=qty, minlength=n_seconds * 2).reshape(n_seconds, 2)
+
+    stats: dict[str, np.ndarray] = {"second": seconds[new_second]}
+    for side_index, side_name in enumerate(SIDES):
+        stats[f"taker_{side_name}_volume"] = side_qty[:, side_index]
+        stats[f"taker_{side_name}_count"] = slot_count[:, side_index * 3 : side_index * 3 + 3].sum(axis=1)
+        for bucket_index, bucket_name in enumerate(BUCKETS):
+            column = side_index * 3 + bucket_index
+            stats[f"taker_{side_name}_{bucket_name}_order_volume"] = slot_notional[:, column]
+            stats[f"taker_{side_name}_{bucket_name}_order_count"] = slot_count[:, column]
+    last_rows = np.append(starts[1:], len(price)) - 1
+    stats["last_price"] = price[last_rows]
+    return pl.DataFrame(stats).select(list(_AGGREGATE_SCHEMA))
 
 
 def _with_returns(frame: pl.DataFrame, seed_price: float | None) -> pl.DataFrame:
