@@ -225,11 +225,13 @@ def _aggregate_stream(streams: list[tuple[pl.LazyFrame, str, str]], start: int, 
     end stays open in the accumulator, so each second's sums are added in row order whatever the batching.
     `trade_id` is not read: ties are already in id order (spec §1), so row order decides.
     """
-    accumulator = _SecondAccumulator(start, end)
+    accumulator = None
     for trades, raw_month, name in streams:
         lo, hi = month_bounds_us(raw_month)
         columns = trades.select("ts_exchange", "price", "qty", "is_buy")
-        for batch in columns.collect_batches(chunk_size=STREAM_BATCH_ROWS, maintain_order=True):
+        batches = columns.collect_batches(chunk_size=STREAM_BATCH_ROWS, maintain_order=True)  # decoding starts
+        accumulator = accumulator or _SecondAccumulator(start, end)  # meanwhile, numba loads
+        for batch in batches:
             if batch.height:
                 accumulator.add(batch, lo, hi, raw_month, name)
     return accumulator.frame()
@@ -253,6 +255,9 @@ class _SecondAccumulator:
         self._seconds = np.empty(capacity, dtype=np.int64)
         self._sums = np.empty((kernels.SUM_ROWS, capacity))
         self._counts = np.empty((kernels.COUNT_ROWS, capacity), dtype=np.int64)
+        # Load the compiled code now (an empty batch), while polars decodes the first batch in the background.
+        empty = [np.empty(0, dtype=dtype) for dtype in (np.int64, np.float64, np.float64, bool)]
+        kernels.aggregate_trades(*_kernel_arrays(empty), 0, 0, SMALL_BELOW, LARGE_FROM, *self._outputs())
 
     def _outputs(self) -> tuple[np.ndarray, ...]:
         return self._state, self._open_sums, self._open_counts, self._seconds, self._sums, self._counts
@@ -262,7 +267,8 @@ class _SecondAccumulator:
         if any(batch.get_column(col).null_count() for col in batch.columns):
             self._explain(batch, lo, hi, raw_month, name)
         previous_time = int(self._state[self._kernels.LAST_TIME])
-        columns = [batch.get_column(col).to_numpy() for col in ("ts_exchange", "price", "qty", "is_buy")]
+        columns = _kernel_arrays([batch.get_column(col).to_numpy() for col in ("ts_exchange", "price", "qty",
+                                                                                "is_buy")])
         error, _ = self._kernels.aggregate_trades(*columns, lo, hi, SMALL_BELOW, LARGE_FROM, *self._outputs())
         if error != self._kernels.OK:
             self._explain(batch, lo, hi, raw_month, name, None if previous_time == np.iinfo(np.int64).min
@@ -334,6 +340,17 @@ def _check_sorted(batch: pl.DataFrame, time_col: str, previous_time: int | None,
             f"{name}: not sorted by ({time_col}, trade_id) as spec §1 requires; first row out of order: "
             f"{bad[0] if bad else batch.head(1).to_dicts()[0]}"
         )
+
+
+def _kernel_arrays(columns: list[np.ndarray]) -> list[np.ndarray]:
+    """Time, price and qty read-only, as polars hands out single-chunk columns: numba compiles (and caches) one
+    version of the loop per argument type, and a writable array is another type."""
+    out = []
+    for array in columns[:3]:
+        array = array.view()
+        array.flags.writeable = False
+        out.append(array)
+    return [*out, columns[3]]
 
 
 def _aggregate_seconds(chunk: pl.DataFrame, time_col: str) -> pl.DataFrame:
