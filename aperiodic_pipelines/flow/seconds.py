@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from aperiodic_pipelines.errors import InvalidTradesError
+from aperiodic_pipelines.flow import memory
 from aperiodic_pipelines.flow.grid import (
     BUCKETS,
     LARGE_FROM,
@@ -241,7 +242,8 @@ class _SecondAccumulator:
     """Per-second sums over trades fed in time order, batch by batch, with the second in progress held open.
 
     The output has room for every second of [start, end) from the outset: each second is written once, in
-    place, and memory is touched only where seconds hold trades (a fresh page costs more than the sums).
+    place, and memory is touched only where seconds hold trades (a fresh page costs more than the sums; see
+    `memory.zeros`).
     """
 
     def __init__(self, start: int, end: int) -> None:
@@ -252,9 +254,9 @@ class _SecondAccumulator:
         self._state = np.array([0, 0, np.iinfo(np.int64).min, 0], dtype=np.int64)
         self._open_sums = np.zeros(kernels.SUM_ROWS)
         self._open_counts = np.zeros(kernels.SLOTS, dtype=np.int64)
-        self._seconds = np.empty(capacity, dtype=np.int64)
-        self._sums = np.empty((kernels.SUM_ROWS, capacity))
-        self._counts = np.empty((kernels.COUNT_ROWS, capacity), dtype=np.int64)
+        self._seconds = memory.zeros(capacity, dtype=np.int64)
+        self._sums = memory.zeros((kernels.SUM_ROWS, capacity))
+        self._counts = memory.zeros((kernels.COUNT_ROWS, capacity), dtype=np.int64)
         # Load the compiled code now (an empty batch), while polars decodes the first batch in the background.
         empty = [np.empty(0, dtype=dtype) for dtype in (np.int64, np.float64, np.float64, bool)]
         kernels.aggregate_trades(*_kernel_arrays(empty), 0, 0, SMALL_BELOW, LARGE_FROM, *self._outputs())
