@@ -134,8 +134,12 @@ def _grid_bars(
             pl.from_epoch(pl.col("bar"), time_unit="s").cast(TIME_DTYPE).alias("time"),
             pl.Series("flow_toxicity_score", scores).fill_nan(None),
         )
-        slices.append(fields.slice((slice_start - lead_start) // width).select(FLOW_COLUMNS))
-    return pl.concat(slices).cast(FLOW_SCHEMA)
+        # The columns themselves, not `select`, which copies the slice's columns (polars 2.1), for nothing.
+        ordered = pl.DataFrame([fields.get_column(name) for name in FLOW_COLUMNS])
+        slices.append(ordered.slice((slice_start - lead_start) // width))
+    bars = pl.concat(slices)
+    # A cast, even to the same dtypes, copies every column of the month: only cast when one differs.
+    return bars if bars.schema == pl.Schema(FLOW_SCHEMA) else bars.cast(FLOW_SCHEMA)
 
 
 def _densify(sparse: pl.DataFrame, first_bar: int, end: int, width: int) -> pl.DataFrame:

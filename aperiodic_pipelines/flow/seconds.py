@@ -8,13 +8,14 @@ return to the previous non-empty second. Every bar field of every interval is an
 from __future__ import annotations
 
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from aperiodic_pipelines.errors import InvalidTradesError
+from aperiodic_pipelines.flow import memory
 from aperiodic_pipelines.flow.grid import (
     BUCKETS,
     LARGE_FROM,
@@ -163,7 +164,8 @@ def compute_second_stats(
             seed_price = _exchange_seed_price(frames[0], window_start, month)
             streams.insert(0, (frames[0].filter(pl.col(time_col) >= window_start), shift_month(month, -1),
                                f"trades before {month}"))
-        parts = _aggregate_stream(streams)
+        small = sum(frame.select(pl.len()).collect().item() for frame in frames) <= STREAM_BATCH_ROWS
+        parts = _aggregate_at_once(streams) if small else [_aggregate_stream(streams, window_start, month_end)]
     else:
         _check_raw_month(current, month, name)
         if previous is not None:
@@ -198,47 +200,113 @@ def _exchange_seed_price(previous: pl.LazyFrame, window_start: int, month: str) 
     return price
 
 
-def _aggregate_stream(streams: list[tuple[pl.LazyFrame, str, str]]) -> list[pl.DataFrame]:
+def _aggregate_at_once(streams: list[tuple[pl.LazyFrame, str, str]]) -> list[pl.DataFrame]:
+    """The months of `_aggregate_stream` when they fit in one batch: checked and summed by numpy at once.
+
+    The compiled loop would cost more to load (numba, about half a CPU second per process) than it saves here.
+    """
+    batches, last_time = [], None
+    for trades, raw_month, name in streams:
+        batch = trades.select("ts_exchange", "price", "qty", "is_buy").collect()
+        if batch.height:
+            lo, hi = month_bounds_us(raw_month)
+            _check_chunk(batch, name)
+            _check_in_month(batch, lo, hi, raw_month, name)
+            _check_sorted(batch, "ts_exchange", last_time, name)
+            last_time = batch.get_column("ts_exchange")[-1]
+            batches.append(batch)
+    return [_aggregate_seconds(pl.concat(batches, rechunk=True), "ts_exchange")] if batches else []
+
+
+def _aggregate_stream(streams: list[tuple[pl.LazyFrame, str, str]], start: int, end: int) -> pl.DataFrame:
     """One ordered streaming pass over raw months sorted by (ts_exchange, trade_id), in bounded batches.
 
-    `streams` are (trades, raw month, name) in time order. Each batch's last second is held back and joined to
-    the next batch, so a second is always aggregated from all its rows at once, in row order: the sums do not
-    depend on where batches happen to split. Batches are aggregated on a small pool while the reader decodes
-    the next ones. `trade_id` is not read: ties are already in id order (spec §1), so row order decides.
+    `streams` are (trades, raw month, name) in time order, all within [start, end) µs. A compiled loop checks
+    and sums each batch while polars decodes the next one (it releases the GIL). The second open at a batch's
+    end stays open in the accumulator, so each second's sums are added in row order whatever the batching.
+    `trade_id` is not read: ties are already in id order (spec §1), so row order decides.
     """
-    time_col = "ts_exchange"
-    parts: list[Future[pl.DataFrame]] = []
-    carry: pl.DataFrame | None = None
-    last_time: int | None = None
-    with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        for trades, raw_month, name in streams:
-            lo, hi = month_bounds_us(raw_month)
-            columns = trades.select(time_col, "price", "qty", "is_buy")
-            for batch in columns.collect_batches(chunk_size=STREAM_BATCH_ROWS, maintain_order=True):
-                if batch.height == 0:
-                    continue
-                _check_chunk(batch, name)
-                _check_in_month(batch, lo, hi, raw_month, name)
-                _check_sorted(batch, time_col, last_time, name)
-                last_time = batch.get_column(time_col)[-1]
-                # Contiguous memory: a float sum over a chunked column adds per-chunk partial sums, which would
-                # make a second's total depend on where the reader happened to split.
-                batch = pl.concat([carry, batch], rechunk=True) if carry is not None else batch.rechunk()
-                cut = batch.get_column(time_col).search_sorted(
-                    last_time // US_PER_SECOND * US_PER_SECOND, side="left"
-                )
-                carry = batch.slice(cut)
-                if cut:
-                    if len(parts) >= _workers():
-                        parts[-_workers()].result()  # bound the batches in flight
-                    parts.append(pool.submit(_aggregate_seconds, batch.slice(0, cut), time_col))
-        if carry is not None and carry.height:
-            parts.append(pool.submit(_aggregate_seconds, carry, time_col))
-        return [part.result() for part in parts]
+    accumulator = None
+    for trades, raw_month, name in streams:
+        lo, hi = month_bounds_us(raw_month)
+        columns = trades.select("ts_exchange", "price", "qty", "is_buy")
+        batches = columns.collect_batches(chunk_size=STREAM_BATCH_ROWS, maintain_order=True)  # decoding starts
+        accumulator = accumulator or _SecondAccumulator(start, end)  # meanwhile, numba loads
+        for batch in batches:
+            if batch.height:
+                accumulator.add(batch, lo, hi, raw_month, name)
+    return accumulator.frame()
+
+
+class _SecondAccumulator:
+    """Per-second sums over trades fed in time order, batch by batch, with the second in progress held open.
+
+    The output has room for every second of [start, end) from the outset: each second is written once, in
+    place, and memory is touched only where seconds hold trades (a fresh page costs more than the sums; see
+    `memory.zeros`).
+    """
+
+    def __init__(self, start: int, end: int) -> None:
+        from aperiodic_pipelines.flow import kernels  # numba: imported when the engine first runs
+
+        self._kernels = kernels
+        capacity = -(-(end - start) // US_PER_SECOND) + 1
+        self._state = np.array([0, 0, np.iinfo(np.int64).min, 0], dtype=np.int64)
+        self._open_sums = np.zeros(kernels.SUM_ROWS)
+        self._open_counts = np.zeros(kernels.SLOTS, dtype=np.int64)
+        self._seconds = memory.zeros(capacity, dtype=np.int64)
+        self._sums = memory.zeros((kernels.SUM_ROWS, capacity))
+        self._counts = memory.zeros((kernels.COUNT_ROWS, capacity), dtype=np.int64)
+        # Load the compiled code now (an empty batch), while polars decodes the first batch in the background.
+        empty = [np.empty(0, dtype=dtype) for dtype in (np.int64, np.float64, np.float64, bool)]
+        kernels.aggregate_trades(*_kernel_arrays(empty), 0, 0, SMALL_BELOW, LARGE_FROM, *self._outputs())
+
+    def _outputs(self) -> tuple[np.ndarray, ...]:
+        return self._state, self._open_sums, self._open_counts, self._seconds, self._sums, self._counts
+
+    def add(self, batch: pl.DataFrame, lo: int, hi: int, raw_month: str, name: str) -> None:
+        """Sum a batch; rows breaking spec §1 raise InvalidTradesError (see `_explain`)."""
+        if any(batch.get_column(col).null_count() for col in batch.columns):
+            self._explain(batch, lo, hi, raw_month, name)
+        previous_time = int(self._state[self._kernels.LAST_TIME])
+        columns = _kernel_arrays([batch.get_column(col).to_numpy() for col in ("ts_exchange", "price", "qty",
+                                                                                "is_buy")])
+        error, _ = self._kernels.aggregate_trades(*columns, lo, hi, SMALL_BELOW, LARGE_FROM, *self._outputs())
+        if error != self._kernels.OK:
+            self._explain(batch, lo, hi, raw_month, name, None if previous_time == np.iinfo(np.int64).min
+                          else previous_time)
+
+    def frame(self) -> pl.DataFrame:
+        """One row per second summed so far (the open second included), in the columns of `_AGGREGATE_SCHEMA`."""
+        kernels = self._kernels
+        if self._state[kernels.IS_OPEN]:
+            kernels.close_second(*self._outputs())
+        rows = int(self._state[kernels.ROWS_OUT])
+        sums, counts = self._sums[:, :rows], self._counts[:, :rows]
+        stats: dict[str, np.ndarray] = {"second": self._seconds[:rows]}
+        for side_index, side_name in enumerate(SIDES):
+            stats[f"taker_{side_name}_volume"] = sums[kernels.SLOTS + side_index]
+            stats[f"taker_{side_name}_count"] = counts[kernels.SLOTS + side_index]
+            for bucket_index, bucket_name in enumerate(BUCKETS):
+                stats[f"taker_{side_name}_{bucket_name}_order_volume"] = sums[side_index * 3 + bucket_index]
+                stats[f"taker_{side_name}_{bucket_name}_order_count"] = counts[side_index * 3 + bucket_index]
+        stats["last_price"] = sums[kernels.SLOTS + 2]
+        return pl.DataFrame(stats).select(list(_AGGREGATE_SCHEMA))
+
+    def _explain(self, batch: pl.DataFrame, lo: int, hi: int, raw_month: str, name: str,
+                 previous_time: int | None = None) -> None:
+        """Raise the error naming the batch's first bad row (the compiled loop only finds that there is one)."""
+        _check_chunk(batch, name)
+        _check_in_month(batch, lo, hi, raw_month, name)
+        _check_sorted(batch, "ts_exchange", previous_time, name)
+        raise AssertionError(f"{name}: the compiled pass found a bad row that the checks do not see")
 
 
 def _check_in_month(batch: pl.DataFrame, lo: int, hi: int, raw_month: str, name: str) -> None:
     ts = batch.get_column("ts_exchange")
+    if ts.null_count():
+        row = batch.filter(pl.col("ts_exchange").is_null()).head(1).to_dicts()[0]
+        raise InvalidTradesError(f"{name}: column 'ts_exchange' breaks spec §1 (must be set): {row}")
     if ts[0] < lo or ts.max() >= hi:
         outside = batch.filter((pl.col("ts_exchange") < lo) | (pl.col("ts_exchange") >= hi))
         raise InvalidTradesError(
@@ -274,6 +342,17 @@ def _check_sorted(batch: pl.DataFrame, time_col: str, previous_time: int | None,
             f"{name}: not sorted by ({time_col}, trade_id) as spec §1 requires; first row out of order: "
             f"{bad[0] if bad else batch.head(1).to_dicts()[0]}"
         )
+
+
+def _kernel_arrays(columns: list[np.ndarray]) -> list[np.ndarray]:
+    """Time, price and qty read-only, as polars hands out single-chunk columns: numba compiles (and caches) one
+    version of the loop per argument type, and a writable array is another type."""
+    out = []
+    for array in columns[:3]:
+        array = array.view()
+        array.flags.writeable = False
+        out.append(array)
+    return [*out, columns[3]]
 
 
 def _aggregate_seconds(chunk: pl.DataFrame, time_col: str) -> pl.DataFrame:
@@ -331,4 +410,6 @@ def _with_returns(frame: pl.DataFrame, seed_price: float | None) -> pl.DataFrame
         (log_return * log_return).fill_null(0.0).alias("squared_return"),
         log_return.abs().fill_null(0.0).alias("abs_return"),
     )
-    return out.select(list(SECOND_STATS_SCHEMA)).cast(SECOND_STATS_SCHEMA)
+    out = out.select(list(SECOND_STATS_SCHEMA))
+    # A cast, even to the same dtypes, copies every column: only cast when one differs.
+    return out if out.schema == pl.Schema(SECOND_STATS_SCHEMA) else out.cast(SECOND_STATS_SCHEMA)
