@@ -9,7 +9,8 @@ archives in a moto S3 server on 127.0.0.1), a fresh DAGSTER_HOME with the projec
 local store and download cache, and partition runs submitted through the code location exactly as
 `aperiodic-pipelines materialize` submits them (`runs.run_month_waves`, no daemon: the instance's run launcher
 starts each run in its own process). Two consecutive months are materialised per exchange, one exchange after
-the other, so the second month's `second_stats` reads the month before it.
+the other, so the second month's `second_stats` reads the month before it (the first month's previous month is
+not published: `APERIODIC_HTTP_404_ATTEMPTS=1` lets it count as such at once, without the retries a live CDN needs).
 
 Per run, from the instance's event log: each step's STEP_START → STEP_SUCCESS (Dagster's own step timing), their
 sum ("steps"), RUN_START → RUN_SUCCESS ("run"), and RUN_STARTING → RUN_START ("launch": a new Python process,
@@ -35,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 INSTRUMENTS = {"binance-futures": "BTCUSDT", "hyperliquid-perps": "BTC"}
 MONTHS = ("2025-08", "2025-09")  # Hyperliquid's newest node-archive format covers these
+RESULT = "partition-steps-result: "  # marks the child's JSON line among whatever the code server prints
 
 
 def write_archives(archives: Path, s3_mirror, exchanges: list[str], trades: int, seed: int) -> None:
@@ -92,7 +94,7 @@ def child(exchanges: list[str]) -> None:
     finished_cpu = os.times()
     cpu = (finished_cpu.children_user - started_cpu.children_user + finished_cpu.children_system
            - started_cpu.children_system + finished_cpu.user - started_cpu.user + finished_cpu.system - started_cpu.system)
-    print(json.dumps({"runs": out, "cpu_s": cpu}))
+    print(RESULT + json.dumps({"runs": out, "cpu_s": cpu}), flush=True)
 
 
 def run_tree(tree: Path, workdir: Path, environment: dict[str, str], exchanges: list[str]) -> dict:
@@ -102,12 +104,16 @@ def run_tree(tree: Path, workdir: Path, environment: dict[str, str], exchanges: 
     env = {**os.environ, **environment, "PYTHONPATH": str(tree), "DAGSTER_HOME": str(home),
            "APERIODIC_STORE": str(workdir / "store"), "APERIODIC_CACHE_DIR": str(workdir / "cache")}
     env.pop("APERIODIC_ALERT_WEBHOOK_URL", None)
+    # The first month's previous month is not in the mirror: let its 404s count at once instead of being asked
+    # again with growing waits (that wait is the first month's, not a partition's cost).
+    env["APERIODIC_HTTP_404_ATTEMPTS"] = "1"
     command = [sys.executable, str(Path(__file__).resolve()), "--child", "--exchanges", ",".join(exchanges)]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tree)
     if done.returncode:
         raise SystemExit(f"{tree}: child failed:\n{done.stderr[-4000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
+    result = json.loads(line.removeprefix(RESULT))
     result["wall_s"] = time.perf_counter() - started
     failed = [r for r in result["runs"] if not r["success"]]
     if failed:
