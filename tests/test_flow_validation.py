@@ -129,31 +129,3 @@ def test_grid_and_sparse_derivations_give_identical_bars(monkeypatch) -> None:
     grid = compute_flow_bars(tape, previous, month=MONTH, intervals=intervals)
     for interval in intervals:
         assert grid[interval].equals(sparse[interval], null_equal=True), interval
-
-
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("volume_delta", 123.0),  # an invariant between fields
-        ("taker_buy_small_order_count", 10_000),  # bucket counts no longer add up
-        ("flow_entropy", 1.5),  # a fraction out of range
-        ("taker_sell_volume", -1.0),  # a negative amount
-        ("flow_toxicity_score", float("nan")),  # NaN in a signed field
-        ("taker_buy_sell_ratio", float("nan")),
-    ],
-)
-def test_one_pass_schema_rejects_what_the_full_schema_rejects(month_bars, field: str, value: object) -> None:
-    """The single folded pandera check is never more lenient than the ~95 checks it stands for."""
-    import pandera.polars as pa
-
-    from aperiodic_pipelines.flow.schema import _one_pass_schema, flow_bars_schema
-
-    frame = month_bars["1h"]
-    tampered = _set(frame, field, _first_row(frame, with_trades=True), value)
-    _one_pass_schema().validate(frame)  # the valid bars pass both
-    flow_bars_schema(ordered_in_time=False).validate(frame)
-    for schema in (_one_pass_schema(), flow_bars_schema(ordered_in_time=False)):
-        with pytest.raises(pa.errors.SchemaErrors):
-            schema.validate(tampered, lazy=True)
-    with pytest.raises(InvalidBarsError, match=rf"flow bars 1h: column '{field}'|flow bars 1h: .*{field}"):
-        validate_month_bars({**month_bars, "1h": tampered}, month=MONTH)

@@ -151,50 +151,18 @@ def _row_check(name: str, rule: pl.Expr, error: str) -> pa.Check:
     return pa.Check(lambda data: data.lazyframe.select(rule.alias(name)), name=name, error=error)
 
 
-def _column_rules(name: str) -> dict[str, tuple[pl.Expr, str]]:
-    """The value rules of one column, check name → (passes, error). A null passes: nulls are the column's
-    nullability, checked apart."""
-    column = pl.col(name)
-    rules: dict[str, tuple[pl.Expr, str]] = {}
-    if name in _FRACTIONS:
-        rules["in_range"] = ((column >= 0.0) & (column <= 1.0), f"{name} must lie in [0, 1]")
-    elif name in _NON_NEGATIVE:
-        rules["greater_than_or_equal_to"] = (column >= 0, f"{name} must be >= 0")
-    if name in _SIGNED or name in _FRACTIONS or name in _NON_NEGATIVE:
-        rules["not_nan"] = (column.is_nan().not_(), f"{name} must not be NaN")
-    return {check: (rule.fill_null(True), error) for check, (rule, error) in rules.items()}
-
-
 def _column(name: str) -> pa.Column:
     import pandera.polars as pa
 
-    checks = [pa.Check(lambda data, r=rule: data.lazyframe.select(r), name=check, error=error)
-              for check, (rule, error) in _column_rules(name).items()]
+    checks = []
+    if name in _FRACTIONS:
+        checks.append(pa.Check.in_range(0.0, 1.0))
+    elif name in _NON_NEGATIVE:
+        checks.append(pa.Check.ge(0))
+    if name in _SIGNED or name in _FRACTIONS or name in _NON_NEGATIVE:
+        checks.append(pa.Check(lambda data, c=name: data.lazyframe.select(pl.col(c).is_nan().not_()),
+                               name="not_nan", error=f"{name} must not be NaN"))
     return pa.Column(FLOW_SCHEMA[name], checks=checks, nullable=name in NULLABLE_FIELDS)
-
-
-@cache
-def _one_pass_schema() -> pa.DataFrameSchema:
-    """`flow_bars_schema(ordered_in_time=False)` with its ~95 checks folded into one: the same dtypes, column order
-    and nullability, and one boolean per row that is true only where every per-bar invariant, range and not-NaN
-    rule of that schema holds. pandera's cost is per check, so this validates a month's bars in one pass.
-
-    It is never more lenient than the schema it folds (a null result of a per-bar rule fails here), so passing it
-    proves the bars valid; on failure the full schema decides and names the rule.
-    """
-    import pandera.polars as pa
-
-    parts = [rule.fill_null(False) for rule, _ in _invariants().values()]
-    parts += [rule for name in FLOW_COLUMNS for rule, _ in _column_rules(name).values()]
-    every_rule = pl.all_horizontal(parts)
-    return pa.DataFrameSchema(
-        columns={name: pa.Column(FLOW_SCHEMA[name], nullable=name in NULLABLE_FIELDS) for name in FLOW_COLUMNS},
-        checks=[pa.Check(lambda data: data.lazyframe.select(every_rule.alias("every_rule")), name="every_rule",
-                         error="a per-bar invariant, range or not-NaN rule of spec §2 fails")],
-        strict=True,
-        ordered=True,
-        name="flow_bars[*, one pass]",
-    )
 
 
 @cache
@@ -277,11 +245,11 @@ def validate_month_bars(
     labels = {interval: f"{name} {interval}" if interval else name for interval in bars}
     with_trades = [_validate_one(frame, interval, month, labels[interval]) for interval, frame in bars.items()]
     try:
-        _pandera(pl.concat(with_trades), _one_pass_schema(), name)
+        _pandera(pl.concat(with_trades), flow_bars_schema(ordered_in_time=False), name)
     except InvalidBarsError:
-        # The full schema names the interval and the rule; the bars are invalid only if it fails too.
-        for interval, frame in zip(bars, with_trades, strict=True):
+        for interval, frame in zip(bars, with_trades, strict=True):  # name the failing interval
             _pandera(frame, flow_bars_schema(ordered_in_time=False), labels[interval])
+        raise
 
 
 def _validate_one(frame: pl.DataFrame, interval: str | None, month: str | None, name: str) -> pl.DataFrame:
