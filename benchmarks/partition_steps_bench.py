@@ -135,7 +135,7 @@ def materialise_months(instance, exchange: str) -> list[dict]:
                 at.setdefault(kind.value, entry.timestamp)
             elif kind == DagsterEventType.STEP_START:
                 step_start[event.step_key] = entry.timestamp
-                pid = entry.pid
+                pid = event.pid
             elif kind in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE):
                 steps[event.step_key] = entry.timestamp - step_start[event.step_key]
         end = at.get("PIPELINE_SUCCESS", at.get("PIPELINE_FAILURE"))
