@@ -1,8 +1,14 @@
-"""Canonical trades (spec §1): the one table every source produces and the flow engine consumes."""
+"""Canonical trades (spec §1): the one table every source produces and the flow engine consumes.
+
+pandera (with the pandas it imports, ~1 s) is imported when something is validated, not when this module is:
+every process that loads the definitions imports this module, and most never validate trades.
+"""
 
 from __future__ import annotations
 
-import pandera.polars as pa
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
 import polars as pl
 
 from aperiodic_pipelines.errors import InvalidTradesError
@@ -17,33 +23,49 @@ CANONICAL_SCHEMA: dict[str, pl.DataType] = {
 }
 CANONICAL_COLUMNS: list[str] = list(CANONICAL_SCHEMA)
 
+if TYPE_CHECKING:
+    import pandera.polars as pa
 
-class CanonicalTrades(pa.DataFrameModel):
-    """Spec §1. Times are µs since the epoch, UTC; `ts_arrival` is null where the source has none."""
 
-    ts_exchange: pl.Int64 = pa.Field(nullable=False)
-    ts_arrival: pl.Int64 = pa.Field(nullable=True)
-    trade_id: pl.Int64 = pa.Field(nullable=False, unique=True)
-    price: pl.Float64 = pa.Field(nullable=False, gt=0)
-    qty: pl.Float64 = pa.Field(nullable=False, gt=0)
-    is_buy: pl.Boolean = pa.Field(nullable=False)
+@cache
+def _canonical_trades_model() -> type[pa.DataFrameModel]:
+    import pandera.polars as pa
 
-    class Config:
-        strict = True
-        ordered = True
-        coerce = False
+    class CanonicalTrades(pa.DataFrameModel):
+        """Spec §1. Times are µs since the epoch, UTC; `ts_arrival` is null where the source has none."""
 
-    @pa.dataframe_check(error="rows must be sorted by (ts_exchange, trade_id)")
-    def sorted_by_time_then_id(cls, data: pa.PolarsData) -> pl.LazyFrame:  # noqa: N805
-        ts, tid = pl.col("ts_exchange"), pl.col("trade_id")
-        in_order = (ts > ts.shift(1)) | ((ts == ts.shift(1)) & (tid > tid.shift(1)))
-        return data.lazyframe.select(in_order.fill_null(True).alias("sorted_by_time_then_id"))
+        ts_exchange: pl.Int64 = pa.Field(nullable=False)
+        ts_arrival: pl.Int64 = pa.Field(nullable=True)
+        trade_id: pl.Int64 = pa.Field(nullable=False, unique=True)
+        price: pl.Float64 = pa.Field(nullable=False, gt=0)
+        qty: pl.Float64 = pa.Field(nullable=False, gt=0)
+        is_buy: pl.Boolean = pa.Field(nullable=False)
 
-    @pa.dataframe_check(error="prices and quantities must be finite")
-    def finite_numbers(cls, data: pa.PolarsData) -> pl.LazyFrame:  # noqa: N805
-        return data.lazyframe.select(
-            (pl.col("price").is_finite() & pl.col("qty").is_finite()).alias("finite_numbers")
-        )
+        class Config:
+            strict = True
+            ordered = True
+            coerce = False
+
+        @pa.dataframe_check(error="rows must be sorted by (ts_exchange, trade_id)")
+        def sorted_by_time_then_id(cls, data: pa.PolarsData) -> pl.LazyFrame:  # noqa: N805
+            ts, tid = pl.col("ts_exchange"), pl.col("trade_id")
+            in_order = (ts > ts.shift(1)) | ((ts == ts.shift(1)) & (tid > tid.shift(1)))
+            return data.lazyframe.select(in_order.fill_null(True).alias("sorted_by_time_then_id"))
+
+        @pa.dataframe_check(error="prices and quantities must be finite")
+        def finite_numbers(cls, data: pa.PolarsData) -> pl.LazyFrame:  # noqa: N805
+            return data.lazyframe.select(
+                (pl.col("price").is_finite() & pl.col("qty").is_finite()).alias("finite_numbers")
+            )
+
+    return CanonicalTrades
+
+
+def __getattr__(name: str) -> Any:
+    """`CanonicalTrades` (the pandera model of spec §1) is built on first use."""
+    if name == "CanonicalTrades":
+        return _canonical_trades_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def empty_trades() -> pl.DataFrame:
@@ -53,8 +75,10 @@ def empty_trades() -> pl.DataFrame:
 
 def validate_trades(trades: pl.DataFrame, *, name: str = "trades", sample: int = 5) -> pl.DataFrame:
     """Validate canonical trades; raise `InvalidTradesError` naming the column, the rule and a few failing rows."""
+    import pandera.polars as pa
+
     try:
-        return CanonicalTrades.validate(trades, lazy=True)
+        return _canonical_trades_model().validate(trades, lazy=True)
     except pa.errors.SchemaErrors as exc:
         raise InvalidTradesError(f"{name}: {summarise_schema_errors(exc, sample=sample)}") from None
     except pa.errors.SchemaError as exc:  # pragma: no cover - lazy=True reports SchemaErrors

@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/backfill_bench.py                               # 24 months x 20 k trades
     .venv/bin/python benchmarks/backfill_bench.py --months 24 --trades 200000 --base /tmp/perf-base
 
-Everything is real and local: Binance monthly aggTrades zips (+ .CHECKSUM) for `--months` consecutive months of
-one instrument, served by `ArchiveMirror` on 127.0.0.1; `dagster-webserver` + `dagster-daemon` with a fresh
+Everything is real and local: Binance monthly aggTrades and 1m klines zips (+ .CHECKSUM) for `--months`
+consecutive months of one instrument and the month before them, served by `ArchiveMirror` on 127.0.0.1 (without
+the klines every flow-bars step would wait out the 404 retries of `reconciles_with_exchange_klines`, and the first
+month those of its previous month's 32 archives, which no real backfill of a published history pays); `dagster-webserver` + `dagster-daemon` with a fresh
 DAGSTER_HOME configured by the project's `dagster.yaml` (queued runs, at most 2 runs per exchange at once) and
 a local store; one job backfill of the months submitted with `aperiodic-pipelines`' own `submit_backfill`
 (GraphQL `launchPartitionBackfill`). When it has finished, every run's event log says where the time went:
@@ -40,11 +42,11 @@ STARTUP_TIMEOUT_S = 900  # a loaded machine takes minutes to import Dagster and 
 FINAL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
 
-def month_list(first: str, count: int) -> list[str]:
+def month_list(first: str, count: int, *, offset: int = 0) -> list[str]:
     year, month = (int(part) for part in first.split("-"))
     out = []
-    for offset in range(count):
-        index = year * 12 + month - 1 + offset
+    for step in range(offset, offset + count):
+        index = year * 12 + month - 1 + step
         out.append(f"{index // 12:04d}-{index % 12 + 1:02d}")
     return out
 
@@ -74,13 +76,17 @@ def import_cost(tree: Path, repeat: int = 3) -> dict:
 
 
 def write_months(root: Path, months: list[str], trades: int, seed: int) -> None:
+    """Each month's aggTrades and 1m klines zips (+ .CHECKSUM), as Binance publishes both; `months[0]` is the
+    month before the backfill (an archive has history: the first backfilled month reads it)."""
     from aperiodic_pipelines.mirror.archives import write_binance_month
+    from aperiodic_pipelines.mirror.klines import write_binance_klines_month
     from aperiodic_pipelines.synthetic import generate_tape
 
     next_id, price = 1, 60_000.0
     for index, month in enumerate(months):
         tape = generate_tape(month, trades, seed=seed + index, start_price=price, first_trade_id=next_id)
         write_binance_month(root, SYMBOL, month, tape)
+        write_binance_klines_month(root, SYMBOL, month, tape)
         next_id = int(tape["trade_id"].max()) + 1
         price = float(tape["price"][-1])
 
@@ -131,7 +137,7 @@ def run_backfill(tree: Path, months: list[str], workdir: Path, mirror_url: str, 
         saved = dict(os.environ)
         os.environ.update(env)  # the CLI helpers resolve symbols and keys from the same environment
         try:
-            from aperiodic_pipelines.cli import graphql, submit_backfill
+            from aperiodic_pipelines.runs import graphql, submit_backfill
 
             submitted = time.time()
             backfill_id = submit_backfill(url, EXCHANGE, SYMBOL, months)
@@ -242,8 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="backfill-bench-") as tmp:
         archives = Path(tmp) / "archives"
         if not args.imports_only:
-            print(f"writing {len(months)} monthly zips of {args.trades:,} trades ...", flush=True)
-            write_months(archives, months, args.trades, args.seed)
+            print(f"writing {len(months) + 1} months of {args.trades:,} trades (aggTrades + klines) ...", flush=True)
+            write_months(archives, month_list(args.first_month, args.months + 1, offset=-1), args.trades, args.seed)
         with ArchiveMirror(archives) as mirror:
             for label, tree in trees.items():
                 imports = import_cost(tree)

@@ -1,4 +1,9 @@
-"""Dagster resources: the object store and the archive sources. Thin wrappers over the storage/sources layers."""
+"""Dagster resources: the object store and the archive sources. Thin wrappers over the storage/sources layers.
+
+dagster-aws is imported only when an S3 store is configured: importing it costs every process that loads the
+definitions (webserver, daemon, each run) about a second, and a local store never needs it. The `s3` fields
+accept any resource with `get_client()`, such as dagster-aws' `S3Resource`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from dagster import ConfigurableResource, EnvVar
-from dagster_aws.s3 import S3Resource
 
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.storage import (
@@ -28,7 +32,7 @@ class StoreResource(ConfigurableResource):
     """
 
     uri: str | None = None
-    s3: S3Resource | None = None
+    s3: ConfigurableResource | None = None  # dagster-aws `S3Resource`
 
     def resolved_uri(self) -> str:
         uri = self.uri.get_value() if isinstance(self.uri, EnvVar) else self.uri  # EnvVar: used outside a run
@@ -52,7 +56,7 @@ class SourcesResource(ConfigurableResource):
     `s3` optionally supplies the client for S3-hosted archives (Hyperliquid's requester-pays bucket).
     """
 
-    s3: S3Resource | None = None
+    s3: ConfigurableResource | None = None  # dagster-aws `S3Resource`
 
     def get_config(self) -> SourceConfig:
         return SourceConfig.from_env()
@@ -61,7 +65,9 @@ class SourcesResource(ConfigurableResource):
         return self.s3.get_client() if self.s3 is not None else None
 
 
-def _s3_resource_from_env(environ: Mapping[str, str]) -> S3Resource:
+def _s3_resource_from_env(environ: Mapping[str, str]) -> ConfigurableResource:
+    from dagster_aws.s3 import S3Resource
+
     # Credentials stay EnvVar references: Dagster resolves them in the run process and never displays values.
     return S3Resource(
         endpoint_url=environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None,
