@@ -129,3 +129,32 @@ def test_grid_and_sparse_derivations_give_identical_bars(monkeypatch) -> None:
     grid = compute_flow_bars(tape, previous, month=MONTH, intervals=intervals)
     for interval in intervals:
         assert grid[interval].equals(sparse[interval], null_equal=True), interval
+
+
+def test_every_column_of_both_derivations_is_one_contiguous_buffer(monkeypatch) -> None:
+    """The parquet writer needs contiguous columns; the grid derivation joins its slices a column at a time, so
+    the writer never has to rechunk (copy) a whole month of 1s bars."""
+    from aperiodic_pipelines.flow import bars as bars_module
+
+    tape = generate_tape(MONTH, 2_000, seed=45)
+    for dense_from in (2.0, -1.0):  # never the grid, always the grid (in slices of a day)
+        monkeypatch.setattr(bars_module, "DENSE_FROM", dense_from)
+        monkeypatch.setattr(bars_module, "GRID_SLICE_BARS", 1_440)
+        for interval, frame in compute_flow_bars(tape, None, month=MONTH, intervals=("1m", "1h")).items():
+            assert frame.n_chunks("all") == [1] * len(FLOW_COLUMNS), (dense_from, interval)
+
+
+def test_pandera_batches_name_the_interval_of_a_bad_bar_in_any_batch(month_bars, monkeypatch) -> None:
+    """pandera sees the bars with trades in bounded batches (memory); a bad bar in the last batch of the largest
+    table is still found and named by its interval."""
+    from aperiodic_pipelines.flow import schema as schema_module
+
+    monkeypatch.setattr(schema_module, "PANDERA_ROWS", 500)
+    validate_month_bars(month_bars, month=MONTH)  # the untouched month passes in batches
+    frame = month_bars["1m"]
+    has_trades = (frame["taker_buy_count"] + frame["taker_sell_count"]) > 0
+    last = int(has_trades.arg_true()[-1])
+    assert last > 10 * 500  # far past the first batch
+    tampered = {**month_bars, "1m": _set(frame, "flow_entropy", last, 1.5)}
+    with pytest.raises(InvalidBarsError, match=r"flow bars 1m: .*flow_entropy"):
+        validate_month_bars(tampered, month=MONTH)

@@ -137,7 +137,12 @@ def _grid_bars(
         # The columns themselves, not `select`, which copies the slice's columns (polars 2.1), for nothing.
         ordered = pl.DataFrame([fields.get_column(name) for name in FLOW_COLUMNS])
         slices.append(ordered.slice((slice_start - lead_start) // width))
-    bars = pl.concat(slices)
+    # One contiguous buffer per column, joined a column at a time: the parquet writer needs contiguous columns
+    # (its pages must not depend on how the table was built), and rechunking the whole table there would hold
+    # a busy 1s month twice (~0.8 GB more); here the slices of a column are freed as soon as it is joined.
+    parts = {name: [part.get_column(name) for part in slices] for name in FLOW_COLUMNS}
+    del slices
+    bars = pl.DataFrame([pl.concat(parts.pop(name)).rechunk() for name in FLOW_COLUMNS])
     # A cast, even to the same dtypes, copies every column of the month: only cast when one differs.
     return bars if bars.schema == pl.Schema(FLOW_SCHEMA) else bars.cast(FLOW_SCHEMA)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import cache
 from typing import TYPE_CHECKING
 
@@ -220,6 +220,8 @@ def flow_bars_schema(interval: str | None = None, month: str | None = None, *, o
 _ZERO_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f not in NULLABLE_FIELDS)
 _NULL_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f in NULLABLE_FIELDS and f != "flow_toxicity_score")
 _HAS_TRADES = (pl.col("taker_buy_count") + pl.col("taker_sell_count")) > 0
+# Bars per pandera pass: big enough that pandera's per-call cost is small, small enough to bound its temporaries.
+PANDERA_ROWS = 1 << 19
 
 
 def validate_bars(
@@ -238,29 +240,52 @@ def validate_bars(
 def validate_month_bars(
     bars: Mapping[str | None, pl.DataFrame], *, month: str | None, name: str = "flow bars"
 ) -> None:
-    """Validate the dense tables of one month, keyed by interval, with one pandera pass over all of them.
+    """Validate the dense tables of one month, keyed by interval; the error names the interval.
 
-    The same rules as `validate_bars` on each; the error names the interval.
+    The same rules as `validate_bars` on each. pandera sees the bars with trades, gathered across intervals
+    into batches of at most `PANDERA_ROWS` rows: a busy 1s month holds ~2.6 M of them, and one filtered copy
+    of it plus pandera's temporaries would be more than the table itself in memory.
     """
     labels = {interval: f"{name} {interval}" if interval else name for interval in bars}
-    with_trades = [_validate_one(frame, interval, month, labels[interval]) for interval, frame in bars.items()]
+    for interval, frame in bars.items():
+        _validate_dense(frame, interval, month, labels[interval])
+    batch: list[tuple[str | None, pl.DataFrame]] = []
+    rows = 0
+    for interval, part in _parts_with_trades(bars):
+        batch.append((interval, part))
+        rows += part.height
+        if rows >= PANDERA_ROWS:
+            _pandera_batch(batch, labels, name)
+            batch, rows = [], 0
+    if batch:
+        _pandera_batch(batch, labels, name)
+
+
+def _parts_with_trades(bars: Mapping[str | None, pl.DataFrame]) -> Iterator[tuple[str | None, pl.DataFrame]]:
+    """The bars with trades of each table, `PANDERA_ROWS` dense rows at a time."""
+    for interval, frame in bars.items():
+        for start in range(0, frame.height, PANDERA_ROWS):
+            part = frame.slice(start, PANDERA_ROWS).filter(_HAS_TRADES)
+            if part.height:
+                yield interval, part
+
+
+def _pandera_batch(batch: list[tuple[str | None, pl.DataFrame]], labels: Mapping[str | None, str], name: str) -> None:
     try:
-        _pandera(pl.concat(with_trades), flow_bars_schema(ordered_in_time=False), name)
+        _pandera(pl.concat([part for _, part in batch]), flow_bars_schema(ordered_in_time=False), name)
     except InvalidBarsError:
-        for interval, frame in zip(bars, with_trades, strict=True):  # name the failing interval
-            _pandera(frame, flow_bars_schema(ordered_in_time=False), labels[interval])
+        for interval, part in batch:  # name the failing interval
+            _pandera(part, flow_bars_schema(ordered_in_time=False), labels[interval])
         raise
 
 
-def _validate_one(frame: pl.DataFrame, interval: str | None, month: str | None, name: str) -> pl.DataFrame:
-    """The dense-table rules of one table; returns its bars with trades, for pandera."""
+def _validate_dense(frame: pl.DataFrame, interval: str | None, month: str | None, name: str) -> None:
+    """The dense-table rules of one table: columns and dtypes, the time grid, the empty bars."""
     if frame.schema != pl.Schema(FLOW_SCHEMA):  # columns, their order or dtypes: the full schema names it
         _pandera(frame, flow_bars_schema(interval, month), name)
-    with_trades = frame.filter(_HAS_TRADES)
-    problem = _dense_problem(frame, with_trades, interval, month)
+    problem = _dense_problem(frame, interval, month)
     if problem:
         raise InvalidBarsError(f"{name}: {problem}")
-    return with_trades
 
 
 def _pandera(frame: pl.DataFrame, schema: pa.DataFrameSchema, name: str) -> None:
@@ -272,23 +297,29 @@ def _pandera(frame: pl.DataFrame, schema: pa.DataFrameSchema, name: str) -> None
         raise InvalidBarsError(f"{name}: {summarise_schema_errors(exc)}") from None
 
 
-def _dense_problem(frame: pl.DataFrame, with_trades: pl.DataFrame, interval: str | None, month: str | None
-                   ) -> str | None:
+def _dense_problem(frame: pl.DataFrame, interval: str | None, month: str | None) -> str | None:
     """What is wrong with the time grid or the empty bars of a contract-typed table, or None.
 
     Empty bars are proven the constant row by counting, not row by row: a field that must be null in an empty
     bar has exactly (its nulls among the bars with trades + the empty bars) nulls, which polars knows without a
     pass; one that must be 0 has no more non-zero values than the bars with trades hold.
     """
-    empty_bars = frame.height - with_trades.height
     time_us = pl.col("time").cast(pl.Int64)
     score = pl.col("flow_toxicity_score")
-    null_or_zero = (score.is_null() | (score == 0)).sum()
+    null_or_zero = score.is_null() | (score == 0)
+    # What the bars with trades hold, counted through a mask (a filtered copy of a busy 1s month is ~0.8 GB).
+    counted = frame.select(
+        _HAS_TRADES.sum().alias("_with_trades"),
+        null_or_zero.filter(_HAS_TRADES).sum().alias("_null_or_zero"),
+        *((pl.col(f) != 0).filter(_HAS_TRADES).sum().alias(f) for f in _ZERO_WHEN_EMPTY),
+        *(pl.col(f).filter(_HAS_TRADES).null_count().alias(f) for f in _NULL_WHEN_EMPTY),
+    ).row(0, named=True)
+    empty_bars = frame.height - counted["_with_trades"]
     rules: dict[str, tuple[pl.Expr, str]] = {  # "column/rule" -> (passes, what it requires)
         "time/not_null": (time_us.null_count() == 0, "time must never be null"),
         "time/strictly_increasing": ((time_us.diff() > 0).all(), "time must be strictly increasing"),
         "flow_toxicity_score/null_or_zero_when_empty": (
-            null_or_zero == with_trades.select(null_or_zero).item() + empty_bars,
+            null_or_zero.sum() == counted["_null_or_zero"] + empty_bars,
             "flow_toxicity_score must be null or 0 in a bar without trades (its flow and volatility are 0)",
         ),
     }
@@ -304,15 +335,14 @@ def _dense_problem(frame: pl.DataFrame, with_trades: pl.DataFrame, interval: str
                 (pl.len() == rows) & (time_us.first() == start),
                 f"a {month} {interval} table must hold {rows} bars starting at {month}-01 00:00 UTC",
             )
-    non_zero = with_trades.select((pl.col(f) != 0).sum() for f in _ZERO_WHEN_EMPTY).row(0)
-    for field, expected in zip(_ZERO_WHEN_EMPTY, non_zero, strict=True):
+    for field in _ZERO_WHEN_EMPTY:
         rules[f"{field}/zero_when_empty"] = (
-            ((pl.col(field) != 0).sum() == expected) & (pl.col(field).null_count() == 0),
+            ((pl.col(field) != 0).sum() == counted[field]) & (pl.col(field).null_count() == 0),
             f"{field} must be 0 in a bar without trades (and never null)",
         )
     for field in _NULL_WHEN_EMPTY:
         rules[f"{field}/null_when_empty"] = (
-            pl.col(field).null_count() == with_trades.get_column(field).null_count() + empty_bars,
+            pl.col(field).null_count() == counted[field] + empty_bars,
             f"{field} must be null in a bar without trades",
         )
     passed = frame.select(**{key: rule for key, (rule, _) in rules.items()}).row(0, named=True)
