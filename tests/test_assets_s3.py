@@ -81,9 +81,14 @@ def test_hyperliquid_month_publishes_both_timestamp_variants(tmp_path: Path, mon
         instance = DagsterInstance.ephemeral()
         instance.add_dynamic_partitions(EXCHANGES_BY_NAME["hyperliquid-perps"].instruments_name, [coin])
         resources = {"store": StoreResource(uri=str(tmp_path / "store")), "sources": SourcesResource()}
+        # The venue month first (each hourly object read once for every coin), then the coin's partition.
+        exchange = EXCHANGES_BY_NAME["hyperliquid-perps"]
+        venue = [a for a in GRAPHS["hyperliquid-perps"].assets if a.partitions_def == exchange.month_partitions]
+        assert len(venue) == 1
+        materialize(venue, instance=instance, resources=resources, partition_key=f"{month}-01")
         result = materialize(
-            GRAPHS["hyperliquid-perps"].assets, instance=instance, resources=resources,
-            partition_key=flow_partition_key("hyperliquid-perps", coin, month),
+            [a for a in GRAPHS["hyperliquid-perps"].assets if a not in venue], instance=instance,
+            resources=resources, partition_key=flow_partition_key("hyperliquid-perps", coin, month),
         )
     store = LocalStore(tmp_path / "store")
     raw = pl.read_parquet(store.read_bytes(raw_key("hyperliquid-perps", coin, month)))

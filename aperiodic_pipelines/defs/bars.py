@@ -122,6 +122,7 @@ def stage_flow_bars(
     stats, kv = _load_second_stats(store, seconds)
     bars_input = replace(bars_input, dataset=kv.get("aperiodic.dataset", ""))
     bars = bars_from_second_stats(stats, intervals=INTERVALS)
+    del stats  # a busy month's per-second table (~0.4 GB): the checks and writers reuse its memory
     check_results = run_bar_checks(key, bars, month) + _extra_results(key, extra_checks, bars, bars_input)
     passed = all(r.passed for r in check_results if r.severity == AssetCheckSeverity.ERROR)
     sources_used = json.loads(kv.get("aperiodic.sources", "[]"))
