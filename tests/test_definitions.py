@@ -39,7 +39,6 @@ from aperiodic_pipelines.defs.policies import NETWORK_RETRY, OWNERS
 from aperiodic_pipelines.defs.resources import StoreResource, store_is_s3, store_resource_from_env
 from aperiodic_pipelines.defs.seconds import MONTH_AND_PREVIOUS
 from aperiodic_pipelines.errors import SymbolError
-from tests.dagster_instances import ephemeral_instance
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("raw_trades", "second_stats", "flow_bars_exchange", "published_flow_bars")
@@ -84,7 +83,7 @@ def test_one_graph_per_exchange_with_its_checks_job_schedule_and_sensors() -> No
 
 def test_every_graph_stays_under_dagsters_partition_limit_for_500_instruments_over_8_years() -> None:
     instruments = [f"SYM{i:03d}USDT" for i in range(500)]
-    with ephemeral_instance() as instance:
+    with DagsterInstance.ephemeral() as instance:
         for exchange in EXCHANGES_BY_NAME.values():
             instance.add_dynamic_partitions(exchange.instruments_name, instruments)
             year, mon = (int(p) for p in exchange.first_month.split("-"))
@@ -159,7 +158,7 @@ def test_second_stats_reads_this_and_the_previous_raw_month() -> None:
 
     def upstream(month_key: str) -> list[str]:
         child = MultiPartitionKey({"instrument": "BTCUSDT", "month": month_key})
-        with ephemeral_instance() as instance:
+        with DagsterInstance.ephemeral() as instance:
             instance.add_dynamic_partitions(exchange.instruments_name, ["BTCUSDT"])
             result = MONTH_AND_PREVIOUS.get_upstream_mapped_partitions_result_for_partitions(
                 partitions.subset_with_partition_keys([child]), partitions, partitions, dynamic_partitions_store=instance

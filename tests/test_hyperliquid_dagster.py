@@ -45,7 +45,6 @@ from aperiodic_pipelines.sources.hyperliquid import NODE_FILLS_BY_BLOCK, fetch_m
 from aperiodic_pipelines.sources.hyperliquid.bucket import BucketReader
 from aperiodic_pipelines.storage import LocalStore, raw_key
 from aperiodic_pipelines.synthetic import generate_tape
-from tests.dagster_instances import ephemeral_instance
 from tests.postgres_fixtures import free_port
 from tests.s3_fixtures import MOTO_REGION, aws_env, moto_endpoint  # noqa: F401
 
@@ -106,7 +105,7 @@ def stage(bucket: Any, aws_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 @pytest.fixture
 def instance() -> Iterator[DagsterInstance]:
-    with ephemeral_instance() as ephemeral:
+    with DagsterInstance.ephemeral() as ephemeral:
         ephemeral.add_dynamic_partitions(EXCHANGE.instruments_name, list(COINS))
         yield ephemeral
 

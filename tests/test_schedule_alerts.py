@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from dagster import (
+    DagsterInstance,
     build_run_status_sensor_context,
     build_schedule_context,
     build_sensor_context,
@@ -44,7 +45,6 @@ from aperiodic_pipelines.storage import (
 from aperiodic_pipelines.storage.index import PublishedMonth, record_published_month
 from aperiodic_pipelines.storage.staging import manifest_key, staged_key
 from aperiodic_pipelines.trades import empty_trades
-from tests.dagster_instances import ephemeral_instance
 from tests.test_assets_local import EXCHANGE, NATIVE, PREFIX, Stage, new_instance, run_month, stage  # noqa: F401
 
 BINANCE = EXCHANGES_BY_NAME[EXCHANGE]
@@ -251,7 +251,7 @@ def test_overdue_month_is_reported_once(webhook: list[dict], tmp_path: Path) -> 
     assert latest_due_month(now) == "2024-02" and due_at("2024-02") == datetime(2024, 3, 9, 0, 0, tzinfo=UTC)
     assert latest_due_month(datetime(2024, 3, 8, 23, 0, tzinfo=UTC)) == "2024-01"  # Feb not due yet
     store = LocalStore(tmp_path / "store")
-    with ephemeral_instance() as instance:
+    with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions(BINANCE.instruments_name, ["BTCUSDT", "ETHUSDT"])
         record_published_month(store, PublishedMonth(EXCHANGE, "perpetual-BTC-USDT:USDT", "BTCUSDT", "2024-02", ()))
         assert [m.key() for m in overdue_months_at(instance, store, now)] == [f"{EXCHANGE}|ETHUSDT|2024-02"]
