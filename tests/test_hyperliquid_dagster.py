@@ -9,7 +9,6 @@ Parses and downloads are counted by wrapping the source's own functions (they st
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -45,7 +44,7 @@ from aperiodic_pipelines.sources.hyperliquid import NODE_FILLS_BY_BLOCK, fetch_m
 from aperiodic_pipelines.sources.hyperliquid.bucket import BucketReader
 from aperiodic_pipelines.storage import LocalStore, raw_key
 from aperiodic_pipelines.synthetic import generate_tape
-from tests.postgres_fixtures import free_port
+from tests.postgres_fixtures import free_port, instance_environment
 from tests.s3_fixtures import MOTO_REGION, aws_env, moto_endpoint  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -257,9 +256,15 @@ DAEMON_TIMEOUT_S = 900
 
 @pytest.fixture
 def services(bucket: Any, aws_env: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:  # noqa: F811
-    """`dagster-webserver` and `dagster-daemon` on 127.0.0.1 with the project's instance config (SQLite) and the
-    environment pointing at the bucket, a fresh cache and a local store: (url, environment)."""
-    env = {**os.environ, **instance_env(tmp_path / "dagster_home"),
+    """`dagster-webserver` and `dagster-daemon` on 127.0.0.1 with the project's instance config (SQLite, its
+    storage created first: two processes creating it at once race on the migrations) and the environment pointing
+    at the bucket, a fresh cache and a local store: (url, environment)."""
+    with instance_environment("sqlite", tmp_path / "dagster_home") as instance_env:
+        yield from _services(instance_env, tmp_path)
+
+
+def _services(instance_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    env = {**os.environ, **instance_env,
            "APERIODIC_HYPERLIQUID_URL": f"s3://{BUCKET}", "APERIODIC_CACHE_DIR": str(tmp_path / "cache"),
            "APERIODIC_STORE": str(tmp_path / "store")}
     for name in ("APERIODIC_SOURCE", "APERIODIC_ALERT_WEBHOOK_URL"):
@@ -295,12 +300,6 @@ def services(bucket: Any, aws_env: str, tmp_path: Path) -> Iterator[tuple[str, d
                 process.wait(timeout=10)
         for handle in logs.values():
             handle.close()
-
-
-def instance_env(home: Path) -> dict[str, str]:
-    home.mkdir(parents=True)
-    shutil.copyfile(REPO / "dagster.yaml", home / "dagster.yaml")
-    return {"DAGSTER_HOME": str(home)}
 
 
 def test_cli_backfill_runs_the_venue_month_before_the_coins_partitions(

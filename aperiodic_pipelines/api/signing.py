@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 
 from aperiodic_pipelines.api.errors import ApiError
+
+_EXPIRES = re.compile(r"[0-9]{1,12}")  # Unix seconds
+_SIGNATURE = re.compile(r"[0-9a-f]{64}")  # hex SHA-256 HMAC
 
 
 class UrlSigner:
@@ -25,7 +29,8 @@ class UrlSigner:
 
     def verify(self, key: str, expires: str | None, signature: str | None, *, now: float | None = None) -> None:
         """Raise a 403 `ApiError` unless the signature matches (checked first) and the URL has not expired."""
-        if not expires or not signature or not expires.isdigit() or len(expires) > 12:
+        # ASCII only: str.isdigit() accepts '¹' (which int() refuses) and compare_digest refuses non-ASCII text.
+        if not expires or not signature or not _EXPIRES.fullmatch(expires) or not _SIGNATURE.fullmatch(signature):
             raise ApiError(403, "bad_signature", "this file URL is not signed: request a new one from the listing")
         expected = self._signature(key, int(expires))
         if not hmac.compare_digest(expected, signature):
