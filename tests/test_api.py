@@ -377,7 +377,7 @@ def test_urls_are_valid_for_at_least_the_ttl_and_reused(local: Deployment) -> No
     second = local.listing().json()["files"]
     assert first == second  # handed out again within the reuse window: signed once
     expires = int(parse_qs(urlsplit(first[0]["url"]).query)["expires"][0])
-    assert before + 300 - 30 <= expires <= time.time() + 330  # TTL 300 s + reuse window 30 s
+    assert before + 300 - 30 <= expires <= time.time() + 331  # TTL 300 s + reuse window 30 s, rounded up
     assert expires - time.time() >= 300 - 30  # the earliest-signed URL still has nearly the whole TTL
 
 
@@ -439,3 +439,15 @@ def test_public_url_is_the_base_of_file_urls_and_healthz_sees_a_missing_store(
     with running_server(missing) as base:
         answer = httpx.get(base.replace("/api/v1", "/healthz"))
         assert (answer.status_code, answer.json()["code"]) == (503, "store_unavailable")
+
+
+def test_a_signed_url_lives_at_least_its_ttl_whatever_the_fraction_of_the_second() -> None:
+    from aperiodic_pipelines.api.errors import ApiError
+    from aperiodic_pipelines.api.signing import UrlSigner
+
+    signer = UrlSigner(b"k" * 32, ttl_seconds=1)
+    for signed_at in (10.0, 10.5, 10.999):
+        expires, signature = signer.sign("flow/x.parquet", now=signed_at)
+        signer.verify("flow/x.parquet", str(expires), signature, now=signed_at + 0.999)  # still valid
+        with pytest.raises(ApiError, match="expired"):
+            signer.verify("flow/x.parquet", str(expires), signature, now=signed_at + 2.0)

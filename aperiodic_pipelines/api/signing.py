@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import re
 import time
 
@@ -24,7 +25,8 @@ class UrlSigner:
         return hmac.new(self._secret, f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
     def sign(self, key: str, *, now: float | None = None) -> tuple[int, str]:
-        expires = int(now if now is not None else time.time()) + self.ttl_seconds
+        # Rounded up, not down: a URL signed at 10.9 s with a 1 s TTL must not expire at 11 s.
+        expires = math.ceil(now if now is not None else time.time()) + self.ttl_seconds
         return expires, self._signature(key, expires)
 
     def verify(self, key: str, expires: str | None, signature: str | None, *, now: float | None = None) -> None:
