@@ -216,3 +216,48 @@ def stored_run_ids(kind: str, environment: dict[str, str]) -> set[str]:
             return {row[0] for row in cursor.fetchall()}
     finally:
         connection.close()
+
+
+@contextmanager
+def running_dagster_services(env: dict[str, str], workdir: Path, *, workspace: Path, startup_timeout_s: float = 180
+                     ) -> Iterator[tuple[str, list[subprocess.Popen]]]:
+    """`dagster-webserver` (127.0.0.1, a free port) and `dagster-daemon` for `workspace` with `env`, logs in
+    `workdir/{webserver,daemon}.log`, until the webserver answers; yields (url, processes), stops both after."""
+    import sys
+
+    import requests
+
+    port = free_port()
+    logs = {name: open(workdir / f"{name}.log", "wb") for name in ("webserver", "daemon")}  # noqa: SIM115
+    commands = {
+        "webserver": ["-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)],
+        "daemon": ["-m", "dagster._daemon", "run", "-w", str(workspace)],
+    }
+    processes = [
+        subprocess.Popen([sys.executable, *command], cwd=workdir, env=env, stdout=logs[name], stderr=subprocess.STDOUT)
+        for name, command in commands.items()
+    ]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            assert all(p.poll() is None for p in processes), (workdir / "webserver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the webserver did not start"
+            try:
+                if requests.get(f"{url}/server_info", timeout=5).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        yield url, processes
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        for handle in logs.values():
+            handle.close()

@@ -8,9 +8,7 @@ the test), the archive mirror on 127.0.0.1, a local store. Two partitions.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +22,12 @@ from aperiodic_pipelines.mirror.archives import write_okx_month
 from aperiodic_pipelines.mirror.http import ArchiveMirror
 from aperiodic_pipelines.storage import LocalStore, raw_key
 from aperiodic_pipelines.synthetic import generate_tape
-from tests.postgres_fixtures import INSTANCE_KINDS, instance_environment, stored_run_ids
+from tests.postgres_fixtures import (
+    INSTANCE_KINDS,
+    instance_environment,
+    running_dagster_services,
+    stored_run_ids,
+)
 from tests.test_assets_local import (
     EXCHANGE,
     MONTHS,
@@ -73,12 +76,6 @@ query($id: String!) {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _graphql(url: str, query: str, variables: dict) -> dict:
     response = requests.post(f"{url}/graphql", json={"query": query, "variables": variables}, timeout=60)
     response.raise_for_status()
@@ -120,42 +117,11 @@ def dagster_services(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
             "APERIODIC_HTTP_BACKOFF": "0.01",
         }
         env.pop("APERIODIC_ALERT_WEBHOOK_URL", None)
-        workspace = str(REPO / "workspace.yaml")
-        port = _free_port()
-        logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("webserver", "daemon")}  # noqa: SIM115
-        processes = [
-            subprocess.Popen(
-                [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port), "-w", workspace],
-                cwd=tmp_path, env=env, stdout=logs["webserver"], stderr=subprocess.STDOUT,
-            ),
-            subprocess.Popen(
-                [sys.executable, "-m", "dagster._daemon", "run", "-w", workspace],
-                cwd=tmp_path, env=env, stdout=logs["daemon"], stderr=subprocess.STDOUT,
-            ),
-        ]
-        url = f"http://127.0.0.1:{port}"
-        try:
-            def webserver_up() -> bool:
-                try:
-                    return requests.get(f"{url}/server_info", timeout=5).ok
-                except requests.ConnectionError:
-                    return False
-
-            _wait_for(webserver_up, STARTUP_TIMEOUT_S, "waiting for the webserver", processes)
+        with running_dagster_services(env, tmp_path, workspace=REPO / "workspace.yaml",
+                              startup_timeout_s=STARTUP_TIMEOUT_S) as (url, processes):
             yield {"url": url, "store": LocalStore(tmp_path / "store"), "counts": counts,
                    "processes": processes, "logs": tmp_path,
                    "instance_kind": request.param, "instance_env": instance_env}
-        finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait(timeout=10)
-            for handle in logs.values():
-                handle.close()
 
 
 def _launch(url: str, params: dict) -> str:

@@ -9,8 +9,6 @@ Parses and downloads are counted by wrapping the source's own functions (they st
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -44,7 +42,7 @@ from aperiodic_pipelines.sources.hyperliquid import NODE_FILLS_BY_BLOCK, fetch_m
 from aperiodic_pipelines.sources.hyperliquid.bucket import BucketReader
 from aperiodic_pipelines.storage import LocalStore, raw_key
 from aperiodic_pipelines.synthetic import generate_tape
-from tests.postgres_fixtures import free_port, instance_environment
+from tests.postgres_fixtures import instance_environment, running_dagster_services
 from tests.s3_fixtures import MOTO_REGION, aws_env, moto_endpoint  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -269,19 +267,9 @@ def _services(instance_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[st
            "APERIODIC_STORE": str(tmp_path / "store")}
     for name in ("APERIODIC_SOURCE", "APERIODIC_ALERT_WEBHOOK_URL"):
         env.pop(name, None)
-    port, workspace = free_port(), str(REPO / "workspace.yaml")
-    logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("webserver", "daemon")}  # noqa: SIM115
-    processes = [
-        subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port), "-w",
-                          workspace], cwd=tmp_path, env=env, stdout=logs["webserver"], stderr=subprocess.STDOUT),
-        subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w", workspace], cwd=tmp_path, env=env,
-                         stdout=logs["daemon"], stderr=subprocess.STDOUT),
-    ]
-    url = f"http://127.0.0.1:{port}"
-    try:
+    with running_dagster_services(env, tmp_path, workspace=REPO / "workspace.yaml") as (url, _processes):
         deadline = time.monotonic() + 180
-        while True:
-            assert all(p.poll() is None for p in processes), (tmp_path / "webserver.log").read_text()[-3000:]
+        while True:  # the webserver answers before it has loaded the code location
             assert time.monotonic() < deadline, "the webserver did not load the code location"
             try:
                 runs.find_repository(url, "aperiodic_pipelines")
@@ -289,17 +277,6 @@ def _services(instance_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[st
             except (runs.RunSetupError, requests.RequestException):
                 time.sleep(1)
         yield url, env
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        for handle in logs.values():
-            handle.close()
 
 
 def test_cli_backfill_runs_the_venue_month_before_the_coins_partitions(
