@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from aperiodic_pipelines import runs
-from aperiodic_pipelines.errors import AperiodicError
+from aperiodic_pipelines.domain.errors import AperiodicError
 from aperiodic_pipelines.runs import DEFAULT_CODE_LOCATION, LAUNCHED_BY_TAG, RunSetupError
 
 DEFAULT_WEBSERVER_URL = "http://127.0.0.1:3000"
@@ -39,7 +39,7 @@ def cmd_instruments_add(args: argparse.Namespace) -> int:
 
 def cmd_instruments_list(args: argparse.Namespace) -> int:
     from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME
-    from aperiodic_pipelines.sources.symbols import to_atlas
+    from aperiodic_pipelines.domain.symbols import to_atlas
 
     instance = runs.get_instance(warn)
     rows = [

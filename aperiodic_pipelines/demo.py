@@ -21,8 +21,9 @@ from urllib.parse import urlparse
 
 import polars as pl
 
+from aperiodic_pipelines.domain.intervals import INTERVALS, TIMESTAMPS
+from aperiodic_pipelines.domain.layout import flow_key
 from aperiodic_pipelines.storage import LocalStore, ObjectStore, store_from_uri
-from aperiodic_pipelines.storage.keys import INTERVAL_NAMES, TIMESTAMP_VARIANTS, flow_key
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,8 @@ def published_keys(store: ObjectStore, exchange: str, native_symbol: str, months
     """The spec §4 keys of the instrument's months that exist in the store."""
     return [
         flow_key(timestamp, exchange, interval, native_symbol, month)
-        for timestamp in TIMESTAMP_VARIANTS
-        for interval in INTERVAL_NAMES
+        for timestamp in TIMESTAMPS
+        for interval in INTERVALS
         for month in months
         if store.exists(flow_key(timestamp, exchange, interval, native_symbol, month))
     ]

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 
 from aperiodic_pipelines.defs.policies import EXCHANGE_TAG
-from aperiodic_pipelines.errors import AperiodicError
-from aperiodic_pipelines.storage.keys import check_month
+from aperiodic_pipelines.domain.errors import AperiodicError
+from aperiodic_pipelines.domain.months import check_month
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
@@ -140,7 +140,7 @@ class Instrument:
 def resolve_instrument(exchange: str, symbol: str) -> Instrument:
     """An Atlas symbol or native id on `exchange`, checked; the partition key is the native id."""
     from aperiodic_pipelines.defs.partitions import instrument_key
-    from aperiodic_pipelines.sources.symbols import resolve_symbol
+    from aperiodic_pipelines.domain.symbols import resolve_symbol
 
     atlas, native = resolve_symbol(exchange, symbol)
     return Instrument(exchange, atlas, instrument_key(exchange, native))

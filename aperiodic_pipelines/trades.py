@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from aperiodic_pipelines.errors import InvalidTradesError
+from aperiodic_pipelines.domain.errors import InvalidTradesError
 
 CANONICAL_SCHEMA: dict[str, pl.DataType] = {
     "ts_exchange": pl.Int64(),

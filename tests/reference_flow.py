@@ -20,7 +20,7 @@ from itertools import groupby
 import numpy as np
 import polars as pl
 
-from aperiodic_pipelines.errors import InvalidTradesError
+from aperiodic_pipelines.domain.errors import InvalidTradesError
 
 US_PER_SECOND = 1_000_000
 INTERVAL_SECONDS = {"1s": 1, "1m": 60, "5m": 300, "15m": 900, "30m": 1_800, "1h": 3_600, "4h": 14_400, "1d": 86_400}

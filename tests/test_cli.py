@@ -16,8 +16,8 @@ import requests
 from dagster import DagsterInstance
 
 from aperiodic_pipelines import cli, runs
-from aperiodic_pipelines.errors import AperiodicError
-from aperiodic_pipelines.storage import INTERVAL_NAMES, LocalStore, flow_key, read_parquet_metadata
+from aperiodic_pipelines.domain.errors import AperiodicError
+from aperiodic_pipelines.storage import INTERVALS, LocalStore, flow_key, read_parquet_metadata
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,7 +151,7 @@ TOY_DEFINITIONS = """
 from dagster import AssetKey, Definitions, asset, define_asset_job
 
 from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME, split_partition_key
-from aperiodic_pipelines.errors import NotPublishedError
+from aperiodic_pipelines.domain.errors import NotPublishedError
 
 OKX = EXCHANGES_BY_NAME["okx-perps"]
 
@@ -350,7 +350,7 @@ def test_demo_publishes_two_months_for_three_exchanges(
     for exchange, native in (("binance-futures", "BTCUSDT"), ("okx-perps", "BTC-USDT-SWAP"),
                              ("hyperliquid-perps", "BTC")):
         for month, minutes in (("2025-08", 31 * 1440), ("2025-09", 30 * 1440)):
-            for interval in INTERVAL_NAMES:
+            for interval in INTERVALS:
                 assert flow_key("exchange", exchange, interval, native, month) in published
             key = flow_key("exchange", exchange, "1m", native, month)
             meta = read_parquet_metadata(store.read_bytes(key))

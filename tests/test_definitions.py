@@ -38,7 +38,7 @@ from aperiodic_pipelines.defs.partitions import (
 from aperiodic_pipelines.defs.policies import NETWORK_RETRY, OWNERS
 from aperiodic_pipelines.defs.resources import StoreResource, store_is_s3, store_resource_from_env
 from aperiodic_pipelines.defs.seconds import MONTH_AND_PREVIOUS
-from aperiodic_pipelines.errors import SymbolError
+from aperiodic_pipelines.domain.errors import SymbolError
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("raw_trades", "second_stats", "flow_bars_exchange", "published_flow_bars")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aperiodic_pipelines.errors import ChecksumMismatchError, CorruptArchiveError, NotPublishedError
+from aperiodic_pipelines.domain.errors import ChecksumMismatchError, CorruptArchiveError, NotPublishedError
 from aperiodic_pipelines.mirror.archives import corrupt_zip, write_zip
 from aperiodic_pipelines.mirror.http import ArchiveMirror
 from aperiodic_pipelines.sources.download import (

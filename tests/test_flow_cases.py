@@ -11,7 +11,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from aperiodic_pipelines.errors import InvalidBarsError, InvalidTradesError
+from aperiodic_pipelines.domain.errors import InvalidBarsError, InvalidTradesError
 from aperiodic_pipelines.flow import FLOW_COLUMNS, FLOW_SCHEMA, compute_flow_bars, validate_bars
 from aperiodic_pipelines.synthetic import generate_tape
 from aperiodic_pipelines.trades import CANONICAL_SCHEMA, empty_trades

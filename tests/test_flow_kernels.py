@@ -11,7 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aperiodic_pipelines.errors import InvalidTradesError
+from aperiodic_pipelines.domain.errors import InvalidTradesError
 from aperiodic_pipelines.flow import compute_flow_bars, compute_second_stats
 from aperiodic_pipelines.flow.grid import LARGE_FROM, SMALL_BELOW, US_PER_SECOND
 from aperiodic_pipelines.flow.toxicity import toxicity_scores

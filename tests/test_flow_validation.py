@@ -8,7 +8,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from aperiodic_pipelines.errors import InvalidBarsError
+from aperiodic_pipelines.domain.errors import InvalidBarsError
 from aperiodic_pipelines.flow import (
     FLOW_COLUMNS,
     NULLABLE_FIELDS,

@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from aperiodic_pipelines.errors import NotPublishedError
+from aperiodic_pipelines.domain.errors import NotPublishedError
 from aperiodic_pipelines.mirror.s3 import (
     SWITCHES,
     create_bucket,

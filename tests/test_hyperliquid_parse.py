@@ -9,7 +9,7 @@ import lz4.frame
 import polars as pl
 import pytest
 
-from aperiodic_pipelines.errors import CorruptArchiveError
+from aperiodic_pipelines.domain.errors import CorruptArchiveError
 from aperiodic_pipelines.mirror.s3 import ndjson_lines
 from aperiodic_pipelines.sources.hyperliquid import NODE_FILLS, NODE_FILLS_BY_BLOCK, NODE_TRADES, parse_ndjson
 from aperiodic_pipelines.sources.hyperliquid.parse import parse_object

@@ -27,7 +27,7 @@ from aperiodic_pipelines.defs.sensors import (
     check_failure_message,
     failed_checks,
 )
-from aperiodic_pipelines.errors import ChecksumMismatchError, CorruptArchiveError
+from aperiodic_pipelines.domain.errors import ChecksumMismatchError, CorruptArchiveError
 from aperiodic_pipelines.flow import compute_flow_bars
 from aperiodic_pipelines.flow.reconcile import reconcile_with_klines
 from aperiodic_pipelines.mirror.archives import corrupt_zip, write_binance_month, write_wrong_checksum

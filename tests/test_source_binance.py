@@ -8,7 +8,7 @@ import zipfile
 import polars as pl
 import pytest
 
-from aperiodic_pipelines.errors import (
+from aperiodic_pipelines.domain.errors import (
     ChecksumMismatchError,
     CorruptArchiveError,
     NotPublishedError,

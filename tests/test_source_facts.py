@@ -16,7 +16,12 @@ from datetime import UTC, datetime
 import polars as pl
 import pytest
 
-from aperiodic_pipelines.errors import ContractValueError, CorruptArchiveError, NotPublishedError, SymbolError
+from aperiodic_pipelines.domain.errors import (
+    ContractValueError,
+    CorruptArchiveError,
+    NotPublishedError,
+    SymbolError,
+)
 from aperiodic_pipelines.mirror.archives import (
     GZIP_DAMAGE,
     ZIP_DAMAGE,

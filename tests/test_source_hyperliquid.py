@@ -19,7 +19,12 @@ import polars as pl
 import pytest
 from botocore.config import Config
 
-from aperiodic_pipelines.errors import CorruptArchiveError, NotPublishedError, SymbolError
+from aperiodic_pipelines.domain.errors import (
+    CorruptArchiveError,
+    InvalidMonthError,
+    NotPublishedError,
+    SymbolError,
+)
 from aperiodic_pipelines.mirror.s3 import (
     CORRUPTIONS,
     corrupt_object,
@@ -30,7 +35,6 @@ from aperiodic_pipelines.mirror.s3 import (
     read_lines,
     write_hyperliquid_month,
 )
-from aperiodic_pipelines.sources import InvalidMonthError
 from aperiodic_pipelines.sources import fetch_month as registry_fetch_month
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.hyperliquid import (

@@ -8,7 +8,12 @@ import zipfile
 import polars as pl
 import pytest
 
-from aperiodic_pipelines.errors import CorruptArchiveError, InvalidTradesError, NotPublishedError, SymbolError
+from aperiodic_pipelines.domain.errors import (
+    CorruptArchiveError,
+    InvalidTradesError,
+    NotPublishedError,
+    SymbolError,
+)
 from aperiodic_pipelines.mirror.archives import corrupt_zip, write_okx_month, write_zip
 from aperiodic_pipelines.sources import okx
 from aperiodic_pipelines.sources.canonical import month_bounds_us

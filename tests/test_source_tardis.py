@@ -8,7 +8,7 @@ import gzip
 import polars as pl
 import pytest
 
-from aperiodic_pipelines.errors import CorruptArchiveError, InvalidTradesError, NotPublishedError
+from aperiodic_pipelines.domain.errors import CorruptArchiveError, InvalidTradesError, NotPublishedError
 from aperiodic_pipelines.mirror.archives import write_tardis_days
 from aperiodic_pipelines.sources import tardis
 from aperiodic_pipelines.sources.canonical import month_bounds_us

@@ -14,7 +14,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from aperiodic_pipelines.errors import StoreError
+from aperiodic_pipelines.domain.errors import StoreError
 from aperiodic_pipelines.storage import (
     LocalStore,
     ObjectNotFoundError,

@@ -6,9 +6,9 @@ from datetime import date
 
 import pytest
 
-from aperiodic_pipelines.errors import SymbolError
-from aperiodic_pipelines.sources.symbols import (
-    EXCHANGES,
+from aperiodic_pipelines.domain.errors import SymbolError
+from aperiodic_pipelines.domain.exchanges import EXCHANGES
+from aperiodic_pipelines.domain.symbols import (
     HYPERLIQUID_K_COINS,
     AtlasSymbol,
     parse_symbol,

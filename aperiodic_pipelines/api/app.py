@@ -32,11 +32,11 @@ from aperiodic_pipelines.api.params import (
 from aperiodic_pipelines.api.ratelimit import RateLimiter
 from aperiodic_pipelines.api.settings import API_PREFIX, ApiSettings
 from aperiodic_pipelines.api.signing import UrlSigner
-from aperiodic_pipelines.errors import StoreError
-from aperiodic_pipelines.sources.symbols import EXCHANGES
+from aperiodic_pipelines.domain.errors import StoreError
+from aperiodic_pipelines.domain.exchanges import EXCHANGES
+from aperiodic_pipelines.domain.intervals import INTERVALS, TIMESTAMPS
 from aperiodic_pipelines.storage import LocalStore, ObjectStore, S3Store, store_from_uri
 from aperiodic_pipelines.storage.index import PublishedMonth
-from aperiodic_pipelines.storage.keys import INTERVAL_NAMES, TIMESTAMP_VARIANTS
 
 access_log = logging.getLogger("aperiodic_pipelines.api.access")
 log = logging.getLogger("aperiodic_pipelines.api")
@@ -312,8 +312,8 @@ def create_app(
         return _error_response(ApiError(500, "internal_error", "the server failed; the error is in its log"))
 
     async def listing_params(  # async: a sync dependency would cost a thread hop per request
-        timestamp: str = Query(description="timestamp variant", json_schema_extra={"enum": list(TIMESTAMP_VARIANTS)}),
-        interval: str = Query(description="bar interval", json_schema_extra={"enum": list(INTERVAL_NAMES)}),
+        timestamp: str = Query(description="timestamp variant", json_schema_extra={"enum": list(TIMESTAMPS)}),
+        interval: str = Query(description="bar interval", json_schema_extra={"enum": list(INTERVALS)}),
         exchange: str = Query(json_schema_extra={"enum": list(EXCHANGES)}),
         symbol: str = Query(description="Atlas symbol, e.g. perpetual-BTC-USDT:USDT"),
         start_date: str = Query(description="first day, YYYY-MM-DD (inclusive)", json_schema_extra={"format": "date"}),
@@ -392,7 +392,7 @@ def create_app(
                 variants.setdefault((f.timestamp, f.interval), []).append(
                     {"month": month, "rows": f.rows, "size": f.size, "sha256": f.sha256}
                 )
-        order = {name: i for i, name in enumerate(INTERVAL_NAMES)}
+        order = {name: i for i, name in enumerate(INTERVALS)}
         return JSONResponse(
             {
                 "exchange": exchange,

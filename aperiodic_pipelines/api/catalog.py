@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from aperiodic_pipelines.errors import SymbolError
-from aperiodic_pipelines.sources.symbols import to_atlas
+from aperiodic_pipelines.domain.errors import SymbolError
+from aperiodic_pipelines.domain.symbols import to_atlas
 from aperiodic_pipelines.storage.base import ObjectStore
 from aperiodic_pipelines.storage.index import PublishedMonth, list_indexed_symbols, list_published_months
 

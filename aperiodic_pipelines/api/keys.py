@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from aperiodic_pipelines.errors import AperiodicError
+from aperiodic_pipelines.domain.errors import AperiodicError
 
 DEMO_KEY = "DEMO-KEY"
 KEY_PREFIX = "apk"

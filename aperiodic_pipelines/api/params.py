@@ -12,9 +12,11 @@ from dataclasses import dataclass
 from datetime import date
 
 from aperiodic_pipelines.api.errors import ApiError, bad_request
-from aperiodic_pipelines.errors import SymbolError
-from aperiodic_pipelines.sources.symbols import EXCHANGES, parse_symbol, to_atlas, to_native
-from aperiodic_pipelines.storage.keys import INTERVAL_NAMES, TIMESTAMP_VARIANTS, flow_key
+from aperiodic_pipelines.domain.errors import SymbolError
+from aperiodic_pipelines.domain.exchanges import EXCHANGES
+from aperiodic_pipelines.domain.intervals import INTERVALS, TIMESTAMPS
+from aperiodic_pipelines.domain.layout import flow_key
+from aperiodic_pipelines.domain.symbols import parse_symbol, to_atlas, to_native
 
 METRICS: tuple[str, ...] = ("flow",)
 MAX_PARAM_LENGTH = 128
@@ -62,15 +64,15 @@ def check_symbol(exchange: str, symbol: str) -> tuple[str, str]:
 
 
 def check_interval(interval: str) -> str:
-    if interval not in INTERVAL_NAMES:
-        raise bad_request("invalid_interval", f"unknown interval {shown(interval)}", f"supported: {', '.join(INTERVAL_NAMES)}")
+    if interval not in INTERVALS:
+        raise bad_request("invalid_interval", f"unknown interval {shown(interval)}", f"supported: {', '.join(INTERVALS)}")
     return interval
 
 
 def check_timestamp(timestamp: str) -> str:
-    if timestamp not in TIMESTAMP_VARIANTS:
+    if timestamp not in TIMESTAMPS:
         raise bad_request(
-            "invalid_timestamp", f"unknown timestamp {shown(timestamp)}", f"supported: {', '.join(TIMESTAMP_VARIANTS)}"
+            "invalid_timestamp", f"unknown timestamp {shown(timestamp)}", f"supported: {', '.join(TIMESTAMPS)}"
         )
     return timestamp
 

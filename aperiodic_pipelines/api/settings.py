@@ -8,10 +8,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aperiodic_pipelines.errors import AperiodicError, SymbolError
-from aperiodic_pipelines.sources.symbols import EXCHANGES, resolve_symbol
+from aperiodic_pipelines.domain.errors import AperiodicError, SymbolError
+from aperiodic_pipelines.domain.exchanges import EXCHANGES
+from aperiodic_pipelines.domain.intervals import INTERVALS
+from aperiodic_pipelines.domain.months import check_month
+from aperiodic_pipelines.domain.symbols import resolve_symbol
 from aperiodic_pipelines.storage import DEFAULT_STORE, STORE_ENV
-from aperiodic_pipelines.storage.keys import INTERVAL_NAMES, check_month
 
 API_KEYS_ENV = "APERIODIC_API_KEYS"
 DEFAULT_API_KEYS = ".aperiodic/api-keys.sqlite"
@@ -50,8 +52,8 @@ class PreviewMonth:
             raise ConfigError(f"--preview {text!r}: expected EXCHANGE:SYMBOL:INTERVAL:YYYY-MM")
         if exchange not in EXCHANGES:
             raise ConfigError(f"--preview {text!r}: unknown exchange {exchange!r} (supported: {', '.join(EXCHANGES)})")
-        if interval not in INTERVAL_NAMES:
-            raise ConfigError(f"--preview {text!r}: interval must be one of {', '.join(INTERVAL_NAMES)}")
+        if interval not in INTERVALS:
+            raise ConfigError(f"--preview {text!r}: interval must be one of {', '.join(INTERVALS)}")
         try:
             check_month(month)
             atlas, native = resolve_symbol(exchange, symbol)  # an Atlas symbol or the native id

@@ -10,9 +10,10 @@ from pathlib import Path
 from aperiodic_pipelines.api.keys import ApiKeyStore
 from aperiodic_pipelines.api.server import running_server
 from aperiodic_pipelines.api.settings import ApiSettings
-from aperiodic_pipelines.sources.symbols import resolve_symbol
+from aperiodic_pipelines.domain.layout import flow_key
+from aperiodic_pipelines.domain.months import check_month
+from aperiodic_pipelines.domain.symbols import resolve_symbol
 from aperiodic_pipelines.storage import store_from_uri
-from aperiodic_pipelines.storage.keys import check_month, flow_key
 
 HEAD_COLUMNS = ("time", "taker_buy_volume", "taker_sell_volume", "volume_delta_notional", "flow_toxicity_score")
 

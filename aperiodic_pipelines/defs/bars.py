@@ -182,7 +182,7 @@ def build_flow_bars(
         description=f"Flow bars by {TIMESTAMP_LABELS[timestamp]}, all 8 intervals, staged until the checks pass.",
     )
     def flow_bars(context: AssetExecutionContext, store: StoreResource, sources: SourcesResource) -> MaterializeResult:
-        from aperiodic_pipelines.sources.symbols import to_atlas
+        from aperiodic_pipelines.domain.symbols import to_atlas
 
         native, month = split_partition_key(context.partition_key)
         with policies.permanent_failures():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, PartitionsDefinition
 
-from aperiodic_pipelines.errors import InvalidBarsError
+from aperiodic_pipelines.domain.errors import InvalidBarsError
 from aperiodic_pipelines.flow import FLOW_COLUMNS, INTERVAL_SECONDS, bars_in_month, month_bounds_us
 
 FAILED_RULE = "failed_rule"  # metadata key the alert sensor quotes

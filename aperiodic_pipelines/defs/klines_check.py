@@ -18,7 +18,7 @@ from dagster import AssetCheckSeverity, MetadataValue
 
 from aperiodic_pipelines.defs.bars import BarCheck
 from aperiodic_pipelines.defs.checks import CheckOutcome
-from aperiodic_pipelines.errors import AperiodicError
+from aperiodic_pipelines.domain.errors import AperiodicError
 from aperiodic_pipelines.flow.reconcile import Reconciliation, reconcile_with_klines
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.download import Downloader

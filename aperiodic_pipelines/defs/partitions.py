@@ -22,7 +22,7 @@ from dagster import (
     MultiPartitionsDefinition,
 )
 
-from aperiodic_pipelines.errors import SymbolError
+from aperiodic_pipelines.domain.errors import SymbolError
 
 MAX_PARTITIONS_PER_ASSET = 100_000  # Dagster's recommendation
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from dagster import Backoff, Failure, FreshnessPolicy, Jitter, RetryPolicy
 
-from aperiodic_pipelines.errors import (
+from aperiodic_pipelines.domain.errors import (
     ChecksumMismatchError,
     CorruptArchiveError,
     InvalidBarsError,

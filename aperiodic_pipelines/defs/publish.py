@@ -63,7 +63,7 @@ def build_published_flow_bars(exchange: Exchange, kinds: set[str]) -> AssetsDefi
         ),
     )
     def published_flow_bars(context: AssetExecutionContext, store: StoreResource) -> MaterializeResult:
-        from aperiodic_pipelines.sources.symbols import to_atlas
+        from aperiodic_pipelines.domain.symbols import to_atlas
 
         native, month = split_partition_key(context.partition_key)
         object_store = store.get_store()

@@ -31,7 +31,7 @@ from aperiodic_pipelines.defs.metadata import SECONDS_TABLE_SCHEMA
 from aperiodic_pipelines.defs.partitions import Exchange, previous_month, split_partition_key
 from aperiodic_pipelines.defs.raw import fetch_source_month, local_copy, missing_days_of, raw_info
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
-from aperiodic_pipelines.errors import NotPublishedError
+from aperiodic_pipelines.domain.errors import NotPublishedError
 from aperiodic_pipelines.flow import compute_second_stats
 from aperiodic_pipelines.storage import ObjectStore, seconds_key, write_parquet_deterministic
 from aperiodic_pipelines.storage.json_objects import canonical_json

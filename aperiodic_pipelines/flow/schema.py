@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from aperiodic_pipelines.errors import InvalidBarsError
+from aperiodic_pipelines.domain.errors import InvalidBarsError
 from aperiodic_pipelines.flow.grid import (
     BUCKETS,
     FLOW_COLUMNS,

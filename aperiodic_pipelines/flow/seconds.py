@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from aperiodic_pipelines.errors import InvalidTradesError
+from aperiodic_pipelines.domain.errors import InvalidTradesError
 from aperiodic_pipelines.flow import memory
 from aperiodic_pipelines.flow.grid import (
     BUCKETS,

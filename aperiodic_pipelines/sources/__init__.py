@@ -9,14 +9,14 @@ Source modules are imported on first use, so a module that is missing or broken 
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from aperiodic_pipelines.errors import AperiodicError, SymbolError
+from aperiodic_pipelines.domain.errors import SymbolError
+from aperiodic_pipelines.domain.exchanges import EXCHANGES
+from aperiodic_pipelines.domain.months import check_month
 
-EXCHANGES: tuple[str, ...] = ("binance-futures", "okx-perps", "hyperliquid-perps")
 # exchange → module under aperiodic_pipelines.sources that exposes fetch_month(symbol, month, *, dest, config, ...)
 SOURCE_MODULES: dict[str, str] = {
     "binance-futures": "binance",
@@ -25,17 +25,6 @@ SOURCE_MODULES: dict[str, str] = {
 }
 
 FetchMonth = Callable[..., Any]
-
-
-class InvalidMonthError(AperiodicError, ValueError):
-    """A month that is not written `YYYY-MM`."""
-
-
-def validate_month(month: str) -> str:
-    """Return `month` if it reads `YYYY-MM` (01..12); else raise `InvalidMonthError` naming it."""
-    if not isinstance(month, str) or not re.fullmatch(r"(19|20)\d\d-(0[1-9]|1[0-2])", month):
-        raise InvalidMonthError(f"month must look like 'YYYY-MM' (e.g. 2024-01), got {month!r}")
-    return month
 
 
 class _LazySources(Mapping[str, FetchMonth]):
@@ -76,12 +65,12 @@ def fetch_month(
     Returns the source's `SourceResult`. With `config.source == "tardis"` (`APERIODIC_SOURCE=tardis`) the month
     is read from Tardis-format CSV under `APERIODIC_TARDIS_URL` instead of the exchange's public archive.
     """
+    from aperiodic_pipelines.domain.symbols import resolve_symbol
     from aperiodic_pipelines.sources.config import SourceConfig
-    from aperiodic_pipelines.sources.symbols import resolve_symbol
 
     if exchange not in SOURCE_MODULES:
         raise SymbolError(f"unsupported exchange {exchange!r}: supported are {', '.join(EXCHANGES)}")
-    validate_month(month)
+    check_month(month)
     symbol, _native = resolve_symbol(exchange, symbol)  # a bad symbol fails here, before any I/O; sources get Atlas
     config = config or SourceConfig.from_env()
     if config.source == "tardis":
@@ -94,4 +83,4 @@ def fetch_month(
     return fetch(symbol, month, dest=Path(dest), config=config, **kwargs)
 
 
-__all__ = ["EXCHANGES", "SOURCES", "SOURCE_MODULES", "InvalidMonthError", "fetch_month", "validate_month"]
+__all__ = ["EXCHANGES", "SOURCES", "SOURCE_MODULES", "fetch_month"]

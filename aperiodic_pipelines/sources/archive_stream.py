@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 from polars.io.plugins import register_io_source
 
-from aperiodic_pipelines.errors import CorruptArchiveError
+from aperiodic_pipelines.domain.errors import CorruptArchiveError
 
 try:  # ISA-L inflate; same API as zlib
     from isal import igzip as _gzip

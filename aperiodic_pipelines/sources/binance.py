@@ -12,7 +12,8 @@ from pathlib import Path
 
 import polars as pl
 
-from aperiodic_pipelines.errors import CorruptArchiveError, NotPublishedError
+from aperiodic_pipelines.domain.errors import CorruptArchiveError, NotPublishedError
+from aperiodic_pipelines.domain.symbols import to_native
 from aperiodic_pipelines.sources.archive_stream import check_zip_structure, first_line, lazy_csv, zip_csv
 from aperiodic_pipelines.sources.base import SourceObject, SourceResult
 from aperiodic_pipelines.sources.canonical import (
@@ -27,7 +28,6 @@ from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.days import fetch_days
 from aperiodic_pipelines.sources.download import Download, Downloader, parse_checksum_sidecar
 from aperiodic_pipelines.sources.missing import check_missing_days
-from aperiodic_pipelines.sources.symbols import to_native
 from aperiodic_pipelines.trades import CANONICAL_SCHEMA
 
 EXCHANGE = "binance-futures"

@@ -27,7 +27,7 @@ from typing import Literal
 import polars as pl
 import pyarrow.parquet as pq
 
-from aperiodic_pipelines.errors import CorruptArchiveError, InvalidTradesError
+from aperiodic_pipelines.domain.errors import CorruptArchiveError, InvalidTradesError
 from aperiodic_pipelines.sources.download import scratch_dir
 from aperiodic_pipelines.trades import CANONICAL_COLUMNS, CANONICAL_SCHEMA
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from aperiodic_pipelines.errors import NotPublishedError
+from aperiodic_pipelines.domain.errors import NotPublishedError
 from aperiodic_pipelines.sources.download import Downloader
 
 Day = TypeVar("Day")

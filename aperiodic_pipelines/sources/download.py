@@ -27,7 +27,7 @@ from typing import BinaryIO, TypeVar
 
 import requests
 
-from aperiodic_pipelines.errors import (
+from aperiodic_pipelines.domain.errors import (
     AperiodicError,
     ChecksumMismatchError,
     CorruptArchiveError,

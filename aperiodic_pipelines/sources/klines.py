@@ -19,7 +19,7 @@ from pathlib import Path
 
 import polars as pl
 
-from aperiodic_pipelines.errors import CorruptArchiveError, NotPublishedError
+from aperiodic_pipelines.domain.errors import CorruptArchiveError, NotPublishedError
 from aperiodic_pipelines.sources.base import SourceObject
 from aperiodic_pipelines.sources.canonical import month_bounds_us, ms_or_us_to_us, parse_month
 from aperiodic_pipelines.sources.config import SourceConfig

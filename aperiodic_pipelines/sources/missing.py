@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aperiodic_pipelines.errors import NotPublishedError
+from aperiodic_pipelines.domain.errors import NotPublishedError
 from aperiodic_pipelines.sources.config import SourceConfig
 
 ALLOW_SETTING = "APERIODIC_ALLOW_MISSING_DAYS"

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from aperiodic_pipelines.errors import ContractValueError, CorruptArchiveError, SymbolError
+from aperiodic_pipelines.domain.errors import ContractValueError, CorruptArchiveError, SymbolError
+from aperiodic_pipelines.domain.symbols import to_native
 from aperiodic_pipelines.sources.archive_stream import check_zip_structure, first_line, lazy_csv, zip_csv
 from aperiodic_pipelines.sources.base import SourceObject, SourceResult
 from aperiodic_pipelines.sources.canonical import (
@@ -38,7 +39,6 @@ from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.days import fetch_days
 from aperiodic_pipelines.sources.download import Download, Downloader
 from aperiodic_pipelines.sources.missing import check_missing_days
-from aperiodic_pipelines.sources.symbols import to_native
 from aperiodic_pipelines.trades import CANONICAL_SCHEMA
 
 EXCHANGE = "okx-perps"

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import polars as pl
 
-from aperiodic_pipelines.errors import CorruptArchiveError, NotPublishedError, SymbolError
+from aperiodic_pipelines.domain.errors import CorruptArchiveError, NotPublishedError, SymbolError
+from aperiodic_pipelines.domain.symbols import to_native
 from aperiodic_pipelines.hashing import sha256_file
 from aperiodic_pipelines.sources import okx
 from aperiodic_pipelines.sources.archive_stream import first_line, gzip_csv, lazy_csv
@@ -39,7 +40,6 @@ from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.days import fetch_days
 from aperiodic_pipelines.sources.download import Downloader
 from aperiodic_pipelines.sources.missing import check_missing_days
-from aperiodic_pipelines.sources.symbols import to_native
 from aperiodic_pipelines.trades import CANONICAL_SCHEMA
 
 TARDIS_EXCHANGES = {"binance-futures": "binance-futures", "okx-perps": "okex-swap", "hyperliquid-perps": "hyperliquid"}

@@ -10,21 +10,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from aperiodic_pipelines.errors import StoreError
+from aperiodic_pipelines.domain.errors import StoreError
+from aperiodic_pipelines.domain.intervals import INTERVALS, TIMESTAMPS
+from aperiodic_pipelines.domain.layout import flow_key, raw_key, seconds_key
+from aperiodic_pipelines.domain.months import check_month
 from aperiodic_pipelines.storage.base import (
     STALE_WRITE_SECONDS,
     ObjectNotFoundError,
     ObjectStore,
     PublishedObject,
     sha256_file,
-)
-from aperiodic_pipelines.storage.keys import (
-    INTERVAL_NAMES,
-    TIMESTAMP_VARIANTS,
-    check_month,
-    flow_key,
-    raw_key,
-    seconds_key,
 )
 from aperiodic_pipelines.storage.local import LocalStore
 from aperiodic_pipelines.storage.parquet import (
@@ -90,11 +85,11 @@ def _stale_write_seconds() -> float:
 
 __all__ = [
     "DEFAULT_STORE",
-    "INTERVAL_NAMES",
+    "INTERVALS",
     "STALE_WRITE_ENV",
     "STALE_WRITE_SECONDS",
     "STORE_ENV",
-    "TIMESTAMP_VARIANTS",
+    "TIMESTAMPS",
     "LocalStore",
     "ObjectNotFoundError",
     "ObjectStore",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from aperiodic_pipelines.errors import StoreError
+from aperiodic_pipelines.domain.errors import StoreError
 from aperiodic_pipelines.hashing import HASH_CHUNK, sha256_file  # noqa: F401  (re-exported for the stores)
 
 PARQUET_MAGIC = b"PAR1"

@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aperiodic_pipelines.domain.layout import _segment, flow_key
+from aperiodic_pipelines.domain.months import check_month
 from aperiodic_pipelines.storage.base import ObjectStore, PublishedObject
 from aperiodic_pipelines.storage.json_objects import publish_json
-from aperiodic_pipelines.storage.keys import _segment, check_month, flow_key
 
 if TYPE_CHECKING:
     import polars as pl

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from aperiodic_pipelines.errors import StoreError
+from aperiodic_pipelines.domain.errors import StoreError
 from aperiodic_pipelines.storage.base import (
     HASH_CHUNK,
     STALE_WRITE_SECONDS,

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from aperiodic_pipelines.errors import StoreError
+from aperiodic_pipelines.domain.errors import StoreError
 from aperiodic_pipelines.storage.base import (
     HASH_CHUNK,
     STALE_WRITE_SECONDS,

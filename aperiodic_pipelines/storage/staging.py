@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aperiodic_pipelines.errors import AperiodicError
+from aperiodic_pipelines.domain.errors import AperiodicError
+from aperiodic_pipelines.domain.layout import flow_key
 from aperiodic_pipelines.storage.base import HASH_CHUNK, ObjectStore, sha256_file
 from aperiodic_pipelines.storage.index import (
     PublishedFile,
@@ -29,7 +30,6 @@ from aperiodic_pipelines.storage.index import (
     record_published_month,
 )
 from aperiodic_pipelines.storage.json_objects import publish_json, read_json
-from aperiodic_pipelines.storage.keys import flow_key
 from aperiodic_pipelines.storage.local import LocalStore
 
 STAGING_PREFIX = "staging/"

@@ -28,7 +28,8 @@ from typing import Any
 
 import polars as pl
 
-from aperiodic_pipelines.errors import AperiodicError, CorruptArchiveError, NotPublishedError
+from aperiodic_pipelines.domain.errors import AperiodicError, CorruptArchiveError, NotPublishedError
+from aperiodic_pipelines.domain.symbols import resolve_symbol
 from aperiodic_pipelines.sources.base import SourceObject, SourceResult
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.hyperliquid.bucket import DEFAULT_WORKERS, BucketReader, make_s3_client
@@ -54,7 +55,6 @@ from aperiodic_pipelines.sources.hyperliquid.parse import (
     parse_ndjson,
     parse_object,
 )
-from aperiodic_pipelines.sources.symbols import resolve_symbol
 from aperiodic_pipelines.trades import validate_trades
 
 __all__ = [

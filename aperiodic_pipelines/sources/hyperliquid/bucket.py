@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aperiodic_pipelines.errors import (
+from aperiodic_pipelines.domain.errors import (
     AperiodicError,
     ChecksumMismatchError,
     NotPublishedError,

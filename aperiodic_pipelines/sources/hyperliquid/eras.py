@@ -19,8 +19,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from aperiodic_pipelines.errors import AperiodicError, NotPublishedError
-from aperiodic_pipelines.sources import validate_month
+from aperiodic_pipelines.domain.errors import AperiodicError, NotPublishedError
+from aperiodic_pipelines.domain.months import parse_month
 
 NODE_TRADES = "node_trades"
 NODE_FILLS = "node_fills"
@@ -68,7 +68,7 @@ class HourObject:
 
 def month_bounds(month: str) -> tuple[datetime, datetime]:
     """`"2025-08"` → (first instant of the month, first instant of the next), UTC."""
-    year, mon = (int(part) for part in validate_month(month).split("-"))
+    year, mon = parse_month(month)
     return datetime(year, mon, 1, tzinfo=UTC), datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from aperiodic_pipelines.errors import CorruptArchiveError
+from aperiodic_pipelines.domain.errors import CorruptArchiveError
 from aperiodic_pipelines.trades import CANONICAL_COLUMNS, CANONICAL_SCHEMA
 
 MAX_TRADES_PER_MICROSECOND = 1000  # room in a built node_trades id (ts_us * 1000 + k)

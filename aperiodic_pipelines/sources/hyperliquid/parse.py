@@ -24,7 +24,7 @@ import lz4.frame
 import msgspec
 import polars as pl
 
-from aperiodic_pipelines.errors import CorruptArchiveError
+from aperiodic_pipelines.domain.errors import CorruptArchiveError
 from aperiodic_pipelines.sources.hyperliquid.eras import NODE_FILLS, NODE_FILLS_BY_BLOCK, NODE_TRADES
 
 PARSER_VERSION = 1  # bump when the parsed-hour columns or their meaning change: cached parses are then redone

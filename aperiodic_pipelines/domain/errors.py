@@ -14,7 +14,15 @@ class InvalidBarsError(AperiodicError):
 
 
 class SymbolError(AperiodicError, ValueError):
-    """A malformed, unknown or unsupported symbol."""
+    """A malformed, unknown or unsupported exchange or symbol."""
+
+
+class InvalidMonthError(AperiodicError, ValueError):
+    """A month that is not written `YYYY-MM`, or one outside what an exchange has."""
+
+
+class InvalidDayError(AperiodicError, ValueError):
+    """A day that is not written `YYYY-MM-DD`."""
 
 
 class NotPublishedError(AperiodicError):
@@ -26,7 +34,7 @@ class ChecksumMismatchError(AperiodicError):
 
 
 class CorruptArchiveError(AperiodicError):
-    """An archive that cannot be decompressed or parsed."""
+    """An archive that cannot be decompressed or parsed, or that exceeds a reader's ceiling."""
 
 
 class StoreError(AperiodicError):

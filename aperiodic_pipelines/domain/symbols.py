@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
-from aperiodic_pipelines.errors import SymbolError
+from aperiodic_pipelines.domain.errors import SymbolError
+from aperiodic_pipelines.domain.exchanges import exchange_of
 
-EXCHANGES: tuple[str, ...] = ("binance-futures", "okx-perps", "hyperliquid-perps")
 SYMBOL_TYPES: tuple[str, ...] = ("spot", "perpetual", "future")
 
 # Quote assets of Binance USDⓈ-M futures that this platform reads.
@@ -246,8 +246,7 @@ def _hyperliquid_to_atlas(native: str) -> AtlasSymbol:
 
 
 def _check_exchange(exchange: str) -> None:
-    if exchange not in EXCHANGES:
-        raise SymbolError(f"unsupported exchange {exchange!r}: supported are {', '.join(EXCHANGES)}")
+    exchange_of(exchange)
 
 
 def _parse_yyyymmdd(text: str, *, context: str) -> date:
