@@ -18,9 +18,10 @@ from dagster import AssetKey, DagsterEventType, DagsterInstance, MultiPartitionK
 
 from aperiodic_pipelines.defs.definitions import GRAPHS
 from aperiodic_pipelines.defs.metadata import FLOW_COLUMN_DESCRIPTIONS
-from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME, flow_partition_key
+from aperiodic_pipelines.defs.partitions import flow_partition_key
 from aperiodic_pipelines.defs.raw import raw_sources_key
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
+from aperiodic_pipelines.domain.exchanges import EXCHANGES_BY_NAME
 from aperiodic_pipelines.flow import FLOW_SCHEMA, INTERVALS, bars_in_month
 from aperiodic_pipelines.mirror.http import ArchiveMirror
 from aperiodic_pipelines.storage import ObjectStore, flow_key, raw_key, read_parquet_metadata, seconds_key

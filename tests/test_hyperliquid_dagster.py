@@ -33,7 +33,7 @@ from dagster import (
 
 from aperiodic_pipelines import runs
 from aperiodic_pipelines.defs.definitions import defs
-from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME, flow_partition_key
+from aperiodic_pipelines.defs.partitions import flow_partition_key, partitioned_exchange
 from aperiodic_pipelines.defs.venue import FAN_OUT_ALL, FAN_OUT_TAG
 from aperiodic_pipelines.mirror.s3 import corrupt_object, create_bucket, make_client, write_hyperliquid_month
 from aperiodic_pipelines.sources import hyperliquid
@@ -50,7 +50,7 @@ pytestmark = pytest.mark.slow
 BUCKET = "hl-dagster-test"
 MONTH = "2025-09"
 COINS = ("BTC", "ETH", "SOL")
-EXCHANGE = EXCHANGES_BY_NAME["hyperliquid-perps"]
+EXCHANGE = partitioned_exchange("hyperliquid-perps")
 VENUE = AssetKey(["hyperliquid_perps", "venue_hours"])
 RAW = AssetKey(["hyperliquid_perps", "raw_trades"])
 REPO = Path(__file__).resolve().parents[1]

@@ -19,14 +19,10 @@ from dagster import (
     materialize,
 )
 
-from aperiodic_pipelines.defs.definitions import GRAPHS
+from aperiodic_pipelines.defs.definitions import GRAPHS, check_failure_alert_on_success
 from aperiodic_pipelines.defs.klines_check import KLINES_CHECK, klines_outcome
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
-from aperiodic_pipelines.defs.sensors import (
-    check_failure_alert_on_success,
-    check_failure_message,
-    failed_checks,
-)
+from aperiodic_pipelines.defs.sensors import check_failure_message, failed_checks
 from aperiodic_pipelines.domain.errors import ChecksumMismatchError, CorruptArchiveError
 from aperiodic_pipelines.flow import compute_flow_bars
 from aperiodic_pipelines.flow.reconcile import reconcile_with_klines

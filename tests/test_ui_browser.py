@@ -48,7 +48,7 @@ pytestmark = pytest.mark.slow
 
 
 def slug(exchange: str) -> str:
-    from aperiodic_pipelines.defs.partitions import exchange_of
+    from aperiodic_pipelines.domain.exchanges import exchange_of
 
     return exchange_of(exchange).slug
 
@@ -228,15 +228,15 @@ def test_published_month_is_materialized_exactly_for_the_materialised_instrument
 
 def test_true_time_asset_exists_only_for_sources_with_arrival_times(page, ui: dict) -> None:
     """The asset catalog under each exchange's prefix: binance-futures and okx-perps have no flow_bars_true."""
-    from aperiodic_pipelines.defs.partitions import exchange_of
+    from aperiodic_pipelines.domain.exchanges import exchange_of
 
     for exchange in REGISTERED:
         open_page(page, ui, f"/assets/{slug(exchange)}", wait_for="^published_flow_bars$")
         screenshot(page, ui, f"catalog_{slug(exchange)}")
         listed = page.get_by_text("flow_bars_true", exact=True).count() > 0
-        assert listed == exchange_of(exchange).has_arrival_times, exchange
-    assert not exchange_of("binance-futures").has_arrival_times
-    assert exchange_of("hyperliquid-perps").has_arrival_times
+        assert listed == exchange_of(exchange).has_arrival_times(), exchange
+    assert not exchange_of("binance-futures").has_arrival_times()
+    assert exchange_of("hyperliquid-perps").has_arrival_times()
 
 
 def test_month_picture_is_on_the_published_asset(page, ui: dict) -> None:
