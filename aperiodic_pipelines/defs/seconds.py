@@ -31,6 +31,7 @@ from aperiodic_pipelines.defs.metadata import SECONDS_TABLE_SCHEMA
 from aperiodic_pipelines.defs.partitions import PartitionedExchange, split_partition_key
 from aperiodic_pipelines.defs.raw import fetch_source_month, local_copy, missing_days_of, raw_info
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
+from aperiodic_pipelines.defs.summaries import summarise
 from aperiodic_pipelines.domain.errors import NotPublishedError
 from aperiodic_pipelines.domain.months import previous_month
 from aperiodic_pipelines.flow import compute_second_stats
@@ -76,7 +77,9 @@ def _open_previous(
     try:
         return stack.enter_context(raw_month_trades(store, sources, exchange.name, native, prev))
     except NotPublishedError as exc:
-        context.log.info(f"no {prev} for {exchange.name} {native}: treating {month} as its first month ({exc})")
+        context.log.info(
+            f"no {prev} for {exchange.name} {native}: treating {month} as its first month ({summarise(exc)})"
+        )
         return None, None, f"{prev} not published by {exchange.name}: {month} is the instrument's first month"
 
 

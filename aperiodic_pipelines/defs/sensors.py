@@ -39,6 +39,7 @@ from dagster import (
 )
 
 from aperiodic_pipelines.defs.checks import FAILED_RULE
+from aperiodic_pipelines.defs.summaries import summarise
 from aperiodic_pipelines.domain.settings import AlertSettings
 
 if TYPE_CHECKING:  # annotation only: a private module of Dagster
@@ -128,7 +129,7 @@ def error_cause(error: SerializableErrorInfo | None) -> str:
     while error.cause is not None:
         error = error.cause
     lines = (error.message or "").strip().splitlines()
-    first = lines[0].strip() if lines else ""
+    first = summarise(lines[0], limit=10 * MAX_RULE_CHARS) if lines else ""  # lists summarised; bounded later
     # SerializableErrorInfo messages read `package.module.ClassName: text`.
     qualified, sep, rest = first.partition(": ")
     if sep and re.fullmatch(r"[\w.]+", qualified):
