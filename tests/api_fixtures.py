@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import polars as pl
 
 from aperiodic_pipelines.api.server import free_port
@@ -18,6 +16,7 @@ from aperiodic_pipelines.flow import compute_flow_bars
 from aperiodic_pipelines.storage import ObjectStore
 from aperiodic_pipelines.storage.index import publish_month_bars
 from aperiodic_pipelines.synthetic import generate_tape
+from tests.servers import http_ok, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 EXCHANGE, SYMBOL, NATIVE = "binance-futures", "perpetual-BTC-USDT:USDT", "BTCUSDT"
@@ -77,32 +76,12 @@ def serve(env: dict[str, str], *args: str, log_path: Path) -> Iterator[str]:
     """`aperiodic-pipelines serve` on a free 127.0.0.1 port; yields the base URL once /healthz answers 200."""
     port = free_port()
     full_env = {**os.environ, **env, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "aperiodic_pipelines.cli", "serve", "--port", str(port), *args],
-            env=full_env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"serve exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"serve did not answer on port {port}: {log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
+    with running_server(
+        [sys.executable, "-m", "aperiodic_pipelines.cli", "serve", "--port", str(port), *args],
+        ready=http_ok(f"http://127.0.0.1:{port}/healthz", timeout_s=1), log_path=log_path, name="serve",
+        env=full_env, timeout_s=60, poll_s=0.1, stop_timeout_s=10,
+    ):
         yield f"http://127.0.0.1:{port}/api/v1"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def expected_range(bars: Bars, timestamp: str, interval: str, start: str, end: str) -> pl.DataFrame:

@@ -18,8 +18,7 @@ from aperiodic_pipelines.mirror.http import ArchiveMirror
 from aperiodic_pipelines.mirror.s3 import hyperliquid_mirror
 from aperiodic_pipelines.storage import LocalStore, S3Store, flow_key, raw_key, read_parquet_metadata
 from aperiodic_pipelines.synthetic import generate_tape
-from tests.s3_fixtures import aws_env, moto_endpoint, s3_bucket, s3_client  # noqa: F401
-from tests.test_assets_local import (
+from tests.binance_stage import (
     MONTHS,
     assert_published_months,
     digests,

@@ -43,7 +43,7 @@ from aperiodic_pipelines.sources.hyperliquid.bucket import BucketReader
 from aperiodic_pipelines.storage import LocalStore, raw_key
 from aperiodic_pipelines.synthetic import generate_tape
 from tests.postgres_fixtures import instance_environment, running_dagster_services
-from tests.s3_fixtures import MOTO_REGION, aws_env, moto_endpoint  # noqa: F401
+from tests.s3_fixtures import MOTO_REGION
 
 pytestmark = pytest.mark.slow
 

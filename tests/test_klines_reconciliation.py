@@ -32,14 +32,7 @@ from aperiodic_pipelines.sources import binance
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.klines import fetch_klines_month, klines_path, parse_klines_csv
 from aperiodic_pipelines.storage import LocalStore, flow_key
-from tests.http_fixtures import (  # noqa: F401
-    archive_mirror,
-    cached_files,
-    fast_downloader,
-    mirror_root,
-    source_config,
-    tiny_tape,
-)
+from tests.http_fixtures import cached_files, tiny_tape
 
 pytestmark = pytest.mark.slow  # starts a web server
 

@@ -59,7 +59,7 @@ from aperiodic_pipelines.storage import (
 from aperiodic_pipelines.storage.index import PublishedMonth, record_published_month
 from aperiodic_pipelines.storage.staging import manifest_key, staged_key
 from aperiodic_pipelines.trades import empty_trades
-from tests.test_assets_local import EXCHANGE, NATIVE, PREFIX, Stage, new_instance, run_month, stage  # noqa: F401
+from tests.binance_stage import EXCHANGE, NATIVE, PREFIX, Stage, new_instance, run_month
 
 BINANCE = partitioned_exchange(EXCHANGE)
 

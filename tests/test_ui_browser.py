@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -24,6 +22,7 @@ from playwright.sync_api import expect
 
 from aperiodic_pipelines.demo import demo_mirrors, patched_environ
 from tests.postgres_fixtures import free_port, instance_environment
+from tests.servers import http_ok, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -112,33 +111,15 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         run_ids = _cli_run_ids(environment)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        with open(workdir / "webserver.log", "wb") as log:
-            webserver = subprocess.Popen(
-                [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port),
-                 "-w", str(REPO / "workspace.yaml")],
-                cwd=workdir, env={**os.environ, **environment}, stdout=log, stderr=subprocess.STDOUT,
-            )
-        try:
-            deadline = time.monotonic() + STARTUP_TIMEOUT_S
-            while True:
-                assert webserver.poll() is None, (workdir / "webserver.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "webserver did not start"
-                try:
-                    if requests.get(f"{url}/server_info", timeout=5).ok:
-                        break
-                except requests.ConnectionError:
-                    pass
-                time.sleep(1)
+        with running_server(
+            [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port),
+             "-w", str(REPO / "workspace.yaml")],
+            ready=http_ok(f"{url}/server_info"), log_path=workdir / "webserver.log", name="dagster-webserver",
+            cwd=workdir, env={**os.environ, **environment}, timeout_s=STARTUP_TIMEOUT_S, poll_s=1,
+        ):
             # What clicking away the UI's first-visit "join the community" dialog does; it would cover the pages.
             requests.post(f"{url}/graphql", json={"query": "mutation { setNuxSeen }"}, timeout=30).raise_for_status()
             yield {"url": url, "run_ids": run_ids, "shots": workdir / "screenshots"}
-        finally:
-            webserver.terminate()
-            try:
-                webserver.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                webserver.kill()
-                webserver.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

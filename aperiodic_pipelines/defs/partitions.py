@@ -25,13 +25,8 @@ from dagster import (
 )
 
 from aperiodic_pipelines.domain.errors import InvalidMonthError, SymbolError
-from aperiodic_pipelines.domain.exchanges import (  # re-exported for callers not yet on the domain (runs.py, cli.py)
-    EXCHANGES,
-    EXCHANGES_BY_NAME,
-    Exchange,
-    exchange_of,
-    exchange_of_slug,
-)
+from aperiodic_pipelines.domain.exchanges import EXCHANGES, Exchange, exchange_of, exchange_of_slug
+from aperiodic_pipelines.domain.exchanges import EXCHANGES_BY_NAME as DOMAIN_EXCHANGES
 from aperiodic_pipelines.domain.months import check_month
 
 __all__ = [
@@ -124,6 +119,14 @@ def flow_partitions(exchange: Exchange) -> MultiPartitionsDefinition:
     return MultiPartitionsDefinition(
         {"instrument": instrument_partitions(exchange), "month": month_partitions(exchange)}
     )
+
+
+# Each exchange as read from its own archive, by name, for callers outside a code location that need its
+# partitions (which are the same for every source): the CLI's instrument listing, tests. `exchange_of`,
+# `exchange_of_slug` and `EXCHANGES` are the domain's, re-exported for callers not yet importing the domain.
+EXCHANGES_BY_NAME: dict[str, PartitionedExchange] = {
+    name: partitioned_exchange(exchange) for name, exchange in DOMAIN_EXCHANGES.items()
+}
 
 
 def instrument_key(exchange: str, native_symbol: str) -> str:
