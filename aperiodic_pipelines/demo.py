@@ -250,11 +250,30 @@ def run_demo(
 
 
 def browse_command(dagster_home: str, store_uri: str) -> str:
-    """The shell command that opens the demo's runs in the Dagster UI, runnable from any directory: absolute
-    instance and store, this environment's `dagster`, the code location by module (no workspace file needed)."""
-    dagster = Path(sys.executable).parent / "dagster"
+    """The shell command that opens the demo's runs in the Dagster UI, runnable as printed from any directory:
+    absolute instance and store, this environment's `dg`, and a workspace file in the instance directory naming the
+    code location's module (a checkout's `workspace.yaml` may not be there: the package can be installed)."""
+    home = Path(dagster_home).resolve()
+    workspace = write_workspace(home)
     store = store_uri if "://" in store_uri else str(Path(store_uri).resolve())
+    dg = Path(sys.executable).parent / "dg"
     return (
-        f"DAGSTER_HOME={shlex.quote(str(Path(dagster_home).resolve()))} APERIODIC_STORE={shlex.quote(store)} "
-        f"{shlex.quote(str(dagster))} dev -m {CODE_LOCATION_MODULE}"
+        f"DAGSTER_HOME={shlex.quote(str(home))} APERIODIC_STORE={shlex.quote(store)} "
+        f"{shlex.quote(str(dg))} dev -w {shlex.quote(str(workspace))}"
     )
+
+
+def write_workspace(directory: Path) -> Path:
+    """`directory/workspace.yaml`: the code location by module, as the project's own workspace file has it."""
+    path = directory / "workspace.yaml"
+    temp = path.with_suffix(".yaml.tmp")
+    temp.write_text(
+        "# Written by the demo: the aperiodic-pipelines code location, loaded by module (no checkout needed).\n"
+        "load_from:\n"
+        "  - python_module:\n"
+        f"      module_name: {CODE_LOCATION_MODULE}\n"
+        "      attribute: defs\n"
+        "      location_name: aperiodic_pipelines\n"
+    )
+    os.replace(temp, path)  # whole or not at all
+    return path

@@ -7,11 +7,12 @@ On leaving the block it sends `stop_signal`, waits, and kills what is still runn
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +68,25 @@ def await_ready(
         time.sleep(poll_s)
 
 
-def stop(process: subprocess.Popen, *, stop_signal: int = signal.SIGTERM, stop_timeout_s: float = 30) -> None:
-    """Ask the process to stop; kill it when it has not after `stop_timeout_s`."""
+def stop(
+    process: subprocess.Popen, *, stop_signal: int = signal.SIGTERM, stop_timeout_s: float = 30, group: bool = False
+) -> None:
+    """Ask the process to stop; kill it when it has not after `stop_timeout_s`. With `group` (a process started
+    with `start_new_session=True`), the signals go to its whole process group: servers that start servers."""
+
+    def send(sig: int) -> None:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, sig) if group else process.send_signal(sig)
+
     if process.poll() is None:
-        process.send_signal(stop_signal)
+        send(stop_signal)
     try:
         process.wait(timeout=stop_timeout_s)
     except subprocess.TimeoutExpired:
-        process.kill()
+        send(signal.SIGKILL)
         process.wait(timeout=10)
+    if group:  # children that outlived their parent
+        send(signal.SIGKILL)
 
 
 @contextmanager
@@ -105,4 +116,5 @@ def running_server(
             await_ready(process, ready, name=name, log_path=log_path, timeout_s=timeout_s, poll_s=poll_s, watch=watch)
             yield process
         finally:
-            stop(process, stop_signal=stop_signal, stop_timeout_s=stop_timeout_s)
+            stop(process, stop_signal=stop_signal, stop_timeout_s=stop_timeout_s,
+                 group=bool(popen.get("start_new_session")))
