@@ -169,3 +169,62 @@ def test_secrets_stay_out_of_repr() -> None:
     assert [name for name, value in secrets.items() if value in text] == []
     assert settings.sources.tardis_api_key == secrets["APERIODIC_TARDIS_API_KEY"]  # kept, only not shown
     assert settings.alerts.webhook_url == secrets["APERIODIC_ALERT_WEBHOOK_URL"]
+
+
+# Reads of APERIODIC_* variables outside domain/settings.py that remain today, by file and variable, with who
+# removes them; an entry that no longer occurs fails the test, so the list only shrinks.
+KNOWN_ENV_READS: dict[tuple[str, str], str] = {
+    ("aperiodic_pipelines/api/settings.py", "APERIODIC_URL_SIGNING_KEY"): "api: take settings.api",
+    ("aperiodic_pipelines/api/settings.py", "APERIODIC_PUBLIC_URL"): "api: take settings.api",
+    ("aperiodic_pipelines/api/settings.py", "APERIODIC_API_KEYS"): "api: take settings.api",
+    ("aperiodic_pipelines/sources/download.py", "APERIODIC_HTTP_ATTEMPTS"): "sources: take settings.http",
+    ("aperiodic_pipelines/sources/download.py", "APERIODIC_HTTP_BACKOFF"): "sources: take settings.http",
+    ("aperiodic_pipelines/sources/download.py", "APERIODIC_HTTP_404_ATTEMPTS"): "sources: take settings.http",
+    ("aperiodic_pipelines/storage/__init__.py", "APERIODIC_STORE"): "storage: take settings.store",
+    ("aperiodic_pipelines/storage/__init__.py", "APERIODIC_STALE_WRITE_SECONDS"): "storage: take settings.store",
+}
+
+
+def _environment_reads() -> set[tuple[str, str]]:
+    """(file, variable) of every read of an APERIODIC_* variable from the environment outside domain/settings.py:
+    `os.environ.get`, `os.getenv`, `os.environ[...]` (not assignments) and `env.get` on an environment mapping,
+    with the name written out or held in a module constant."""
+    import ast
+
+    reads = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == PACKAGE / "domain" / "settings.py":
+            continue
+        tree = ast.parse(path.read_text())
+        constants = {
+            target.id: node.value.value
+            for node in ast.walk(tree) if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
+            for target in node.targets if isinstance(target, ast.Name) and isinstance(node.value.value, str)
+        }
+        for node in ast.walk(tree):
+            argument = None
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+                base = ast.unparse(node.func.value)
+                if node.func.attr == "getenv" or (node.func.attr in ("get", "pop") and
+                                                  ("environ" in base or base in ("env", "environ", "environment"))):
+                    argument = node.args[0]
+            elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load) and "environ" in ast.unparse(node.value):
+                argument = node.slice
+            if isinstance(argument, ast.Constant):
+                name = argument.value
+            elif isinstance(argument, ast.Name):
+                name = constants.get(argument.id)
+            else:
+                continue
+            if isinstance(name, str) and _VARIABLE.fullmatch(name):
+                reads.add((str(path.relative_to(REPO)), name))
+    return reads
+
+
+def test_only_the_settings_read_aperiodic_variables_from_the_environment() -> None:
+    reads = _environment_reads()
+    unexpected = sorted(reads - set(KNOWN_ENV_READS))
+    stale = sorted(set(KNOWN_ENV_READS) - reads)
+    assert not unexpected, f"read these through domain.settings.Settings instead: {unexpected}"
+    assert not stale, f"no longer read outside the settings, remove from KNOWN_ENV_READS: {stale}"
+    assert not any(path.startswith(("aperiodic_pipelines/defs/", "aperiodic_pipelines/demo")) for path, _ in reads)
