@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 import requests
 
+from aperiodic_pipelines.defs.summaries import summarise as summarise_text
 from aperiodic_pipelines.demo import DEMO_INSTRUMENTS, PLAIN_LOG_ENVIRONMENT, browse_command, summarise
 from aperiodic_pipelines.domain.layout import flow_key
 from aperiodic_pipelines.flow import compute_flow_bars
@@ -97,3 +98,19 @@ def test_a_piped_code_server_logs_without_colour_codes(tmp_path: Path) -> None:
         pass
     text = log.read_text(errors="replace")
     assert "Started Dagster code server" in text and "\x1b[" not in text
+
+
+def test_long_lists_in_log_lines_are_summarised() -> None:
+    days = ", ".join(f"2025-07-{d:02d}" for d in range(1, 32))
+    files = ", ".join(f"BTC-USDT-SWAP-trades-2025-07-{d:02d}.zip" for d in range(1, 32))
+    message = f"okx-perps BTC-USDT-SWAP 2025-07 is incomplete upstream: 31 day(s): {days} (not published: {files})."
+    assert len(message) > 1500
+    short = summarise_text(message)
+    assert short == (
+        "okx-perps BTC-USDT-SWAP 2025-07 is incomplete upstream: 31 day(s): 2025-07-01, 2025-07-02, … (28 more), "
+        "2025-07-31 (not published: BTC-USDT-SWAP-trades-2025-07-01.zip, BTC-USDT-SWAP-trades-2025-07-02.zip, … "
+        "(28 more), BTC-USDT-SWAP-trades-2025-07-31.zip)."
+    )
+    assert summarise_text("a, b, c, d") == "a, b, c, d"  # short lists stay whole
+    assert summarise_text("x" * 500).endswith("…") and len(summarise_text("x" * 500)) == 300
+    assert summarise_text("first line\n  second line") == "first line second line"

@@ -70,10 +70,6 @@ def run_url(run_id: str, dagster_url: str = DEFAULT_DAGSTER_URL) -> str:
     return f"{dagster_url.rstrip('/')}/runs/{run_id}"
 
 
-def _bounded(text: str) -> str:
-    return text if len(text) <= MAX_RULE_CHARS else text[: MAX_RULE_CHARS - 1] + "…"
-
-
 def redact(text: str, secrets: Sequence[str | None] = ()) -> str:
     """`text` without URL credentials and query strings, and without any of `secrets` (known secret values)."""
     for secret in secrets:
@@ -98,7 +94,7 @@ def failed_checks(instance: DagsterInstance, run_id: str) -> list[FailedCheck]:
                 asset=evaluation.asset_key.to_user_string(),
                 check=evaluation.check_name,
                 partition=evaluation.partition,
-                rule=_bounded(rule),
+                rule=summarise(rule, limit=MAX_RULE_CHARS),
                 severity=evaluation.severity.value,
             )
         )
@@ -142,7 +138,7 @@ def run_failure_message(
 ) -> str:
     lines = (error or "unknown error").strip().splitlines() or ["unknown error"]
     return (
-        f"Run failed: {run.job_name} [{_partition_of(run)}]: {_bounded(redact(lines[0], secrets))}\n"
+        f"Run failed: {run.job_name} [{_partition_of(run)}]: {summarise(redact(lines[0], secrets), MAX_RULE_CHARS)}\n"
         f"{run_url(run.run_id, dagster_url)}"
     )
 
