@@ -20,7 +20,7 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import requests
 from dagster import (
@@ -42,8 +42,13 @@ from aperiodic_pipelines.defs.checks import FAILED_RULE
 from aperiodic_pipelines.defs.summaries import summarise
 from aperiodic_pipelines.domain.settings import AlertSettings
 
-if TYPE_CHECKING:  # annotation only: a private module of Dagster
-    from dagster._utils.error import SerializableErrorInfo
+
+class ErrorInfo(Protocol):
+    """What a step failure's error record (Dagster's `SerializableErrorInfo`) offers: read, never imported."""
+
+    message: str
+    cls_name: str | None
+    cause: ErrorInfo | None
 
 WEBHOOK_VARIABLE = "APERIODIC_ALERT_WEBHOOK_URL"  # named in messages; its value (a secret) never is
 DEFAULT_DAGSTER_URL = AlertSettings().dagster_url
@@ -116,7 +121,7 @@ def check_failure_message(
     return "\n".join(lines)
 
 
-def error_cause(error: SerializableErrorInfo | None) -> str:
+def error_cause(error: ErrorInfo | None) -> str:
     """The first line of the innermost cause of a step's error: what went wrong, not how Dagster wrapped it
     ("Exceeded max_retries of 3", "Error occurred while executing op …"). The exception class is kept without its
     module (`NotPublishedError: …`)."""
