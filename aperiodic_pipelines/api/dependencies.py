@@ -4,6 +4,8 @@ Order (docs/api.md, "Check order"): parameters absent → 400; then the key (401
 and the rate limit (429); then the values (metric 404, timestamp, interval, exchange, symbol, dates: 400). A
 dependency that declares query parameters runs only when they are all present, so each one below takes its
 parameters and then authenticates: a route body never checks a key or an exchange itself.
+
+No `from __future__ import annotations` here: FastAPI reads these signatures at definition time.
 """
 
 from dataclasses import dataclass
@@ -22,8 +24,6 @@ key_header = APIKeyHeader(name="X-API-KEY", auto_error=False, description="Your 
 KeyHeader = Annotated[str | None, Security(key_header)]
 ExchangeQuery = Annotated[str, Query(json_schema_extra={"enum": list(EXCHANGES)})]
 SymbolQuery = Annotated[str, Query(description="Atlas symbol, e.g. perpetual-BTC-USDT:USDT")]
-
-# No `from __future__ import annotations` here: FastAPI reads these signatures at definition time.
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,6 @@ async def context(request: Request) -> ApiContext:
 
 Listing = Annotated[ListingRequest, Depends(listing_request)]
 PreviewListing = Annotated[ListingRequest, Depends(preview_listing_request)]
-Exchange = Annotated[str, Depends(exchange_request)]
+ExchangeParam = Annotated[str, Depends(exchange_request)]
 InstrumentParam = Annotated[Instrument, Depends(instrument_request)]
 Context = Annotated[ApiContext, Depends(context)]

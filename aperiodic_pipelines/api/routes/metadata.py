@@ -5,7 +5,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from aperiodic_pipelines.api.dependencies import Context, Exchange, InstrumentParam
+from aperiodic_pipelines.api.dependencies import Context, ExchangeParam, InstrumentParam
 from aperiodic_pipelines.api.models import CoverageBody, SymbolsBody, error_responses
 from aperiodic_pipelines.api.params import METRICS
 from aperiodic_pipelines.domain.intervals import INTERVALS
@@ -19,7 +19,7 @@ router = APIRouter(prefix="/metadata")
     responses=error_responses(400, 401, 403, 429, 503),
     description="Atlas symbols of the exchange with at least one published file.",
 )
-async def symbols(exchange: Exchange, context: Context) -> JSONResponse:
+async def symbols(exchange: ExchangeParam, context: Context) -> JSONResponse:
     found = await context.symbols(exchange)
     return JSONResponse({"symbols": found, "exchange": exchange, "bucket": METRICS[0]})
 
