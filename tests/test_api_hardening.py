@@ -202,7 +202,7 @@ def test_unreachable_s3_is_503_and_healthz_names_nothing(
         create_bucket(client, "hardening-bucket")
         publish_test_bars(store_from_uri("s3://hardening-bucket/team", s3_client=client), bars)
         env = {"APERIODIC_STORE": "s3://hardening-bucket/team", "APERIODIC_API_KEYS": str(tmp_path / "keys.sqlite"),
-               "AWS_ENDPOINT_URL_S3": endpoint, "APERIODIC_INDEX_REFRESH_SECONDS": "0", "AWS_MAX_ATTEMPTS": "2"}
+               "AWS_ENDPOINT_URL_S3": endpoint, "APERIODIC_INDEX_REFRESH_SECONDS": "0"}
         key = create_key("s3", env)
         with serve(env, log_path=tmp_path / "serve.log") as base:
             live = Live(base, key, tmp_path, tmp_path / "serve.log")

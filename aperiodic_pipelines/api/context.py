@@ -114,7 +114,7 @@ class ApiContext:
         except (StoreError, OSError, ValueError, KeyError, TypeError) as exc:
             # Unreachable S3, a directory we cannot read, a manifest that does not parse: the answer would be
             # wrong or empty, so there is none. The reason (which may name the store) goes to the log only.
-            log.warning("store read failed: %s: %s", type(exc).__name__, exc)
+            log.warning("store read failed: %s: %s", type(exc).__name__, exc, exc_info=not isinstance(exc, StoreError))
             raise store_unavailable() from None
 
     async def months(self, exchange: str, native: str) -> dict[str, PublishedMonth]:
