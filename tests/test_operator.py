@@ -236,11 +236,13 @@ def test_wait_ends_at_its_deadline_and_when_the_run_worker_dies(
             assert run_id in submitter.launched_directly and len(said) == 1
             pid = _run_pid(instance, run_id)
 
+            # A live worker passes the health checks (every HEALTH_CHECK_SECONDS); the wait ends at its deadline.
+            deadline = submission.HEALTH_CHECK_SECONDS + 2
             started = time.monotonic()
-            end = submission.wait_for_runs(instance, [run_id], deadline_seconds=1.0,
+            end = submission.wait_for_runs(instance, [run_id], deadline_seconds=deadline,
                                            launched_directly=submitter.launched_directly)[run_id]
-            assert time.monotonic() - started < 5
-            assert not end.success and "after 1 s, the wait's deadline" in end.gave_up
+            assert deadline <= time.monotonic() - started < deadline + 5
+            assert not end.success and f"still STARTED after {deadline:.0f} s, the wait's deadline" in end.gave_up
 
             # kill -9 of the run's process and of the code server that launched it (its parent, which otherwise
             # notices and fails the run): what a lost machine or an OOM kill of the process tree leaves behind.

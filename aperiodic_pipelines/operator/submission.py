@@ -238,10 +238,13 @@ def wait_for_runs(
                            "in the instance (see the UI)")
             elif check_health and run.status.value == "STARTED":
                 worker = _worker_problem(instance, run, run_id in launched_directly)
-                problem = f"{worker}; run monitoring fails it and run retries re-run it" if worker else None
+                if worker is None:
+                    continue
+                problem = f"{worker}; run monitoring fails it and run retries re-run it"
             elif check_health and run.status.value == "QUEUED" and now - start > QUEUED_ALONE_SECONDS:
-                if not daemon_dequeues(instance):
-                    problem = "queued, but no dagster-daemon is dequeuing runs (start one: dg dev, or dagster-daemon run)"
+                if daemon_dequeues(instance):
+                    continue
+                problem = "queued, but no dagster-daemon is dequeuing runs (start one: dg dev, or dagster-daemon run)"
             else:
                 continue
             done[run_id] = RunEnd(run, problem)
