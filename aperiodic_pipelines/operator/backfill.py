@@ -14,6 +14,7 @@ from aperiodic_pipelines.defs.policies import EXCHANGE_TAG
 from aperiodic_pipelines.domain.exchanges import exchange_of
 from aperiodic_pipelines.operator.instance import (
     DEFAULT_CODE_LOCATION,
+    DEFINITIONS_MODULE,
     LAUNCHED_BY_TAG,
     RunSetupError,
     Say,
@@ -81,9 +82,12 @@ def find_repository(url: str, location: str) -> dict[str, str]:
     data = graphql(url, _REPOSITORIES_QUERY)["repositoriesOrError"]
     if data["__typename"] != "RepositoryConnection":
         raise RunSetupError(f"webserver could not list repositories: {data.get('message')}")
-    for node in data["nodes"]:
-        if node["location"]["name"] == location:
-            return {"repositoryLocationName": location, "repositoryName": node["name"]}
+    # `dagster dev -m aperiodic_pipelines.defs.definitions` (no workspace.yaml) names the location after the module.
+    accepted = (location, DEFINITIONS_MODULE) if location == DEFAULT_CODE_LOCATION else (location,)
+    for name in accepted:
+        for node in data["nodes"]:
+            if node["location"]["name"] == name:
+                return {"repositoryLocationName": name, "repositoryName": node["name"]}
     found = ", ".join(sorted(n["location"]["name"] for n in data["nodes"])) or "none"
     raise RunSetupError(f"code location {location!r} is not loaded in the webserver at {url} (loaded: {found})")
 

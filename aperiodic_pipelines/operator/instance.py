@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
 DEFAULT_CODE_LOCATION = "aperiodic_pipelines"  # location_name in workspace.yaml
+DEFINITIONS_MODULE = "aperiodic_pipelines.defs.definitions"  # the code location, installed or in the source tree
 LAUNCHED_BY_TAG = "aperiodic/launched_by"
 SOURCE_TREE = Path(__file__).resolve().parents[2]  # the checkout, when running from one
 PACKAGED_FILES = ("dagster.yaml",)  # project files installed with the package (pyproject package-data)

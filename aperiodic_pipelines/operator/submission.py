@@ -25,6 +25,7 @@ from aperiodic_pipelines.defs.policies import EXCHANGE_TAG
 from aperiodic_pipelines.domain.exchanges import exchange_of
 from aperiodic_pipelines.operator.instance import (
     DEFAULT_CODE_LOCATION,
+    DEFINITIONS_MODULE,
     RunSetupError,
     Say,
     project_file,
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
     from dagster._core.workspace.context import WorkspaceProcessContext
 
-DEFINITIONS_MODULE = "aperiodic_pipelines.defs.definitions"
 FINISHED = {"SUCCESS", "FAILURE", "CANCELED"}
 POLL_SECONDS = 0.5
 HEALTH_CHECK_SECONDS = 5.0  # how often a STARTED run's worker is asked after
