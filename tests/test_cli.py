@@ -309,6 +309,7 @@ def test_backfill_is_submitted_to_the_webserver(
     )
     out, err = capsys.readouterr()
     assert code == 0, err
+    assert "registered instrument binance-futures BTCUSDT (perpetual-BTC-USDT:USDT) on the webserver's instance" in out
     backfill_id = out.split("backfill ", 1)[1].split(" ", 1)[0]
     assert f"{webserver}/runs/b/{backfill_id}" in out
 

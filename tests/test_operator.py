@@ -261,6 +261,27 @@ def test_wait_ends_at_its_deadline_and_when_the_run_worker_dies(
         instance.dispose()
 
 
+# --- short, useful lines -----------------------------------------------------------------------------------------
+
+
+def test_a_long_list_is_summarised_and_a_given_up_retry_shows_its_cause() -> None:
+    from dagster._utils.error import SerializableErrorInfo
+
+    from aperiodic_pipelines.operator.outcomes import shorten, step_error
+
+    files = ", ".join(f"data/futures/um/daily/aggTrades/BTCUSDT/BTCUSDT-aggTrades-2024-01-{d:02d}.zip" for d in range(1, 32))
+    line = shorten(f"missing days: {files}")
+    assert len(line) <= 400 and line.endswith(" more)") and "BTCUSDT-aggTrades-2024-01-01.zip" in line
+    assert shorten("short\nand plain") == "short and plain"
+
+    cause = SerializableErrorInfo("NotPublishedError: okx-perps BTC-USDT-SWAP 2019-01 is not published", [], "X", None)
+    gave_up = SerializableErrorInfo("Exceeded max_retries of 3\n", [], "RetryRequestedFromPolicy", cause)
+    assert step_error(gave_up) == (
+        "NotPublishedError: okx-perps BTC-USDT-SWAP 2019-01 is not published (gave up: exceeded max_retries of 3)"
+    )
+    assert step_error(cause) == "NotPublishedError: okx-perps BTC-USDT-SWAP 2019-01 is not published"
+
+
 # --- the package's shape -----------------------------------------------------------------------------------------
 
 

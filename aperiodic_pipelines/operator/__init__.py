@@ -8,6 +8,7 @@
 - `submission`: runs created from the code location and submitted to the instance, waited for with a deadline,
   and their failures summarised. The only module that uses Dagster's private API (`dagster._core`,
   `dagster._daemon`: creating a run from a code location has no public call); a test holds that.
+- `outcomes`: what happened in a run, in short lines (the failing step's own error, failed checks, metadata).
 - `backfill`: backfills submitted to a running webserver through its GraphQL API.
 
 Nothing here is imported by the definitions except the coordinator (through `dagster.yaml`).
