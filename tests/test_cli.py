@@ -169,7 +169,10 @@ def test_default_dagster_home_is_created_with_the_project_config(
     assert cli.main(["instruments", "add", "--exchange", "okx-perps", "--symbol", "BTC-USDT-SWAP"]) == 0
     home = tmp_path / ".dagster_home"
     assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
-    assert f"DAGSTER_HOME is not set; using {home}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"DAGSTER_HOME is not set; using {home}" in err
+    # A hint that runs as printed: `dg dev` needs the workspace file (here the source tree's).
+    assert f"See these runs in the UI with: DAGSTER_HOME={home} dg dev -w {REPO_ROOT / 'workspace.yaml'}" in err
     instance = DagsterInstance.from_config(str(home))
     assert instance.get_dynamic_partitions("okx_perps_instruments") == ["BTC-USDT-SWAP"]
     instance.dispose()

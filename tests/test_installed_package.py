@@ -79,12 +79,13 @@ def test_the_installed_package_registers_and_materialises_from_any_directory(
         assert f"added: binance-futures BTCUSDT (perpetual-BTC-USDT:USDT) in binance_futures_instruments, from {MONTH}" \
             in added.stdout
         assert "with the dagster.yaml installed with the package" in added.stderr
+        home = workdir / ".dagster_home"
+        assert f"DAGSTER_HOME={home} dagster dev -m aperiodic_pipelines.defs.definitions" in added.stderr
 
         done = _run([str(installed / "aperiodic-pipelines"), "materialize", "--exchange", "binance-futures",
                      "--symbol", "BTCUSDT", "--month", MONTH, "--log-level", "WARNING"], cwd=workdir, env=env)
         assert f"for binance-futures BTCUSDT {MONTH} succeeded" in done.stdout, done.stderr[-3000:]
 
-    home = workdir / ".dagster_home"
     assert "module: aperiodic_pipelines.operator.coordinator" in (home / "dagster.yaml").read_text()
     store = LocalStore(tmp_path / "store")
     published = set(store.list("flow/"))

@@ -71,11 +71,19 @@ def ensure_dagster_home(warn: Say = quiet) -> Path:
         os.replace(partial, target)  # a concurrent reader sees no file or the whole file
         note = f", with {source or 'the dagster.yaml installed with the package'}"
     os.environ["DAGSTER_HOME"] = str(home)
-    warn(
-        f"DAGSTER_HOME is not set; using {home}{note}. "
-        f"Run `export DAGSTER_HOME={home}` before `dg dev` / `dagster dev` to see these runs in the UI."
-    )
+    warn(f"DAGSTER_HOME is not set; using {home}{note}. See these runs in the UI with: {ui_command(home)}")
     return home
+
+
+def ui_command(home: Path) -> str:
+    """The command that starts the UI and the daemons on `home`, as it runs from the current directory: `dg dev`
+    needs a workspace file (it refuses a directory that is not a dg project); without the source tree the
+    installed module is the code location."""
+    workspace = project_file("workspace.yaml")
+    if workspace is not None:
+        shown = "workspace.yaml" if workspace.parent == Path.cwd() else str(workspace)
+        return f"DAGSTER_HOME={home} dg dev -w {shown}"
+    return f"DAGSTER_HOME={home} dagster dev -m {DEFINITIONS_MODULE}"
 
 
 def get_instance(warn: Say = quiet) -> DagsterInstance:
