@@ -50,7 +50,7 @@ def _listed(exchange: str, symbol: str) -> tuple[Instrument, Listing]:
 def _checked_request(exchange: str, symbol: str, first: str, last: str | None) -> tuple[Instrument, Listing, list[str]]:
     months = month_range(first, last)
     instrument, listing = _listed(exchange, symbol)
-    check_months(instrument, months, listing.first_month)
+    check_months(instrument, months, listing.first_month, last_listed=listing.last_month)
     return instrument, listing, months
 
 

@@ -39,6 +39,9 @@ def _refusals() -> list[tuple[list[str], str]]:
     btc = ["--exchange", "binance-futures", "--symbol", "BTCUSDT"]
     return [
         ([*btc, "--month", "2019-01"], "2019-01 is before binance-futures's archive, which starts 2019-09"),
+        (["--exchange", "binance-futures", "--symbol", "ETHUSDT", "--month", "2020-02", "--to", "2020-03"],
+         "2020-03 is after binance-futures ETHUSDT's last month in the archive, 2020-02 (no monthly file since: "
+         "delisted)"),
         ([*btc, "--month", "2019-10", "--to", "2020-02"],
          "2019-10 is before binance-futures BTCUSDT's first month in the archive, 2019-12"),
         (["--exchange", "okx-perps", "--symbol", "BTC-USDT-SWAP", "--month", "2019-01"],

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from aperiodic_pipelines.domain.exchanges import EXCHANGES_BY_NAME, exchange_of
-from aperiodic_pipelines.domain.months import current_month, last_closed_month, next_month
+from aperiodic_pipelines.domain.months import current_month, last_closed_month, next_month, previous_month
 from aperiodic_pipelines.domain.settings import SourceSettings
 from aperiodic_pipelines.domain.symbols import resolve_symbol, to_atlas
 from aperiodic_pipelines.operator.instance import RunSetupError
@@ -118,11 +118,20 @@ def registered_instruments(instance: DagsterInstance) -> list[RegisteredInstrume
 
 
 def check_months(
-    instrument: Instrument, months: list[str], first_month: str | None = None, *, now: datetime | None = None
+    instrument: Instrument,
+    months: list[str],
+    first_month: str | None = None,
+    *,
+    last_listed: str | None = None,
+    now: datetime | None = None,
 ) -> None:
     """Refuse, in one line, a month range that reaches before the exchange's archive or the instrument's first
-    month, or into the open month or the future. Months are published once closed and archived by the exchange;
-    until daily files exist, the open month cannot be."""
+    month, past the instrument's archive when it has ended, or into the open month or the future. Months are
+    published once closed and archived by the exchange; until daily files exist, the open month cannot be.
+
+    `last_listed` is the instrument's last monthly file in the listing: when it is older than the month before the
+    last closed one, the exchange has stopped archiving the instrument (delisted), and later months are refused.
+    A newer one may just precede a monthly file not yet published (the month's daily files can still build it)."""
     exchange = exchange_of(instrument.exchange)
     first, last = months[0], months[-1]
     if first < exchange.first_month:
@@ -142,4 +151,9 @@ def check_months(
         raise MonthRefusedError(
             f"{last} is the open month: it can be published from {next_month(open_month)}-01 UTC, once it has closed "
             f"and the exchange has archived its last day; the latest month that can be published is {closed}"
+        )
+    if last_listed is not None and last_listed < previous_month(closed) and last > last_listed:
+        raise MonthRefusedError(
+            f"{last} is after {instrument}'s last month in the archive, {last_listed} (no monthly file since: "
+            f"delisted); ask up to {last_listed}"
         )

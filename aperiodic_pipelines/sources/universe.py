@@ -2,8 +2,8 @@
 
 - **binance-futures**: the archive's own S3 listing (`APERIODIC_BINANCE_LISTING_URL`, ListObjects XML, as the
   data.binance.vision page reads it). The instrument's directory under `data/futures/um/monthly/{dataset}/`
-  names its monthly files; the first one is its first month. No directory: the symbol is refused, with the
-  closest names the listing has.
+  names its monthly files; the first one is its first month, the last one its last (an instrument whose files
+  stopped is delisted). No directory: the symbol is refused, with the closest names the listing has.
 - **okx-perps**: OKX's trade archive has no listing (daily files by URL only). A swap id of the form
   `BASE-USDT-SWAP`, `BASE-USDC-SWAP` or `BASE-USD-SWAP` is accepted from the exchange's archive start; a month
   before the instrument's first trade day then fails at download as "not published".
@@ -55,6 +55,7 @@ class Listing:
     native: str
     first_month: str
     basis: str
+    last_month: str | None = None  # the last monthly file, where the listing tells it
 
 
 def find_listing(exchange: str, native: str, settings: SourceSettings) -> Listing:
@@ -103,7 +104,8 @@ def _binance_listing(native: str, settings: SourceSettings) -> Listing:
     if months:
         first = check_month(months[0])
         return Listing("binance-futures", native, first,
-                       f"{settings.binance_listing_url} lists {len(months)} monthly file(s), the first {first}")
+                       f"{settings.binance_listing_url} lists {len(months)} monthly file(s), the first {first}",
+                       last_month=check_month(months[-1]))
     _, symbols = list_bucket(settings.binance_listing_url, prefix)
     names = [p[len(prefix):].rstrip("/") for p in symbols]
     close = difflib.get_close_matches(native, names, n=3, cutoff=0.6)
