@@ -23,8 +23,6 @@ import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 
-import requests
-
 from aperiodic_pipelines.domain.errors import AperiodicError, SymbolError
 from aperiodic_pipelines.domain.exchanges import exchange_of
 from aperiodic_pipelines.domain.months import check_month
@@ -120,6 +118,8 @@ def _binance_listing(native: str, settings: SourceSettings) -> Listing:
 def list_bucket(url: str, prefix: str) -> tuple[list[str], list[str]]:
     """Every key and common prefix (delimiter `/`) under `prefix` of an S3 bucket listing at `url`, page by page
     (ListObjects v1: `marker`, `IsTruncated`, `NextMarker`)."""
+    import requests  # here: a refusal that needs no listing should not pay for importing it
+
     keys: list[str] = []
     prefixes: list[str] = []
     marker = ""
