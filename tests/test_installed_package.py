@@ -13,6 +13,7 @@ the package itself comes only from the wheel.
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -43,7 +44,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A venv with the project installed from its wheel; returns the venv's bin directory."""
     build = tmp_path_factory.mktemp("wheel")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(build), str(REPO)], cwd=build, env=env)
+    # Built from a copy: setuptools writes build/ and *.egg-info into the tree it builds.
+    source = build / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "data", ".dagster_home", "__pycache__", "*.egg-info", ".pytest_cache"))
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(build), str(source)], cwd=build, env=env)
     (wheel,) = build.glob("aperiodic_pipelines-*.whl")
     venv = build / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], cwd=build, env=env)
