@@ -137,7 +137,7 @@ def run_backfill(tree: Path, months: list[str], workdir: Path, mirror_url: str, 
         saved = dict(os.environ)
         os.environ.update(env)  # the CLI helpers resolve symbols and keys from the same environment
         try:
-            from aperiodic_pipelines.runs import graphql, submit_backfill
+            from aperiodic_pipelines.operator.backfill import graphql, submit_backfill
 
             submitted = time.time()
             backfill_id = submit_backfill(url, EXCHANGE, SYMBOL, months)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import polars as pl
 
 from aperiodic_pipelines.api.server import free_port
@@ -16,7 +17,7 @@ from aperiodic_pipelines.flow import compute_flow_bars
 from aperiodic_pipelines.storage import ObjectStore
 from aperiodic_pipelines.storage.index import publish_month_bars
 from aperiodic_pipelines.synthetic import generate_tape
-from tests.servers import http_ok, running_server
+from tests.servers import running_server
 
 REPO = Path(__file__).resolve().parents[1]
 EXCHANGE, SYMBOL, NATIVE = "binance-futures", "perpetual-BTC-USDT:USDT", "BTCUSDT"
@@ -72,14 +73,22 @@ def create_key(name: str, env: dict[str, str]) -> str:
 
 
 @contextmanager
-def serve(env: dict[str, str], *args: str, log_path: Path) -> Iterator[str]:
-    """`aperiodic-pipelines serve` on a free 127.0.0.1 port; yields the base URL once /healthz answers 200."""
+def serve(env: dict[str, str], *args: str, log_path: Path, healthy: bool = True) -> Iterator[str]:
+    """`aperiodic-pipelines serve` on a free 127.0.0.1 port; yields the base URL once /healthz answers 200
+    (with `healthy=False`: once it answers at all, e.g. 503 for a store that is not there)."""
     port = free_port()
     full_env = {**os.environ, **env, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+    def answers() -> bool:
+        try:
+            status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code
+        except httpx.TransportError:
+            return False
+        return status == 200 or not healthy
+
     with running_server(
         [sys.executable, "-m", "aperiodic_pipelines.cli", "serve", "--port", str(port), *args],
-        ready=http_ok(f"http://127.0.0.1:{port}/healthz", timeout_s=1), log_path=log_path, name="serve",
-        env=full_env, timeout_s=60, poll_s=0.1, stop_timeout_s=10,
+        ready=answers, log_path=log_path, name="serve", env=full_env, timeout_s=60, poll_s=0.1, stop_timeout_s=10,
     ):
         yield f"http://127.0.0.1:{port}/api/v1"
 

@@ -220,7 +220,12 @@ def test_client_surfaces_400_and_404(local: Deployment) -> None:
 
 def test_native_symbol_gets_the_atlas_form_in_the_error(local: Deployment) -> None:
     body = local.listing(symbol="BTCUSDT").json()
-    assert any("perpetual-BTC-USDT:USDT" in d for d in body["details"])
+    assert body["error"] == "'BTCUSDT' is a native binance-futures id; the Atlas symbol is perpetual-BTC-USDT:USDT"
+    with pytest.raises(APIError) as raised:  # the client shows `error`, not `details`: the hint must be there
+        get_metrics(local.key, metric="flow", timestamp="exchange", interval="1h", exchange=EXCHANGE,
+                    symbol="BTCUSDT", start_date=date(2024, 1, 1), end_date=date(2024, 1, 2),
+                    base_url=local.base, show_progress=False)
+    assert "the Atlas symbol is perpetual-BTC-USDT:USDT" in str(raised.value)
 
 
 def test_api_paths_are_never_redirected(local: Deployment) -> None:

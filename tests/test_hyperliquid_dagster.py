@@ -33,12 +33,12 @@ from dagster import (
     build_schedule_context,
 )
 
-from aperiodic_pipelines import runs
 from aperiodic_pipelines.defs.definitions import build_code_location, defs
 from aperiodic_pipelines.defs.partitions import flow_partition_key, partitioned_exchange
 from aperiodic_pipelines.defs.venue import FAN_OUT_ALL, FAN_OUT_TAG
 from aperiodic_pipelines.domain.settings import Settings
 from aperiodic_pipelines.mirror.s3 import corrupt_object, create_bucket, make_client, write_hyperliquid_month
+from aperiodic_pipelines.operator import backfill as runs
 from aperiodic_pipelines.sources import hyperliquid
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.hyperliquid import NODE_FILLS_BY_BLOCK, fetch_month, hour_key

@@ -59,9 +59,6 @@ PRODUCTION = {"domain", "trades", "hashing", "sources", "flow", "storage", "api"
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     (f"{PACKAGE}.storage.parquet", f"{PACKAGE}.flow.grid"):
         "FLOW_COLUMNS/NULLABLE_FIELDS are domain.contract's: storage's owner switches the import",
-    (f"{PACKAGE}.runs", "dagster"): "runs.py is being split into aperiodic_pipelines/operator/",
-    (f"{PACKAGE}.runs", "dagster._core"): "runs.py is being split; its private imports go to operator.submission",
-    (f"{PACKAGE}.runs", "dagster._daemon"): "runs.py is being split; its private imports go to operator.submission",
 }
 
 
