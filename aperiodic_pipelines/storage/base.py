@@ -20,6 +20,10 @@ class ObjectNotFoundError(StoreError, FileNotFoundError):
     """A key the store does not hold."""
 
 
+class PreconditionFailedError(StoreError):
+    """A conditional write lost: the object changed (or appeared) since the writer read it."""
+
+
 @dataclass(frozen=True)
 class PublishedObject:
     """What `publish_file` made visible: where, under which key, and the verified size and sha256."""
