@@ -117,6 +117,7 @@ def publish_month_bars(
     bars: Mapping[tuple[str, str], pl.DataFrame],
     sources: Iterable[Mapping[str, object]] = (),
     retain_seconds: float | None = None,
+    lease_seconds: float | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> PublishedMonth:
     """Publish one instrument-month of bars, `{(timestamp, interval): frame}`, as a whole (`storage.publication`).
@@ -128,14 +129,15 @@ def publish_month_bars(
     """
     from aperiodic_pipelines.storage.lineage import publish_sources_lineage
     from aperiodic_pipelines.storage.parquet import bars_metadata, write_parquet_deterministic
-    from aperiodic_pipelines.storage.publication import month_publication
+    from aperiodic_pipelines.storage.publication import LEASE_SECONDS, month_publication
 
     sources = [dict(s) for s in sources]
     publish_sources_lineage(store, sources)
     with (
         tempfile.TemporaryDirectory(prefix="aperiodic-publish-") as tmp,
         month_publication(
-            store, exchange, native_symbol, month, retain_seconds=retain_seconds, on_step=on_step
+            store, exchange, native_symbol, month, retain_seconds=retain_seconds, on_step=on_step,
+            lease_seconds=LEASE_SECONDS if lease_seconds is None else lease_seconds,
         ) as publication,
     ):
         for (timestamp, interval), frame in sorted(bars.items()):

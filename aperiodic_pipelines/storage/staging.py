@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from aperiodic_pipelines.storage.base import ObjectStore, sha256_file
 from aperiodic_pipelines.storage.index import PublishedMonth, index_key, read_published_month
 from aperiodic_pipelines.storage.json_objects import publish_json
 from aperiodic_pipelines.storage.publication import (
+    LEASE_SECONDS,
     MonthPublication,
     PublicationConflictError,
     StepHook,
@@ -48,6 +50,7 @@ __all__ = [
 ]
 
 STAGING_PREFIX = "staging/"
+RESTAGE_WAIT_SECONDS = 60.0  # longest wait for a run restaging a variant to finish its manifest
 
 
 class MissingInputError(AperiodicError):
@@ -101,6 +104,10 @@ def stage_variant(
     return manifest
 
 
+class _StagingChanged(Exception):
+    """A staged file no longer has the sha256 its manifest records: another run is restaging the variant."""
+
+
 def _publish_staged(publication: MonthPublication, manifest: Mapping[str, Any], workdir: Path) -> None:
     if not manifest["checks_passed"]:
         raise MissingInputError(
@@ -113,9 +120,36 @@ def _publish_staged(publication: MonthPublication, manifest: Mapping[str, Any], 
         )
         _size, sha = sha256_file(local)
         if sha != entry["sha256"]:
-            raise MissingInputError(f"staged {entry['staged_key']} changed since its checks ran (sha256 {sha})")
+            raise _StagingChanged(f"staged {entry['staged_key']} changed since its checks ran (sha256 {sha})")
         publication.add_file(manifest["timestamp"], entry["interval"], local, entry["rows"])
         local.unlink()
+
+
+def _publish_variant(publication: MonthPublication, key: str, workdir: Path) -> bytes | None:
+    """Publish one variant exactly as one staged manifest names it; the manifest's bytes (None: nothing staged).
+
+    Another run of the partition may restage the variant meanwhile (staging is not under the lease: the two
+    variants of one run stage in parallel). Its files land before its manifest, so a file that no longer has the
+    manifest's sha256 means a newer manifest is coming: wait for it (bounded) and publish that one whole.
+    """
+    store = publication.store
+    deadline = time.monotonic() + RESTAGE_WAIT_SECONDS
+    last_error = ""
+    while True:
+        staged = store.read_tagged(key)
+        if staged is None:
+            if last_error:  # cleared by the run that just published it
+                raise MissingInputError(f"{last_error}; then its staging was cleared by another run")
+            return None
+        try:
+            _publish_staged(publication, json.loads(staged[0]), workdir)
+            return staged[0]
+        except _StagingChanged as exc:
+            last_error = str(exc)
+        while (current := store.read_tagged(key)) is not None and current[0] == staged[0]:
+            if time.monotonic() > deadline:
+                raise MissingInputError(f"{last_error}, and no newer manifest appeared in {RESTAGE_WAIT_SECONDS:.0f} s")
+            time.sleep(0.2)
 
 
 @dataclass(frozen=True)
@@ -137,6 +171,7 @@ def publish_month(
     month: str,
     timestamps: Sequence[str],
     retain_seconds: float | None = None,
+    lease_seconds: float | None = None,
     on_step: StepHook | None = None,
 ) -> PublishOutcome:
     """Publish the month's staged variants (or re-verify the published ones) as a whole, clear staging.
@@ -148,16 +183,16 @@ def publish_month(
     with (
         tempfile.TemporaryDirectory(prefix="aperiodic-pub-") as tmp,
         month_publication(
-            store, exchange, native_symbol, month, retain_seconds=retain_seconds, on_step=on_step
+            store, exchange, native_symbol, month, retain_seconds=retain_seconds, on_step=on_step,
+            lease_seconds=LEASE_SECONDS if lease_seconds is None else lease_seconds,
         ) as publication,
     ):
         previous = publication.previous
         for timestamp in timestamps:
             key = manifest_key(timestamp, exchange, native_symbol, month)
-            staged = store.read_tagged(key)
+            staged = _publish_variant(publication, key, Path(tmp))
             if staged is not None:
-                used.append((key, staged[0]))
-                _publish_staged(publication, json.loads(staged[0]), Path(tmp))
+                used.append((key, staged))
                 from_staging.append(timestamp)
                 continue
             indexed = [f for f in (previous.files if previous else ()) if f.timestamp == timestamp]
