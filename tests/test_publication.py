@@ -347,3 +347,68 @@ def test_index_readers_keep_working_on_entries_written_before_versions(tmp_path:
         entry = publication.commit(SYMBOL).month
     assert all(is_version_key(f.key) for f in entry.files) and entry.retiring == ()
     assert whole_month(store) == "legacy" and stable_generations(store) == {"legacy"}
+
+
+# --- through the API: `serve` over S3, a real HTTP reader polling while a writer republishes ---------------------
+
+
+def expected_shas(generations: list[str], tmp_path: Path) -> dict[str, tuple[str, str, str]]:
+    """sha256 → (generation, timestamp, interval) of every file the writer publishes (its bytes are deterministic)."""
+    from aperiodic_pipelines.storage import bars_metadata, sha256_file, write_parquet_deterministic
+
+    table = {}
+    for generation in generations:
+        for (timestamp, interval), frame in bars(generation).items():
+            path = tmp_path / "expected.parquet"
+            write_parquet_deterministic(frame, path, metadata=bars_metadata(
+                exchange=EXCHANGE, symbol=SYMBOL, native_symbol=NATIVE, interval=interval, timestamp=timestamp,
+                month=MONTH, row_count=frame.height,
+            ))
+            table[sha256_file(path)[1]] = (generation, timestamp, interval)
+    return table
+
+
+def test_api_reader_polling_during_republication_sees_whole_months_and_true_sha256(
+    s3_bucket: str, tmp_path: Path  # noqa: F811
+) -> None:
+    import httpx
+
+    from tests.api_fixtures import create_key, serve
+
+    store_uri = f"s3://{s3_bucket}/pre"
+    assert run_writer(store_uri, "start")[0] == 0
+    known = expected_shas(["start", *(f"g{n}" for n in range(4))], tmp_path)
+    env = {"APERIODIC_STORE": store_uri, "APERIODIC_API_KEYS": str(tmp_path / "keys.sqlite"),
+           "APERIODIC_INDEX_REFRESH_SECONDS": "0", "APERIODIC_RATE_LIMIT_PER_SECOND": "1000",
+           "APERIODIC_RATE_LIMIT_BURST": "1000"}
+    key = create_key("poller", env)
+    with serve(env, log_path=tmp_path / "serve.log") as base, httpx.Client(timeout=30) as http:
+        headers = {"X-API-KEY": key}
+        writer = Writer(store_uri, "g", "--rounds", "4")
+        writer.release()
+        rounds, generations_seen = 0, set()
+        while writer.proc.poll() is None or rounds < 3:
+            coverage = http.get(f"{base}/metadata/coverage", headers=headers,
+                                params={"exchange": EXCHANGE, "symbol": SYMBOL})
+            assert coverage.status_code == 200, coverage.text
+            coverage = coverage.json()
+            shas = [m["sha256"] for v in coverage["variants"] for m in v["months"]]
+            assert len(shas) == len(TIMESTAMPS) * len(INTERVALS)
+            generations = {known[s][0] for s in shas}  # every sha256 shown is one the writer published
+            assert len(generations) == 1, f"coverage mixes {generations}"
+            generations_seen |= generations
+            for interval in ("1h", "1d"):
+                listing = http.get(f"{base}/data/flow", headers=headers, params={
+                    "timestamp": "exchange", "interval": interval, "exchange": EXCHANGE, "symbol": SYMBOL,
+                    "start_date": "2024-01-01", "end_date": "2024-01-31",
+                })
+                assert listing.status_code == 200, listing.text
+                (file,) = listing.json()["files"]
+                data = http.get(file["url"]).raise_for_status().content
+                sha = hashlib.sha256(data).hexdigest()
+                assert known[sha][1:] == ("exchange", interval)
+                assert f"/{sha}.parquet" in file["url"]  # the URL names immutable bytes: they are what it serves
+            rounds += 1
+        code, _out, err = writer.finish()
+    assert code == 0, err[-3000:]
+    assert len(generations_seen) >= 2 and rounds >= 3, (rounds, generations_seen)

@@ -145,9 +145,10 @@ def _owner() -> dict[str, object]:
 def _describe(owner: object) -> str:
     if not isinstance(owner, dict):
         return "an unknown writer"
-    since = owner.get("since")
-    age = f", {time.time() - since:.0f} s ago" if isinstance(since, int | float) else ""
-    return f"pid {owner.get('pid')} on {owner.get('host')}{age}"
+    since, expires = owner.get("since"), owner.get("expires")
+    age = f", since {time.time() - since:.0f} s" if isinstance(since, int | float) else ""
+    left = f", lease expires in {expires - time.time():.0f} s unless renewed" if isinstance(expires, int | float) else ""
+    return f"pid {owner.get('pid')} on {owner.get('host')}{age}{left}"
 
 
 def _conflict(partition: str, holder: str, where: str) -> PublicationConflictError:
