@@ -224,12 +224,18 @@ def _s3_lease(store: S3Store, partition: str, key: str, lease_seconds: float) ->
 
     def heartbeat() -> None:
         nonlocal tag
+        renewed = time.monotonic()
         while not stop.wait(lease_seconds / 4):
             try:
                 tag = store.put_bytes_if(key, body(), tag=tag, content_type="application/json")
-            except StoreError as exc:  # taken over, or S3 unreachable: either way the commit must not happen
+                renewed = time.monotonic()
+            except PreconditionFailedError as exc:  # taken over: the commit must not happen
                 lease.lost = str(exc)
                 return
+            except StoreError as exc:  # S3 unreachable: try again next beat, unless the lease may have run out
+                if time.monotonic() - renewed > lease_seconds * 0.75:
+                    lease.lost = f"not renewed for {time.monotonic() - renewed:.0f} s ({exc})"
+                    return
 
     thread = threading.Thread(target=heartbeat, name=f"lease {partition}", daemon=True)
     thread.start()
