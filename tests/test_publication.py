@@ -283,7 +283,7 @@ def test_superseded_versions_retire_after_their_urls_expired(
     assert {r.key for r in b.retiring} == {f.key for f in a.files}
     assert all(store.exists(f.key) for f in a.files)  # a URL handed out a moment ago still works
     # An upload no entry names: a fresh one may be a live writer's (kept), an old one a dead writer's (deleted).
-    orphan = f"{month_versions_prefix(EXCHANGE, NATIVE, MONTH)}exchange/1h/{'0' * 64}.parquet"
+    orphan = f"{month_versions_prefix(EXCHANGE, NATIVE, MONTH)}exchange/1h/{'0' * 64}/{MONTH}.parquet"
     store.publish_file(_parquet(tmp_path), orphan)
     time.sleep(1.2)
     c = publish("c", 1.0)
@@ -408,7 +408,7 @@ def test_api_reader_polling_during_republication_sees_whole_months_and_true_sha2
                 data = http.get(file["url"]).raise_for_status().content
                 sha = hashlib.sha256(data).hexdigest()
                 assert known[sha][1:] == ("exchange", interval)
-                assert f"/{sha}.parquet" in file["url"]  # the URL names immutable bytes: they are what it serves
+                assert f"/{sha}/{MONTH}.parquet" in file["url"]  # the URL names immutable bytes: what it serves
             rounds += 1
         code, _out, err = writer.finish()
     assert code == 0, err[-3000:]

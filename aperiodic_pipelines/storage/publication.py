@@ -7,7 +7,7 @@ How (docs/storage.md, "Whole publication"):
    renewed by a heartbeat, taken over only when expired and only with `If-Match` on the expired lease's ETag.
    A second writer fails at once with `PublicationConflictError` naming the partition and the holder.
 2. **Immutable versions.** Each file goes to a content-addressed key,
-   `versions/flow/{exchange}/{native}/{YYYY-MM}/{timestamp}/{interval}/{sha256}.parquet`, written once and never
+   `versions/flow/{exchange}/{native}/{YYYY-MM}/{timestamp}/{interval}/{sha256}/{YYYY-MM}.parquet`, written once and never
    replaced: an object under such a key always has the bytes its name (and the index) says.
 3. **One commit point.** The month's index entry `index/flow/{exchange}/{native}/{YYYY-MM}.json` names the
    version keys and their sha256; it is replaced by one conditional write (S3: `If-Match` on the ETag read at
@@ -43,7 +43,7 @@ from pathlib import Path
 from aperiodic_pipelines.domain.errors import StoreError
 from aperiodic_pipelines.domain.intervals import check_interval, check_timestamp
 from aperiodic_pipelines.domain.layout import _segment, flow_key
-from aperiodic_pipelines.domain.months import check_month
+from aperiodic_pipelines.domain.months import check_day, check_month
 from aperiodic_pipelines.domain.settings import ApiSettings
 from aperiodic_pipelines.storage.base import (
     HASH_CHUNK,
@@ -78,13 +78,22 @@ class PublicationConflictError(StoreError):
     """Another writer holds the partition's lease, or committed the month since this writer read it."""
 
 
-def version_key(exchange: str, native_symbol: str, month: str, timestamp: str, interval: str, sha256: str) -> str:
-    """`versions/flow/{exchange}/{native}/{YYYY-MM}/{timestamp}/{interval}/{sha256}.parquet`: immutable."""
+def version_key(
+    exchange: str, native_symbol: str, month: str, timestamp: str, interval: str, sha256: str, *, day: str | None = None
+) -> str:
+    """`versions/flow/{exchange}/{native}/{YYYY-MM}/{timestamp}/{interval}/{sha256}/{YYYY-MM}.parquet`: immutable.
+
+    The file name is the layout's (`{YYYY-MM}.parquet`, or `{YYYY-MM-DD}.parquet` for a daily file), so readers
+    that tell monthly from daily files by the name (the API's listing) and downloads keep it; the sha256 of the
+    bytes is the directory, so each content has its own key.
+    """
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
+    if day is not None and not check_day(day).startswith(f"{month}-"):
+        raise ValueError(f"day {day!r} is not in month {month!r}")
     return (
         f"{month_versions_prefix(exchange, native_symbol, month)}{check_timestamp(timestamp)}/"
-        f"{check_interval(interval)}/{sha256}.parquet"
+        f"{check_interval(interval)}/{sha256}/{day or month}.parquet"
     )
 
 
