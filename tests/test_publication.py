@@ -350,7 +350,7 @@ def test_index_readers_keep_working_on_entries_written_before_versions(tmp_path:
     assert whole_month(store) == "legacy" and stable_generations(store) == {"legacy"}
 
 
-# --- through the API: `serve` over S3, a real HTTP reader polling while a writer republishes ---------------------
+# --- through the API: `serve`, a real HTTP reader polling while a writer republishes ---------------------
 
 
 def expected_shas(generations: list[str], tmp_path: Path) -> dict[str, tuple[str, str, str]]:
@@ -370,13 +370,12 @@ def expected_shas(generations: list[str], tmp_path: Path) -> dict[str, tuple[str
 
 
 def test_api_reader_polling_during_republication_sees_whole_months_and_true_sha256(
-    s3_bucket: str, tmp_path: Path  # noqa: F811
+    store_uri: str, tmp_path: Path
 ) -> None:
     import httpx
 
     from tests.api_fixtures import create_key, serve
 
-    store_uri = f"s3://{s3_bucket}/pre"
     assert run_writer(store_uri, "start")[0] == 0
     known = expected_shas(["start", *(f"g{n}" for n in range(4))], tmp_path)
     env = {"APERIODIC_STORE": store_uri, "APERIODIC_API_KEYS": str(tmp_path / "keys.sqlite"),
@@ -413,3 +412,4 @@ def test_api_reader_polling_during_republication_sees_whole_months_and_true_sha2
         code, _out, err = writer.finish()
     assert code == 0, err[-3000:]
     assert len(generations_seen) >= 2 and rounds >= 3, (rounds, generations_seen)
+    print(f"API rounds: {rounds} (coverage + 2 listings + 2 downloads each), generations seen: {len(generations_seen)}")
