@@ -102,7 +102,7 @@ def window_inputs(sparse: pl.DataFrame, interval: str, start: int, end: int) -> 
 def interval_bars(
     sparse: pl.DataFrame, interval: str, start: int, end: int, lead: Window
 ) -> tuple[pl.DataFrame, Window]:
-    """Dense bars of one interval over [start, end) s, and the window inputs of its last (up to 20) bars.
+    """Dense bars of one interval over [start, end) s, and the window inputs of its own last (up to 20) bars.
 
     `sparse` holds the interval's non-empty bars (rows outside [start, end) are ignored); `lead` the window
     inputs of the bars before `start`.
@@ -182,9 +182,10 @@ def _dense_bars(
         position = pl.Series(position_array)
         for name in (*_ZERO_WHEN_EMPTY, *_NULL_WHEN_EMPTY):
             columns[name].scatter(position, fields.get_column(name))  # in place
-    scores, tail = _scores(lead, signed_flow, realised_volatility)
+    scores, _ = _scores(lead, signed_flow, realised_volatility)
     columns["flow_toxicity_score"] = pl.Series(scores).fill_nan(None)
-    return pl.DataFrame([columns[name].alias(name) for name in FLOW_COLUMNS]), tail
+    own = (signed_flow[-TOXICITY_WINDOW:].copy(), realised_volatility[-TOXICITY_WINDOW:].copy())
+    return pl.DataFrame([columns[name].alias(name) for name in FLOW_COLUMNS]), own
 
 
 def _grid_bars(
@@ -216,7 +217,9 @@ def _grid_bars(
     del slices
     bars = pl.DataFrame([pl.concat(parts.pop(name)).rechunk() for name in FLOW_COLUMNS])
     # A cast, even to the same dtypes, copies every column of the month: only cast when one differs.
-    return (bars if bars.schema == pl.Schema(FLOW_SCHEMA) else bars.cast(FLOW_SCHEMA)), lead
+    own = min(TOXICITY_WINDOW, (end - start) // width)  # the last bars of the range, not of its lead
+    return (bars if bars.schema == pl.Schema(FLOW_SCHEMA) else bars.cast(FLOW_SCHEMA)), (lead[0][-own:],
+                                                                                          lead[1][-own:])
 
 
 def _densify(sparse: pl.DataFrame, first_bar: int, end: int, width: int) -> pl.DataFrame:
@@ -246,6 +249,13 @@ def _entropy(share: pl.Expr) -> pl.Expr:
     return pl.when(share > 0).then(-share * share.log(2)).otherwise(0.0)
 
 
+def _positive_zero(value: pl.Expr) -> pl.Expr:
+    """`value` with −0.0 made 0.0. A one-sided bar's entropy is −0.0 + 0.0, which polars' lazy engine returned
+    as −0.0 for some rows and 0.0 for others depending on the frame (polars 2.1): a day's table and the month's
+    then differed in the sign bit."""
+    return pl.when(value == 0.0).then(pl.lit(0.0, dtype=pl.Float64)).otherwise(value)
+
+
 def _derive_fields(bars: pl.DataFrame, volatility: pl.Expr) -> pl.DataFrame:
     """The fields of non-empty bars (all but the score) from their summed statistics, plus `_volatility`.
 
@@ -270,7 +280,8 @@ def _derive_fields(bars: pl.DataFrame, volatility: pl.Expr) -> pl.DataFrame:
         (col("_buy_notional") - col("_sell_notional")).alias("volume_delta_notional"),
         # Binary entropy is at most 1 in exact arithmetic; clip the rounding that could push it past.
         pl.when(col("_volume") > 0)
-        .then((_entropy(col("taker_buy_sell_percentage")) + _entropy(col("_sell_share"))).clip(0.0, 1.0))
+        .then(_positive_zero((_entropy(col("taker_buy_sell_percentage")) + _entropy(col("_sell_share")))
+                             .clip(0.0, 1.0)))
         .alias("flow_entropy"),
         _ratio(col("taker_buy_volume"), col("taker_sell_volume")).alias("taker_buy_sell_ratio"),
         _ratio(col("taker_buy_count").cast(pl.Float64), col("taker_sell_count")).alias(
