@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from aperiodic_pipelines.domain.errors import InvalidTradesError
+from aperiodic_pipelines.domain.errors import InvalidBarsError, InvalidTradesError
 from aperiodic_pipelines.domain.months import day_bounds_us, days_of_month, shift_month
 from aperiodic_pipelines.flow import (
     CARRY_SCHEMA,
@@ -23,6 +23,7 @@ from aperiodic_pipelines.flow import (
     compute_day_flow_bars,
     compute_flow_bars,
     month_start_carry,
+    validate_month_bars,
 )
 from aperiodic_pipelines.synthetic import generate_tape
 from aperiodic_pipelines.trades import CANONICAL_SCHEMA, empty_trades
@@ -232,6 +233,8 @@ def test_true_variant_refuses_an_arrival_more_than_a_day_late() -> None:
         (lambda f: f.with_columns(pl.when(pl.col("interval") == "1m").then(1.0).otherwise(pl.col("last_price"))
                                   .alias("last_price")), "several last prices"),
         (lambda f: f.with_columns(pl.lit("2024-02-30").alias("day")), "not a calendar date"),
+        (lambda f: f.with_columns(pl.col("volatility").list.eval(pl.element() * -1.0)), "volatilities >= 0"),
+        (lambda f: f.with_columns(pl.lit(-1.0).alias("last_price")), "not a price"),
     ],
 )
 def test_a_bad_carry_table_is_refused(tamper, message: str) -> None:
@@ -239,3 +242,15 @@ def test_a_bad_carry_table_is_refused(tamper, message: str) -> None:
     frame = month_start_carry(tape["2024-01"], month="2024-02").to_frame()
     with pytest.raises(ValueError, match=message):
         FlowCarry.from_frame(tamper(frame))
+
+
+def test_daily_tables_pass_the_contract_checks_for_their_day() -> None:
+    """`validate_month_bars(..., month=day)` checks a daily table's dense grid: 86,400 rows at 1s … 1 at 1d."""
+    tape = tapes_for(["2024-01", "2024-02"], 800, seed=111, timestamp="exchange")
+    carry = month_start_carry(tape["2024-01"], month="2024-02")
+    result = compute_day_flow_bars(raw_days(tape["2024-02"], "2024-02-01", "exchange"), carry, day="2024-02-01")
+    assert {interval: frame.height for interval, frame in result.bars.items()} == {
+        interval: 86_400 // _seconds(interval) for interval in INTERVALS}
+    validate_month_bars(result.bars, month="2024-02-01")
+    with pytest.raises(InvalidBarsError, match=r"1h: .*must hold 24 bars starting at 2024-02-02 00:00 UTC"):
+        validate_month_bars({"1h": result.bars["1h"]}, month="2024-02-02")

@@ -141,6 +141,9 @@ class FlowCarry:
             prices = {row["last_price"] for row in rows.values()}
             if len(prices) != 1:
                 raise InvalidCarryError(f"carry table for {day}: span {span} has several last prices {prices}")
+            price = next(iter(prices))
+            if price is not None and not (0 < price < np.inf):
+                raise InvalidCarryError(f"carry table for {day}: span {span} last price {price} is not a price")
             windows = {}
             for interval, row in rows.items():
                 flows, volatilities = row["signed_flow"], row["volatility"]
@@ -148,8 +151,12 @@ class FlowCarry:
                         or len(flows) > TOXICITY_WINDOW or None in flows or None in volatilities):
                     raise InvalidCarryError(f"carry table for {day}: span {span} interval {interval}: the window "
                                             f"must be two lists of equal length <= {TOXICITY_WINDOW} without nulls")
-                windows[interval] = (np.array(flows, dtype=np.float64), np.array(volatilities, dtype=np.float64))
-            spans[span] = SpanState(last_price=prices.pop(), windows=windows)
+                window = (np.array(flows, dtype=np.float64), np.array(volatilities, dtype=np.float64))
+                if not (np.isfinite(window[0]).all() and np.isfinite(window[1]).all() and (window[1] >= 0).all()):
+                    raise InvalidCarryError(f"carry table for {day}: span {span} interval {interval}: window values "
+                                            "must be finite, volatilities >= 0")
+                windows[interval] = window
+            spans[span] = SpanState(last_price=price, windows=windows)
         return cls(day=day, timestamp=timestamp, this_month=spans["this_month"], next_month=spans["next_month"])
 
     def equals(self, other: FlowCarry) -> bool:
