@@ -237,7 +237,7 @@ def compute_day_flow_bars(
     next_seed = carry.next_month.last_price
     if timestamp == "exchange":
         _check_range(lazy, "ts_exchange", day_start, day_end, name, "raw day")
-        this_set = next_set = lazy
+        arriving = this_set = next_set = lazy
     else:
         _check_arrivals(lazy, day_start, day_end, name)
         arriving = lazy.filter((pl.col(time_col) >= day_start) & (pl.col(time_col) < day_end))
@@ -252,7 +252,8 @@ def compute_day_flow_bars(
     bars, tails = bars_between(this_seconds, start, end, carry.this_month.windows)
     this_after = carry.this_month.extended(tails, _price_after(this_seconds, carry.this_month.last_price))
 
-    same_trades = timestamp == "exchange" or _same_rows(this_set, next_set)
+    # The spans see the same trades unless some that arrived on d are of raw month m−1 or m+1 (`true` only).
+    same_trades = timestamp == "exchange" or _none_outside_month(arriving, month)
     if same_trades and _same_price(next_seed, carry.this_month.last_price):
         next_seconds, next_tails = this_seconds, tails
     else:
@@ -275,9 +276,10 @@ def _same_price(left: float | None, right: float | None) -> bool:
                                                 and np.float64(left).tobytes() == np.float64(right).tobytes())
 
 
-def _same_rows(left: pl.LazyFrame, right: pl.LazyFrame) -> bool:
-    # Both are the day's arrivals cut to two overlapping raw-month spans: equal when they have as many rows.
-    return left.select(pl.len()).collect().item() == right.select(pl.len()).collect().item()
+def _none_outside_month(trades: pl.LazyFrame, month: str) -> bool:
+    lo, hi = month_bounds_us(month)
+    ts = pl.col("ts_exchange")
+    return trades.select(((ts < lo) | (ts >= hi)).sum()).collect().item() == 0
 
 
 def _price_after(seconds: pl.DataFrame, seed: float | None) -> float | None:
