@@ -95,14 +95,19 @@ def _seconds(interval: str) -> int:
         interval]
 
 
-def with_far_arrivals(tape: pl.DataFrame, seed: int) -> pl.DataFrame:
-    """Arrival times up to 20 h late or 3 h early for 3 % of the trades: arrivals cross days and months (raw
+def with_far_arrivals(tape: pl.DataFrame, seed: int, month: str) -> pl.DataFrame:
+    """Arrival times up to 20 h late or 3 h early for 3 % of the trades, and every trade of the month's first
+    and last two hours arriving in the month before or after: arrivals cross days and months both ways (raw
     m−1 trades arriving in m, raw m+1 trades arriving before it starts), always within a day."""
     rng = np.random.default_rng(seed)
     far = rng.random(tape.height) < 0.03
     shift = rng.integers(-3 * US_PER_HOUR, 20 * US_PER_HOUR, size=tape.height)
-    arrival = tape.get_column("ts_exchange").to_numpy() + np.where(far, shift, 2_000)
-    return tape.with_columns(pl.Series("ts_arrival", arrival, dtype=pl.Int64))
+    exchange = tape.get_column("ts_exchange").to_numpy()
+    start, end = day_bounds_us(f"{month}-01")[0], day_bounds_us(days_of_month(month)[-1])[1]
+    shift = np.where(exchange < start + 2 * US_PER_HOUR, -3 * US_PER_HOUR, np.where(far, shift, 2_000))
+    shift = np.where(exchange >= end - 2 * US_PER_HOUR, 3 * US_PER_HOUR, shift)
+    assert ((exchange + shift < start) | (exchange + shift >= end)).sum() >= 4
+    return tape.with_columns(pl.Series("ts_arrival", exchange + shift, dtype=pl.Int64))
 
 
 def tapes_for(months: list[str], n_trades: int, seed: int, timestamp: str) -> dict[str, pl.DataFrame]:
@@ -110,7 +115,7 @@ def tapes_for(months: list[str], n_trades: int, seed: int, timestamp: str) -> di
     for index, month in enumerate(months):
         tape = generate_tape(month, n_trades, seed=seed + index, start_price=40_000.0 + 500 * index,
                              first_trade_id=1 + index * 10_000_000)
-        tapes[month] = with_far_arrivals(tape, seed + 50 + index) if timestamp == "true" else tape
+        tapes[month] = with_far_arrivals(tape, seed + 50 + index, month) if timestamp == "true" else tape
     return tapes
 
 
@@ -217,7 +222,7 @@ def test_true_variant_refuses_an_arrival_more_than_a_day_late() -> None:
     trades = raw_days(tape["2024-02"], "2024-02-01", "true")
     late = trades.with_columns(
         pl.when(pl.col("trade_id") == trades.get_column("trade_id")[0])
-        .then(pl.col("ts_arrival") + 2 * US_PER_DAY).otherwise(pl.col("ts_arrival")).alias("ts_arrival"))
+        .then(pl.col("ts_arrival") + 3 * US_PER_DAY).otherwise(pl.col("ts_arrival")).alias("ts_arrival"))
     with pytest.raises(InvalidTradesError, match=r"1 trades have ts_arrival outside the days d−1..d\+1"):
         compute_day_flow_bars(late, carry, day="2024-02-01")
     with pytest.raises(ValueError, match=r"needs first_day_trades"):
