@@ -166,8 +166,10 @@ def _dense_bars(
     """
     bars = sparse.get_column("bar")
     lo, hi = bars.search_sorted(start, side="left"), bars.search_sorted(end, side="left")
-    rows = (end - start) // width
-    signed_flow, realised_volatility = np.zeros(rows), np.zeros(rows)
+    rows, lead_in = (end - start) // width, len(lead[0])
+    # Laid out after the lead, so the scores need no concatenated copy (a 1s month: 2 × 21 MB).
+    signed_flow, realised_volatility = np.zeros(lead_in + rows), np.zeros(lead_in + rows)
+    signed_flow[:lead_in], realised_volatility[:lead_in] = lead
     # Preallocated by polars: numpy's fresh (huge-page) allocations cost more CPU than the scatter itself.
     columns: dict[str, pl.Series] = {
         "time": (pl.int_range(start, end, width, dtype=pl.Int64, eager=True) * US_PER_SECOND).cast(TIME_DTYPE),
@@ -177,14 +179,14 @@ def _dense_bars(
     for first in range(lo, hi, SLICE_ROWS):
         fields = _derive_fields(sparse.slice(first, min(SLICE_ROWS, hi - first)), volatility)
         position_array = (fields.get_column("bar").to_numpy() - start) // width
-        signed_flow[position_array] = fields.get_column("volume_delta_notional").to_numpy()
-        realised_volatility[position_array] = fields.get_column("_volatility").to_numpy()
+        signed_flow[lead_in + position_array] = fields.get_column("volume_delta_notional").to_numpy()
+        realised_volatility[lead_in + position_array] = fields.get_column("_volatility").to_numpy()
         position = pl.Series(position_array)
         for name in (*_ZERO_WHEN_EMPTY, *_NULL_WHEN_EMPTY):
             columns[name].scatter(position, fields.get_column(name))  # in place
-    scores, _ = _scores(lead, signed_flow, realised_volatility)
+    scores = toxicity_scores(signed_flow, realised_volatility)[lead_in:]
     columns["flow_toxicity_score"] = pl.Series(scores).fill_nan(None)
-    own = (signed_flow[-TOXICITY_WINDOW:].copy(), realised_volatility[-TOXICITY_WINDOW:].copy())
+    own = (signed_flow[lead_in:][-TOXICITY_WINDOW:].copy(), realised_volatility[lead_in:][-TOXICITY_WINDOW:].copy())
     return pl.DataFrame([columns[name].alias(name) for name in FLOW_COLUMNS]), own
 
 
