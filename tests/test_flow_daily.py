@@ -23,6 +23,7 @@ from aperiodic_pipelines.flow import (
     compute_day_flow_bars,
     compute_flow_bars,
     month_start_carry,
+    raw_days_needed,
     validate_month_bars,
 )
 from aperiodic_pipelines.synthetic import generate_tape
@@ -51,11 +52,17 @@ def assert_same_bits(got: pl.DataFrame, expected: pl.DataFrame, label: str) -> N
 
 
 def raw_days(tape: pl.DataFrame, day: str, timestamp: str) -> pl.DataFrame:
-    """What the source hands the daily step: raw day d (`exchange`), raw days d−1..d+1 (`true`)."""
-    lo, hi = day_bounds_us(day)
-    if timestamp == "true":
-        lo, hi = lo - US_PER_DAY, hi + US_PER_DAY
-    return tape.filter((pl.col("ts_exchange") >= lo) & (pl.col("ts_exchange") < hi))
+    """What the source hands the daily step: the raw days `raw_days_needed` names, concatenated."""
+    return pl.concat([tape.filter(pl.col("ts_exchange").is_between(*day_bounds_us(raw), closed="left"))
+                      for raw in raw_days_needed(day, timestamp)])
+
+
+def test_raw_days_needed() -> None:
+    assert raw_days_needed("2024-02-29", "exchange") == ("2024-02-29",)
+    assert raw_days_needed("2024-02-29", "true") == ("2024-02-28", "2024-02-29", "2024-03-01")
+    assert raw_days_needed("2024-01-01", "true") == ("2023-12-31", "2024-01-01", "2024-01-02")
+    with pytest.raises(ValueError, match="timestamp"):
+        raw_days_needed("2024-01-01", "arrival")
 
 
 def round_trip(carry: FlowCarry, tmp_path) -> FlowCarry:

@@ -9,6 +9,7 @@ from aperiodic_pipelines.flow.daily import (
     SpanState,
     compute_day_flow_bars,
     month_start_carry,
+    raw_days_needed,
 )
 from aperiodic_pipelines.flow.engine import compute_flow_bars
 from aperiodic_pipelines.flow.grid import (
@@ -34,6 +35,7 @@ __all__ = [
     "SpanState",
     "compute_day_flow_bars",
     "month_start_carry",
+    "raw_days_needed",
     "ADDITIVE_FIELDS",
     "FLOW_COLUMNS",
     "FLOW_FIELDS",

@@ -173,6 +173,20 @@ class DayFlowBars:
     carry: FlowCarry
 
 
+def raw_days_needed(day: str, timestamp: str) -> tuple[str, ...]:
+    """The raw (exchange-time) days whose trades `compute_day_flow_bars` needs for `day`: `exchange` day d only,
+    `true` days d−1, d and d+1 (d+1 even on a month's last day: the next month's span sees its early arrivals).
+    A raw day before the instrument's first trade is an empty table; one upstream has not published makes the
+    day wait."""
+    check_day(day)
+    if timestamp not in TIMESTAMPS:
+        raise ValueError(f"timestamp must be one of {TIMESTAMPS}, got {timestamp!r}")
+    if timestamp == "exchange":
+        return (day,)
+    today = date.fromisoformat(day)
+    return tuple((today + timedelta(days=offset)).isoformat() for offset in (-1, 0, 1))
+
+
 def month_start_carry(
     previous: pl.DataFrame | pl.LazyFrame | None,
     *,
