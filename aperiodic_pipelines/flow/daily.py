@@ -246,7 +246,8 @@ def compute_day_flow_bars(
     day_start, day_end = day_bounds_us(day)
     time_col = TIMESTAMP_COLUMN[timestamp]
     name = f"trades of {day}"
-    lazy = _as_lazy(trades, name)
+    # Read once (a day, or three for `true`): the checks and the passes below each scan it.
+    lazy = _as_lazy(trades, name).collect().lazy()
     first_day = day.endswith("-01")
     next_seed = carry.next_month.last_price
     if timestamp == "exchange":
