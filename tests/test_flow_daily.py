@@ -133,6 +133,10 @@ def test_days_of_two_months_chained_equal_the_monthly_tables(timestamp: str, tmp
     tapes = tapes_for(["2024-01", "2024-02", "2024-03"], 2_500, seed=11, timestamp=timestamp)
     carry = check_chain(tapes, ["2024-02", "2024-03"], timestamp, tmp_path)
     assert carry.day == "2024-04-01"
+    # Handed on across the month's end, the carry is the one read afresh from the closed month's trades.
+    fresh = month_start_carry(tapes["2024-03"], month="2024-04", timestamp=timestamp,
+                              first_day_trades=empty_trades())
+    assert carry.equals(fresh)
 
 
 @pytest.mark.parametrize("timestamp", ["exchange", "true"])
