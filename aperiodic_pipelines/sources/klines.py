@@ -20,6 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from aperiodic_pipelines.domain.errors import CorruptArchiveError, NotPublishedError
+from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.sources.base import SourceObject
 from aperiodic_pipelines.sources.canonical import month_bounds_us, ms_or_us_to_us, parse_month
 from aperiodic_pipelines.sources.config import SourceConfig
@@ -55,7 +56,12 @@ def klines_path(native_symbol: str, month: str) -> str:
 
 
 def fetch_klines_month(
-    native_symbol: str, month: str, config: SourceConfig, *, downloader: Downloader | None = None
+    native_symbol: str,
+    month: str,
+    config: SourceConfig,
+    *,
+    downloader: Downloader | None = None,
+    http: HttpSettings | None = None,
 ) -> KlinesMonth | None:
     """The month's 1m klines, verified against their CHECKSUM and cached like the trade archives; None when
     Binance has not published them (the CHECKSUM or the zip answers 404).
@@ -64,7 +70,8 @@ def fetch_klines_month(
     malformed row `CorruptArchiveError` (both name the file; neither is cached).
     """
     parse_month(month)
-    downloader = downloader or Downloader.from_config(config)
+    # The Dagster check passes no `http`: the operator's settings then come from their one owner, domain.settings.
+    downloader = downloader or Downloader.from_config(config, http or HttpSettings.from_env())
     path = klines_path(native_symbol, month)
     url = f"{config.binance_url.rstrip('/')}/{path}"
     filename = path.rsplit("/", 1)[-1]
