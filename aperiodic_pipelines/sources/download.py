@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, NoReturn, TypeVar
 
 import requests
 import urllib3
@@ -349,6 +349,8 @@ class Downloader:
                         f"{self.http.min_bytes_per_second:g} bytes/s"
                     )
         except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+            if time.monotonic() >= deadline:  # the wait was cut short by the deadline
+                raise _OutOfTime(f"the last attempt had received {size} bytes") from None
             raise _Retryable(f"connection broke or stalled after {size} bytes: {type(exc).__name__}: {exc}") from None
         finally:
             if bar is not None:
@@ -385,12 +387,15 @@ class Downloader:
                     raise
                 self._wait(url, deadline, self.retry.wait_seconds(not_found - 1), started, "HTTP 404")
                 continue
-            except _OutOfTime:
-                self._out_of_time(url, started, last_problem or "no complete answer")
+            except _OutOfTime as exc:
+                self._out_of_time(url, started, _problems(str(exc) or "no answer in time", last_problem))
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+                if time.monotonic() >= deadline:
+                    self._out_of_time(url, started, _problems(problem, last_problem))
+                last_problem = problem
             except _Retryable as exc:
                 last_problem = str(exc)
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                last_problem = f"{type(exc).__name__}: {exc}"
             failures += 1
             if failures >= self.retry.attempts:
                 raise DownloadError(
@@ -404,11 +409,15 @@ class Downloader:
             self._out_of_time(url, started, problem)
         time.sleep(seconds)
 
-    def _out_of_time(self, url: str, started: float, problem: str) -> None:
+    def _out_of_time(self, url: str, started: float, problem: str) -> NoReturn:
         raise DownloadError(
             f"GET {url} failed: no complete answer within the deadline of {self.http.deadline_seconds:g} s "
             f"(APERIODIC_HTTP_DEADLINE_SECONDS; {time.monotonic() - started:.1f} s spent): {problem}"
         )
+
+
+def _problems(last: str, before: str) -> str:
+    return f"{last}; before that: {before}" if before else last
 
 
 @contextlib.contextmanager

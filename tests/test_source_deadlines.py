@@ -1,0 +1,136 @@
+# ruff: noqa: F811 - pytest fixtures imported from tests.http_fixtures are redefined as arguments
+"""Deadlines on upstreams (issue 16 item 4): a server that hangs or trickles fails the download, naming the URL,
+within the deadline set through `HttpSettings`. Real servers on 127.0.0.1 (the archive mirror's fault switches)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from aperiodic_pipelines.domain.settings import HttpSettings
+from aperiodic_pipelines.mirror.archives import write_binance_month
+from aperiodic_pipelines.sources import fetch_month
+from aperiodic_pipelines.sources.download import Downloader, DownloadError
+from tests.http_fixtures import archive_mirror, cached_files, mirror_root, source_config, tiny_tape  # noqa: F401
+
+pytestmark = pytest.mark.slow  # starts a web server
+
+BODY = bytes(range(256)) * 64  # 16 KB
+SLACK = 1.5  # seconds: thread start-up and a loaded machine, on top of the deadline
+
+
+def _publish(mirror_root: Path, name: str = "data/file.bin") -> str:
+    path = mirror_root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(BODY)
+    return name
+
+
+def _downloader(config, **settings: float) -> Downloader:
+    http = HttpSettings(**{"backoff_seconds": 0.01, **settings})
+    return Downloader(config.cache_dir, http=http, progress=False)
+
+
+def test_a_hanging_server_fails_within_the_deadline(archive_mirror, mirror_root, source_config) -> None:
+    """Accepts, then says nothing: however many attempts are allowed, the deadline ends the download."""
+    name = _publish(mirror_root)
+    archive_mirror.stall_next(name, times=1000)
+    downloader = _downloader(source_config, attempts=1000, read_timeout_seconds=0.4, deadline_seconds=2.0)
+    url = f"{archive_mirror.url}/{name}"
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=rf"^GET {url} failed: no complete answer within the deadline of 2 s"):
+        downloader.fetch(url, "stalled/file.bin")
+    elapsed = time.monotonic() - started
+    assert 1.9 <= elapsed < 2.0 + SLACK, elapsed
+    assert 3 <= archive_mirror.count(name) <= 6  # one attempt per read timeout, then no more
+    assert cached_files(source_config.cache_dir) == []
+
+
+def test_a_hanging_server_costs_attempts_times_the_read_timeout(archive_mirror, mirror_root, source_config) -> None:
+    """The other bound: with a long deadline, `attempts` silences of `read_timeout_seconds` each."""
+    name = _publish(mirror_root)
+    archive_mirror.stall_next(name, times=3)
+    downloader = _downloader(source_config, attempts=3, read_timeout_seconds=0.3, deadline_seconds=60.0)
+    url = f"{archive_mirror.url}/{name}"
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=rf"^GET {url} failed after 3 attempts in .* s: .*(Timeout|timed out)"):
+        downloader.fetch(url, "stalled/file.bin")
+    assert time.monotonic() - started < 3 * 0.3 + SLACK
+    assert archive_mirror.count(name) == 3
+
+
+def test_a_trickling_server_fails_on_the_minimum_throughput(archive_mirror, mirror_root, source_config) -> None:
+    """One byte every 0.2 s never trips a 1 s read timeout; the throughput floor does, the deadline bounds it all."""
+    name = _publish(mirror_root)
+    archive_mirror.trickle_next(name, times=1000, interval=0.2)
+    downloader = _downloader(
+        source_config, attempts=1000, read_timeout_seconds=1.0, deadline_seconds=3.0, min_bytes_per_second=1024
+    )
+    url = f"{archive_mirror.url}/{name}"
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=rf"^GET {url} failed: .*deadline of 3 s.*too slow: \d+ bytes in"):
+        downloader.fetch(url, "trickled/file.bin")
+    assert time.monotonic() - started < 3.0 + SLACK
+    assert cached_files(source_config.cache_dir) == []
+
+
+def test_a_trickle_without_a_throughput_floor_still_meets_the_deadline(archive_mirror, mirror_root,
+                                                                      source_config) -> None:
+    name = _publish(mirror_root)
+    archive_mirror.trickle_next(name, times=1000, interval=0.2)
+    downloader = _downloader(
+        source_config, attempts=1000, read_timeout_seconds=1.0, deadline_seconds=2.0, min_bytes_per_second=0
+    )
+    url = f"{archive_mirror.url}/{name}"
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=rf"^GET {url} failed: no complete answer within the deadline of 2 s"):
+        downloader.fetch(url, "trickled/file.bin")
+    assert time.monotonic() - started < 2.0 + SLACK
+    assert archive_mirror.count(name) == 1  # one slow attempt took the whole deadline
+
+
+def test_a_healthy_download_passes_under_the_same_settings(archive_mirror, mirror_root, source_config) -> None:
+    name = _publish(mirror_root)
+    downloader = _downloader(
+        source_config, attempts=2, read_timeout_seconds=1.0, deadline_seconds=3.0, min_bytes_per_second=1024
+    )
+    got = downloader.fetch(f"{archive_mirror.url}/{name}", "healthy/file.bin")
+    assert got.path.read_bytes() == BODY
+
+
+def test_an_endless_checksum_answer_is_refused(archive_mirror, mirror_root, source_config) -> None:
+    """A sidecar is ~100 bytes: a huge answer is not read into memory to the end."""
+    name = "data/huge.CHECKSUM"
+    (mirror_root / "data").mkdir(parents=True)
+    (mirror_root / name).write_bytes(b"0" * (3 << 20))
+    downloader = _downloader(source_config)
+    with pytest.raises(DownloadError, match=r"huge\.CHECKSUM: answer larger than 1048576 bytes"):
+        downloader.fetch_text(f"{archive_mirror.url}/{name}")
+
+
+def test_the_registry_passes_http_settings_to_a_month_whose_checksum_hangs(archive_mirror, mirror_root,
+                                                                          source_config, tmp_path) -> None:
+    """Through `sources.fetch_month`: the settings reach the download; the error names the hanging URL."""
+    write_binance_month(mirror_root, "BTCUSDT", "2024-01", tiny_tape())
+    archive_mirror.stall_next("data/futures/um/monthly/aggTrades/BTCUSDT/*.CHECKSUM", times=1000)
+    http = HttpSettings(attempts=1000, backoff_seconds=0.01, read_timeout_seconds=0.3, deadline_seconds=1.5)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match=r"BTCUSDT-aggTrades-2024-01\.zip\.CHECKSUM failed: .*deadline of 1\.5 s"):
+        fetch_month("binance-futures", "BTCUSDT", "2024-01", dest=tmp_path / "out.parquet", config=source_config,
+                    http=http)
+    assert time.monotonic() - started < 1.5 + SLACK
+    archive_mirror.clear_faults()
+    result = fetch_month("binance-futures", "BTCUSDT", "2024-01", dest=tmp_path / "out.parquet",
+                         config=source_config, http=http)
+    assert pl.read_parquet(result.path).height == tiny_tape().height
+
+
+def test_settings_come_from_their_one_owner() -> None:
+    http = HttpSettings.from_env({"APERIODIC_HTTP_DEADLINE_SECONDS": "90", "APERIODIC_HTTP_MIN_BYTES_PER_SECOND": "0",
+                                  "APERIODIC_HTTP_READ_TIMEOUT_SECONDS": "7"})
+    downloader = Downloader(Path("unused"), http=http)
+    assert (downloader.http.deadline_seconds, downloader.http.min_bytes_per_second) == (90.0, 0.0)
+    assert downloader.http.read_timeout_seconds == 7.0 and downloader.retry.attempts == 5
