@@ -5,6 +5,7 @@ within the deadline set through `HttpSettings`. Real servers on 127.0.0.1 (the a
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -13,7 +14,7 @@ import pytest
 from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.mirror.archives import write_binance_month
 from aperiodic_pipelines.sources import fetch_month
-from aperiodic_pipelines.sources.download import Downloader, DownloadError
+from aperiodic_pipelines.sources.download import Downloader, DownloadError, RetryPolicy
 from tests.http_fixtures import archive_mirror, cached_files, mirror_root, source_config, tiny_tape  # noqa: F401
 
 pytestmark = pytest.mark.slow  # starts a web server
@@ -29,9 +30,12 @@ def _publish(mirror_root: Path, name: str = "data/file.bin") -> str:
     return name
 
 
-def _downloader(config, **settings: float) -> Downloader:
+def _downloader(config, *, slow_attempts: int = 1000, **settings: float) -> Downloader:
+    """Stalls and trickles retried (almost) without limit unless `slow_attempts` says otherwise: the deadline
+    alone then ends them."""
     http = HttpSettings(**{"backoff_seconds": 0.01, **settings})
-    return Downloader(config.cache_dir, http=http, progress=False)
+    retry = replace(RetryPolicy.from_settings(http), slow_attempts=slow_attempts)
+    return Downloader(config.cache_dir, http=http, retry=retry, progress=False)
 
 
 def test_a_hanging_server_fails_within_the_deadline(archive_mirror, mirror_root, source_config) -> None:
@@ -49,17 +53,22 @@ def test_a_hanging_server_fails_within_the_deadline(archive_mirror, mirror_root,
     assert cached_files(source_config.cache_dir) == []
 
 
-def test_a_hanging_server_costs_attempts_times_the_read_timeout(archive_mirror, mirror_root, source_config) -> None:
-    """The other bound: with a long deadline, `attempts` silences of `read_timeout_seconds` each."""
+def test_a_hanging_server_costs_slow_attempts_times_the_read_timeout(archive_mirror, mirror_root,
+                                                                    source_config) -> None:
+    """The other bound, with the default policy: `slow_attempts` (2) silences of `read_timeout_seconds` each,
+    however many attempts other failures get and however long the deadline."""
     name = _publish(mirror_root)
-    archive_mirror.stall_next(name, times=3)
-    downloader = _downloader(source_config, attempts=3, read_timeout_seconds=0.3, deadline_seconds=60.0)
+    archive_mirror.stall_next(name, times=5)
+    http = HttpSettings(attempts=5, backoff_seconds=0.01, read_timeout_seconds=0.3, deadline_seconds=60.0)
+    downloader = Downloader(source_config.cache_dir, http=http, progress=False)
+    assert downloader.retry.slow_attempts == 2
     url = f"{archive_mirror.url}/{name}"
     started = time.monotonic()
-    with pytest.raises(DownloadError, match=rf"^GET {url} failed after 3 attempts in .* s: .*(Timeout|timed out)"):
+    with pytest.raises(DownloadError, match=rf"^GET {url} failed: stalled or too slow 2 times in .* s \(read timeout "
+                       r"0\.3 s, .*(Timeout|timed out)"):
         downloader.fetch(url, "stalled/file.bin")
-    assert time.monotonic() - started < 3 * 0.3 + SLACK
-    assert archive_mirror.count(name) == 3
+    assert time.monotonic() - started < 2 * 0.3 + SLACK
+    assert archive_mirror.count(name) == 2
 
 
 def test_a_trickling_server_fails_on_the_minimum_throughput(archive_mirror, mirror_root, source_config) -> None:
@@ -116,12 +125,13 @@ def test_the_registry_passes_http_settings_to_a_month_whose_checksum_hangs(archi
     """Through `sources.fetch_month`: the settings reach the download; the error names the hanging URL."""
     write_binance_month(mirror_root, "BTCUSDT", "2024-01", tiny_tape())
     archive_mirror.stall_next("data/futures/um/monthly/aggTrades/BTCUSDT/*.CHECKSUM", times=1000)
-    http = HttpSettings(attempts=1000, backoff_seconds=0.01, read_timeout_seconds=0.3, deadline_seconds=1.5)
+    http = HttpSettings(attempts=5, backoff_seconds=0.01, read_timeout_seconds=0.3, deadline_seconds=30)
     started = time.monotonic()
-    with pytest.raises(DownloadError, match=r"BTCUSDT-aggTrades-2024-01\.zip\.CHECKSUM failed: .*deadline of 1\.5 s"):
+    with pytest.raises(DownloadError, match=r"BTCUSDT-aggTrades-2024-01\.zip\.CHECKSUM failed: stalled or too slow "
+                       r"2 times .*read timeout 0\.3 s"):
         fetch_month("binance-futures", "BTCUSDT", "2024-01", dest=tmp_path / "out.parquet", config=source_config,
                     http=http)
-    assert time.monotonic() - started < 1.5 + SLACK
+    assert time.monotonic() - started < 2 * 0.3 + SLACK
     archive_mirror.clear_faults()
     result = fetch_month("binance-futures", "BTCUSDT", "2024-01", dest=tmp_path / "out.parquet",
                          config=source_config, http=http)

@@ -48,7 +48,12 @@ class DownloadError(AperiodicError):
 
 
 class _Retryable(Exception):
-    """A transient failure worth another attempt (5xx, reset connection, truncated body, a stall, a trickle)."""
+    """A transient failure worth another attempt (5xx, reset connection, truncated body, a stall, a trickle).
+    `slow`: a stall or a trickle, which gets fewer attempts (a silent server seldom recovers within seconds)."""
+
+    def __init__(self, message: str, *, slow: bool = False) -> None:
+        super().__init__(message)
+        self.slow = slow
 
 
 class _OutOfTime(Exception):
@@ -66,6 +71,9 @@ class RetryPolicy:
     # OKX's CDN answers 404 for a file that appears seconds later: a 404 is asked again this many times in all
     # (same backoff) before the file counts as not published.
     not_found_attempts: int = 3
+    # A stall (no byte for a read timeout) or a trickle (below the minimum throughput) is tried this many times in
+    # all, counted within `attempts`: each costs a read timeout or the throughput grace, and seldom ends sooner.
+    slow_attempts: int = 2
 
     @classmethod
     def from_settings(cls, http: HttpSettings) -> RetryPolicy:
@@ -346,12 +354,14 @@ class Downloader:
                 if elapsed > grace and size < self.http.min_bytes_per_second * elapsed:
                     raise _Retryable(
                         f"too slow: {size} bytes in {elapsed:.1f} s, below the minimum of "
-                        f"{self.http.min_bytes_per_second:g} bytes/s"
+                        f"{self.http.min_bytes_per_second:g} bytes/s", slow=True,
                     )
         except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
             if time.monotonic() >= deadline:  # the wait was cut short by the deadline
                 raise _OutOfTime(f"the last attempt had received {size} bytes") from None
-            raise _Retryable(f"connection broke or stalled after {size} bytes: {type(exc).__name__}: {exc}") from None
+            stalled = isinstance(exc, (urllib3.exceptions.TimeoutError, requests.exceptions.Timeout, TimeoutError))
+            what = "stalled" if stalled else "connection broke"
+            raise _Retryable(f"{what} after {size} bytes: {type(exc).__name__}: {exc}", slow=stalled) from None
         finally:
             if bar is not None:
                 bar.close()
@@ -377,7 +387,7 @@ class Downloader:
         started = time.monotonic()
         deadline = started + self.http.deadline_seconds
         last_problem = ""
-        failures = not_found = 0
+        failures = not_found = slow = 0
         while True:
             try:
                 return attempt(deadline)
@@ -394,9 +404,17 @@ class Downloader:
                 if time.monotonic() >= deadline:
                     self._out_of_time(url, started, _problems(problem, last_problem))
                 last_problem = problem
+                slow += isinstance(exc, requests.exceptions.Timeout)
             except _Retryable as exc:
                 last_problem = str(exc)
+                slow += exc.slow
             failures += 1
+            if slow and slow >= self.retry.slow_attempts:
+                raise DownloadError(
+                    f"GET {url} failed: stalled or too slow {slow} times in {time.monotonic() - started:.1f} s "
+                    f"(read timeout {self.http.read_timeout_seconds:g} s, minimum "
+                    f"{self.http.min_bytes_per_second:g} bytes/s): {last_problem}"
+                )
             if failures >= self.retry.attempts:
                 raise DownloadError(
                     f"GET {url} failed after {self.retry.attempts} attempts in {time.monotonic() - started:.1f} s: "
