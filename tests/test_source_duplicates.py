@@ -112,3 +112,36 @@ def test_the_share_is_documented_and_scales_with_the_month() -> None:
     assert MAX_DUPLICATE_SHARE == 0.001 and ALLOWED_DUPLICATE_ROWS == 100
     assert duplicates_allowed(50_000_000) == 50_000  # a busy Binance month: far above its handful of repeats
     assert duplicates_allowed(10) == 100
+
+
+def test_hyperliquid_repeats_beyond_the_share_block_the_coin_month(tmp_path: Path) -> None:
+    """The same rule for Hyperliquid's exact repeats within one dataset (era overlaps are merged apart)."""
+    from aperiodic_pipelines.sources.base import SourceObject
+    from aperiodic_pipelines.sources.hyperliquid.eras import NODE_FILLS_BY_BLOCK, month_bounds
+    from aperiodic_pipelines.sources.hyperliquid.parse import HOUR_SCHEMA
+    from aperiodic_pipelines.sources.hyperliquid.source import ParsedHour, PreparedMonth, fetch_month
+
+    month = "2025-09"
+    start, end = month_bounds(month)
+    start_us = int(start.timestamp()) * 1_000_000
+    n = 500
+    fills = pl.DataFrame(
+        {"coin": ["BTC"] * n, "ts_exchange": [start_us + i * 1000 for i in range(n)],
+         "ts_arrival": [start_us + i * 1000 + 5 for i in range(n)], "trade_id": list(range(1, n + 1)),
+         "price": [100.0 + i for i in range(n)], "qty": [1.0] * n, "is_buy": [i % 2 == 0 for i in range(n)],
+         "crossed": [True] * n, "hash64": list(range(n)), "side_fp": [None] * n, "line": list(range(1, n + 1))},
+        schema=HOUR_SCHEMA,
+    )
+
+    def prepared_with(repeats: int) -> PreparedMonth:
+        again = pl.concat([fills.head(1)] * repeats).with_columns(line=pl.int_range(n + 1, n + 1 + repeats))
+        path = tmp_path / f"hour-{repeats}.parquet"
+        pl.concat([fills, again]).write_parquet(path)
+        hour = ParsedHour(NODE_FILLS_BY_BLOCK, start, path, SourceObject("s3://b/hourly/0.lz4", 1, "0" * 64), False, 0)
+        return PreparedMonth(month, start, end, hours=[hour])
+
+    ok = fetch_month("BTC", month, dest=tmp_path / "ok.parquet", prepared=prepared_with(ALLOWED_DUPLICATE_ROWS))
+    assert ok.duplicates_dropped == ALLOWED_DUPLICATE_ROWS and ok.trade_count == n
+    with pytest.raises(TooManyDuplicatesError, match=r"^hyperliquid-perps BTC 2025-09: 101 of 601 rows repeat"):
+        fetch_month("BTC", month, dest=tmp_path / "bad.parquet", prepared=prepared_with(ALLOWED_DUPLICATE_ROWS + 1))
+    assert not (tmp_path / "bad.parquet").exists()

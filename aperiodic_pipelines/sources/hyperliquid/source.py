@@ -48,7 +48,7 @@ from aperiodic_pipelines.sources.hyperliquid.parse import (
     PARSER_VERSION,
     parse_object,
 )
-from aperiodic_pipelines.trades import validate_trades
+from aperiodic_pipelines.trades import check_duplicate_share, validate_trades
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +348,9 @@ def _write_coin_month(prepared: PreparedMonth, atlas: str, coin: str, out_path: 
     start_us, end_us = (int(moment.timestamp()) * 1_000_000 for moment in (prepared.start, prepared.end))
     locations = [hour.source.location for hour in prepared.hours]
     trades, counts = assemble_month(_coin_rows(prepared, coin), locations, coin=coin, start_us=start_us, end_us=end_us)
+    # Exact repeats of a record within one dataset (era overlaps are merged and counted apart): a handful at most.
+    check_duplicate_share(counts.duplicates_dropped, trades.height + counts.duplicates_dropped,
+                          name=f"{EXCHANGE} {coin} {prepared.month}")
     trades = validate_trades(trades, name=f"{EXCHANGE} {coin} {prepared.month}")
     _write_parquet_atomically(trades, out_path)
 
