@@ -4,8 +4,11 @@ within the deadline set through `HttpSettings`. Real servers on 127.0.0.1 (the a
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import polars as pl
@@ -144,3 +147,80 @@ def test_settings_come_from_their_one_owner() -> None:
     downloader = Downloader(Path("unused"), http=http)
     assert (downloader.http.deadline_seconds, downloader.http.min_bytes_per_second) == (90.0, 0.0)
     assert downloader.http.read_timeout_seconds == 7.0 and downloader.retry.attempts == 5
+
+
+# --- Hyperliquid's S3 objects: the same deadline and throughput floor ------------------------------------------
+
+
+class _SlowS3(threading.Thread):
+    """An S3 endpoint on 127.0.0.1 whose GET answers the headers of a 16 KB object, then trickles its body one byte
+    every `interval` seconds (HEAD and listing are not needed by `BucketReader._download`)."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(daemon=True)
+        stopping = self.stopping = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(BODY)))
+                self.send_header("ETag", f'"{hashlib.md5(BODY, usedforsecurity=False).hexdigest()}"')
+                self.end_headers()
+                self.close_connection = True
+                try:
+                    for byte in BODY:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        if stopping.wait(interval):
+                            return
+                except OSError:
+                    return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def run(self) -> None:
+        self.server.serve_forever(0.05)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _s3_client(url: str):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s",
+        config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}, read_timeout=5, connect_timeout=2),
+    )
+
+
+@pytest.mark.parametrize(("interval", "floor", "why"), [(0.2, 1024, "too slow"), (2.0, 0, "stalled")])
+def test_a_trickling_or_stalling_s3_object_fails_within_the_deadline(tmp_path: Path, interval: float, floor: int,
+                                                                     why: str) -> None:
+    from aperiodic_pipelines.domain.errors import AperiodicError
+    from aperiodic_pipelines.sources.hyperliquid.bucket import BucketReader
+
+    server = _SlowS3(interval)
+    server.start()
+    try:
+        http = HttpSettings(read_timeout_seconds=0.5, deadline_seconds=3.0, min_bytes_per_second=floor)
+        reader = BucketReader(_s3_client(server.url), "hl-test", tmp_path / "cache", http=http)
+        etag = hashlib.md5(BODY, usedforsecurity=False).hexdigest()
+        started = time.monotonic()
+        with pytest.raises(AperiodicError, match=rf"^could not download s3://hl-test/node/0\.lz4: stalled, too slow or "
+                           rf"out of time after .* s \(deadline 3 s.*{why}"):
+            reader._download("node/0.lz4", etag, len(BODY))
+        assert time.monotonic() - started < 3.0 + SLACK
+        assert not list((tmp_path / "cache").rglob("*.part-*"))
+    finally:
+        server.stop()

@@ -26,7 +26,6 @@ SOURCE_MODULES: dict[str, str] = {
     "okx-perps": "okx",
     "hyperliquid-perps": "hyperliquid",
 }
-HTTP_SOURCES = frozenset({"binance-futures", "okx-perps"})  # downloaded over HTTP: they take `http=` settings
 
 FetchMonth = Callable[..., Any]
 
@@ -72,9 +71,8 @@ def fetch_month(
             symbol, month, dest=Path(dest), config=config, http=http or HttpSettings.from_env(), exchange=exchange,
             **kwargs,
         )
-    if exchange in HTTP_SOURCES:
-        kwargs["http"] = http or HttpSettings.from_env()
-    return source_fetch_month(exchange)(symbol, month, dest=Path(dest), config=config, **kwargs)
+    http = http or HttpSettings.from_env()
+    return source_fetch_month(exchange)(symbol, month, dest=Path(dest), config=config, http=http, **kwargs)
 
 
-__all__ = ["EXCHANGES", "HTTP_SOURCES", "SOURCE_MODULES", "fetch_month", "source_fetch_month"]
+__all__ = ["EXCHANGES", "SOURCE_MODULES", "fetch_month", "source_fetch_month"]

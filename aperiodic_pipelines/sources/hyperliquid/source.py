@@ -29,6 +29,7 @@ from typing import Any
 import polars as pl
 
 from aperiodic_pipelines.domain.errors import AperiodicError, CorruptArchiveError, NotPublishedError
+from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.domain.symbols import resolve_symbol
 from aperiodic_pipelines.sources.base import SourceObject, SourceResult
 from aperiodic_pipelines.sources.config import SourceConfig
@@ -131,6 +132,7 @@ def prepare_month(
     config: SourceConfig,
     s3_client: Any | None = None,
     max_workers: int = DEFAULT_WORKERS,
+    http: HttpSettings | None = None,
 ) -> PreparedMonth:
     """Download (or find in the cache) and parse every hourly object `month` needs, once for all coins.
 
@@ -138,12 +140,15 @@ def prepare_month(
     only their rows of the parsed hours. A missing hour is a `NotPublishedError` naming its `s3://` URI, found from
     the day listings before anything is downloaded; a damaged object is a `CorruptArchiveError` and is not cached.
     On success the month's manifest is (re)written; on failure it is removed, so no step builds from a stale one.
+    `http` sets each object's download deadline and minimum throughput; the Dagster asset passes none, and the
+    operator's settings then come from their one owner, `domain.settings`.
     """
     started = time.perf_counter()
+    http = http or HttpSettings.from_env()
     start, end = month_bounds(month)
     bucket, prefix = parse_s3_url(config.hyperliquid_url)
-    client = s3_client if s3_client is not None else make_s3_client(max_workers=max_workers)
-    reader = BucketReader(client, bucket, Path(config.cache_dir) / "hyperliquid" / bucket)
+    client = s3_client if s3_client is not None else make_s3_client(max_workers=max_workers, http=http)
+    reader = BucketReader(client, bucket, Path(config.cache_dir) / "hyperliquid" / bucket, http=http)
     manifest = _manifest_path(reader, prefix, month)
     manifest.unlink(missing_ok=True)
     wanted = month_objects(start, end, prefix=prefix)
@@ -199,6 +204,7 @@ def fetch_month(
     s3_client: Any | None = None,
     max_workers: int = DEFAULT_WORKERS,
     prepared: PreparedMonth | None = None,
+    http: HttpSettings | None = None,
 ) -> SourceResult:
     """Canonical trades of one Hyperliquid perpetual for one month, written as parquet to `dest`.
 
@@ -212,7 +218,7 @@ def fetch_month(
     if prepared is None:
         if config is None:
             raise ValueError(f"{EXCHANGE} {month}: pass `config` (SourceSettings) or an already `prepared` month")
-        prepared = prepare_month(month, config=config, s3_client=s3_client, max_workers=max_workers)
+        prepared = prepare_month(month, config=config, s3_client=s3_client, max_workers=max_workers, http=http)
     elif prepared.month != month:
         raise AperiodicError(f"prepared month {prepared.month} given for {month}")
     return _write_coin_month(prepared, atlas, coin, _output_path(Path(dest), month))
@@ -226,12 +232,13 @@ def fetch_months(
     config: SourceConfig | None = None,
     s3_client: Any | None = None,
     max_workers: int = DEFAULT_WORKERS,
+    http: HttpSettings | None = None,
 ) -> dict[str, SourceResult]:
     """Several coins' months from one pass over the month's objects: `{dest}/{coin}/{month}.parquet` each."""
     resolved = [resolve_symbol(EXCHANGE, symbol) for symbol in symbols]  # refuse bad symbols before any I/O
     if config is None:
         raise ValueError(f"{EXCHANGE} {month}: pass `config` (SourceSettings)")
-    prepared = prepare_month(month, config=config, s3_client=s3_client, max_workers=max_workers)
+    prepared = prepare_month(month, config=config, s3_client=s3_client, max_workers=max_workers, http=http)
     return {
         symbol: _write_coin_month(prepared, atlas, coin, Path(dest) / coin / f"{month}.parquet")
         for symbol, (atlas, coin) in zip(symbols, resolved, strict=True)
