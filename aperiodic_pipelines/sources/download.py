@@ -340,10 +340,13 @@ class Downloader:
         try:
             while True:
                 self._set_socket_timeout(raw, self._timeout(url, deadline))
-                chunk = raw.read1(CHUNK_BYTES, decode_content=True)
+                try:
+                    chunk = raw.read1(CHUNK_BYTES, decode_content=True)
+                except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+                    raise self._read_failure(exc, size, deadline) from None
                 if not chunk:
                     break
-                sink.write(chunk)
+                sink.write(chunk)  # a local write error (disk full) is not a transfer failure: never retried
                 digest.update(chunk)
                 size += len(chunk)
                 if bar is not None:
@@ -356,16 +359,18 @@ class Downloader:
                         f"too slow: {size} bytes in {elapsed:.1f} s, below the minimum of "
                         f"{self.http.min_bytes_per_second:g} bytes/s", slow=True,
                     )
-        except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
-            if time.monotonic() >= deadline:  # the wait was cut short by the deadline
-                raise _OutOfTime(f"the last attempt had received {size} bytes") from None
-            stalled = isinstance(exc, (urllib3.exceptions.TimeoutError, requests.exceptions.Timeout, TimeoutError))
-            what = "stalled" if stalled else "connection broke"
-            raise _Retryable(f"{what} after {size} bytes: {type(exc).__name__}: {exc}", slow=stalled) from None
         finally:
             if bar is not None:
                 bar.close()
         return size, digest.hexdigest()
+
+    @staticmethod
+    def _read_failure(exc: Exception, size: int, deadline: float) -> Exception:
+        if time.monotonic() >= deadline:  # the wait was cut short by the deadline
+            return _OutOfTime(f"the last attempt had received {size} bytes")
+        stalled = isinstance(exc, (urllib3.exceptions.TimeoutError, requests.exceptions.Timeout, TimeoutError))
+        what = "stalled" if stalled else "connection broke"
+        return _Retryable(f"{what} after {size} bytes: {type(exc).__name__}: {exc}", slow=stalled)
 
     @staticmethod
     def _set_socket_timeout(raw: urllib3.response.BaseHTTPResponse, seconds: float) -> None:
