@@ -24,6 +24,8 @@ from aperiodic_pipelines.domain.errors import CorruptArchiveError
 from aperiodic_pipelines.sources.archive_stream import first_line, iter_blocks, zip_csv
 from aperiodic_pipelines.sources.limits import CSV_LIMITS, NDJSON_LIMITS, ReadLimits
 
+pytestmark = pytest.mark.slow  # each read runs in a child process that imports polars
+
 REPO = Path(__file__).resolve().parents[1]
 HEADROOM_KB = 256 * 1024  # issue 16: peak ≤ the normal peak + 256 MB
 SECONDS = 20.0  # each hostile read; they take well under a second when the ceilings hold
