@@ -224,3 +224,44 @@ def test_a_trickling_or_stalling_s3_object_fails_within_the_deadline(tmp_path: P
         assert not list((tmp_path / "cache").rglob("*.part-*"))
     finally:
         server.stop()
+
+
+def test_a_server_trickling_its_headers_fails_within_the_deadline(tmp_path: Path) -> None:
+    """Status line and headers a byte at a time: no single read times out, the deadline's watchdog ends it."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                listener.settimeout(0.1)
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.recv(65536)
+                try:
+                    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"z" * 100_000:
+                        conn.sendall(bytes([byte]))
+                        if stop.wait(0.1):
+                            return
+                except OSError:
+                    continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/slow-headers.bin"
+        http = HttpSettings(attempts=1000, backoff_seconds=0.01, read_timeout_seconds=1.0, deadline_seconds=2.0)
+        downloader = Downloader(tmp_path, http=http, retry=replace(RetryPolicy.from_settings(http), slow_attempts=1000),
+                                progress=False)
+        started = time.monotonic()
+        with pytest.raises(DownloadError, match=rf"^GET {url} failed: no complete answer within the deadline of 2 s"):
+            downloader.fetch(url, "slow-headers.bin")
+        assert 1.9 <= time.monotonic() - started < 2.0 + SLACK
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()

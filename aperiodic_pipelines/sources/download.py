@@ -16,8 +16,10 @@ import io
 import json
 import os
 import random
+import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -26,6 +28,9 @@ from typing import BinaryIO, NoReturn, TypeVar
 
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from aperiodic_pipelines.domain.errors import (
     AperiodicError,
@@ -58,6 +63,85 @@ class _Retryable(Exception):
 
 class _OutOfTime(Exception):
     """The download's total deadline has passed: no further attempt."""
+
+
+# --- the deadline watchdog -------------------------------------------------------------------------------------
+# Socket timeouts bound each wait, not a sum of them: a server sending its status line and headers a byte at a time
+# would never time out. A timer shuts the sockets of the attempt in flight down at the deadline, which ends any
+# blocked read at once; the connections record their socket with the watchdog of the thread that uses them.
+
+_watched = threading.local()
+
+
+class _Watchdog:
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.sockets: list[socket.socket] = []
+        self.fired = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()) + 0.01, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        self._outer = getattr(_watched, "dog", None)
+        _watched.dog = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+        _watched.dog = self._outer
+
+    def arm(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self.sockets.append(sock)
+            fired = self.fired
+        if fired:
+            _shut(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            sockets = list(self.sockets)
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def getresponse(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        dog = getattr(_watched, "dog", None)
+        if dog is not None:
+            dog.arm(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def getresponse(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        dog = getattr(_watched, "dog", None)
+        if dog is not None:
+            dog.arm(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
 
 @dataclass(frozen=True)
@@ -140,6 +224,8 @@ class Downloader:
         self.http = http or HttpSettings()
         self.retry = retry or RetryPolicy.from_settings(self.http)
         self.session = session or requests.Session()
+        for scheme in ("http://", "https://"):  # every connection of this session answers to the deadline watchdog
+            self.session.mount(scheme, _WatchedAdapter())
         self.progress = sys.stderr.isatty() if progress is None else progress
 
     @classmethod
@@ -395,7 +481,8 @@ class Downloader:
         failures = not_found = slow = 0
         while True:
             try:
-                return attempt(deadline)
+                with _Watchdog(deadline):
+                    return attempt(deadline)
             except NotPublishedError:
                 not_found += 1
                 if not_found >= self.retry.not_found_attempts:
