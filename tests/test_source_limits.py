@@ -263,3 +263,17 @@ def test_ceilings_are_far_above_real_archives() -> None:
     real_row = len(b"3342233401,42283.80,0.004,4506512000,4506512001,1704067200098,false\n")
     assert CSV_LIMITS.max_line_bytes > 1000 * real_row
     CSV_LIMITS.check_growth("a 2 GB zip inflating 20:1", 40 << 30, 2 << 30)  # a big real month passes
+
+
+def test_a_klines_zip_is_read_whole_only_below_its_ceiling(tmp_path: Path) -> None:
+    """Klines are read into memory whole (~5 MB a month): their ceiling is 64 MiB, checked before inflating."""
+    from aperiodic_pipelines.sources.klines import KLINES_LIMITS, read_klines_zip
+
+    assert KLINES_LIMITS.max_member_bytes == 64 << 20
+    digits = np.random.default_rng(3).integers(ord("0"), ord("9") + 1, 65 << 20, dtype=np.uint8).tobytes()
+    path = tmp_path / "BTCUSDT-1m-2024-01.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        archive.writestr("BTCUSDT-1m-2024-01.csv", digits)
+    with pytest.raises(CorruptArchiveError, match=r"^BTCUSDT-1m-2024-01\.zip: member .* declares 65 MiB uncompressed, "
+                       r"above the ceiling of 64 MiB"):
+        read_klines_zip(path, "2024-01", name=path.name)

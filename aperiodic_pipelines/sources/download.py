@@ -40,6 +40,7 @@ from aperiodic_pipelines.domain.errors import (
 )
 from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.sources.config import SourceConfig
+from aperiodic_pipelines.sources.limits import CSV_LIMITS, ReadLimits
 
 _T = TypeVar("_T")
 CHUNK_BYTES = 1 << 20
@@ -193,12 +194,12 @@ def parse_checksum_sidecar(text: str, *, filename: str, url: str) -> str:
     raise CorruptArchiveError(f"checksum file {url} has no sha256 line for {filename}: {text[:200]!r}")
 
 
-def check_zip(path: Path, *, name: str) -> None:
+def check_zip(path: Path, *, name: str, limits: ReadLimits | None = None) -> None:
     """Raise `CorruptArchiveError` naming `name` unless `path` is a readable one-member zip whose member inflates
-    within the readers' ceilings (`sources/limits.py`) and passes its CRC (streamed: bounded memory)."""
+    within `limits` (default `CSV_LIMITS`, `sources/limits.py`) and passes its CRC (streamed: bounded memory)."""
     from aperiodic_pipelines.sources.archive_stream import zip_csv
 
-    for _piece in zip_csv(path, name=name).chunks():
+    for _piece in zip_csv(path, name=name, limits=limits or CSV_LIMITS).chunks():
         pass
 
 
