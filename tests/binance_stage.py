@@ -25,7 +25,8 @@ from aperiodic_pipelines.domain.exchanges import EXCHANGES_BY_NAME
 from aperiodic_pipelines.flow import FLOW_SCHEMA, INTERVALS, bars_in_month
 from aperiodic_pipelines.mirror.http import ArchiveMirror
 from aperiodic_pipelines.storage import ObjectStore, flow_key, raw_key, read_parquet_metadata, seconds_key
-from aperiodic_pipelines.storage.index import index_key
+from aperiodic_pipelines.storage.index import index_key, read_published_month
+from aperiodic_pipelines.storage.publication import version_key
 from aperiodic_pipelines.synthetic import generate_tape
 
 EXCHANGE = "binance-futures"
@@ -101,13 +102,21 @@ def run_month(instance: DagsterInstance, resources: dict, month: str, assets=ASS
     )
 
 
-def expected_keys(months: tuple[str, ...] = MONTHS) -> list[str]:
+def expected_keys(store: ObjectStore, months: tuple[str, ...] = MONTHS) -> list[str]:
     keys = []
     for month in months:
         keys += [raw_key(EXCHANGE, NATIVE, month), raw_sources_key(EXCHANGE, NATIVE, month)]  # no staging left
         keys.append(seconds_key("exchange", EXCHANGE, NATIVE, month))
         keys += [flow_key("exchange", EXCHANGE, interval, NATIVE, month) for interval in INTERVALS]
         keys.append(index_key(EXCHANGE, NATIVE, month))
+        # The immutable versions the index names (storage.publication): one per interval, each under its sha256.
+        published = read_published_month(store, EXCHANGE, NATIVE, month)
+        assert published is not None and len(published.files) == len(INTERVALS)
+        for f in published.files:
+            assert f.key == version_key(EXCHANGE, NATIVE, month, "exchange", f.interval, f.sha256)
+            assert hashlib.sha256(store.read_bytes(f.key)).hexdigest() == f.sha256
+            assert store.read_bytes(f.key) == store.read_bytes(flow_key("exchange", EXCHANGE, f.interval, NATIVE, month))
+            keys.append(f.key)
     return sorted(keys)
 
 
@@ -126,7 +135,7 @@ def materialization_metadata(result, asset: str, prefix: str = PREFIX) -> dict:
 
 def assert_published_months(store: ObjectStore, trade_counts: dict, months: tuple[str, ...] = MONTHS) -> None:
     """Exactly the expected objects; every flow file has the spec schema, a dense grid and spec §4 metadata."""
-    assert store.list("") == expected_keys(months)
+    assert store.list("") == expected_keys(store, months)
     for month in months:
         source_sets = []
         for interval in INTERVALS:

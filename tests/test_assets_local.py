@@ -16,7 +16,7 @@ from aperiodic_pipelines.defs.metadata import FLOW_COLUMN_DESCRIPTIONS
 from aperiodic_pipelines.defs.raw import raw_sources_key
 from aperiodic_pipelines.flow import FLOW_SCHEMA, INTERVALS, bars_in_month
 from aperiodic_pipelines.storage import flow_key, raw_key, seconds_key
-from aperiodic_pipelines.storage.index import index_key
+from aperiodic_pipelines.storage.index import index_key, read_published_month
 from tests.binance_stage import (
     ASSETS,
     EXCHANGE,
@@ -111,10 +111,45 @@ def test_two_months_published_with_metadata_and_rerun_is_byte_identical(stage: S
     again = run_month(instance, stage.resources(), "2024-02", assets=[published_asset])
     assert materialization_metadata(again, "published_flow_bars")["published_now"] == "none (re-verified)"
     assert digests(store) == before
+    # ... repairs a stable layout key that no longer holds its version's bytes (written in place, unlinked) ...
+    stable = flow_key("exchange", EXCHANGE, "1h", NATIVE, "2024-02")
+    store.path(stable).unlink()
+    store.path(stable).write_bytes(store.read_bytes(flow_key("exchange", EXCHANGE, "1h", NATIVE, "2024-01")))
+    run_month(instance, stage.resources(), "2024-02", assets=[published_asset])
+    assert digests(store) == before
     # ... and refuses when a published object no longer matches the index, naming it.
-    damaged = flow_key("exchange", EXCHANGE, "1h", NATIVE, "2024-02")
+    (entry,) = [f for f in read_published_month(store, EXCHANGE, NATIVE, "2024-02").files if f.interval == "1h"]
+    damaged = entry.key
+    store.path(damaged).unlink()  # the stable key is a hard link to it: damage the version alone
     store.path(damaged).write_bytes(store.read_bytes(flow_key("exchange", EXCHANGE, "1h", NATIVE, "2024-01")))
     failed = run_month(instance, stage.resources(), "2024-02", assets=[published_asset], raise_on_error=False)
     assert not failed.success
     (failure,) = [e for e in failed.all_events if e.is_step_failure]
     assert f"{damaged} does not match the index" in failure.step_failure_data.error.message
+
+
+def test_a_run_that_loses_the_partition_fails_clearly_and_records_nothing(stage: Stage) -> None:
+    """Another writer holds the month's publication lease (here: this test process, as a concurrent run would):
+    the run's publishing step fails at once, not retried, naming the partition; no materialization of the
+    published asset is recorded and the index is untouched. The staged bars stay, and publish once it is free."""
+    from aperiodic_pipelines.storage.publication import partition_lease
+
+    instance = new_instance()
+    store = stage.store()
+    with partition_lease(store, EXCHANGE, NATIVE, "2024-01"):
+        failed = run_month(instance, stage.resources(), "2024-01", raise_on_error=False)
+    assert not failed.success
+    (failure,) = [e for e in failed.all_events if e.is_step_failure]
+    assert failure.step_key == f"{PREFIX}__published_flow_bars"
+    message = failure.step_failure_data.error.message
+    assert f"PublicationConflictError: {EXCHANGE} {NATIVE} 2024-01 is being published by another writer" in message
+    assert not [e for e in failed.all_events if e.event_type_value in ("STEP_UP_FOR_RETRY", "STEP_RESTARTED")]
+    assert [e.asset_key for e in failed.get_asset_materialization_events()
+            if e.asset_key == AssetKey([PREFIX, "published_flow_bars"])] == []
+    assert read_published_month(store, EXCHANGE, NATIVE, "2024-01") is None
+    assert store.list("flow/") == []
+
+    (published_asset,) = [a for a in ASSETS if a.key == AssetKey([PREFIX, "published_flow_bars"])]
+    again = run_month(instance, stage.resources(), "2024-01", assets=[published_asset])
+    assert materialization_metadata(again, "published_flow_bars")["published_now"] == "exchange"
+    assert len(read_published_month(store, EXCHANGE, NATIVE, "2024-01").files) == len(INTERVALS)

@@ -78,7 +78,7 @@ def bucket(moto_endpoint: str) -> Any:  # noqa: F811
 def counted(monkeypatch: pytest.MonkeyPatch) -> Counter:
     """How many objects were downloaded and parsed (the real functions run; they are only counted)."""
     counts: Counter = Counter()
-    parse, download = hyperliquid.parse_object, BucketReader._download
+    parse, download = hyperliquid.source.parse_object, BucketReader._download
 
     def counting_parse(*args: Any, **kwargs: Any) -> Any:
         counts["parses"] += 1
@@ -88,7 +88,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> Counter:
         counts["downloads"] += 1
         return download(self, *args, **kwargs)
 
-    monkeypatch.setattr(hyperliquid, "parse_object", counting_parse)
+    monkeypatch.setattr(hyperliquid.source, "parse_object", counting_parse)
     monkeypatch.setattr(BucketReader, "_download", counting_download)
     return counts
 

@@ -60,7 +60,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("APERIODIC_HTTP_BACKOFF", "1.0", "seconds before the first retry (doubling)"),
     Variable("APERIODIC_HTTP_404_ATTEMPTS", "3", "attempts for a 404 of an object the exchange is expected to publish"),
     Variable("APERIODIC_HTTP_READ_TIMEOUT_SECONDS", "60", "longest silence on a connection"),
-    Variable("APERIODIC_HTTP_DEADLINE_SECONDS", "1800", "total time one download (one attempt) may take"),
+    Variable("APERIODIC_HTTP_DEADLINE_SECONDS", "1800", "total time one download may take, its retries and waits included"),
     Variable("APERIODIC_HTTP_MIN_BYTES_PER_SECOND", "65536", "slowest transfer tolerated, averaged after the first 30 s"),
     Variable("APERIODIC_API_KEYS", ".aperiodic/api-keys.sqlite", "the API's key database (keys are stored hashed)"),
     Variable("APERIODIC_URL_TTL_SECONDS", "300", "lifetime of a file URL the API hands out"),

@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 
 from aperiodic_pipelines.domain.errors import CorruptArchiveError, NotPublishedError
+from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.domain.symbols import to_native
 from aperiodic_pipelines.sources.archive_stream import check_zip_structure, first_line, lazy_csv, zip_csv
 from aperiodic_pipelines.sources.base import SourceObject, SourceResult
@@ -68,6 +69,7 @@ def fetch_month(
     dest: Path,
     config: SourceConfig,
     downloader: Downloader | None = None,
+    http: HttpSettings | None = None,
 ) -> SourceResult:
     """Download (or reuse from cache), verify and convert one month of binance-futures trades to `dest`."""
     parse_month(month)
@@ -75,7 +77,7 @@ def fetch_month(
     dataset = config.binance_dataset
     if dataset not in DATASETS:
         raise ValueError(f"binance dataset must be one of {DATASETS}, got {dataset!r}")
-    downloader = downloader or Downloader.from_config(config)
+    downloader = downloader or Downloader.from_config(config, http)
     base = config.binance_url.rstrip("/")
 
     missing_days: list[str] = []

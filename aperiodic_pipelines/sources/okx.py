@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from aperiodic_pipelines.domain.errors import ContractValueError, CorruptArchiveError, SymbolError
+from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.domain.symbols import to_native
 from aperiodic_pipelines.sources.archive_stream import check_zip_structure, first_line, lazy_csv, zip_csv
 from aperiodic_pipelines.sources.base import SourceObject, SourceResult
@@ -222,6 +223,7 @@ def fetch_month(
     dest: Path,
     config: SourceConfig,
     downloader: Downloader | None = None,
+    http: HttpSettings | None = None,
 ) -> SourceResult:
     """Download (or reuse from cache) and convert one UTC month of okx-perps trades to `dest`."""
     parse_month(month)
@@ -229,7 +231,7 @@ def fetch_month(
     start_us, end_us = month_bounds_us(month)
     check_contract_coverage(instid, start_us, end_us)  # before downloading anything
     dates = file_dates(month)
-    downloader = downloader or Downloader.from_config(config)
+    downloader = downloader or Downloader.from_config(config, http)
     base = config.okx_url.rstrip("/")
 
     def fetch_day(client: Downloader, day: str) -> Download:

@@ -24,6 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from aperiodic_pipelines.domain.errors import CorruptArchiveError, NotPublishedError, SymbolError
+from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.domain.symbols import to_native
 from aperiodic_pipelines.hashing import sha256_file
 from aperiodic_pipelines.sources import okx
@@ -114,6 +115,7 @@ def fetch_month(
     config: SourceConfig,
     exchange: str,
     downloader: Downloader | None = None,
+    http: HttpSettings | None = None,
 ) -> SourceResult:
     """Read one month of Tardis-format trades of `exchange`/`symbol` (Atlas) and write canonical trades to `dest`."""
     parse_month(month)
@@ -129,7 +131,7 @@ def fetch_month(
     remote = base.startswith(("http://", "https://"))
     if remote:
         base = base.removesuffix("/v1")  # accept the base with or without the API version
-        downloader = downloader or Downloader.from_config(config)
+        downloader = downloader or Downloader.from_config(config, http)
     headers = {"Authorization": f"Bearer {config.tardis_api_key}"} if remote and config.tardis_api_key else None
     dest = Path(dest)
 

@@ -13,6 +13,7 @@ from aperiodic_pipelines.api.errors import ApiError
 from aperiodic_pipelines.api.models import error_responses
 from aperiodic_pipelines.api.safe_files import NotInsideStore, OpenFileResponse, open_inside
 from aperiodic_pipelines.storage import LocalStore
+from aperiodic_pipelines.storage.publication import SERVABLE_PREFIXES
 
 PARQUET_MEDIA_TYPE = "application/vnd.apache.parquet"
 
@@ -25,7 +26,7 @@ async def download(key: str, context: Context, expires: str | None = None, signa
         raise ApiError(404, "not_found", "this deployment's files are served by S3 presigned URLs")
     context.signer.verify(key, expires, signature)
     # Signed by us, so built by us from index entries; checked again before it names a file.
-    if not (key.startswith("flow/") and key.endswith(".parquet")):
+    if not (key.startswith(SERVABLE_PREFIXES) and key.endswith(".parquet")):
         raise ApiError(404, "not_found", "no such published file")
     context.require_store()
     try:
