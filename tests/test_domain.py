@@ -192,15 +192,9 @@ def test_secrets_stay_out_of_repr() -> None:
     assert settings.alerts.webhook_url == secrets["APERIODIC_ALERT_WEBHOOK_URL"]
 
 
-# Reads of APERIODIC_* variables outside domain/settings.py that remain today, by file and variable, with who
-# removes them; an entry that no longer occurs fails the test, so the list only shrinks.
-KNOWN_ENV_READS: dict[tuple[str, str], str] = {
-    ("aperiodic_pipelines/sources/download.py", "APERIODIC_HTTP_ATTEMPTS"): "sources: take settings.http",
-    ("aperiodic_pipelines/sources/download.py", "APERIODIC_HTTP_BACKOFF"): "sources: take settings.http",
-    ("aperiodic_pipelines/sources/download.py", "APERIODIC_HTTP_404_ATTEMPTS"): "sources: take settings.http",
-    ("aperiodic_pipelines/storage/__init__.py", "APERIODIC_STORE"): "storage: take settings.store",
-    ("aperiodic_pipelines/storage/__init__.py", "APERIODIC_STALE_WRITE_SECONDS"): "storage: take settings.store",
-}
+# Reads of APERIODIC_* variables outside domain/settings.py that remain, by file and variable, with who removes
+# them (none left); an entry that no longer occurs fails the test, so the list only shrinks.
+KNOWN_ENV_READS: dict[tuple[str, str], str] = {}
 
 
 def _environment_reads() -> set[tuple[str, str]]:
