@@ -105,9 +105,10 @@ def write_hyperliquid_open_month(
     seed: int = 5, prefix: str = "",
 ) -> list[str]:
     """Hyperliquid hourly objects of every hour that has ended, from the hour before the month on (an hour without
-    a trade of `coin` is an empty object, as upstream every hour exists); returns the keys written."""
+    a trade of `coin` is an empty object, as upstream every hour exists); returns the keys written, in hour order."""
     from aperiodic_pipelines.mirror.s3 import (
         _existing_keys,
+        _key_order,
         append_lines,
         published_datasets,
         write_hyperliquid_month,
@@ -131,4 +132,4 @@ def write_hyperliquid_open_month(
     existing = _existing_keys(client, bucket, {key.rsplit("/", 1)[0] + "/" for key in wanted})
     for key in sorted(wanted - existing - keys):
         append_lines(client, bucket, key, [], exists=False)
-    return sorted(keys | wanted)
+    return sorted(keys | wanted, key=_key_order)  # in hour order
