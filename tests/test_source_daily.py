@@ -240,3 +240,20 @@ def test_modules_take_a_downloader(tmp_path, mirror_root, source_config, fast_do
     two = okx.fetch_day("perpetual-BTC-USDT:USDT", "2024-01-02", dest=tmp_path / "o.parquet",
                         config=source_config, downloader=fast_downloader)
     assert one.trade_count > 0 and two.trade_count > 0
+
+
+def test_published_day_without_trades_is_an_empty_table(tmp_path, mirror_root, archive_mirror, source_config):
+    quiet = tiny_tape().filter(pl.col("ts_exchange") < int(datetime(2024, 1, 3, tzinfo=UTC).timestamp()) * 1_000_000)
+    write_binance_month(mirror_root, "BTCUSDT", MONTH, quiet, daily=True, days={"2024-01-05"})
+    write_okx_month(mirror_root, "BTC-USDT-SWAP", MONTH, quiet)
+    write_tardis_days(mirror_root / "tardis", "binance-futures", "BTCUSDT", MONTH,
+                      quiet.with_columns(ts_arrival=pl.col("ts_exchange") + 1000), layout="api")
+    tardis_config = SourceConfig(source="tardis", tardis_url=f"{archive_mirror.url}/tardis", cache_dir=tmp_path / "t")
+    for exchange, symbol, config in (("binance-futures", "BTCUSDT", source_config),
+                                     ("okx-perps", "BTC-USDT-SWAP", source_config),
+                                     ("binance-futures", "BTCUSDT", tardis_config)):
+        result = fetch_day(exchange, symbol, "2024-01-05", dest=tmp_path / f"{exchange}-{config.source}.parquet",
+                           config=config)
+        frame = pl.read_parquet(result.path)
+        assert result.trade_count == 0 and frame.height == 0
+        assert frame.schema == pl.Schema(CANONICAL_SCHEMA)

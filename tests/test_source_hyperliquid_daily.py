@@ -96,3 +96,12 @@ def test_skipped_hour_says_a_later_hour_is_out(client, config: SourceConfig, tmp
                   s3_client=client)
     finally:
         client.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+
+def test_published_day_without_trades_of_the_coin_is_an_empty_table(client, config: SourceConfig,
+                                                                    tmp_path: Path) -> None:
+    result = fetch_day("hyperliquid-perps", "ETH", "2025-09-10", dest=tmp_path / "eth.parquet", config=config,
+                       s3_client=client)
+    frame = pl.read_parquet(result.path)
+    assert result.trade_count == 0 and frame.height == 0 and len(result.objects) == 26
+    assert frame.schema == pl.Schema(CANONICAL_SCHEMA)
