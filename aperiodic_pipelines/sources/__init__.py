@@ -21,6 +21,7 @@ from aperiodic_pipelines.domain.errors import SymbolError
 from aperiodic_pipelines.domain.exchanges import EXCHANGES
 from aperiodic_pipelines.domain.months import check_month
 from aperiodic_pipelines.domain.settings import HttpSettings, SourceSettings
+from aperiodic_pipelines.sources.daily import DayNotPublishedError  # small: only domain.errors behind it
 
 # exchange → module under aperiodic_pipelines.sources that exposes fetch_month(symbol, month, *, dest, config, ...)
 SOURCE_MODULES: dict[str, str] = {
@@ -97,7 +98,7 @@ def fetch_day(
     and the day after; Hyperliquid the day's hours plus the hour on each side; Tardis the files of the day before
     (inside the month), the day and the day after (late arrivals).
 
-    A day not out yet raises `sources.daily.DayNotPublishedError` (a `NotPublishedError`) at once, naming the
+    A day not out yet raises `DayNotPublishedError` (`sources.daily`, re-exported here) (a `NotPublishedError`) at once, naming the
     missing objects, without the 404 patience of a published month; its `later_published` is True when the
     upstream already published a later object, i.e. it skipped this one and the day may never be complete.
     """
@@ -118,4 +119,4 @@ def fetch_day(
     module = importlib.import_module(f"{__name__}.{SOURCE_MODULES[exchange]}")
     return module.fetch_day(symbol, day, dest=Path(dest), config=config, http=http, **kwargs)
 
-__all__ = ["EXCHANGES", "SOURCE_MODULES", "fetch_day", "fetch_month", "source_fetch_month"]
+__all__ = ["EXCHANGES", "SOURCE_MODULES", "DayNotPublishedError", "fetch_day", "fetch_month", "source_fetch_month"]
