@@ -1,6 +1,6 @@
 """A real writer of daily files for tests/test_daily_publication.py (the approach of tests/publication_writer.py).
 
-    python tests/daily_writer.py STORE GENERATION DAY [DAY ...] [--pause STEP]
+    python tests/daily_writer.py STORE GENERATION DAY [DAY ...] [--pause STEP] [--lease S]
 
 Publishes each DAY of okx-perps BTC-USDT-SWAP (both variants × 8 intervals and a carry per variant) through
 `storage.daily.publish_day`, every file and carry marked with `GENERATION` (bars: a `generation` column; carries: a
@@ -70,12 +70,15 @@ def day_bars(generation: str, day: str) -> dict[tuple[str, str], pl.DataFrame]:
     return out
 
 
-def publish(store_uri: str, generation: str, day: str, on_step=None, retain_seconds: float = RETAIN_SECONDS):  # noqa: ANN001, ANN201
+def publish(  # noqa: ANN201
+    store_uri: str, generation: str, day: str, on_step=None, retain_seconds: float = RETAIN_SECONDS,  # noqa: ANN001
+    lease_seconds: float | None = None,
+):
     return publish_day(
         store_from_uri(store_uri), exchange=EXCHANGE, symbol=SYMBOL, native_symbol=NATIVE, day=day,
         bars=day_bars(generation, day), carries={t: carry(generation, t, day) for t in TIMESTAMPS},
         sources={t: [{"location": f"mirror://{day}/{t}", "sha256": "0" * 64, "size": 1}] for t in TIMESTAMPS},
-        retain_seconds=retain_seconds, on_step=on_step,
+        retain_seconds=retain_seconds, lease_seconds=lease_seconds, on_step=on_step,
     )
 
 
@@ -85,6 +88,7 @@ def main() -> int:
     parser.add_argument("generation")
     parser.add_argument("days", nargs="+")
     parser.add_argument("--pause", default=None)
+    parser.add_argument("--lease", type=float, default=None)
     args = parser.parse_args()
 
     def on_step(name: str) -> None:
@@ -94,7 +98,7 @@ def main() -> int:
             sys.stdin.readline()
 
     for day in args.days:
-        publish(args.store, args.generation, day, on_step)
+        publish(args.store, args.generation, day, on_step, lease_seconds=args.lease)
         print(f"PUBLISHED {day}", flush=True)
     return 0
 

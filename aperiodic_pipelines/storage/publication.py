@@ -474,13 +474,29 @@ class MonthPublication:
     def _remove_stable_day_keys(self, entry: PublishedMonth) -> None:
         """Delete the stable `flow/…/{YYYY-MM-DD}.parquet` keys of days the new entry no longer lists (closed by
         the monthly file, or invalidated): a direct reader of `flow/` would otherwise count their bars twice, or
-        read bars computed from a superseded carry. No URL names a stable key (the index names versions)."""
+        read bars computed from a superseded carry. No URL names a stable key (the index names versions).
+
+        The days come from the previous entry and from every retiring version, so a writer killed between its
+        commit and this step leaves nothing behind once the month is published again."""
         if self.previous is None:
             return
         listed = {stable_key(self.exchange, self.native_symbol, self.month, f) for f in entry.files}
-        for f in self.previous.files:
-            if f.day is not None and (key := stable_key(self.exchange, self.native_symbol, self.month, f)) not in listed:
-                self.store.delete(key)
+        candidates = {stable_key(self.exchange, self.native_symbol, self.month, f)
+                      for f in self.previous.files if f.day is not None}
+        for old in (*self.previous.retiring, *entry.retiring):
+            if (stable := self._stable_day_key_of(old.key)) is not None:
+                candidates.add(stable)
+        for key in sorted(candidates - listed):
+            self.store.delete(key)
+
+    def _stable_day_key_of(self, key: str) -> str | None:
+        """The stable key of a daily file's version key (`…/{timestamp}/{interval}/{sha256}/{YYYY-MM-DD}.parquet`)."""
+        prefix = month_versions_prefix(self.exchange, self.native_symbol, self.month)
+        parts = key[len(prefix):].split("/") if key.startswith(prefix) else []
+        if len(parts) != 4 or len(parts[3]) != len("YYYY-MM-DD.parquet"):
+            return None
+        timestamp, interval, _sha, name = parts
+        return daily_flow_key(timestamp, self.exchange, interval, self.native_symbol, name.removesuffix(".parquet"))
 
     def _retire(self, due: set[str], named: set[str], now: float) -> tuple[str, ...]:
         """Delete versions whose retirement is due, and versions nobody names that are older than the retention
