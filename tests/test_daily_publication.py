@@ -337,3 +337,24 @@ def test_client_reads_a_closed_month_and_open_month_days_each_bar_once(tmp_path:
 
 def _us(day: date) -> int:
     return (day.toordinal() - date(1970, 1, 1).toordinal()) * 86_400_000_000
+
+
+def test_republishing_a_months_last_day_drops_the_next_months_days(tmp_path: Path) -> None:
+    uri = str(tmp_path / "store")
+    store = store_from_uri(uri)
+    february = [f"2024-02-{d:02d}" for d in range(1, 30)]
+    for day in february:
+        publish(uri, "A", day)
+    for day in ("2024-03-01", "2024-03-02"):  # March's days, from the carry February's last day handed on
+        publish(uri, "A", day)
+    assert read_carry(store, EXCHANGE, NATIVE, "2024-03-01", "true").equals(carry("A", "true", "2024-02-29"))
+    assert publish(uri, "A", "2024-02-29").invalidated == ()  # same carry: March stands
+    assert published_days(store, EXCHANGE, NATIVE, "2024-03") == ["2024-03-01", "2024-03-02"]
+
+    result = publish(uri, "B", "2024-02-29")
+    assert result.invalidated == ("2024-03-01", "2024-03-02")
+    assert published_days(store, EXCHANGE, NATIVE, "2024-03") == []
+    assert published_days(store, EXCHANGE, NATIVE, "2024-02") == february
+    assert read_carry(store, EXCHANGE, NATIVE, "2024-03-01", "exchange").equals(carry("B", "exchange", "2024-02-29"))
+    assert read_carry(store, EXCHANGE, NATIVE, "2024-03-02", "exchange") is None
+    assert last_complete_day(store, EXCHANGE, NATIVE, "exchange", "1h") == "2024-02-29"

@@ -13,7 +13,8 @@ Rules the index keeps (docs/storage.md, "Daily files of the open month"):
   computed from the carry published with d−1, so a listed day never follows a gap.
 - **Republishing** a day (upstream changed) replaces its files and carries whole. If a carry it hands on differs
   from the one published before, every later day of the month was computed from a superseded carry: those days
-  are dropped in the same commit (their objects retired), and the daily step publishes them again in order.
+  are dropped in the same commit (their objects retired), and the daily step publishes them again in order. For
+  a month's last day, the next month's published days are dropped right after (that month's own commit).
 - **Month close.** When the monthly file of a (variant, interval) is published the month's days of it are no
   longer in the entry (never both in a listing), their stable keys are deleted, and their versions and the
   variant's carries are retired once every URL that could name them has expired.
@@ -166,7 +167,9 @@ def publish_day(
         ) as publication,
     ):
         _check_open_and_in_order(publication, day, variants)
-        invalidated = _days_invalidated(publication, day, variants, carries, Path(tmp))
+        changed = _carry_changed(publication, day, variants, carries, Path(tmp))
+        previous = publication.previous
+        invalidated = [d for d in (previous.days if previous else ()) if d > day] if changed else []
         publication.replaced_days.update({day, *invalidated})
         for (timestamp, interval), frame in sorted(bars.items()):
             daily_flow_key(timestamp, exchange, interval, native_symbol, day)  # checks every part before a write
@@ -183,6 +186,11 @@ def publish_day(
     # The previous month's closed days wait for their URLs to expire; the open month's first publications after
     # that delete them (nobody else publishes a closed month).
     _retire_quietly(store, exchange, native_symbol, previous_month(month), retain_seconds)
+    if changed and month_of_day(following) != month:  # the next month's days started from the replaced carry
+        invalidated += _invalidate_month_days(
+            store, exchange, native_symbol, month_of_day(following), retain_seconds,
+            LEASE_SECONDS if lease_seconds is None else lease_seconds,
+        )
     return DayPublished(day, committed.month, committed.index_uri, tuple(invalidated), committed.retired)
 
 
@@ -221,25 +229,40 @@ def _check_open_and_in_order(publication: MonthPublication, day: str, variants: 
         )
 
 
-def _days_invalidated(
+def _carry_changed(
     publication: MonthPublication, day: str, variants: list[str], carries: Mapping[str, FlowCarry], tmp: Path
-) -> list[str]:
-    """Later days of the month to drop: published after `day`, when a carry `day` hands on changed."""
-    previous = publication.previous
-    if previous is None:
-        return []
-    later = [d for d in previous.days if d > day]
-    if not later:
-        return []
+) -> bool:
+    """Whether a carry `day` hands on differs from the one published with it before (a first publication of a
+    day replaces no carry). Compared by the bytes of the deterministic parquet, as stored."""
     from aperiodic_pipelines.hashing import sha256_file
 
+    previous = publication.previous
     following = _next_day(day)
-    old = {c.timestamp: c.sha256 for c in previous.carries if c.for_day == following}
-    for timestamp in variants:
-        local = _write_carry(carries[timestamp], publication.exchange, publication.native_symbol, tmp)
-        if old.get(timestamp) != sha256_file(local)[1]:
-            return later
-    return []
+    old = {c.timestamp: c.sha256 for c in (previous.carries if previous else ()) if c.for_day == following}
+    return any(
+        timestamp in old
+        and old[timestamp] != sha256_file(_write_carry(carries[timestamp], publication.exchange,
+                                                       publication.native_symbol, tmp))[1]
+        for timestamp in variants
+    )
+
+
+def _invalidate_month_days(
+    store: ObjectStore, exchange: str, native_symbol: str, month: str, retain: float | None, lease: float
+) -> tuple[str, ...]:
+    """Drop every published day of `month` (their carry chain starts from a carry that was replaced)."""
+    if not published_days(store, exchange, native_symbol, month):
+        return ()
+    with month_publication(store, exchange, native_symbol, month, retain_seconds=retain,
+                           lease_seconds=lease) as publication:
+        current = publication.previous
+        if current is None or not current.days:
+            return ()
+        dropped = tuple(current.days)
+        publication.files.update({(f.timestamp, f.interval, f.day): f for f in current.monthly_files()})
+        publication.replaced_days.update(dropped)
+        publication.commit(current.symbol)
+        return dropped
 
 
 def _retire_quietly(store: ObjectStore, exchange: str, native_symbol: str, month: str, retain: float | None) -> None:
