@@ -358,3 +358,20 @@ def test_republishing_a_months_last_day_drops_the_next_months_days(tmp_path: Pat
     assert read_carry(store, EXCHANGE, NATIVE, "2024-03-01", "exchange").equals(carry("B", "exchange", "2024-02-29"))
     assert read_carry(store, EXCHANGE, NATIVE, "2024-03-02", "exchange") is None
     assert last_complete_day(store, EXCHANGE, NATIVE, "exchange", "1h") == "2024-02-29"
+
+
+def test_a_day_and_the_month_are_never_published_at_once(tmp_path: Path) -> None:
+    from aperiodic_pipelines.storage.publication import PublicationConflictError
+
+    uri = str(tmp_path / "store")
+    store = store_from_uri(uri)
+    publish(uri, "A", "2024-03-01")
+    writer = _daily_writer(uri, "A", "2024-03-02", "--pause", "committing")
+    writer.wait_paused("committing")
+    monthly = {(t, i): pl.DataFrame({"generation": ["M"]}) for t in TIMESTAMPS for i in INTERVALS}
+    with pytest.raises(PublicationConflictError, match=f"okx-perps {NATIVE} {MONTH} is being published"):
+        publish_month_bars(store, exchange=EXCHANGE, symbol=SYMBOL, native_symbol=NATIVE, month=MONTH, bars=monthly)
+    writer.release()
+    code, out, err = writer.finish()
+    assert code == 0, err[-2000:]
+    assert day_picture(store) == {"2024-03-01": "A", "2024-03-02": "A"}
