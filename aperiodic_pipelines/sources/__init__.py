@@ -6,6 +6,8 @@ affects its own exchange (and `import aperiodic_pipelines.sources` stays cheap).
     from aperiodic_pipelines.sources import fetch_month
     result = fetch_month("binance-futures", "perpetual-BTC-USDT:USDT", "2024-01", dest=Path("data/raw"),
                          config=settings.sources, http=settings.http)
+    day = fetch_day("binance-futures", "perpetual-BTC-USDT:USDT", "2024-02-03", dest=Path("data/raw/day.parquet"),
+                    config=settings.sources, http=settings.http)  # DayNotPublishedError when not out yet
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from aperiodic_pipelines.domain.errors import SymbolError
 from aperiodic_pipelines.domain.exchanges import EXCHANGES
 from aperiodic_pipelines.domain.months import check_month
 from aperiodic_pipelines.domain.settings import HttpSettings, SourceSettings
+from aperiodic_pipelines.sources.daily import DayNotPublishedError  # small: only domain.errors behind it
 
 # exchange → module under aperiodic_pipelines.sources that exposes fetch_month(symbol, month, *, dest, config, ...)
 SOURCE_MODULES: dict[str, str] = {
@@ -75,4 +78,45 @@ def fetch_month(
     return source_fetch_month(exchange)(symbol, month, dest=Path(dest), config=config, http=http, **kwargs)
 
 
-__all__ = ["EXCHANGES", "SOURCE_MODULES", "fetch_month", "source_fetch_month"]
+
+def fetch_day(
+    exchange: str,
+    symbol: str,
+    day: str,
+    *,
+    dest: Path,
+    config: SourceSettings | None = None,
+    http: HttpSettings | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Canonical trades of ONE UTC day (exchange time) of `symbol` on `exchange`, written to `dest` (a parquet file).
+
+    The rows are exactly the rows the monthly raw file of that month holds for that day (same dtypes, order,
+    duplicate and conflict rules); the `SourceResult` has `day` set and lists the objects read. Checks the
+    exchange, the day and the symbol before any I/O, like `fetch_month`, and takes the same `config`, `http` and
+    extra keywords. What each exchange reads: Binance the daily zip + `.CHECKSUM`; OKX the UTC+8 files dated `day`
+    and the day after; Hyperliquid the day's hours plus the hour on each side; Tardis the files of the day before
+    (inside the month), the day and the day after (late arrivals).
+
+    A day not out yet raises `DayNotPublishedError` (`sources.daily`, re-exported here) (a `NotPublishedError`) at once, naming the
+    missing objects, without the 404 patience of a published month; its `later_published` is True when the
+    upstream already published a later object, i.e. it skipped this one and the day may never be complete.
+    """
+    from aperiodic_pipelines.domain.months import check_day
+    from aperiodic_pipelines.domain.symbols import resolve_symbol
+
+    if exchange not in SOURCE_MODULES:
+        raise SymbolError(f"unsupported exchange {exchange!r}: supported are {', '.join(EXCHANGES)}")
+    check_day(day)
+    symbol, _native = resolve_symbol(exchange, symbol)  # a bad symbol fails here, before any I/O
+    config = config or SourceSettings.from_env()
+    http = http or HttpSettings.from_env()
+    if config.source == "tardis":
+        from aperiodic_pipelines.sources import tardis
+
+        kwargs.pop("s3_client", None)
+        return tardis.fetch_day(symbol, day, dest=Path(dest), config=config, http=http, exchange=exchange, **kwargs)
+    module = importlib.import_module(f"{__name__}.{SOURCE_MODULES[exchange]}")
+    return module.fetch_day(symbol, day, dest=Path(dest), config=config, http=http, **kwargs)
+
+__all__ = ["EXCHANGES", "SOURCE_MODULES", "DayNotPublishedError", "fetch_day", "fetch_month", "source_fetch_month"]

@@ -28,6 +28,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from aperiodic_pipelines.domain.errors import CorruptArchiveError, InvalidTradesError
+from aperiodic_pipelines.domain.months import day_bounds_us
 from aperiodic_pipelines.sources.download import scratch_dir
 from aperiodic_pipelines.trades import (
     CANONICAL_COLUMNS,
@@ -108,6 +109,29 @@ def build_canonical_month(
     *,
     outside_month: Literal["trim", "error"],
 ) -> CanonicalStats:
+    """Write the month's canonical trades from `files` to `dest`; see `build_canonical_span`."""
+    start_us, end_us = month_bounds_us(month)
+    return build_canonical_span(files, start_us, end_us, month, dest, outside=outside_month)
+
+
+def build_canonical_day(files: Sequence[TradeFile], day: str, dest: Path) -> CanonicalStats:
+    """Write one UTC day's canonical trades from `files` (trimmed to the day) to `dest`.
+
+    The same rules, in the same order, as `build_canonical_month`: duplicates and conflicts are decided within a
+    UTC day there too (`_sort_by_day`), so the day's rows are exactly the month file's rows of that day."""
+    start_us, end_us = day_bounds_us(day)
+    return build_canonical_span(files, start_us, end_us, day, dest, outside="trim")
+
+
+def build_canonical_span(
+    files: Sequence[TradeFile],
+    start_us: int,
+    end_us: int,
+    label: str,
+    dest: Path,
+    *,
+    outside: Literal["trim", "error"],
+) -> CanonicalStats:
     """Write the month's canonical trades from `files` to `dest` (parquet, zstd) atomically.
 
     `outside_month="trim"` drops rows whose `ts_exchange` lies outside the month (daily files, UTC+8 files);
@@ -115,14 +139,13 @@ def build_canonical_month(
     id, price, quantity, side; the arrival time of the first is kept) are dropped and counted, up to
     `trades.MAX_DUPLICATE_SHARE` of the rows (else `TooManyDuplicatesError`); one id with two different contents
     is a `ConflictingTradesError` naming both rows. Bad rows raise `InvalidTradesError` / `CorruptArchiveError`
-    naming the file and the rows."""
-    start_us, end_us = month_bounds_us(month)
+    naming the file and the rows. `[start_us, end_us)` is a month or a day (whole UTC days); `label` names it."""
     dest = Path(dest)
     ts = pl.col("ts_exchange")
     # A null time is kept here so that the null rule below reports it instead of the trim hiding it.
     in_month_or_null = ((ts >= start_us) & (ts < end_us)) | ts.is_null()
     frames = [_conform(f.frame) for f in files]
-    if outside_month == "trim":
+    if outside == "trim":
         frames = [frame.filter(in_month_or_null) for frame in frames]
     with scratch_dir(dest.parent) as work:
         staged = work / "staged.parquet"
@@ -136,7 +159,7 @@ def build_canonical_month(
         facts, first_conflict = _staged_facts(staged, start_us, end_us)
         origins = [f.origin for f in files]
         _raise_on_bad_rows(origins, frames, facts, start_us, end_us)
-        name = _month_name(month, origins)
+        name = _month_name(label, origins)
         if first_conflict is not None:
             raise _conflict_error(name, *first_conflict)
         check_duplicate_share(int(facts["repeats"]), int(facts["n"]), name=name)  # adjacent repeats: a lower bound

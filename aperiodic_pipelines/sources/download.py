@@ -257,6 +257,19 @@ class Downloader:
 
         return self._with_retries(url, attempt)
 
+    def exists(self, url: str, *, headers: dict[str, str] | None = None) -> bool:
+        """Whether `url` answers 200 to one HEAD (a 404 is taken at its word; server errors are retried as
+        usual): a cheap probe, e.g. whether a later day is out while this one is missing."""
+
+        def attempt(deadline: float) -> int:
+            timeout = self._timeout(url, deadline)
+            response = self.session.head(url, timeout=timeout, allow_redirects=True, headers=headers)
+            if response.status_code >= 500:
+                raise _Retryable(f"HTTP {response.status_code}")
+            return response.status_code
+
+        return self._with_retries(url, attempt) == 200
+
     def fetch(
         self,
         url: str,

@@ -22,23 +22,27 @@ import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from aperiodic_pipelines.domain.errors import AperiodicError, CorruptArchiveError, NotPublishedError
+from aperiodic_pipelines.domain.months import check_day, month_of_day
 from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.domain.symbols import resolve_symbol
 from aperiodic_pipelines.sources.base import SourceObject, SourceResult
 from aperiodic_pipelines.sources.config import SourceConfig
+from aperiodic_pipelines.sources.daily import DayNotPublishedError
 from aperiodic_pipelines.sources.hyperliquid.bucket import DEFAULT_WORKERS, BucketReader, make_s3_client
 from aperiodic_pipelines.sources.hyperliquid.eras import (
     ARCHIVE_START,
     DATASET_RANK,
     DATASETS,
+    HOUR,
     HourObject,
+    hour_key,
     month_bounds,
     month_objects,
     parse_s3_url,
@@ -245,6 +249,56 @@ def fetch_months(
     }
 
 
+
+def fetch_day(
+    symbol: str,
+    day: str,
+    *,
+    dest: Path,
+    config: SourceConfig,
+    s3_client: Any | None = None,
+    max_workers: int = DEFAULT_WORKERS,
+    http: HttpSettings | None = None,
+) -> SourceResult:
+    """Canonical trades of one Hyperliquid perpetual for one UTC day, written as parquet to `dest` (a file, or a
+    directory: then `{dest}/{day}.parquet`).
+
+    Reads the objects `month_objects` names for the day, the same ones the month reads for it: the hour before
+    the day (records filed early), its 24 hours, and the hour its last trades spill into; a day is complete when
+    those exist. Each object is parsed once and cached by ETag, shared with the month's preparation. A missing
+    object is a `DayNotPublishedError` at once, `later_published` from one HEAD of the hour after it."""
+    check_day(day)
+    atlas, coin = resolve_symbol(EXCHANGE, symbol)
+    http = http or HttpSettings.from_env()
+    start = datetime.fromisoformat(day).replace(tzinfo=UTC)
+    end = start + timedelta(days=1)
+    bucket, prefix = parse_s3_url(config.hyperliquid_url)
+    client = s3_client if s3_client is not None else make_s3_client(max_workers=max_workers, http=http)
+    reader = BucketReader(client, bucket, Path(config.cache_dir) / "hyperliquid" / bucket, http=http)
+    wanted = month_objects(start, end, prefix=prefix)
+    prepared = PreparedMonth(month_of_day(day), start, end)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+        heads = _heads(reader, wanted, pool)
+        missing = [obj for obj, head in zip(wanted, heads, strict=True) if head is None and obj.required]
+        if missing:
+            last = missing[-1]
+            later = reader.head(hour_key(last.dataset, last.hour + HOUR, prefix=prefix)) is not None
+            raise DayNotPublishedError(
+                f"{EXCHANGE} {coin}", day, [reader.uri(obj.key) for obj in missing], later_published=later
+            )
+        present = [(obj, head) for obj, head in zip(wanted, heads, strict=True) if head is not None]
+        futures = [pool.submit(_parse_hour, reader, obj, head) for obj, head in present]
+        try:
+            prepared.hours = [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    prepared.seconds = time.perf_counter() - started
+    out_path = dest if Path(dest).suffix == ".parquet" else Path(dest) / f"{day}.parquet"
+    return _write_coin_month(prepared, atlas, coin, Path(out_path), day=day)
+
 # --- listing and parsing -----------------------------------------------------------------------------------------
 
 
@@ -253,18 +307,21 @@ def _present_objects(
 ) -> list[tuple[HourObject, dict[str, Any]]]:
     """The objects to read with their ETag and size: every required one (else `NotPublishedError`, before any
     download), and each optional one the bucket holds."""
-    prefixes = sorted({obj.key.rsplit("/", 1)[0] + "/" for obj in wanted})
-    listings = list(pool.map(reader.list_day, prefixes))
-    if all(listing is not None for listing in listings):
-        inventory = {key: meta for listing in listings for key, meta in (listing or {}).items()}
-        heads = [inventory.get(obj.key) for obj in wanted]
-    else:  # listing denied: HEAD each object
-        heads = list(pool.map(lambda obj: reader.head(obj.key), wanted))
+    heads = _heads(reader, wanted, pool)
     for obj, head in zip(wanted, heads, strict=True):
         if head is None and obj.required:
             raise NotPublishedError(f"{reader.uri(obj.key)} is not published (hour {obj.hour:%Y-%m-%d %H}:00 UTC)")
     return [(obj, head) for obj, head in zip(wanted, heads, strict=True) if head is not None]
 
+
+def _heads(reader: BucketReader, wanted: list[HourObject], pool: ThreadPoolExecutor) -> list[dict[str, Any] | None]:
+    """ETag and size of each wanted object (None: not in the bucket), from one listing per day prefix."""
+    prefixes = sorted({obj.key.rsplit("/", 1)[0] + "/" for obj in wanted})
+    listings = list(pool.map(reader.list_day, prefixes))
+    if all(listing is not None for listing in listings):
+        inventory = {key: meta for listing in listings for key, meta in (listing or {}).items()}
+        return [inventory.get(obj.key) for obj in wanted]
+    return list(pool.map(lambda obj: reader.head(obj.key), wanted))  # listing denied: HEAD each object
 
 def _parse_hour(reader: BucketReader, obj: HourObject, head: dict[str, Any], *, again: bool = False) -> ParsedHour:
     etag, size = str(head["ETag"]).strip('"'), int(head["ContentLength"])
@@ -351,14 +408,17 @@ def _coin_rows(prepared: PreparedMonth, coin: str) -> pl.DataFrame:
     return rows.join(tags, on="_path", how="left").drop("_path").sort("_object", "line")
 
 
-def _write_coin_month(prepared: PreparedMonth, atlas: str, coin: str, out_path: Path) -> SourceResult:
+def _write_coin_month(
+    prepared: PreparedMonth, atlas: str, coin: str, out_path: Path, *, day: str | None = None
+) -> SourceResult:
+    """The coin's trades of `[prepared.start, prepared.end)`: its month, or with `day` that one UTC day."""
     start_us, end_us = (int(moment.timestamp()) * 1_000_000 for moment in (prepared.start, prepared.end))
     locations = [hour.source.location for hour in prepared.hours]
     trades, counts = assemble_month(_coin_rows(prepared, coin), locations, coin=coin, start_us=start_us, end_us=end_us)
+    name = f"{EXCHANGE} {coin} {day or prepared.month}"
     # Exact repeats of a record within one dataset (era overlaps are merged and counted apart): a handful at most.
-    check_duplicate_share(counts.duplicates_dropped, trades.height + counts.duplicates_dropped,
-                          name=f"{EXCHANGE} {coin} {prepared.month}")
-    trades = validate_trades(trades, name=f"{EXCHANGE} {coin} {prepared.month}")
+    check_duplicate_share(counts.duplicates_dropped, trades.height + counts.duplicates_dropped, name=name)
+    trades = validate_trades(trades, name=name)
     _write_parquet_atomically(trades, out_path)
 
     datasets = {hour.dataset for hour in prepared.hours}
@@ -368,6 +428,7 @@ def _write_coin_month(prepared: PreparedMonth, atlas: str, coin: str, out_path: 
         symbol=atlas,
         native_symbol=coin,
         month=prepared.month,
+        day=day,
         path=out_path,
         trade_count=trades.height,
         duplicates_dropped=counts.duplicates_dropped,
