@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from aperiodic_pipelines import SCHEMA_VERSION, __version__
+from aperiodic_pipelines.domain.contract import FLOW_COLUMNS, NULLABLE_FIELDS
 from aperiodic_pipelines.domain.months import check_day
 from aperiodic_pipelines.storage.atomic import atomic_path
 from aperiodic_pipelines.storage.json_objects import canonical_json
@@ -35,9 +36,6 @@ def write_parquet_deterministic(df: pl.DataFrame, path: Path | str, *, metadata:
     if bad:
         raise TypeError(f"parquet metadata must be str -> str; offending keys: {bad}")
     import pyarrow.parquet as pq
-
-    # Imported here, not at module load: the API layer reads parquet and needs no flow engine.
-    from aperiodic_pipelines.flow.grid import FLOW_COLUMNS
 
     table = df.rechunk().to_arrow()
     encodings = None
@@ -76,7 +74,6 @@ def _flow_bars_layout(table: pa.Table) -> tuple[pa.Table, dict[str, str]]:
     """
     import pyarrow as pa
 
-    from aperiodic_pipelines.flow.grid import FLOW_COLUMNS, NULLABLE_FIELDS
 
     nulls = [name for name in FLOW_COLUMNS if name not in NULLABLE_FIELDS and table.column(name).null_count]
     if nulls:
