@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     api_key_commands.add_parser("list", help="list keys (names and ids, never the keys)")
     api_key_commands.add_parser("revoke", help="revoke a key").add_argument("name")
     api_keys.set_defaults(handler=cmd_api_keys)
+    from aperiodic_pipelines.operator.worker import add_worker_command
+    add_worker_command(commands)
     return parser
 
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from dagster import Field, Noneable, StringSource
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster_celery.launcher import CeleryRunLauncher
-from kombu.exceptions import OperationalError
 from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
+from kombu.exceptions import OperationalError
 
 from aperiodic_pipelines.domain.settings import Settings
 
