@@ -63,21 +63,52 @@ def test_a_live_process_is_alive_and_a_killed_or_recycled_pid_is_not() -> None:
     assert not worker_process_alive(recorded), "a reaped worker's pid is free"
 
 
-def test_a_run_on_a_remote_code_server_is_not_judged_by_local_pids(tmp_path: Path) -> None:
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait(timeout=10)
+    return process.pid
+
+
+def test_which_workers_are_judged_by_their_pid(tmp_path: Path) -> None:
     from dagster import DagsterInstance
+    from dagster._core.events import EngineEventData
     from dagster._core.launcher import WorkerStatus
     from dagster._core.storage.tags import GRPC_INFO_TAG
     from dagster._core.test_utils import create_run_for_test
 
+    socket_tag = {GRPC_INFO_TAG: '{"host": "localhost", "socket": "/tmp/code-server.sock"}'}
+    port_tag = {GRPC_INFO_TAG: '{"host": "localhost", "port": 4000}'}
+    remote_tag = {GRPC_INFO_TAG: '{"host": "code.example", "port": 4000}'}
     with DagsterInstance.ephemeral(tempdir=str(tmp_path)) as instance:
         launcher = HealthCheckedDefaultRunLauncher()
         launcher.register_instance(instance)
-        remote = create_run_for_test(instance, job_name="j", tags={GRPC_INFO_TAG: '{"host": "code.example", "port": 4000}'})
-        assert launcher.check_run_worker_health(remote).status == WorkerStatus.RUNNING
-        local = create_run_for_test(instance, job_name="j", tags={GRPC_INFO_TAG: '{"host": "localhost", "port": 4000}'})
-        # No worker recorded yet: not judged either.
-        assert recorded_run_worker(instance, local.run_id) is None
-        assert launcher.check_run_worker_health(local).status == WorkerStatus.RUNNING
+
+        def run_with_worker(tags: dict, pid: int | None):
+            run = create_run_for_test(instance, job_name="j", tags=tags)
+            if pid is not None:  # what Dagster's run worker records as it starts
+                instance.report_engine_event(f"Started process for run (pid: {pid}).", run, EngineEventData.in_process(pid))
+            return run
+
+        def status(run) -> WorkerStatus:
+            return launcher.check_run_worker_health(run).status
+
+        # Under a code server on a Unix socket (started by this machine's daemon) a dead pid is a dead worker.
+        assert status(run_with_worker(socket_tag, _dead_pid())) == WorkerStatus.FAILED
+        # Before the worker has recorded its pid, and on another host, nothing is judged.
+        assert status(run_with_worker(socket_tag, None)) == WorkerStatus.RUNNING
+        assert status(run_with_worker(remote_tag, _dead_pid())) == WorkerStatus.RUNNING
+        # A local TCP code server may be another container (another pid namespace): a pid never seen is not judged,
+        assert status(run_with_worker(port_tag, _dead_pid())) == WorkerStatus.RUNNING
+        # a worker seen alive and then gone is.
+        process = subprocess.Popen(["sleep", "60"])
+        try:
+            seen = run_with_worker(port_tag, process.pid)
+            assert recorded_run_worker(instance, seen.run_id).pid == process.pid
+            assert status(seen) == WorkerStatus.RUNNING
+        finally:
+            process.kill()
+            process.wait(timeout=10)
+        assert status(seen) == WorkerStatus.FAILED
 
 
 # --- the daemon, the queue and the retry --------------------------------------------------------------------------

@@ -11,7 +11,8 @@ run slot: after `max_concurrent_runs` of them nothing else starts.
   the code server's machine; every run worker records its pid in the run's event log ("Started process for run
   (pid: N)", Dagster's own engine event). The worker is alive while that pid is a live, non-zombie process that
   started before the event (so a recycled pid is not mistaken for it). Runs whose code server is on another
-  machine (a `grpc_server` location on another host) are not checked: their pids mean nothing here.
+  machine (a `grpc_server` location on another host) are not checked: their pids mean nothing here; see the
+  class for code servers on a local port.
 - `HealthCheckedCeleryRunLauncher` (deploy/celery; needs the `celery` extra) is dagster-celery's
   `CeleryRunLauncher`, whose own check reads the Celery task's state from the result backend. After kill -9 of a
   whole Celery worker nobody updates that state: it says STARTED for ever. This launcher asks the worker named in
@@ -32,6 +33,7 @@ from dagster import DefaultRunLauncher
 from dagster._core.events import DagsterEventType
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.tags import GRPC_INFO_TAG
+from dagster._serdes import ConfigurableClassData
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
@@ -42,6 +44,7 @@ WORKER_STARTED_PREFIXES = ("Started process for run (pid:", "Started process for
 # between the event's wall-clock timestamp and the process age derived from the kernel's boot-relative clock.
 START_TIME_SLACK_S = 5.0
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
+MAX_REMEMBERED_WORKERS = 100_000
 
 
 @dataclass(frozen=True)
@@ -108,38 +111,59 @@ def worker_process_alive(worker: RunWorker, proc: Path = Path("/proc")) -> bool:
     return started_at <= worker.started_at + START_TIME_SLACK_S
 
 
-def _code_server_is_local(run: DagsterRun) -> bool:
-    """Whether the run's code server (hence its run worker) runs on this machine."""
+def _code_server_location(run: DagsterRun) -> str:
+    """Where the run's code server (hence its run worker) runs, from Dagster's gRPC tag: "socket" (a Unix socket:
+    a code server started by this machine's daemon or webserver), "local" (a TCP port on this host, perhaps in
+    another container with its own pid namespace) or "remote"."""
     info_text = run.tags.get(GRPC_INFO_TAG)
     if not info_text:
-        return False
+        return "remote"
     try:
         info = json.loads(info_text)
     except ValueError:
-        return False
-    if info.get("socket"):  # a Unix socket is always local
-        return True
+        return "remote"
+    if info.get("socket"):
+        return "socket"
     host = str(info.get("host") or "").lower()
-    return host in _LOCAL_HOSTS or host.startswith("127.") or host in {socket.gethostname().lower(), socket.getfqdn().lower()}
+    local_names = {socket.gethostname().lower(), socket.getfqdn().lower()}
+    return "local" if host in _LOCAL_HOSTS or host.startswith("127.") or host in local_names else "remote"
 
 
 class HealthCheckedDefaultRunLauncher(DefaultRunLauncher):
     """Dagster's default run launcher (a run worker process per run, spawned by the code server), plus the worker
-    health check run monitoring needs: a run whose worker process is gone is reported FAILED."""
+    health check run monitoring needs: a run whose worker process is gone is reported FAILED.
+
+    A worker is judged only where its pid means something here: under a code server on a Unix socket (started by
+    this machine's daemon), or, for a code server on a local TCP port (which may sit in another container with
+    its own pid namespace), once this launcher has seen the worker's pid alive. Failing a run whose worker is in
+    fact running would start a second writer of its partition, so anything less certain counts as RUNNING.
+    """
+
+    def __init__(self, inst_data: ConfigurableClassData | None = None) -> None:
+        super().__init__(inst_data=inst_data)
+        self._seen_alive: set[tuple[str, int]] = set()  # (run id, pid) observed running by an earlier check
 
     @property
     def supports_check_run_worker_health(self) -> bool:
         return True
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
-        if not _code_server_is_local(run):
-            # A worker on another machine: its pid cannot be checked from here. Never fail what we cannot see.
+        location = _code_server_location(run)
+        if location == "remote":
             return CheckRunHealthResult(WorkerStatus.RUNNING, "run worker not on this machine: not checked")
         worker = recorded_run_worker(self._instance, run.run_id)
         if worker is None:
             return CheckRunHealthResult(WorkerStatus.RUNNING, "run worker has not recorded its pid yet")
         if worker_process_alive(worker):
+            if len(self._seen_alive) > MAX_REMEMBERED_WORKERS:
+                self._seen_alive.clear()  # bounded; a forgotten worker is only judged again once seen
+            self._seen_alive.add((run.run_id, worker.pid))
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(worker.pid))
+        if location == "local" and (run.run_id, worker.pid) not in self._seen_alive:
+            return CheckRunHealthResult(
+                WorkerStatus.RUNNING, f"run worker process {worker.pid} not visible here: not judged"
+            )
+        self._seen_alive.discard((run.run_id, worker.pid))
         return CheckRunHealthResult(
             WorkerStatus.FAILED,
             f"run worker process {worker.pid} is gone (killed or crashed without reporting the run's end)",

@@ -51,24 +51,26 @@ def add_worker_command(subparsers: Any) -> None:
 
 
 def worker_app() -> Any:
-    """The instance's Celery run launcher's app with dagster-celery's run tasks registered."""
-    from dagster import DagsterInstance
-    from dagster._core.errors import DagsterHomeNotSetError
+    """The Celery run launcher's app of the instance in $DAGSTER_HOME, with dagster-celery's run tasks registered.
+
+    Only the launcher is built from the instance's config: the worker needs no database to start (each run opens
+    the instance itself), so an unreachable Postgres is reported by the runs, not as a start-up traceback.
+    """
+    from dagster._core.instance.ref import InstanceRef
     from dagster_celery.launcher import CeleryRunLauncher
     from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
 
-    try:
-        instance = DagsterInstance.get()
-    except DagsterHomeNotSetError as error:
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
         raise ConfigError(
             "DAGSTER_HOME is not set: a worker needs the deployment's instance, deploy/celery/dagster.yaml copied to "
             "$DAGSTER_HOME/dagster.yaml"
-        ) from error
-    launcher = instance.run_launcher
+        )
+    launcher = InstanceRef.from_dir(home).run_launcher
     if not isinstance(launcher, CeleryRunLauncher):
         raise ConfigError(
-            f"the instance in {os.environ.get('DAGSTER_HOME')} launches runs with {type(launcher).__name__}; "
-            "`worker` needs the Celery run launcher (deploy/celery/dagster.yaml)"
+            f"the instance in {home} launches runs with {type(launcher).__name__}; `worker` needs the Celery run "
+            "launcher (deploy/celery/dagster.yaml)"
         )
     app = launcher.celery
     create_execute_job_task(app)
