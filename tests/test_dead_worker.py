@@ -5,17 +5,21 @@ retries) with one change: one run at a time, so a single stuck run would block e
 `dagster-daemon` runs a test-only code location (tests/blocking_job.py) whose runs wait for a gate.
 
 What Dagster already handles: a run worker killed while its code server lives is reported by the code server.
-What it did not: a worker whose code server is gone (the code server crashed, was OOM-killed or restarted, and the
-run carried on as an orphan) dies later; nobody reports it and the run stayed STARTED for ever. Here the launcher's
-health check lets run monitoring fail it, run retries re-run it, and the next queued run starts.
+What it did not: a worker whose code server is gone (the code server crashed or was OOM-killed, and its
+supervisor restarted it while the run carried on as an orphan) dies later; nobody reports it and the run stayed
+STARTED for ever. Here the launcher's health check lets run monitoring fail it, run retries re-run it, and the
+next queued run starts. The code server is a separate service on a Unix socket (as a supervisor would run
+`dagster api grpc`), so the test can restart it the way a supervisor does.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,7 +41,6 @@ BLOCKING_JOB = Path(__file__).resolve().parent / "blocking_job.py"
 # What this test holds the project to: dagster.yaml polls every 10 s; a pass takes well under a second even on a
 # loaded 2-core box. The assertion leaves room for a slow machine; the measured figure is printed.
 DETECTION_BOUND_S = 60
-CODE_SERVER_RESTART_TIMEOUT_S = 150  # the daemon refreshes its workspace every 60 s
 STEP_TIMEOUT_S = 120
 
 
@@ -119,21 +122,41 @@ def _parent_pid(pid: int) -> int:
     return int(stat[stat.rindex(")") + 2:].split()[1])
 
 
-def _code_servers_of(daemon_pid: int) -> set[int]:
-    """Pids of the `dagster api grpc` code servers the daemon started."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if _parent_pid(int(entry.name)) != daemon_pid:
-                continue
-            command = (entry / "cmdline").read_bytes().split(b"\0")
-        except (FileNotFoundError, ProcessLookupError, ValueError):
-            continue
-        if b"api" in command and b"grpc" in command:
-            found.add(int(entry.name))
-    return found
+class CodeServer:
+    """`dagster api grpc` for the blocking job on a Unix socket, restartable like a supervised service."""
+
+    def __init__(self, socket_path: Path, cwd: Path, env: dict[str, str]) -> None:
+        self.socket_path, self.cwd, self.env = socket_path, cwd, env
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.socket_path.unlink(missing_ok=True)  # a killed server leaves its socket file behind
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dagster", "api", "grpc", "--socket", str(self.socket_path),
+             "--python-file", str(BLOCKING_JOB), "--location-name", "blocking"],
+            cwd=self.cwd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        from dagster._grpc.client import DagsterGrpcClient
+
+        client = DagsterGrpcClient(socket=str(self.socket_path), host="localhost")
+        deadline = time.monotonic() + STEP_TIMEOUT_S
+        while True:
+            assert self.process.poll() is None, "the code server exited"
+            try:
+                client.ping("up")
+                return
+            except Exception:  # not listening yet
+                assert time.monotonic() < deadline, "the code server did not start"
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
 
 
 def _wait(predicate: Callable[[], object], timeout_s: float, what: str, daemon: subprocess.Popen, log: Path) -> object:
@@ -157,30 +180,39 @@ def one_run_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
     assert config["run_launcher"]["class"] == "HealthCheckedDefaultRunLauncher"
     config["concurrency"]["runs"]["max_concurrent_runs"] = 1
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    # A short path: Unix socket paths are limited to ~100 bytes.
+    socket_dir = Path(tempfile.mkdtemp(prefix="aperiodic-cs-"))
+    socket_path = socket_dir / "code.sock"
     workspace = tmp_path / "workspace.yaml"
     workspace.write_text(yaml.safe_dump({"load_from": [
-        {"python_file": {"relative_path": str(BLOCKING_JOB), "location_name": "blocking"}},
+        {"grpc_server": {"socket": str(socket_path), "location_name": "blocking"}},
     ]}))
     gate = tmp_path / "gate"
     gate.mkdir()
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     monkeypatch.setenv("DAGSTER_HOME", str(home))  # this process reads the same instance
     create_instance_storage({"DAGSTER_HOME": str(home)})
+    code_server = CodeServer(socket_path, tmp_path, env)
     log = tmp_path / "daemon.log"
-    with open(log, "wb") as log_handle:
-        daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w", str(workspace)],
-                                  cwd=tmp_path, env=env, stdout=log_handle, stderr=subprocess.STDOUT)
+    daemon = None
     try:
+        code_server.start()
+        with open(log, "wb") as log_handle:
+            daemon = subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w", str(workspace)],
+                                      cwd=tmp_path, env=env, stdout=log_handle, stderr=subprocess.STDOUT)
         yield {"home": home, "workspace": workspace, "gate": gate, "env": env, "daemon": daemon, "log": log,
-               "tmp": tmp_path}
+               "tmp": tmp_path, "code_server": code_server}
     finally:
         (gate / "open").touch()  # let every surviving worker finish
-        daemon.terminate()
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait(timeout=10)
+        if daemon is not None:
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait(timeout=10)
+        code_server.stop()
+        shutil.rmtree(socket_dir, ignore_errors=True)
 
 
 def _launch(services: dict, name: str) -> None:
@@ -223,12 +255,13 @@ def test_a_run_whose_worker_died_is_failed_retried_and_frees_the_queue(one_run_a
         (second,) = [r for r in instance.get_runs() if r.run_id != first_id]
         assert second.status == DagsterRunStatus.QUEUED, "one run at a time: the second waits"
 
-        # The code server goes (a crash, an OOM kill, a restart); the run carries on as an orphan.
-        code_server = _parent_pid(worker_pid)
-        assert code_server in _code_servers_of(daemon.pid)
-        os.kill(code_server, signal.SIGKILL)
-        wait(lambda: _code_servers_of(daemon.pid) - {code_server}, CODE_SERVER_RESTART_TIMEOUT_S,
-             "waiting for the daemon to start a new code server")
+        # The code server dies (a crash, an OOM kill) and its supervisor restarts it; the run carries on as an
+        # orphan of the old one.
+        code_server: CodeServer = services["code_server"]
+        assert _parent_pid(worker_pid) == code_server.process.pid
+        os.kill(code_server.process.pid, signal.SIGKILL)
+        code_server.process.wait(timeout=30)
+        code_server.start()
         assert worker_process_alive(recorded_run_worker(instance, first_id)), "the orphaned worker runs on"
         assert instance.get_run_by_id(first_id).status == DagsterRunStatus.STARTED
 
