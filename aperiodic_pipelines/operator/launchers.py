@@ -29,14 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dagster import DefaultRunLauncher
-from dagster._core.events import DagsterEventType
+from dagster import DagsterEventType, DefaultRunLauncher
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.tags import GRPC_INFO_TAG
-from dagster._serdes import ConfigurableClassData
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
+    from dagster._serdes import ConfigurableClassData
 
 # Dagster's engine events naming a run worker's pid (dagster/_grpc/impl.py, dagster/_cli/api.py).
 WORKER_STARTED_PREFIXES = ("Started process for run (pid:", "Started process for resuming job (pid:")
