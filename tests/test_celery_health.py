@@ -14,6 +14,7 @@ pytest.importorskip("dagster_celery")
 from dagster import DagsterInstance  # noqa: E402
 from dagster._core.launcher import WorkerStatus  # noqa: E402
 from dagster._core.test_utils import create_run_for_test  # noqa: E402
+from dagster_celery.launcher import CeleryRunLauncher  # noqa: E402
 from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG  # noqa: E402
 
 from aperiodic_pipelines.domain.settings import ConfigError  # noqa: E402
@@ -35,6 +36,10 @@ def test_a_started_task_whose_worker_is_silent_is_a_dead_worker(tmp_path: Path, 
             return create_run_for_test(instance, job_name="j", tags={DAGSTER_CELERY_TASK_ID_TAG: task_id})
 
         started = run_with_task("t-started", "STARTED", {"pid": 4242, "hostname": "ghost@nowhere"})
+        # What dagster-celery's own check says of it: the task state only, so RUNNING for ever.
+        stock = CeleryRunLauncher(default_queue="dagster", broker=server.url(0), backend=server.url(1))
+        stock.register_instance(instance)
+        assert stock.check_run_worker_health(started).status == WorkerStatus.RUNNING
         began = time.monotonic()
         verdict = launcher.check_run_worker_health(started)
         assert verdict.status == WorkerStatus.FAILED, verdict
