@@ -1,7 +1,9 @@
 """`aperiodic-pipelines`: register instruments, materialise months, submit backfills, run the offline demo.
 
-Argument parsing and printing only; the runs themselves are `runs.py` (shared with the demo). Exit codes:
-0 ok, 1 a run or backfill failed, 2 bad arguments or input.
+Argument parsing and printing only; what the commands do is the operator's package (`aperiodic_pipelines/operator/`,
+shared with the demo). Requests are checked before Dagster is loaded or any run exists: the symbol against the
+exchange's universe, the months against the archive, the instrument's first month and the calendar. Exit codes:
+0 ok, 1 a run or backfill failed, 2 bad arguments or input (one line on stderr).
 """
 
 from __future__ import annotations
@@ -9,12 +11,25 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from aperiodic_pipelines import runs
 from aperiodic_pipelines.domain.errors import AperiodicError
-from aperiodic_pipelines.runs import DEFAULT_CODE_LOCATION, LAUNCHED_BY_TAG, RunSetupError
+from aperiodic_pipelines.domain.exchanges import EXCHANGES
+from aperiodic_pipelines.domain.months import month_range
+from aperiodic_pipelines.operator.instance import (
+    DEFAULT_CODE_LOCATION,
+    LAUNCHED_BY_TAG,
+    RunSetupError,
+    get_instance,
+)
+from aperiodic_pipelines.operator.registry import Instrument, check_months, find_listing, resolve_instrument
+
+if TYPE_CHECKING:
+    from aperiodic_pipelines.operator.submission import MonthRun
+    from aperiodic_pipelines.sources.universe import Listing
 
 DEFAULT_WEBSERVER_URL = "http://127.0.0.1:3000"
+DEFAULT_WAIT_SECONDS = 6 * 3600
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -26,67 +41,93 @@ def warn(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _listed(exchange: str, symbol: str) -> tuple[Instrument, Listing]:
+    """The instrument, checked against the exchange's universe (before Dagster is loaded)."""
+    instrument = resolve_instrument(exchange, symbol)
+    return instrument, find_listing(instrument)
+
+
+def _checked_request(exchange: str, symbol: str, first: str, last: str | None) -> tuple[Instrument, Listing, list[str]]:
+    months = month_range(first, last)
+    instrument, listing = _listed(exchange, symbol)
+    check_months(instrument, months, listing.first_month, last_listed=listing.last_month)
+    return instrument, listing, months
+
+
 # --- instruments -----------------------------------------------------------------------------------------------
 
 
 def cmd_instruments_add(args: argparse.Namespace) -> int:
-    instrument = runs.resolve_instrument(args.exchange, args.symbol)  # validate before touching the instance
-    added = runs.register_instrument(runs.get_instance(warn), instrument)
-    say(f"{'added' if added else 'already registered'}: {instrument.exchange} {instrument.native} "
-        f"({instrument.atlas}) in {instrument.instruments_name}")
+    from aperiodic_pipelines.operator.registry import register_instrument
+
+    instrument, listing = _listed(args.exchange, args.symbol)  # refused before touching the instance
+    added = register_instrument(get_instance(warn), instrument, listing.first_month)
+    say(f"{'added' if added else 'already registered'}: {instrument} ({instrument.atlas}) in "
+        f"{instrument.instruments_name}, from {listing.first_month} ({listing.basis})")
     return EXIT_OK
 
 
 def cmd_instruments_list(args: argparse.Namespace) -> int:
-    from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME
-    from aperiodic_pipelines.domain.symbols import to_atlas
+    from aperiodic_pipelines.operator.registry import registered_instruments
 
-    instance = runs.get_instance(warn)
-    rows = [
-        (exchange.name, native)
-        for exchange in EXCHANGES_BY_NAME.values()
-        for native in sorted(instance.get_dynamic_partitions(exchange.instruments_name))
-    ]
+    rows = registered_instruments(get_instance(warn))
     if not rows:
         say("no instruments registered (add one: aperiodic-pipelines instruments add --exchange E --symbol S)")
         return EXIT_OK
-    for exchange, native in rows:
-        say(f"{exchange}\t{native}\t{to_atlas(exchange, native)}")
+    for row in rows:
+        i = row.instrument
+        say(f"{i.exchange}\t{i.native}\t{i.atlas}\t{row.first_month or '-'}")
+    return EXIT_OK
+
+
+def cmd_instruments_remove(args: argparse.Namespace) -> int:
+    from aperiodic_pipelines.operator.registry import remove_instrument
+
+    instrument = resolve_instrument(args.exchange, args.symbol)  # its form only: bad registrations can be removed
+    if not remove_instrument(get_instance(warn), instrument):
+        raise RunSetupError(f"{instrument} is not registered (`aperiodic-pipelines instruments list` shows what is)")
+    say(f"removed: {instrument} from {instrument.instruments_name}; schedules and overdue alerts no longer ask for "
+        "it. Nothing is deleted: its published files, runs and materialisations stay.")
     return EXIT_OK
 
 
 # --- materialize -----------------------------------------------------------------------------------------------
 
 
-def _print_month_run(result: runs.MonthRun) -> None:
-    where = f"{result.instrument.exchange} {result.instrument.native} {result.month}"
+def _print_month_run(result: MonthRun) -> None:
+    where = f"{result.instrument} {result.month}"
     if result.success:
         say(f"run {result.run_id} for {where} succeeded")
         for line in result.lines:
             say(line)
     else:
-        warn(f"run {result.run_id} for {where} FAILED")
-        for line in result.lines:
-            warn(line)
+        warn(f"run {result.run_id} for {where} FAILED: {result.lines[0] if result.lines else 'see the Dagster UI'}")
+        for line in result.lines[1:]:
+            warn(f"  {line}")
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
-    months = runs.month_range(args.month, args.to)
-    instrument = runs.resolve_instrument(args.exchange, args.symbol)  # fail on a bad symbol before loading Dagster
-    results = runs.run_month_waves(
-        runs.get_instance(warn), [instrument], months, tags={LAUNCHED_BY_TAG: "cli"}, log_level=args.log_level,
-        say=say, report=_print_month_run,
+    instrument, listing, months = _checked_request(args.exchange, args.symbol, args.month, args.to)
+    from aperiodic_pipelines.operator.submission import run_month_waves
+
+    results = run_month_waves(
+        get_instance(warn), [instrument], months, tags={LAUNCHED_BY_TAG: "cli"}, log_level=args.log_level,
+        say=say, report=_print_month_run, first_months={instrument: listing.first_month},
+        deadline_seconds=args.wait_timeout,
     )
     return EXIT_OK if results and all(r.success for r in results) else EXIT_FAILED
 
 
 # --- backfill (GraphQL against a running webserver; the daemon executes it) ------------------------------------
 
+
 def cmd_backfill(args: argparse.Namespace) -> int:
-    months = runs.month_range(args.from_month, args.to)
-    backfill_id = runs.submit_backfill(args.url, args.exchange, args.symbol, months, location=args.location)
+    instrument, _listing, months = _checked_request(args.exchange, args.symbol, args.from_month, args.to)
+    from aperiodic_pipelines.operator.backfill import submit_backfill
+
+    backfill_id = submit_backfill(args.url, args.exchange, instrument, months, location=args.location, say=say)
     say(f"backfill {backfill_id} submitted: {len(months)} month(s) {months[0]}..{months[-1]}")
-    say(f"follow it at {args.url.rstrip('/')}/runs/b/{backfill_id} (the daemon must be running: dagster dev)")
+    say(f"follow it at {args.url.rstrip('/')}/runs/b/{backfill_id} (the daemon must be running: dg dev)")
     return EXIT_OK
 
 
@@ -145,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def instrument_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--exchange", required=True, help="binance-futures, okx-perps or hyperliquid-perps")
+        p.add_argument("--exchange", required=True, help=", ".join(EXCHANGES))
         p.add_argument(
             "--symbol", required=True, help="Atlas symbol (perpetual-BTC-USDT:USDT) or native id (BTCUSDT)"
         )
@@ -163,8 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     add = instrument_commands.add_parser("add", help="validate a symbol and register it as an instrument")
     instrument_args(add)
     add.set_defaults(handler=cmd_instruments_add)
-    listing = instrument_commands.add_parser("list", help="list registered instruments")
+    listing = instrument_commands.add_parser("list", help="list registered instruments with their first month")
     listing.set_defaults(handler=cmd_instruments_list)
+    remove = instrument_commands.add_parser(
+        "remove", help="unregister an instrument (its published files, runs and materialisations are kept)"
+    )
+    instrument_args(remove)
+    remove.set_defaults(handler=cmd_instruments_remove)
 
     mat = commands.add_parser(
         "materialize", help="submit one run per month through the code location and wait for each (in order)"
@@ -172,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     instrument_args(mat)
     mat.add_argument("--month", required=True, help="first month, YYYY-MM")
     mat.add_argument("--to", help="last month, YYYY-MM (inclusive; default: --month)")
+    mat.add_argument("--wait-timeout", type=float, default=DEFAULT_WAIT_SECONDS, metavar="SECONDS",
+                     help=f"stop waiting for the runs after this long (default {DEFAULT_WAIT_SECONDS}); they go on")
     log_level_arg(mat)
     mat.set_defaults(handler=cmd_materialize)
 
@@ -210,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     api_key_commands.add_parser("list", help="list keys (names and ids, never the keys)")
     api_key_commands.add_parser("revoke", help="revoke a key").add_argument("name")
     api_keys.set_defaults(handler=cmd_api_keys)
+
+    # Further commands (e.g. `worker`, the Celery run worker) register their parsers here.
     from aperiodic_pipelines.operator.worker import add_worker_command
     add_worker_command(commands)
     return parser
@@ -220,8 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (AperiodicError, ValueError) as exc:
+        from aperiodic_pipelines.sources.universe import ListingUnavailableError
+
         warn(f"error: {exc}")
-        return EXIT_USAGE if isinstance(exc, (RunSetupError, ValueError)) else EXIT_FAILED
+        refused = (RunSetupError, ListingUnavailableError, ValueError)
+        return EXIT_USAGE if isinstance(exc, refused) else EXIT_FAILED
     except KeyboardInterrupt:
         warn("interrupted")
         return 130

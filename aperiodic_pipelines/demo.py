@@ -4,7 +4,7 @@ No internet: Binance and OKX archives are served by `ArchiveMirror` over HTTP on
 bucket by a moto S3 server on 127.0.0.1. The `APERIODIC_*_URL` variables and the AWS endpoint point at them
 for the duration of the demo; the store is `./data` unless `APERIODIC_STORE` says otherwise (an `s3://` store
 then lives in the same moto server). Each instrument gets two consecutive generated months, materialised month by
-month (the three exchanges side by side) by runs submitted through the code location (`runs.py`), recorded in
+month (the three exchanges side by side) by runs submitted through the code location (`operator/submission.py`), recorded in
 the instance in DAGSTER_HOME: they show under each exchange's job in the UI.
 """
 
@@ -187,13 +187,10 @@ def run_demo(
 ) -> bool:
     """Mirror, register, materialise two months per instrument, summarise. Returns True when every run passed."""
     from aperiodic_pipelines.defs.partitions import month_of
-    from aperiodic_pipelines.runs import (
-        LAUNCHED_BY_TAG,
-        get_instance,
-        month_range,
-        resolve_instrument,
-        run_month_waves,
-    )
+    from aperiodic_pipelines.domain.months import month_range
+    from aperiodic_pipelines.operator.instance import LAUNCHED_BY_TAG, get_instance
+    from aperiodic_pipelines.operator.registry import resolve_instrument
+    from aperiodic_pipelines.operator.submission import run_month_waves
 
     first = first_month or DEFAULT_DEMO_MONTHS[0]
     if last_month:
@@ -205,7 +202,7 @@ def run_demo(
     instance = get_instance(say)
     instruments = [resolve_instrument(i.exchange, i.native_symbol) for i in DEMO_INSTRUMENTS]
 
-    def report(result) -> None:  # noqa: ANN001 - runs.MonthRun
+    def report(result) -> None:  # noqa: ANN001 - operator.submission.MonthRun
         state = "succeeded" if result.success else "FAILED"
         say(f"run {result.run_id} {result.instrument.exchange} {result.instrument.native} {result.month}: {state}")
         if not result.success:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from aperiodic_pipelines.domain.errors import InvalidTradesError
+from aperiodic_pipelines.domain.errors import CorruptArchiveError, InvalidTradesError
 
 CANONICAL_SCHEMA: dict[str, pl.DataType] = {
     "ts_exchange": pl.Int64(),
@@ -22,6 +22,36 @@ CANONICAL_SCHEMA: dict[str, pl.DataType] = {
     "is_buy": pl.Boolean(),
 }
 CANONICAL_COLUMNS: list[str] = list(CANONICAL_SCHEMA)
+
+# Identical repeated rows (same time, id, price, quantity, side) are dropped and counted; more than this share of
+# a month's rows, and at least ALLOWED_DUPLICATE_ROWS, blocks the month: no real archive repeats that much
+# (Binance's known repeats are a handful per month), a broken export or a hostile file does.
+MAX_DUPLICATE_SHARE = 0.001
+ALLOWED_DUPLICATE_ROWS = 100
+
+
+class ConflictingTradesError(InvalidTradesError, CorruptArchiveError):
+    """One trade id with two different contents (time, price, quantity or side): the upstream contradicts itself.
+    Also a `CorruptArchiveError`, so the files that fed it are evicted from the cache like any damaged archive."""
+
+
+class TooManyDuplicatesError(InvalidTradesError):
+    """More identical repeated rows than `MAX_DUPLICATE_SHARE` of the month allows."""
+
+
+def duplicates_allowed(rows: int) -> int:
+    """The most identical repeats a month of `rows` input rows may hold before it is refused."""
+    return max(ALLOWED_DUPLICATE_ROWS, int(rows * MAX_DUPLICATE_SHARE))
+
+
+def check_duplicate_share(duplicates: int, rows: int, *, name: str) -> None:
+    """Raise `TooManyDuplicatesError` when `duplicates` of `rows` input rows is beyond the documented share."""
+    if duplicates > duplicates_allowed(rows):
+        raise TooManyDuplicatesError(
+            f"{name}: {duplicates} of {rows} rows repeat another row exactly; at most {duplicates_allowed(rows)} "
+            f"({MAX_DUPLICATE_SHARE:.1%} of the rows, at least {ALLOWED_DUPLICATE_ROWS}) may be dropped as duplicates "
+            "before a month is refused: the upstream file is broken, not a month of trades"
+        )
 
 if TYPE_CHECKING:
     import pandera.polars as pa

@@ -106,13 +106,14 @@ def free_port() -> int:
 
 
 def celery_instance_config(tree: Path, workers: int) -> str:
-    """deploy/celery/dagster.yaml with the run limits raised to the number of workers."""
+    """deploy/celery/dagster.yaml with the run and per-exchange limits raised to the number of workers."""
     import yaml
 
     config = yaml.safe_load((tree / "deploy" / "celery" / "dagster.yaml").read_text())
     config["concurrency"]["runs"]["max_concurrent_runs"] = workers
     for limit in config["concurrency"]["runs"]["tag_concurrency_limits"]:
-        limit["limit"] = workers
+        if limit["key"] == "aperiodic/exchange":
+            limit["limit"] = workers
     return yaml.safe_dump(config)
 
 
@@ -181,7 +182,7 @@ def run_backfill(tree: Path, months: list[str], workdir: Path, mirror_url: str, 
         saved = dict(os.environ)
         os.environ.update(env)  # the CLI helpers resolve symbols and keys from the same environment
         try:
-            from aperiodic_pipelines.runs import graphql, submit_backfill
+            from aperiodic_pipelines.operator.backfill import graphql, submit_backfill
 
             submitted = time.time()
             backfill_id = submit_backfill(url, EXCHANGE, SYMBOL, months)

@@ -158,14 +158,14 @@ def run_step(step: str, coin: str) -> None:
     from aperiodic_pipelines.sources import hyperliquid
 
     parses = 0
-    parse = hyperliquid.parse_object
+    parse = hyperliquid.source.parse_object
 
     def counting_parse(*args: Any, **kwargs: Any) -> Any:
         nonlocal parses
         parses += 1
         return parse(*args, **kwargs)
 
-    hyperliquid.parse_object = counting_parse
+    hyperliquid.source.parse_object = counting_parse
     from aperiodic_pipelines.defs.definitions import defs
     from aperiodic_pipelines.defs.partitions import flow_partition_key
 

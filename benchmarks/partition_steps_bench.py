@@ -7,7 +7,7 @@ Everything is real and local: generated months served in the exchanges' own form
 and 1m klines zips + `.CHECKSUM` by `ArchiveMirror` over HTTP on 127.0.0.1; Hyperliquid's hourly LZ4 node
 archives in a moto S3 server on 127.0.0.1), a fresh DAGSTER_HOME with the project's `dagster.yaml`, a fresh
 local store and download cache, and partition runs submitted through the code location exactly as
-`aperiodic-pipelines materialize` submits them (`runs.run_month_waves`, no daemon: the instance's run launcher
+`aperiodic-pipelines materialize` submits them (`operator.submission.run_month_waves`, no daemon: the instance's run launcher
 starts each run in its own process). Two consecutive months are materialised per exchange, one exchange after
 the other, so the second month's `second_stats` reads the month before it (the first month's previous month is
 not published: `APERIODIC_HTTP_404_ATTEMPTS=1` lets it count as such at once, without the retries a live CDN needs).
@@ -100,9 +100,9 @@ class DescendantCpu:
 
 def child(exchanges: list[str]) -> None:
     """Materialise both months of each exchange on a fresh instance (DAGSTER_HOME from the parent); print JSON."""
-    from aperiodic_pipelines import runs
+    from aperiodic_pipelines.operator.instance import get_instance
 
-    instance = runs.get_instance()
+    instance = get_instance()
     out = []
     with DescendantCpu() as sampled:
         for exchange in exchanges:
@@ -116,11 +116,12 @@ def materialise_months(instance, exchange: str) -> list[dict]:
     """Both months of one exchange, in order; per run its step timings and the pid of its worker."""
     from dagster import DagsterEventType
 
-    from aperiodic_pipelines import runs
+    from aperiodic_pipelines.operator.registry import resolve_instrument
+    from aperiodic_pipelines.operator.submission import run_month_waves
 
     out = []
-    instrument = runs.resolve_instrument(exchange, INSTRUMENTS[exchange])
-    for result in runs.run_month_waves(instance, [instrument], list(MONTHS)):
+    instrument = resolve_instrument(exchange, INSTRUMENTS[exchange])
+    for result in run_month_waves(instance, [instrument], list(MONTHS)):
         at: dict[str, float] = {}
         pid = None
         steps: dict[str, float] = {}

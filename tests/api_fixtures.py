@@ -73,8 +73,9 @@ def create_key(name: str, env: dict[str, str]) -> str:
 
 
 @contextmanager
-def serve(env: dict[str, str], *args: str, log_path: Path) -> Iterator[str]:
-    """`aperiodic-pipelines serve` on a free 127.0.0.1 port; yields the base URL once /healthz answers 200."""
+def serve(env: dict[str, str], *args: str, log_path: Path, healthy: bool = True) -> Iterator[str]:
+    """`aperiodic-pipelines serve` on a free 127.0.0.1 port; yields the base URL once /healthz answers 200
+    (with `healthy=False`: once it answers at all, e.g. 503 for a store that is not there)."""
     port = free_port()
     full_env = {**os.environ, **env, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     with open(log_path, "w") as log:
@@ -88,7 +89,8 @@ def serve(env: dict[str, str], *args: str, log_path: Path) -> Iterator[str]:
             if process.poll() is not None:
                 raise RuntimeError(f"serve exited with {process.returncode}: {log_path.read_text()[-2000:]}")
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code
+                if status == 200 or not healthy:
                     break
             except httpx.TransportError:
                 pass

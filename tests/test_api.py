@@ -116,7 +116,8 @@ def test_client_reads_published_months_from_a_local_store(local: Deployment, bar
     assert_client_frames(local, bars)
     files = local.listing().json()["files"]
     assert [(f["year"], f["month"]) for f in files] == [(2024, 1), (2024, 2)]
-    assert all(f["url"].startswith(f"{local.base}/files/flow/exchange/{EXCHANGE}/1h/{NATIVE}/") for f in files)
+    # The index names immutable versions: versions/flow/{exchange}/{native}/{YYYY-MM}/{timestamp}/{interval}/{sha256}/…
+    assert all(f["url"].startswith(f"{local.base}/files/versions/flow/{EXCHANGE}/{NATIVE}/") for f in files)
 
 
 def test_client_reads_published_months_from_s3(
@@ -131,7 +132,7 @@ def test_client_reads_published_months_from_s3(
         assert_client_frames(deployment, bars)
         url = deployment.listing().json()["files"][0]["url"]
         query = parse_qs(urlsplit(url).query)
-        assert urlsplit(url).path == f"/{s3_bucket}/team/bars/flow/exchange/{EXCHANGE}/1h/{NATIVE}/2024-01.parquet"
+        assert re.fullmatch(rf"/{s3_bucket}/team/bars/versions/flow/{EXCHANGE}/{NATIVE}/2024-01/exchange/1h/[0-9a-f]{{64}}/2024-01.parquet", urlsplit(url).path)
         # Valid for at least the TTL (300 s): signed for TTL + the 30 s it may be handed out again.
         assert query["X-Amz-Expires"] == ["330"] and "X-Amz-Signature" in query
         assert get_symbols(key, EXCHANGE, base_url=base) == [SYMBOL]
@@ -221,7 +222,12 @@ def test_client_surfaces_400_and_404(local: Deployment) -> None:
 
 def test_native_symbol_gets_the_atlas_form_in_the_error(local: Deployment) -> None:
     body = local.listing(symbol="BTCUSDT").json()
-    assert any("perpetual-BTC-USDT:USDT" in d for d in body["details"])
+    assert body["error"] == "'BTCUSDT' is a native binance-futures id; the Atlas symbol is perpetual-BTC-USDT:USDT"
+    with pytest.raises(APIError) as raised:  # the client shows `error`, not `details`: the hint must be there
+        get_metrics(local.key, metric="flow", timestamp="exchange", interval="1h", exchange=EXCHANGE,
+                    symbol="BTCUSDT", start_date=date(2024, 1, 1), end_date=date(2024, 1, 2),
+                    base_url=local.base, show_progress=False)
+    assert "the Atlas symbol is perpetual-BTC-USDT:USDT" in str(raised.value)
 
 
 def test_api_paths_are_never_redirected(local: Deployment) -> None:
@@ -341,7 +347,7 @@ def test_access_log_names_key_and_never_a_secret(local: Deployment) -> None:
     httpx.get(url)
     log = local.log.read_text()
     assert re.search(r"GET /api/v1/data/flow 200 key=tester [\d.]+ms", log)
-    assert re.search(r"GET /api/v1/files/flow/exchange/\S+\.parquet 200 key=- [\d.]+ms", log)
+    assert re.search(r"GET /api/v1/files/versions/flow/\S+\.parquet 200 key=- [\d.]+ms", log)
     assert local.key not in log and local.key.split("_", 2)[2] not in log
     assert "signature" not in log and parse_qs(urlsplit(url).query)["signature"][0] not in log
 
@@ -434,7 +440,7 @@ def test_public_url_is_the_base_of_file_urls_and_healthz_sees_a_missing_store(
                            public_url=public)
     with running_server(settings) as base:
         answer = Deployment(base, local.key, {}, local.log, local.root).listing().json()
-        assert all(f["url"].startswith(f"{public}/files/flow/") for f in answer["files"])
+        assert all(f["url"].startswith(f"{public}/files/versions/flow/") for f in answer["files"])
     missing = ApiSettings(store_uri=str(tmp_path / "nowhere"), api_keys_path=tmp_path / "keys.sqlite")
     with running_server(missing) as base:
         answer = httpx.get(base.replace("/api/v1", "/healthz"))

@@ -24,7 +24,8 @@ from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.flow import FLOW_SCHEMA, INTERVALS, bars_in_month
 from aperiodic_pipelines.mirror.http import ArchiveMirror
 from aperiodic_pipelines.storage import ObjectStore, flow_key, raw_key, read_parquet_metadata, seconds_key
-from aperiodic_pipelines.storage.index import index_key
+from aperiodic_pipelines.storage.index import index_key, read_published_month
+from aperiodic_pipelines.storage.publication import version_key
 from aperiodic_pipelines.synthetic import generate_tape
 
 EXCHANGE = "binance-futures"
@@ -100,13 +101,21 @@ def run_month(instance: DagsterInstance, resources: dict, month: str, assets=ASS
     )
 
 
-def expected_keys(months: tuple[str, ...] = MONTHS) -> list[str]:
+def expected_keys(store: ObjectStore, months: tuple[str, ...] = MONTHS) -> list[str]:
     keys = []
     for month in months:
         keys += [raw_key(EXCHANGE, NATIVE, month), raw_sources_key(EXCHANGE, NATIVE, month)]  # no staging left
         keys.append(seconds_key("exchange", EXCHANGE, NATIVE, month))
         keys += [flow_key("exchange", EXCHANGE, interval, NATIVE, month) for interval in INTERVALS]
         keys.append(index_key(EXCHANGE, NATIVE, month))
+        # The immutable versions the index names (storage.publication): one per interval, each under its sha256.
+        published = read_published_month(store, EXCHANGE, NATIVE, month)
+        assert published is not None and len(published.files) == len(INTERVALS)
+        for f in published.files:
+            assert f.key == version_key(EXCHANGE, NATIVE, month, "exchange", f.interval, f.sha256)
+            assert hashlib.sha256(store.read_bytes(f.key)).hexdigest() == f.sha256
+            assert store.read_bytes(f.key) == store.read_bytes(flow_key("exchange", EXCHANGE, f.interval, NATIVE, month))
+            keys.append(f.key)
     return sorted(keys)
 
 
@@ -125,7 +134,7 @@ def materialization_metadata(result, asset: str, prefix: str = PREFIX) -> dict:
 
 def assert_published_months(store: ObjectStore, trade_counts: dict, months: tuple[str, ...] = MONTHS) -> None:
     """Exactly the expected objects; every flow file has the spec schema, a dense grid and spec §4 metadata."""
-    assert store.list("") == expected_keys(months)
+    assert store.list("") == expected_keys(store, months)
     for month in months:
         source_sets = []
         for interval in INTERVALS:
@@ -233,10 +242,45 @@ def test_two_months_published_with_metadata_and_rerun_is_byte_identical(stage: S
     again = run_month(instance, stage.resources(), "2024-02", assets=[published_asset])
     assert materialization_metadata(again, "published_flow_bars")["published_now"] == "none (re-verified)"
     assert digests(store) == before
+    # ... repairs a stable layout key that no longer holds its version's bytes (written in place, unlinked) ...
+    stable = flow_key("exchange", EXCHANGE, "1h", NATIVE, "2024-02")
+    store.path(stable).unlink()
+    store.path(stable).write_bytes(store.read_bytes(flow_key("exchange", EXCHANGE, "1h", NATIVE, "2024-01")))
+    run_month(instance, stage.resources(), "2024-02", assets=[published_asset])
+    assert digests(store) == before
     # ... and refuses when a published object no longer matches the index, naming it.
-    damaged = flow_key("exchange", EXCHANGE, "1h", NATIVE, "2024-02")
+    (entry,) = [f for f in read_published_month(store, EXCHANGE, NATIVE, "2024-02").files if f.interval == "1h"]
+    damaged = entry.key
+    store.path(damaged).unlink()  # the stable key is a hard link to it: damage the version alone
     store.path(damaged).write_bytes(store.read_bytes(flow_key("exchange", EXCHANGE, "1h", NATIVE, "2024-01")))
     failed = run_month(instance, stage.resources(), "2024-02", assets=[published_asset], raise_on_error=False)
     assert not failed.success
     (failure,) = [e for e in failed.all_events if e.is_step_failure]
     assert f"{damaged} does not match the index" in failure.step_failure_data.error.message
+
+
+def test_a_run_that_loses_the_partition_fails_clearly_and_records_nothing(stage: Stage) -> None:
+    """Another writer holds the month's publication lease (here: this test process, as a concurrent run would):
+    the run's publishing step fails at once, not retried, naming the partition; no materialization of the
+    published asset is recorded and the index is untouched. The staged bars stay, and publish once it is free."""
+    from aperiodic_pipelines.storage.publication import partition_lease
+
+    instance = new_instance()
+    store = stage.store()
+    with partition_lease(store, EXCHANGE, NATIVE, "2024-01"):
+        failed = run_month(instance, stage.resources(), "2024-01", raise_on_error=False)
+    assert not failed.success
+    (failure,) = [e for e in failed.all_events if e.is_step_failure]
+    assert failure.step_key == f"{PREFIX}__published_flow_bars"
+    message = failure.step_failure_data.error.message
+    assert f"PublicationConflictError: {EXCHANGE} {NATIVE} 2024-01 is being published by another writer" in message
+    assert not [e for e in failed.all_events if e.event_type_value in ("STEP_UP_FOR_RETRY", "STEP_RESTARTED")]
+    assert [e.asset_key for e in failed.get_asset_materialization_events()
+            if e.asset_key == AssetKey([PREFIX, "published_flow_bars"])] == []
+    assert read_published_month(store, EXCHANGE, NATIVE, "2024-01") is None
+    assert store.list("flow/") == []
+
+    (published_asset,) = [a for a in ASSETS if a.key == AssetKey([PREFIX, "published_flow_bars"])]
+    again = run_month(instance, stage.resources(), "2024-01", assets=[published_asset])
+    assert materialization_metadata(again, "published_flow_bars")["published_now"] == "exchange"
+    assert len(read_published_month(store, EXCHANGE, NATIVE, "2024-01").files) == len(INTERVALS)

@@ -1,4 +1,7 @@
-"""The command line: parsing, month ranges, DAGSTER_HOME handling, and instruments against a real Dagster instance."""
+"""The command line: parsing, month ranges, DAGSTER_HOME handling, and instruments against a real Dagster instance.
+
+Every test reads Binance's universe from a local S3 listing (`mirror/listings.py`) of a mirror directory holding
+BTCUSDT from 2019-12 and ETHUSDT from 2020-01: nothing leaves 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -15,11 +18,35 @@ import pytest
 import requests
 from dagster import DagsterInstance
 
-from aperiodic_pipelines import cli, runs
-from aperiodic_pipelines.domain.errors import AperiodicError
+from aperiodic_pipelines import cli
+from aperiodic_pipelines.mirror.listings import ListingServer
+from aperiodic_pipelines.operator.backfill import find_repository
+from aperiodic_pipelines.operator.instance import RunSetupError
 from aperiodic_pipelines.storage import INTERVALS, LocalStore, flow_key, read_parquet_metadata
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+BINANCE_LISTED = {"BTCUSDT": ("2019-12", "2020-01", "2024-01", "2024-02"), "ETHUSDT": ("2020-01", "2020-02")}
+
+
+def write_binance_listing(root: Path, listed: dict[str, tuple[str, ...]]) -> None:
+    """Empty monthly files (the listing reads names only) as data.binance.vision lays them out."""
+    for symbol, months in listed.items():
+        folder = root / "data/futures/um/monthly/aggTrades" / symbol
+        folder.mkdir(parents=True, exist_ok=True)
+        for month in months:
+            (folder / f"{symbol}-aggTrades-{month}.zip").write_bytes(b"")
+            (folder / f"{symbol}-aggTrades-{month}.zip.CHECKSUM").write_bytes(b"")
+
+
+@pytest.fixture(autouse=True)
+def binance_listing(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[ListingServer]:
+    root = tmp_path_factory.mktemp("listing")
+    write_binance_listing(root, BINANCE_LISTED)
+    with ListingServer(root) as server:
+        monkeypatch.setenv("APERIODIC_BINANCE_LISTING_URL", server.url)
+        yield server
 
 
 @pytest.fixture
@@ -69,13 +96,12 @@ def test_parser_rejects_incomplete_commands(argv: list[str], capsys: pytest.Capt
     assert "usage:" in capsys.readouterr().err
 
 
-def test_month_range() -> None:
-    assert runs.month_range("2024-01") == ["2024-01"]
-    assert runs.month_range("2023-11", "2024-02") == ["2023-11", "2023-12", "2024-01", "2024-02"]
-    with pytest.raises(AperiodicError, match="backwards"):
-        runs.month_range("2024-03", "2024-01")
-    with pytest.raises(ValueError, match="YYYY-MM"):
-        runs.month_range("2024-1")
+def test_inverted_month_range_exits_2_naming_both_ends(dagster_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["materialize", "--exchange", "okx-perps", "--symbol", "BTC-USDT-SWAP", "--month", "2024-03",
+                     "--to", "2024-01"])
+    assert code == 2
+    assert "2024-03..2024-01" in capsys.readouterr().err
+    assert not dagster_home.exists()
 
 
 def test_bad_month_exits_2_naming_it(dagster_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -91,7 +117,7 @@ def test_instruments_add_and_list(dagster_home: Path, capsys: pytest.CaptureFixt
 
     assert cli.main(["instruments", "add", "--exchange", "binance-futures", "--symbol", "BTCUSDT"]) == 0
     out = capsys.readouterr().out
-    assert "added: binance-futures BTCUSDT (perpetual-BTC-USDT:USDT) in binance_futures_instruments" in out
+    assert "added: binance-futures BTCUSDT (perpetual-BTC-USDT:USDT) in binance_futures_instruments, from 2019-12" in out
     # The same instrument by its Atlas symbol is the same partition key (the native id).
     assert cli.main(["instruments", "add", "--exchange", "binance-futures", "--symbol", "perpetual-BTC-USDT:USDT"]) == 0
     assert "already registered: binance-futures BTCUSDT" in capsys.readouterr().out
@@ -106,8 +132,8 @@ def test_instruments_add_and_list(dagster_home: Path, capsys: pytest.CaptureFixt
     assert cli.main(["instruments", "list"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines == [
-        "binance-futures\tBTCUSDT\tperpetual-BTC-USDT:USDT",
-        "hyperliquid-perps\tBTC\tperpetual-BTC-USDC:USDC",
+        "binance-futures\tBTCUSDT\tperpetual-BTC-USDT:USDT\t2019-12",
+        "hyperliquid-perps\tBTC\tperpetual-BTC-USDC:USDC\t2025-03",
     ]
 
 
@@ -117,6 +143,11 @@ def test_instruments_add_and_list(dagster_home: Path, capsys: pytest.CaptureFixt
         ("okx-perps", "FOO", "'FOO'"),
         ("binance-spot", "BTCUSDT", "'binance-spot'"),
         ("binance-futures", "perpetual-BTC-USD:BTC", "perpetual-BTC-USD:BTC"),
+        # Well-formed, but not in the exchange's universe: refused with the reason, never registered.
+        ("hyperliquid-perps", "BTCUSDT", "did you mean 'BTC'?"),
+        ("hyperliquid-perps", "perpetual-BTCUSDT-USDC:USDC", "no coin 'BTCUSDT'"),
+        ("binance-futures", "BTCXUSDT", "closest: BTCUSDT"),
+        ("okx-perps", "BTCUSDT", "'BTCUSDT'"),
     ],
 )
 def test_instruments_add_rejects_unknown_symbols(
@@ -138,7 +169,10 @@ def test_default_dagster_home_is_created_with_the_project_config(
     assert cli.main(["instruments", "add", "--exchange", "okx-perps", "--symbol", "BTC-USDT-SWAP"]) == 0
     home = tmp_path / ".dagster_home"
     assert (home / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"
-    assert f"DAGSTER_HOME is not set; using {home}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"DAGSTER_HOME is not set; using {home}" in err
+    # A hint that runs as printed: `dg dev` needs the workspace file (here the source tree's).
+    assert f"See these runs in the UI with: DAGSTER_HOME={home} dg dev -w {REPO_ROOT / 'workspace.yaml'}" in err
     instance = DagsterInstance.from_config(str(home))
     assert instance.get_dynamic_partitions("okx_perps_instruments") == ["BTC-USDT-SWAP"]
     instance.dispose()
@@ -148,7 +182,7 @@ def test_default_dagster_home_is_created_with_the_project_config(
 
 
 TOY_DEFINITIONS = """
-from dagster import AssetKey, Definitions, asset, define_asset_job
+from dagster import AssetKey, Definitions, RetryPolicy, asset, define_asset_job
 
 from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME, split_partition_key
 from aperiodic_pipelines.domain.errors import NotPublishedError
@@ -156,7 +190,7 @@ from aperiodic_pipelines.domain.errors import NotPublishedError
 OKX = EXCHANGES_BY_NAME["okx-perps"]
 
 
-@asset(key=AssetKey(["okx_perps", "toy_bars"]), partitions_def=OKX.partitions)
+@asset(key=AssetKey(["okx_perps", "toy_bars"]), partitions_def=OKX.partitions, retry_policy=RetryPolicy(max_retries=1))
 def toy_bars(context):
     native, month = split_partition_key(context.partition_key)
     if month == "2024-02":
@@ -201,8 +235,13 @@ def test_materialize_submits_runs_the_ui_knows_in_order_and_stops_at_a_failure(
     assert "2024-03" not in out  # stopped at the failure
     assert "okx_perps/toy_bars: month=2024-01, rows=744" in out
     assert "step okx_perps__toy_bars failed:" in err
-    assert "okx-perps BTC-USDT-SWAP 2024-02 is not published (yet)" in err
-    assert "no dagster-daemon is dequeuing runs: launching directly" in out
+    # The failed run's line carries the step's own error, not only the retry policy's "Exceeded max_retries".
+    (failed_line,) = [line for line in err.splitlines() if " FAILED: " in line]
+    assert "BTC-USDT-SWAP 2024-02 FAILED: step okx_perps__toy_bars failed: " in failed_line
+    assert "okx-perps BTC-USDT-SWAP 2024-02 is not published (yet)" in failed_line
+    assert "(gave up: exceeded max_retries of 1)" in failed_line
+    assert out.count("no dagster-daemon is dequeuing runs: launching directly") == 1  # said once, not per run
+    assert "registered instrument okx-perps BTC-USDT-SWAP (perpetual-BTC-USDT:USDT)" in out
 
     instance = DagsterInstance.from_config(str(dagster_home))
     try:
@@ -248,9 +287,9 @@ def webserver(dagster_home: Path, tmp_path: Path) -> Iterator[str]:
             assert process.poll() is None, (tmp_path / "webserver.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "webserver did not load the code location in 120 s"
             try:
-                runs.find_repository(url, "aperiodic_pipelines")
+                find_repository(url, "aperiodic_pipelines")
                 break
-            except (runs.RunSetupError, requests.RequestException):
+            except (RunSetupError, requests.RequestException):
                 time.sleep(0.5)
         yield url
     finally:
@@ -273,6 +312,7 @@ def test_backfill_is_submitted_to_the_webserver(
     )
     out, err = capsys.readouterr()
     assert code == 0, err
+    assert "registered instrument binance-futures BTCUSDT (perpetual-BTC-USDT:USDT) on the webserver's instance" in out
     backfill_id = out.split("backfill ", 1)[1].split(" ", 1)[0]
     assert f"{webserver}/runs/b/{backfill_id}" in out
 

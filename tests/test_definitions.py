@@ -195,7 +195,7 @@ def test_deploy_files_configure_the_instance(tmp_path: Path, monkeypatch: pytest
     (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     instance = DagsterInstance.from_config(str(home))
     try:
-        # Dagster's queued coordinator, adding the exchange tag to every run (aperiodic_pipelines.runs).
+        # Dagster's queued coordinator, adding the exchange tag to every run (aperiodic_pipelines.operator.coordinator).
         assert type(instance.run_coordinator).__name__ == "ExchangeTaggingRunCoordinator"
         assert isinstance(instance.run_coordinator, QueuedRunCoordinator)
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2

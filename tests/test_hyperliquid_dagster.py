@@ -31,11 +31,11 @@ from dagster import (
     build_schedule_context,
 )
 
-from aperiodic_pipelines import runs
 from aperiodic_pipelines.defs.definitions import defs
 from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME, flow_partition_key
 from aperiodic_pipelines.defs.venue import FAN_OUT_ALL, FAN_OUT_TAG
 from aperiodic_pipelines.mirror.s3 import corrupt_object, create_bucket, make_client, write_hyperliquid_month
+from aperiodic_pipelines.operator import backfill as runs
 from aperiodic_pipelines.sources import hyperliquid
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.hyperliquid import NODE_FILLS_BY_BLOCK, fetch_month, hour_key
@@ -75,7 +75,7 @@ def bucket(moto_endpoint: str) -> Any:  # noqa: F811
 def counted(monkeypatch: pytest.MonkeyPatch) -> Counter:
     """How many objects were downloaded and parsed (the real functions run; they are only counted)."""
     counts: Counter = Counter()
-    parse, download = hyperliquid.parse_object, BucketReader._download
+    parse, download = hyperliquid.source.parse_object, BucketReader._download
 
     def counting_parse(*args: Any, **kwargs: Any) -> Any:
         counts["parses"] += 1
@@ -85,7 +85,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> Counter:
         counts["downloads"] += 1
         return download(self, *args, **kwargs)
 
-    monkeypatch.setattr(hyperliquid, "parse_object", counting_parse)
+    monkeypatch.setattr(hyperliquid.source, "parse_object", counting_parse)
     monkeypatch.setattr(BucketReader, "_download", counting_download)
     return counts
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from aperiodic_pipelines.domain.errors import StoreError
+from aperiodic_pipelines.domain.settings import ConfigError
 from aperiodic_pipelines.storage import (
     LocalStore,
     ObjectNotFoundError,
@@ -148,6 +150,85 @@ def test_parquet_metadata_must_be_strings(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+# --- footers (spec §4 as amended, issue 14 item 5) ----------------------------------------------------------------
+
+HOURLY_SOURCES = [  # a Hyperliquid month: one object per hour of two months
+    {"location": f"s3://hl-mainnet-node-data/node_fills_by_block/hourly/{d:03d}/{h}.lz4", "size": 1_000_000 + d,
+     "sha256": hashlib.sha256(f"{d}/{h}".encode()).hexdigest()}
+    for d in range(61) for h in range(24)
+]
+
+
+def daily_bars_file(path: Path, sources: list[dict], **extra: str) -> Path:
+    frame = bars_frame(rows=30)
+    metadata = bars_metadata(
+        exchange="hyperliquid-perps", symbol="perpetual-BTC-USDC:USDC", native_symbol="BTC", interval="1d",
+        timestamp="exchange", month="2024-01", row_count=frame.height, sources=sources, **extra,
+    )
+    write_parquet_deterministic(frame, path, metadata=metadata)
+    return path
+
+
+def test_footer_lists_up_to_32_sources_inline(tmp_path: Path) -> None:
+    path = daily_bars_file(tmp_path / "a.parquet", HOURLY_SOURCES[:32])
+    meta = read_parquet_metadata(path)
+    assert json.loads(meta["aperiodic.sources"]) == HOURLY_SOURCES[:32]
+    assert meta["aperiodic.sources_count"] == "32"
+    assert "aperiodic.sources_key" not in meta and "aperiodic.sources_sha256" not in meta
+
+
+def test_footer_names_a_lineage_sidecar_beyond_32_sources_and_stores_nothing_twice(tmp_path: Path) -> None:
+    from aperiodic_pipelines.storage.lineage import publish_sources_lineage, read_sources_lineage
+
+    path = daily_bars_file(tmp_path / "a.parquet", HOURLY_SOURCES)
+    meta = read_parquet_metadata(path)
+    digest = hashlib.sha256(
+        json.dumps(HOURLY_SOURCES, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    assert meta["aperiodic.sources_count"] == str(len(HOURLY_SOURCES)) == "1464"
+    assert meta["aperiodic.sources_sha256"] == digest
+    assert meta["aperiodic.sources_key"] == f"lineage/sources/{digest}.json"
+    assert "aperiodic.sources" not in meta
+    # The Arrow schema pyarrow stores in the footer carries no copy of our metadata (it held 343 KB of it).
+    raw = pq.read_metadata(path).metadata
+    assert b"aperiodic" not in raw[b"ARROW:schema"] and len(raw[b"ARROW:schema"]) < 2_000
+    assert pq.read_schema(path).metadata is None
+    assert path.stat().st_size < 20_000  # 30 rows: was 611 KB with 1,460 sources inline twice
+    # The sidecar: published before the files, named by its digest, its bytes hash to it, it reads back.
+    store = LocalStore(tmp_path / "store")
+    assert publish_sources_lineage(store, HOURLY_SOURCES[:32]) is None  # inline: no sidecar
+    key = publish_sources_lineage(store, HOURLY_SOURCES)
+    assert key == meta["aperiodic.sources_key"] and store.list("lineage/") == [key]
+    assert hashlib.sha256(store.read_bytes(key)).hexdigest() == digest
+    assert read_sources_lineage(store, meta) == HOURLY_SOURCES
+    assert publish_sources_lineage(store, HOURLY_SOURCES) == key  # idempotent
+    store.path(key).write_text("[]")
+    with pytest.raises(StoreError, match="does not hash to the digest"):
+        read_sources_lineage(store, meta)
+
+
+def test_footer_is_byte_identical_across_processes_and_records_the_day(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from pathlib import Path; from tests.test_storage import HOURLY_SOURCES, daily_bars_file; "
+        "daily_bars_file(Path(sys.argv[1]), HOURLY_SOURCES, day='2024-01-05')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    for name in ("a", "b"):
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / f"{name}.parquet")], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "a.parquet").read_bytes() == (tmp_path / "b.parquet").read_bytes()
+    assert read_parquet_metadata(tmp_path / "a.parquet")["aperiodic.day"] == "2024-01-05"
+    assert "aperiodic.day" not in read_parquet_metadata(daily_bars_file(tmp_path / "c.parquet", []))
+    with pytest.raises(ValueError, match="not in month '2024-01'"):
+        daily_bars_file(tmp_path / "d.parquet", [], day="2024-02-01")
+    with pytest.raises(ValueError, match="day must look like"):
+        daily_bars_file(tmp_path / "d.parquet", [], day="2024-1-5")
+
+
 # --- local store -------------------------------------------------------------------------------------------------
 
 
@@ -233,6 +314,24 @@ def test_local_failed_publishes_leave_previous_object_and_no_temp_files(
     assert store.read_bytes(key) == before
     assert temp_leftovers(tmp_path / "store") == []
     assert store.list() == [key]
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path: Path) -> None:
+    from aperiodic_pipelines.storage.atomic import atomic_path, atomic_write
+
+    target = tmp_path / "d" / "file.bin"
+    with atomic_write(target) as out:
+        out.write(b"first")
+    assert target.read_bytes() == b"first" and oct(target.stat().st_mode & 0o777) == "0o644"
+    with pytest.raises(RuntimeError, match="writer failed"), atomic_write(target) as out:
+        out.write(b"half of the sec")
+        raise RuntimeError("writer failed")
+    assert target.read_bytes() == b"first"  # untouched
+    with atomic_path(target, suffix=".parquet") as tmp:
+        assert tmp.parent == target.parent and tmp.name.startswith(".tmp-") and tmp.name.endswith(".parquet")
+        tmp.write_bytes(b"second")
+    assert target.read_bytes() == b"second"
+    assert temp_leftovers(tmp_path) == []
 
 
 # --- S3 store ----------------------------------------------------------------------------------------------------
@@ -361,6 +460,16 @@ def test_store_from_uri_local(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         store_from_uri("gs://bucket/x")
     with pytest.raises(StoreError, match="no bucket"):
         store_from_uri("s3:///x")
+    # Settings come from domain.settings (the one reader of APERIODIC_*), checked there.
+    monkeypatch.setenv("APERIODIC_STALE_WRITE_SECONDS", "12.5")
+    assert store_from_uri().stale_after == 12.5  # type: ignore[attr-defined]
+    monkeypatch.setenv("APERIODIC_STALE_WRITE_SECONDS", "soon")
+    with pytest.raises(ConfigError, match="APERIODIC_STALE_WRITE_SECONDS='soon'"):
+        store_from_uri()
+    from aperiodic_pipelines.domain.settings import StoreSettings
+
+    explicit = store_from_uri(settings=StoreSettings(uri=str(tmp_path / "s"), stale_write_seconds=5))
+    assert explicit.root == tmp_path / "s" and explicit.stale_after == 5  # type: ignore[attr-defined]
 
 
 @pytest.mark.slow

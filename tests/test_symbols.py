@@ -166,3 +166,33 @@ def test_unknown_exchange_lists_supported_ones() -> None:
 def test_symbol_error_is_a_value_error() -> None:
     with pytest.raises(ValueError):
         parse_symbol("nonsense")
+
+
+@pytest.mark.parametrize(
+    ("exchange", "native", "rule"),
+    [
+        ("binance-futures", "btcusdt", "BASEQUOTE_YYMMDD"),
+        ("okx-perps", "BTC-USDT", "BASE-QUOTE-SWAP"),
+        ("hyperliquid-perps", "@107", "dex:ASSET"),
+    ],
+)
+def test_an_unsupported_native_id_says_what_is_supported_and_where_to_look(exchange: str, native: str,
+                                                                            rule: str) -> None:
+    """Issue 14: the message gives the exchange's rule, its examples, and where the listed instruments are."""
+    from aperiodic_pipelines.domain.exchanges import exchange_of
+
+    with pytest.raises(SymbolError) as info:
+        to_atlas(exchange, native)
+    message = str(info.value)
+    assert message.startswith(f"unsupported {exchange} instrument id {native!r}: {exchange} supports ")
+    assert rule in message and exchange_of(exchange).native_examples in message
+    assert "aperiodic-pipelines instruments list" in message and "/api/v1/metadata/symbols" in message
+
+
+def test_an_atlas_symbol_an_exchange_does_not_list_says_what_it_lists() -> None:
+    with pytest.raises(SymbolError) as info:
+        to_native("hyperliquid-perps", "perpetual-BTC-USDT:USDT")
+    message = str(info.value)
+    assert message.startswith("hyperliquid-perps has no instrument for 'perpetual-BTC-USDT:USDT': hyperliquid-perps "
+                              "supports perpetuals quoted and margined in USDC")
+    assert "/api/v1/metadata/symbols" in message

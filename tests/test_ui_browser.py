@@ -85,14 +85,14 @@ def _cli_run_ids(environment: dict[str, str]) -> dict[str, list[str]]:
     """Run ids in the instance by the exchange tag (the instance is fresh: every run is the CLI's)."""
     from dagster import DagsterInstance
 
-    from aperiodic_pipelines.runs import flow_job_name
+    from aperiodic_pipelines.domain.exchanges import exchange_of
 
     runs: dict[str, list[str]] = {exchange: [] for exchange in MATERIALISED}
     with patched_environ(environment), DagsterInstance.get() as instance:
         for run in instance.get_runs():
             exchange = run.tags["aperiodic/exchange"]
             # Hyperliquid's venue month runs first, under its own job (one partitions definition per job).
-            kind = exchange if run.job_name == flow_job_name(exchange) else f"{exchange} venue"
+            kind = exchange if run.job_name == exchange_of(exchange).flow_job_name else f"{exchange} venue"
             runs.setdefault(kind, []).append(run.run_id)
     return runs
 
@@ -182,11 +182,11 @@ def open_page(page, ui: dict, path: str, wait_for: str):
 
 def test_each_exchange_job_lists_the_cli_runs(page, ui: dict) -> None:
     """The CLI submits runs through the code location, so each shows under its exchange's job."""
-    from aperiodic_pipelines.runs import flow_job_name
+    from aperiodic_pipelines.domain.exchanges import exchange_of
 
     for exchange, natives in MATERIALISED.items():
         assert len(ui["run_ids"][exchange]) == len(natives)
-        open_page(page, ui, f"/locations/{LOCATION}/jobs/{flow_job_name(exchange)}/runs",
+        open_page(page, ui, f"/locations/{LOCATION}/jobs/{exchange_of(exchange).flow_job_name}/runs",
                   wait_for=ui["run_ids"][exchange][0][:8] if natives else "No runs found")
         screenshot(page, ui, f"job_runs_{slug(exchange)}")
         table = page.inner_text("body")

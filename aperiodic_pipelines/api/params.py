@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 
 from aperiodic_pipelines.api.errors import ApiError, bad_request
+from aperiodic_pipelines.api.settings import API_PREFIX
 from aperiodic_pipelines.domain.errors import SymbolError
-from aperiodic_pipelines.domain.exchanges import EXCHANGES
+from aperiodic_pipelines.domain.exchanges import EXCHANGES, exchange_of
 from aperiodic_pipelines.domain.intervals import INTERVALS, TIMESTAMPS
 from aperiodic_pipelines.domain.layout import flow_key
 from aperiodic_pipelines.domain.symbols import parse_symbol, to_atlas, to_native
@@ -43,24 +45,42 @@ def check_exchange(exchange: str) -> str:
 
 
 def check_symbol(exchange: str, symbol: str) -> tuple[str, str]:
-    """An Atlas symbol (canonical form) → (atlas, native). A native id is refused with the Atlas form to use."""
+    """An Atlas symbol (canonical form) → (atlas, native). A native id is refused with the Atlas form to use.
+
+    The hint is in `error` itself: the client raises that text and drops `details`.
+    """
     if len(symbol) > MAX_PARAM_LENGTH:
         raise bad_request("unknown_symbol", "symbol is too long", f"at most {MAX_PARAM_LENGTH} characters")
     try:
         parsed = parse_symbol(symbol)
     except SymbolError as exc:
-        hint = []
+        atlas = None
         with contextlib.suppress(SymbolError):
-            hint = [f"{exchange} {shown(symbol)} is the native id; its Atlas symbol is {to_atlas(exchange, symbol)!r}"]
-        raise bad_request("unknown_symbol", f"symbol {shown(symbol)} is not an Atlas symbol", *hint, str(exc)) from None
+            atlas = to_atlas(exchange, symbol)
+        if atlas is not None:
+            raise bad_request(
+                "unknown_symbol",
+                f"{shown(symbol)} is a native {exchange} id; the Atlas symbol is {atlas}",
+                f"symbols are Atlas symbols (github.com/aperiodic-io/atlas); {symbols_hint(exchange)}",
+            ) from None
+        raise bad_request(
+            "unknown_symbol", f"symbol {shown(symbol)} is not an Atlas symbol; {symbols_hint(exchange)}", str(exc)
+        ) from None
     if str(parsed) != symbol:
-        raise bad_request("unknown_symbol", f"symbol {shown(symbol)} is not in canonical form", f"use {str(parsed)!r}")
+        raise bad_request("unknown_symbol", f"symbol {shown(symbol)} is not in canonical form: use {parsed}")
     try:
         native = to_native(exchange, parsed)
         flow_key("exchange", exchange, "1m", native, "2000-01")  # the id must make a valid path segment
     except (SymbolError, ValueError) as exc:
-        raise bad_request("unknown_symbol", f"{exchange} has no instrument {shown(symbol)}", str(exc)) from None
+        raise bad_request(
+            "unknown_symbol", f"{exchange} has no instrument {shown(symbol)}; {symbols_hint(exchange)}", str(exc)
+        ) from None
     return symbol, native
+
+
+def symbols_hint(exchange: str) -> str:
+    """Where to look: the list endpoint, spelled out so a client's error message carries it."""
+    return f"the published ones are listed at {API_PREFIX}/metadata/symbols?exchange={exchange}"
 
 
 def check_interval(interval: str) -> str:
@@ -97,14 +117,41 @@ class ListingQuery:
     start: date
     end: date
 
-    def months(self) -> list[str]:
-        """`YYYY-MM` of every month overlapping [start, end], in order."""
-        out = []
-        year, month = self.start.year, self.start.month
-        while (year, month) <= (self.end.year, self.end.month):
-            out.append(f"{year:04d}-{month:02d}")
-            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-        return out
+
+# Not 404: the `aperiodic` client (4.3.1) raises a bare "Not Found" for every 404 and drops the body, while for a
+# 400 it raises the body's `error`. These two answers exist to tell the user what to ask for instead.
+NOT_PUBLISHED_STATUS = 400
+
+
+def check_instrument_published(exchange: str, symbol: str, *, anything_published: bool) -> None:
+    """An instrument with nothing in the store is refused with where to look, not answered with an empty list."""
+    if not anything_published:
+        raise ApiError(
+            NOT_PUBLISHED_STATUS,
+            "unknown_instrument",
+            f"{exchange} {symbol} has nothing published on this deployment; {symbols_hint(exchange)}",
+        )
+
+
+def check_variant(exchange: str, timestamp: str, *, source: str, published: Iterable[str]) -> None:
+    """A timestamp variant the exchange does not have (read from `source`) and the store does not hold is refused.
+
+    `published` (the variants of the instrument's published files) is read only when the exchange lacks the
+    variant: bars published earlier from another source are still served.
+    """
+    variants = exchange_of(exchange).variants(source)
+    if timestamp in variants:
+        return
+    held = set(published)
+    if timestamp in held:
+        return
+    origin = "public archive records" if source == "archive" else f"{source} files record"
+    raise ApiError(
+        NOT_PUBLISHED_STATUS,
+        "unknown_variant",
+        f"{exchange} has no timestamp={timestamp} bars: its {origin} no arrival times; "
+        f"use timestamp={' or timestamp='.join(sorted(set(variants) | held))}",
+    )
 
 
 def check_listing(

@@ -48,6 +48,7 @@ from aperiodic_pipelines.storage import (
     seconds_key,
     write_parquet_deterministic,
 )
+from aperiodic_pipelines.storage.lineage import publish_sources_lineage
 from aperiodic_pipelines.storage.staging import MissingInputError, StagedFile, manifest_key, stage_variant
 
 TIMESTAMP_LABELS = {"exchange": "exchange timestamps (ts_exchange)", "true": "arrival timestamps (ts_arrival)"}
@@ -127,6 +128,8 @@ def stage_flow_bars(
     passed = all(r.passed for r in check_results if r.severity == AssetCheckSeverity.ERROR)
     sources_used = json.loads(kv.get("aperiodic.sources", "[]"))
     missing_days = json.loads(kv.get("aperiodic.missing_days", "[]"))
+    # More than 32 sources: the footers name a lineage sidecar instead of listing them (spec §4); it goes first.
+    publish_sources_lineage(store, sources_used)
     with tempfile.TemporaryDirectory(prefix="aperiodic-bars-") as tmp:
         files = []
         for interval, frame in bars.items():

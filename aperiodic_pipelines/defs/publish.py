@@ -1,9 +1,12 @@
 """`{exchange}/published_flow_bars`: the checked bars in the published layout, where data leaves the platform.
 
-`storage.staging.publish_month` does the work (stage → checks → publish, idempotent). The asset's `dagster/uri`
-is the month's index manifest `index/flow/{exchange}/{native}/{YYYY-MM}.json`, which names all its files; its
-first metadata entry is the month picture. Check `matches_staged_and_index`: every published object carries its
-staged (or indexed) sha256 and the index in the store names exactly what was published.
+`storage.staging.publish_month` does the work (stage → checks → publish the month as a whole, idempotent). The
+asset's `dagster/uri` is the month's index manifest `index/flow/{exchange}/{native}/{YYYY-MM}.json`, which names
+all its files; its first metadata entry is the month picture. Check `matches_staged_and_index`: every published
+object carries its staged (or indexed) sha256 and the index in the store names exactly what was published.
+
+A second run publishing the same partition at the same time fails at once (`PublicationConflictError`, not
+retried) and records no materialization: its metadata would describe files it did not leave in place.
 """
 
 # No `from __future__ import annotations` here: Dagster inspects the `context` annotation at runtime.
@@ -17,6 +20,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
+    Failure,
     MaterializeResult,
     asset,
 )
@@ -28,17 +32,18 @@ from aperiodic_pipelines.defs.partitions import Exchange, split_partition_key
 from aperiodic_pipelines.defs.plots import month_picture_metadata
 from aperiodic_pipelines.defs.raw import raw_info, raw_sources_key
 from aperiodic_pipelines.defs.resources import StoreResource
-from aperiodic_pipelines.storage import ObjectStore, flow_key
-from aperiodic_pipelines.storage.staging import publish_month, verify_published_month
+from aperiodic_pipelines.storage import ObjectStore
+from aperiodic_pipelines.storage.index import PublishedMonth
+from aperiodic_pipelines.storage.staging import PublicationConflictError, publish_month
 
 PUBLISHED_CHECK = "matches_staged_and_index"
 
 
 
-def _picture(store: ObjectStore, exchange: str, native: str, month: str):
-    key = flow_key("exchange", exchange, "1d", native, month)
-    daily = pl.read_parquet(io.BytesIO(store.read_bytes(key)))  # ~31 rows
-    return month_picture_metadata(daily, title=f"{exchange} {native} {month}")
+def _picture(store: ObjectStore, published: PublishedMonth):
+    (daily_file,) = [f for f in published.files if (f.timestamp, f.interval) == ("exchange", "1d")]
+    daily = pl.read_parquet(io.BytesIO(store.read_bytes(daily_file.key)))  # ~31 rows, the version just committed
+    return month_picture_metadata(daily, title=f"{published.exchange} {published.native_symbol} {published.month}")
 
 
 def build_published_flow_bars(exchange: Exchange, kinds: set[str]) -> AssetsDefinition:
@@ -67,17 +72,22 @@ def build_published_flow_bars(exchange: Exchange, kinds: set[str]) -> AssetsDefi
 
         native, month = split_partition_key(context.partition_key)
         object_store = store.get_store()
-        with policies.permanent_failures():
-            outcome = publish_month(
-                object_store, exchange=exchange.name, symbol=to_atlas(exchange.name, native), native_symbol=native,
-                month=month, timestamps=timestamps,
-            )
+        try:
+            with policies.permanent_failures():
+                outcome = publish_month(
+                    object_store, exchange=exchange.name, symbol=to_atlas(exchange.name, native),
+                    native_symbol=native, month=month, timestamps=timestamps,
+                )
+        except PublicationConflictError as exc:  # another run has the partition: a retry would race it again
+            raise Failure(description=f"PublicationConflictError: {exc}", allow_retries=False) from exc
         if outcome.reverified:
             context.log.info(f"already published, re-verified against the index: {', '.join(outcome.reverified)}")
-        problems = verify_published_month(object_store, outcome)
+        if outcome.retired:
+            context.log.info(f"retired {len(outcome.retired)} superseded versions (their URLs have expired)")
+        problems = list(outcome.problems)
         metadata = {}
         try:  # first entry: what the operator sees first on the asset's page
-            metadata["month_picture"] = _picture(object_store, exchange.name, native, month)
+            metadata["month_picture"] = _picture(object_store, outcome.month)
         except Exception as exc:  # a picture must never fail the data
             context.log.warning(f"month picture not drawn: {exc}")
         info = raw_info(object_store, exchange.name, native, month) or {}

@@ -15,7 +15,7 @@ let the coins of a backfill race to download and parse the same hours, which is 
 
 Operating it: the exchange's monthly schedule runs `{slug}_venue_job` for the month just closed, and the sensor
 `{slug}_instruments_after_venue` then requests one `{slug}_flow_bars_job` run per registered instrument of that
-month. `aperiodic-pipelines materialize` and `backfill` (runs.py) order the two the same way.
+month. `aperiodic-pipelines materialize` and `backfill` (operator/) order the two the same way.
 """
 
 # No `from __future__ import annotations` here: Dagster inspects the `context` annotation at runtime.

@@ -21,6 +21,8 @@ from aperiodic_pipelines.domain.errors import AperiodicError
 
 # Where the public archives live; tests and the demo point these at a local mirror.
 DEFAULT_BINANCE_URL = "https://data.binance.vision"
+# The archive's S3 bucket listing (ListObjects XML); data.binance.vision itself answers `?prefix=` with a JS page.
+DEFAULT_BINANCE_LISTING_URL = "https://s3-ap-northeast-1.amazonaws.com/data.binance.vision"
 DEFAULT_OKX_URL = "https://static.okx.com/cdn/okex/traderecords"
 DEFAULT_HYPERLIQUID_URL = "s3://hl-mainnet-node-data"
 DEFAULT_STORE = "./data"
@@ -47,6 +49,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("APERIODIC_CACHE_DIR", "data/cache", "downloaded archives"),
     Variable("APERIODIC_SOURCE", "archive", "`tardis` reads every exchange from APERIODIC_TARDIS_URL instead"),
     Variable("APERIODIC_BINANCE_URL", DEFAULT_BINANCE_URL, "Binance archive base"),
+    Variable("APERIODIC_BINANCE_LISTING_URL", DEFAULT_BINANCE_LISTING_URL, "Binance archive's S3 listing (which symbols and months exist)"),
     Variable("APERIODIC_OKX_URL", DEFAULT_OKX_URL, "OKX archive base"),
     Variable("APERIODIC_HYPERLIQUID_URL", DEFAULT_HYPERLIQUID_URL, "Hyperliquid bucket (endpoint from AWS_ENDPOINT_URL_S3)"),
     Variable("APERIODIC_TARDIS_URL", None, "Tardis-format files: a directory of downloads or an http(s) datasets API base"),
@@ -57,7 +60,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("APERIODIC_HTTP_BACKOFF", "1.0", "seconds before the first retry (doubling)"),
     Variable("APERIODIC_HTTP_404_ATTEMPTS", "3", "attempts for a 404 of an object the exchange is expected to publish"),
     Variable("APERIODIC_HTTP_READ_TIMEOUT_SECONDS", "60", "longest silence on a connection"),
-    Variable("APERIODIC_HTTP_DEADLINE_SECONDS", "1800", "total time one download (one attempt) may take"),
+    Variable("APERIODIC_HTTP_DEADLINE_SECONDS", "1800", "total time one download may take, its retries and waits included"),
     Variable("APERIODIC_HTTP_MIN_BYTES_PER_SECOND", "65536", "slowest transfer tolerated, averaged after the first 30 s"),
     Variable("APERIODIC_API_KEYS", ".aperiodic/api-keys.sqlite", "the API's key database (keys are stored hashed)"),
     Variable("APERIODIC_URL_TTL_SECONDS", "300", "lifetime of a file URL the API hands out"),
@@ -131,6 +134,7 @@ class SourceSettings:
     """Where the archives live and how they are read."""
 
     binance_url: str = DEFAULT_BINANCE_URL
+    binance_listing_url: str = DEFAULT_BINANCE_LISTING_URL
     okx_url: str = DEFAULT_OKX_URL
     hyperliquid_url: str = DEFAULT_HYPERLIQUID_URL
     tardis_url: str | None = None  # a directory or an http(s) base; no public default
@@ -233,6 +237,7 @@ class Settings:
             ),
             sources=SourceSettings(
                 binance_url=read.required_text("APERIODIC_BINANCE_URL").rstrip("/"),
+                binance_listing_url=read.required_text("APERIODIC_BINANCE_LISTING_URL").rstrip("/"),
                 okx_url=read.required_text("APERIODIC_OKX_URL").rstrip("/"),
                 hyperliquid_url=read.required_text("APERIODIC_HYPERLIQUID_URL").rstrip("/"),
                 tardis_url=read.text("APERIODIC_TARDIS_URL"),

@@ -40,13 +40,26 @@ _ATLAS_PATTERN = re.compile(
 )
 _ATLAS_EXAMPLES = "e.g. spot-BTC-USDT, perpetual-BTC-USDT:USDT, future-BTC-USDT:USDT-20240329"
 
+# What each exchange's native ids look like and which Atlas symbols they map to: the whole rule, for messages.
 _NATIVE_EXAMPLES = {
-    "binance-futures": "BTCUSDT ↔ perpetual-BTC-USDT:USDT, BTCUSDC ↔ perpetual-BTC-USDC:USDC, "
-    "BTCUSDT_240329 ↔ future-BTC-USDT:USDT-20240329",
-    "okx-perps": "BTC-USDT-SWAP ↔ perpetual-BTC-USDT:USDT, BTC-USD-SWAP ↔ perpetual-BTC-USD:BTC",
-    "hyperliquid-perps": "BTC ↔ perpetual-BTC-USDC:USDC, kPEPE ↔ perpetual-KPEPE-USDC:USDC, "
-    "xyz:AAPL ↔ perpetual-XYZ:AAPL-USDC:USDC",
+    "binance-futures": "USDⓈ-M linear contracts quoted and margined in USDT or USDC, written BASEQUOTE for a "
+    "perpetual (BTCUSDT ↔ perpetual-BTC-USDT:USDT) and BASEQUOTE_YYMMDD for a quarterly future "
+    "(BTCUSDT_240329 ↔ future-BTC-USDT:USDT-20240329), in upper case",
+    "okx-perps": "perpetual swaps written BASE-QUOTE-SWAP in upper case: linear in USDT or USDC "
+    "(BTC-USDT-SWAP ↔ perpetual-BTC-USDT:USDT), inverse in USD (BTC-USD-SWAP ↔ perpetual-BTC-USD:BTC)",
+    "hyperliquid-perps": "perpetuals quoted and margined in USDC, written as the coin: upper case (BTC ↔ "
+    "perpetual-BTC-USDC:USDC), a k-prefixed 1000-unit coin (kPEPE ↔ perpetual-KPEPE-USDC:USDC) or a HIP-3 market "
+    "dex:ASSET (xyz:AAPL ↔ perpetual-XYZ:AAPL-USDC:USDC); no spot (@107, PURR/USDC)",
 }
+_WHERE_TO_LOOK = (
+    "Registered instruments: `aperiodic-pipelines instruments list`; published ones: GET /api/v1/metadata/symbols"
+)
+
+
+def _supported(exchange: str) -> str:
+    """What `exchange` supports: the rule, examples from the exchange registry, and where to look."""
+    examples = exchange_of(exchange).native_examples
+    return f"{exchange} supports {_NATIVE_EXAMPLES[exchange]}; e.g. {examples}. {_WHERE_TO_LOOK}"
 
 
 @dataclass(frozen=True)
@@ -155,7 +168,7 @@ def resolve_symbol(exchange: str, symbol: str) -> tuple[str, str]:
 
 def _binance_to_native(symbol: AtlasSymbol) -> str:
     if symbol.type == "spot" or symbol.quote not in BINANCE_QUOTES or symbol.margin != symbol.quote:
-        raise _unsupported("binance-futures", symbol, f"linear perpetuals/futures quoted in {'/'.join(BINANCE_QUOTES)}")
+        raise _unsupported("binance-futures", symbol)
     native = f"{symbol.base}{symbol.quote}"
     if symbol.type == "future":
         native += f"_{symbol.expiry:%y%m%d}"
@@ -186,9 +199,7 @@ def _okx_to_native(symbol: AtlasSymbol) -> str:
     linear = symbol.quote in OKX_LINEAR_QUOTES and symbol.margin == symbol.quote
     inverse = symbol.quote == OKX_INVERSE_QUOTE and symbol.margin == symbol.base
     if symbol.type != "perpetual" or not (linear or inverse) or ":" in symbol.base:
-        raise _unsupported(
-            "okx-perps", symbol, "perpetual swaps: linear in USDT/USDC (BTC-USDT-SWAP) or inverse in USD (BTC-USD-SWAP)"
-        )
+        raise _unsupported("okx-perps", symbol)
     return f"{symbol.base}-{symbol.quote}-SWAP"
 
 
@@ -209,12 +220,12 @@ def _okx_to_atlas(native: str) -> AtlasSymbol:
 
 def _hyperliquid_to_native(symbol: AtlasSymbol) -> str:
     if symbol.type != "perpetual" or symbol.quote != HYPERLIQUID_QUOTE or symbol.margin != HYPERLIQUID_QUOTE:
-        raise _unsupported("hyperliquid-perps", symbol, "perpetuals quoted and margined in USDC")
+        raise _unsupported("hyperliquid-perps", symbol)
     if ":" in symbol.base:
         # HIP-3 builder-deployed market: the dex name is lower case on Hyperliquid (xyz:AAPL).
         dex, _, asset = symbol.base.partition(":")
         if not dex or not asset or ":" in asset:
-            raise _unsupported("hyperliquid-perps", symbol, "HIP-3 markets written DEX:ASSET")
+            raise _unsupported("hyperliquid-perps", symbol)
         return f"{dex.lower()}:{asset}"
     return _K_COIN_BY_ATLAS_BASE.get(symbol.base, symbol.base)
 
@@ -259,10 +270,8 @@ def _parse_yyyymmdd(text: str, *, context: str) -> date:
 
 
 def _malformed(exchange: str, native: str) -> SymbolError:
-    return SymbolError(f"unsupported {exchange} instrument id {native!r}: supported are {_NATIVE_EXAMPLES[exchange]}")
+    return SymbolError(f"unsupported {exchange} instrument id {native!r}: {_supported(exchange)}")
 
 
-def _unsupported(exchange: str, symbol: AtlasSymbol, what: str) -> SymbolError:
-    return SymbolError(
-        f"{exchange} has no instrument for {str(symbol)!r}: it lists {what} ({_NATIVE_EXAMPLES[exchange]})"
-    )
+def _unsupported(exchange: str, symbol: AtlasSymbol) -> SymbolError:
+    return SymbolError(f"{exchange} has no instrument for {str(symbol)!r}: {_supported(exchange)}")

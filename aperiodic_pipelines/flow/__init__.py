@@ -1,6 +1,16 @@
 """Canonical trades → flow bars: pure polars, no I/O, no Dagster. The formulas live here, once."""
 
 from aperiodic_pipelines.flow.bars import bars_from_second_stats
+from aperiodic_pipelines.flow.daily import (
+    CARRY_SCHEMA,
+    DayFlowBars,
+    FlowCarry,
+    InvalidCarryError,
+    SpanState,
+    compute_day_flow_bars,
+    month_start_carry,
+    raw_days_needed,
+)
 from aperiodic_pipelines.flow.engine import compute_flow_bars
 from aperiodic_pipelines.flow.grid import (
     ADDITIVE_FIELDS,
@@ -18,6 +28,14 @@ from aperiodic_pipelines.flow.schema import flow_bars_schema, validate_bars, val
 from aperiodic_pipelines.flow.seconds import SECOND_STATS_SCHEMA, SecondStats, compute_second_stats
 
 __all__ = [
+    "CARRY_SCHEMA",
+    "DayFlowBars",
+    "FlowCarry",
+    "InvalidCarryError",
+    "SpanState",
+    "compute_day_flow_bars",
+    "month_start_carry",
+    "raw_days_needed",
     "ADDITIVE_FIELDS",
     "FLOW_COLUMNS",
     "FLOW_FIELDS",

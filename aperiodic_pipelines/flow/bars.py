@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import polars as pl
@@ -15,7 +15,6 @@ from aperiodic_pipelines.flow.grid import (
     INTERVAL_SECONDS,
     INTERVALS,
     NULLABLE_FIELDS,
-    ROLLUP_FROM,
     SIDES,
     TIME_DTYPE,
     TOXICITY_WINDOW,
@@ -37,23 +36,103 @@ DENSE_FROM = 0.5
 GRID_SLICE_BARS = 3 * 86_400
 
 
+# The inputs of the toxicity score of consecutive bars of one interval, oldest first: each bar's signed flow
+# (`volume_delta_notional`) and realised volatility. The score of a bar is a function of its own pair and the
+# 20 pairs before it only, so a table can start anywhere given the pairs of the 20 bars before its first bar.
+Window = tuple[np.ndarray, np.ndarray]
+
+
 def bars_from_second_stats(
     stats: SecondStats, *, intervals: Iterable[str] = INTERVALS
 ) -> dict[str, pl.DataFrame]:
     """Dense bars of the month for each requested interval, keyed by interval name, in `INTERVALS` order."""
     wanted = _check_intervals(intervals)
     month_start, month_end = (bound // US_PER_SECOND for bound in month_bounds_us(stats.month))
-    sparse = {"1s": stats.frame.rename({"second": "bar"})}
     out: dict[str, pl.DataFrame] = {}
-    for interval in INTERVALS[: max(INTERVALS.index(i) for i in wanted) + 1]:
-        if interval not in sparse:
-            sparse[interval] = _roll_up(sparse[ROLLUP_FROM[interval]], INTERVAL_SECONDS[interval])
+    for interval, sparse in _roll_ups(stats.frame, INTERVALS[: max(INTERVALS.index(i) for i in wanted) + 1]):
         if interval in wanted:
             width = INTERVAL_SECONDS[interval]
-            first_bar = month_start - (TOXICITY_WINDOW * width if stats.has_previous else 0)
-            volatility = pl.col("abs_return") if interval == "1s" else pl.col("squared_return").sqrt()
-            out[interval] = _dense_bars(sparse[interval], first_bar, month_start, month_end, width, volatility)
+            # The window's lead-in: the 20 bars before the month, from the month before (none in a first month).
+            lead_start = month_start - (TOXICITY_WINDOW * width if stats.has_previous else 0)
+            lead = window_inputs(sparse, interval, lead_start, month_start)
+            out[interval], _ = interval_bars(sparse, interval, month_start, month_end, lead)
     return {interval: out[interval] for interval in INTERVALS if interval in wanted}
+
+
+def bars_between(
+    seconds: pl.DataFrame, start: int, end: int, leads: Mapping[str, Window]
+) -> tuple[dict[str, pl.DataFrame], dict[str, Window]]:
+    """Dense bars of every interval over [start, end) s (day-aligned) from per-second statistics.
+
+    `seconds` holds the non-empty seconds of [start, end) (`SECOND_STATS_SCHEMA`, returns already taken from
+    the price before `start`); `leads[interval]` are the window inputs of up to 20 bars before `start` (fewer
+    where fewer exist: those bars' scores are null). Returns the tables and, per interval, the window inputs of
+    the last (up to 20) bars of [start, end) themselves, without the lead. The same arithmetic as the monthly
+    tables, so each row equals the monthly row bit for bit.
+    """
+    tables: dict[str, pl.DataFrame] = {}
+    tails: dict[str, Window] = {}
+    for interval, sparse in _roll_ups(seconds, INTERVALS):
+        tables[interval], tails[interval] = interval_bars(sparse, interval, start, end, leads[interval])
+    return tables, tails
+
+
+def window_tails_between(seconds: pl.DataFrame, start: int, end: int) -> dict[str, Window]:
+    """Per interval, the window inputs of the last (up to 20) bars of [start, end) s: what `bars_between`
+    returns as its tails, without deriving the tables."""
+    tails: dict[str, Window] = {}
+    for interval, sparse in _roll_ups(seconds, INTERVALS):
+        width = INTERVAL_SECONDS[interval]
+        tails[interval] = window_inputs(sparse, interval, max(start, end - TOXICITY_WINDOW * width), end)
+    return tails
+
+
+def window_inputs(sparse: pl.DataFrame, interval: str, start: int, end: int) -> Window:
+    """The window inputs of every bar of `interval` in [start, end) s, empty bars included (a few bars only)."""
+    width = INTERVAL_SECONDS[interval]
+    if end <= start:
+        return np.zeros(0), np.zeros(0)
+    bars = sparse.get_column("bar")
+    lo, hi = bars.search_sorted(start, side="left"), bars.search_sorted(end, side="left")
+    fields = _derive_fields(_densify(sparse.slice(lo, hi - lo), start, end, width), _volatility(interval))
+    return (fields.get_column("volume_delta_notional").to_numpy().copy(),
+            fields.get_column("_volatility").to_numpy().copy())
+
+
+def interval_bars(
+    sparse: pl.DataFrame, interval: str, start: int, end: int, lead: Window
+) -> tuple[pl.DataFrame, Window]:
+    """Dense bars of one interval over [start, end) s, and the window inputs of its own last (up to 20) bars.
+
+    `sparse` holds the interval's non-empty bars (rows outside [start, end) are ignored); `lead` the window
+    inputs of the bars before `start`.
+    """
+    width = INTERVAL_SECONDS[interval]
+    bars = sparse.get_column("bar")
+    lo, hi = bars.search_sorted(start, side="left"), bars.search_sorted(end, side="left")
+    if hi - lo > DENSE_FROM * ((end - start) // width):
+        return _grid_bars(sparse, start, end, width, _volatility(interval), lead)
+    return _dense_bars(sparse, start, end, width, _volatility(interval), lead)
+
+
+def _volatility(interval: str) -> pl.Expr:
+    return pl.col("abs_return") if interval == "1s" else pl.col("squared_return").sqrt()
+
+
+def _scores(lead: Window, signed_flow: np.ndarray, volatility: np.ndarray) -> tuple[np.ndarray, Window]:
+    """Scores of the bars after `lead`, and the window inputs of the last 20 bars (lead included)."""
+    flows, volatilities = np.concatenate([lead[0], signed_flow]), np.concatenate([lead[1], volatility])
+    scores = toxicity_scores(flows, volatilities)[len(lead[0]) :]
+    return scores, (flows[-TOXICITY_WINDOW:].copy(), volatilities[-TOXICITY_WINDOW:].copy())
+
+
+def _roll_ups(seconds: pl.DataFrame, intervals: Iterable[str]) -> Iterator[tuple[str, pl.DataFrame]]:
+    """(interval, its non-empty bars) for each of `intervals` (a prefix of `INTERVALS`), finest first."""
+    sparse = seconds.rename({"second": "bar"})
+    for interval in intervals:
+        if interval != "1s":
+            sparse = _roll_up(sparse, INTERVAL_SECONDS[interval])
+        yield interval, sparse
 
 
 def _check_intervals(intervals: Iterable[str]) -> set[str]:
@@ -75,68 +154,64 @@ def _roll_up(finer: pl.DataFrame, width: int) -> pl.DataFrame:
 
 
 def _dense_bars(
-    sparse: pl.DataFrame, first_bar: int, month_start: int, end: int, width: int, volatility: pl.Expr
-) -> pl.DataFrame:
-    """The month's dense bars: fields derived on the non-empty bars only, then scattered onto the grid.
+    sparse: pl.DataFrame, start: int, end: int, width: int, volatility: pl.Expr, lead: Window
+) -> tuple[pl.DataFrame, Window]:
+    """The dense bars of [start, end): fields derived on the non-empty bars only, then scattered onto the grid.
 
     Every field of an empty bar is a constant (0 or null) except the score, whose window spans empty bars too;
-    so only the signed flow and the volatility are laid out densely from `first_bar` (the window's lead-in),
-    and the work of the other 35 fields grows with the bars that hold trades, not with the grid. The non-empty
-    bars are derived `SLICE_ROWS` at a time and scattered in place into preallocated columns, so memory holds
-    the dense table and one slice, not a second, sparse copy of a busy month.
+    so only the signed flow and the volatility are laid out densely (after `lead`, the window inputs of the
+    bars before `start`), and the work of the other 35 fields grows with the bars that hold trades, not with
+    the grid. The non-empty bars are derived `SLICE_ROWS` at a time and scattered in place into preallocated
+    columns, so memory holds the dense table and one slice, not a second, sparse copy of a busy month.
     """
     bars = sparse.get_column("bar")
-    lo, hi = bars.search_sorted(first_bar, side="left"), bars.search_sorted(end, side="left")
-    lead_in, rows = (month_start - first_bar) // width, (end - month_start) // width
-    if hi - lo > DENSE_FROM * (lead_in + rows):
-        return _grid_bars(sparse, first_bar, month_start, end, width, volatility)
+    lo, hi = bars.search_sorted(start, side="left"), bars.search_sorted(end, side="left")
+    rows, lead_in = (end - start) // width, len(lead[0])
+    # Laid out after the lead, so the scores need no concatenated copy (a 1s month: 2 × 21 MB).
     signed_flow, realised_volatility = np.zeros(lead_in + rows), np.zeros(lead_in + rows)
+    signed_flow[:lead_in], realised_volatility[:lead_in] = lead
     # Preallocated by polars: numpy's fresh (huge-page) allocations cost more CPU than the scatter itself.
     columns: dict[str, pl.Series] = {
-        "time": (pl.int_range(month_start, end, width, dtype=pl.Int64, eager=True) * US_PER_SECOND).cast(TIME_DTYPE),
+        "time": (pl.int_range(start, end, width, dtype=pl.Int64, eager=True) * US_PER_SECOND).cast(TIME_DTYPE),
         **{name: pl.zeros(rows, dtype=FLOW_SCHEMA[name], eager=True) for name in _ZERO_WHEN_EMPTY},
         **{name: pl.repeat(None, rows, dtype=FLOW_SCHEMA[name], eager=True) for name in _NULL_WHEN_EMPTY},
     }
-    for start in range(lo, hi, SLICE_ROWS):
-        fields = _derive_fields(sparse.slice(start, min(SLICE_ROWS, hi - start)), volatility)
-        lead_position = (fields.get_column("bar").to_numpy() - first_bar) // width
-        signed_flow[lead_position] = fields.get_column("volume_delta_notional").to_numpy()
-        realised_volatility[lead_position] = fields.get_column("_volatility").to_numpy()
-        in_month = lead_position >= lead_in
-        if not in_month.all():  # the lead-in bars of the month before feed the score only
-            fields, lead_position = fields.filter(pl.Series(in_month)), lead_position[in_month]
-        position = pl.Series(lead_position - lead_in)
+    for first in range(lo, hi, SLICE_ROWS):
+        fields = _derive_fields(sparse.slice(first, min(SLICE_ROWS, hi - first)), volatility)
+        position_array = (fields.get_column("bar").to_numpy() - start) // width
+        signed_flow[lead_in + position_array] = fields.get_column("volume_delta_notional").to_numpy()
+        realised_volatility[lead_in + position_array] = fields.get_column("_volatility").to_numpy()
+        position = pl.Series(position_array)
         for name in (*_ZERO_WHEN_EMPTY, *_NULL_WHEN_EMPTY):
             columns[name].scatter(position, fields.get_column(name))  # in place
     scores = toxicity_scores(signed_flow, realised_volatility)[lead_in:]
     columns["flow_toxicity_score"] = pl.Series(scores).fill_nan(None)
-    return pl.DataFrame([columns[name].alias(name) for name in FLOW_COLUMNS])
+    own = (signed_flow[lead_in:][-TOXICITY_WINDOW:].copy(), realised_volatility[lead_in:][-TOXICITY_WINDOW:].copy())
+    return pl.DataFrame([columns[name].alias(name) for name in FLOW_COLUMNS]), own
 
 
 def _grid_bars(
-    sparse: pl.DataFrame, first_bar: int, month_start: int, end: int, width: int, volatility: pl.Expr
-) -> pl.DataFrame:
-    """The month's dense bars derived on the grid, in slices of `GRID_SLICE_BARS` bars.
+    sparse: pl.DataFrame, start: int, end: int, width: int, volatility: pl.Expr, lead: Window
+) -> tuple[pl.DataFrame, Window]:
+    """The dense bars of [start, end) derived on the grid, in slices of `GRID_SLICE_BARS` bars.
 
-    Each slice starts `TOXICITY_WINDOW` bars early so its scores see a full window; those lead-in rows are
-    dropped. The same per-bar arithmetic as `_dense_bars`, so both give identical tables.
+    Each slice's scores see the window inputs of the 20 bars before it (`lead` for the first slice, the tail of
+    the previous slice after that). The same per-bar arithmetic as `_dense_bars`, so both give identical tables.
     """
     slices = []
     bars = sparse.get_column("bar")
-    for slice_start in range(month_start, end, GRID_SLICE_BARS * width):
-        lead_start = max(first_bar, slice_start - TOXICITY_WINDOW * width)
+    for slice_start in range(start, end, GRID_SLICE_BARS * width):
         slice_end = min(end, slice_start + GRID_SLICE_BARS * width)
-        lo, hi = bars.search_sorted(lead_start, side="left"), bars.search_sorted(slice_end, side="left")
-        fields = _derive_fields(_densify(sparse.slice(lo, hi - lo), lead_start, slice_end, width), volatility)
-        scores = toxicity_scores(fields.get_column("volume_delta_notional").to_numpy(),
-                                 fields.get_column("_volatility").to_numpy())
+        lo, hi = bars.search_sorted(slice_start, side="left"), bars.search_sorted(slice_end, side="left")
+        fields = _derive_fields(_densify(sparse.slice(lo, hi - lo), slice_start, slice_end, width), volatility)
+        scores, lead = _scores(lead, fields.get_column("volume_delta_notional").to_numpy(),
+                               fields.get_column("_volatility").to_numpy())
         fields = fields.with_columns(
             pl.from_epoch(pl.col("bar"), time_unit="s").cast(TIME_DTYPE).alias("time"),
             pl.Series("flow_toxicity_score", scores).fill_nan(None),
         )
         # The columns themselves, not `select`, which copies the slice's columns (polars 2.1), for nothing.
-        ordered = pl.DataFrame([fields.get_column(name) for name in FLOW_COLUMNS])
-        slices.append(ordered.slice((slice_start - lead_start) // width))
+        slices.append(pl.DataFrame([fields.get_column(name) for name in FLOW_COLUMNS]))
     # One contiguous buffer per column, joined a column at a time: the parquet writer needs contiguous columns
     # (its pages must not depend on how the table was built), and rechunking the whole table there would hold
     # a busy 1s month twice (~0.8 GB more); here the slices of a column are freed as soon as it is joined.
@@ -144,7 +219,9 @@ def _grid_bars(
     del slices
     bars = pl.DataFrame([pl.concat(parts.pop(name)).rechunk() for name in FLOW_COLUMNS])
     # A cast, even to the same dtypes, copies every column of the month: only cast when one differs.
-    return bars if bars.schema == pl.Schema(FLOW_SCHEMA) else bars.cast(FLOW_SCHEMA)
+    own = min(TOXICITY_WINDOW, (end - start) // width)  # the last bars of the range, not of its lead
+    return (bars if bars.schema == pl.Schema(FLOW_SCHEMA) else bars.cast(FLOW_SCHEMA)), (lead[0][-own:],
+                                                                                          lead[1][-own:])
 
 
 def _densify(sparse: pl.DataFrame, first_bar: int, end: int, width: int) -> pl.DataFrame:
@@ -174,6 +251,13 @@ def _entropy(share: pl.Expr) -> pl.Expr:
     return pl.when(share > 0).then(-share * share.log(2)).otherwise(0.0)
 
 
+def _positive_zero(value: pl.Expr) -> pl.Expr:
+    """`value` with −0.0 made 0.0. A one-sided bar's entropy is −0.0 + 0.0, which polars' lazy engine returned
+    as −0.0 for some rows and 0.0 for others depending on the frame (polars 2.1): a day's table and the month's
+    then differed in the sign bit."""
+    return pl.when(value == 0.0).then(pl.lit(0.0, dtype=pl.Float64)).otherwise(value)
+
+
 def _derive_fields(bars: pl.DataFrame, volatility: pl.Expr) -> pl.DataFrame:
     """The fields of non-empty bars (all but the score) from their summed statistics, plus `_volatility`.
 
@@ -198,7 +282,8 @@ def _derive_fields(bars: pl.DataFrame, volatility: pl.Expr) -> pl.DataFrame:
         (col("_buy_notional") - col("_sell_notional")).alias("volume_delta_notional"),
         # Binary entropy is at most 1 in exact arithmetic; clip the rounding that could push it past.
         pl.when(col("_volume") > 0)
-        .then((_entropy(col("taker_buy_sell_percentage")) + _entropy(col("_sell_share"))).clip(0.0, 1.0))
+        .then(_positive_zero((_entropy(col("taker_buy_sell_percentage")) + _entropy(col("_sell_share")))
+                             .clip(0.0, 1.0)))
         .alias("flow_entropy"),
         _ratio(col("taker_buy_volume"), col("taker_sell_volume")).alias("taker_buy_sell_ratio"),
         _ratio(col("taker_buy_count").cast(pl.Float64), col("taker_sell_count")).alias(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from aperiodic_pipelines.domain.errors import InvalidBarsError
+from aperiodic_pipelines.domain.months import day_bounds_us
 from aperiodic_pipelines.flow.grid import (
     BUCKETS,
     FLOW_COLUMNS,
@@ -44,6 +45,14 @@ _NON_NEGATIVE = {
     "taker_sell_count",
 }
 _SIGNED = {"volume_delta", "volume_delta_notional", "flow_toxicity_score"}
+
+
+def _grid_of(period: str, interval: str) -> tuple[int, int, str]:
+    """(first bar in µs, bar count, first day) of a month `YYYY-MM` or, for a daily file, a day `YYYY-MM-DD`."""
+    if len(period) == len("YYYY-MM-DD"):
+        start = day_bounds_us(period)[0]
+        return start, 86_400 // INTERVAL_SECONDS[interval], period
+    return month_start_us(period), bars_in_month(period, interval), f"{period}-01"
 
 
 def _close(left: pl.Expr, right: pl.Expr) -> pl.Expr:
@@ -195,14 +204,14 @@ def flow_bars_schema(interval: str | None = None, month: str | None = None, *, o
             )
         )
     if interval is not None and month is not None and ordered_in_time:
-        start, rows = month_start_us(month), bars_in_month(month, interval)
+        start, rows, first = _grid_of(month, interval)
         checks.append(
             pa.Check(
                 lambda data: data.lazyframe.select(
                     ((pl.len() == rows) & (time_us.first() == start)).alias("covers_month")
                 ),
                 name="covers_month",
-                error=f"a {month} {interval} file must hold {rows} bars starting at {month}-01 00:00 UTC",
+                error=f"a {month} {interval} file must hold {rows} bars starting at {first} 00:00 UTC",
             )
         )
     return pa.DataFrameSchema(
@@ -228,6 +237,9 @@ def validate_bars(
     bars: pl.DataFrame, *, interval: str | None = None, month: str | None = None, name: str = "flow bars"
 ) -> pl.DataFrame:
     """Validate a flow-bar table; raise `InvalidBarsError` naming the field, the rule and a few failing rows.
+
+    `month` (`YYYY-MM`), or a day (`YYYY-MM-DD`) for a daily file, adds the check that the table is its whole
+    dense grid.
 
     The pandera schema sees the bars that hold trades; one vectorised pass over the whole table proves the
     rest: the time grid, and that every empty bar is the constant empty row. A table whose columns or dtypes
@@ -330,10 +342,10 @@ def _dense_problem(frame: pl.DataFrame, interval: str | None, month: str | None)
             f"time must step by exactly {interval} on the UTC-aligned grid (empty bars included)",
         )
         if month is not None:
-            start, rows = month_start_us(month), bars_in_month(month, interval)
+            start, rows, first = _grid_of(month, interval)
             rules["time/covers_month"] = (
                 (pl.len() == rows) & (time_us.first() == start),
-                f"a {month} {interval} table must hold {rows} bars starting at {month}-01 00:00 UTC",
+                f"a {month} {interval} table must hold {rows} bars starting at {first} 00:00 UTC",
             )
     for field in _ZERO_WHEN_EMPTY:
         rules[f"{field}/zero_when_empty"] = (

@@ -15,6 +15,7 @@ import io
 import struct
 import zipfile
 import zlib
+from collections.abc import Collection
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -122,17 +123,18 @@ def write_binance_month(
     interleave: bool = False,
     duplicate_rows: int = 0,
     timestamp_unit: str = "ms",
+    days: Collection[str] | None = None,
 ) -> list[Path]:
     """Write a month of `trades` as Binance archives (+ `.CHECKSUM`) under `root`; returns the zip paths.
 
     `daily=True` writes one archive per UTC day of the month (rows of that day only) instead of the monthly
-    one. `interleave` alternates blocks from the two halves of the file (as some monthly files do);
+    one; `days` then limits them to those days (a month still open upstream). `interleave` alternates blocks from the two halves of the file (as some monthly files do);
     `duplicate_rows` repeats that many rows (evenly spread) right after themselves.
     """
     root = Path(root)
     trades = trades.sort("ts_exchange", "trade_id")
     if daily:
-        periods = [(day, _day_start_us(day)) for day in days_of_month(month)]
+        periods = [(day, _day_start_us(day)) for day in days_of_month(month) if days is None or day in days]
     else:
         periods = [(month, month_bounds_us(month)[0])]
     written = []
@@ -183,17 +185,21 @@ def write_okx_month(
     legacy_header: bool = False,
     contract_value: float | None = None,
     with_source_column: bool = False,
+    dates: Collection[date] | None = None,
 ) -> list[Path]:
     """Write OKX daily trade archives for the UTC month: files dated its 1st to the next month's 1st, each
     covering [D−1 16:00 UTC, D 16:00 UTC). Trades outside that span are not written. `size` is in contracts,
     each trade converted with the contract value in force at its time (`okx.contract_table()`), unless
     `contract_value` forces one. `header`: the current English header, the legacy bilingual one, or `"none"`
-    (headerless files in the legacy column order, as OKX published before 2022)."""
+    (headerless files in the legacy column order, as OKX published before 2022). `dates` limits the files to
+    those dates (a month still open upstream)."""
     root = Path(root)
     header = "legacy" if legacy_header else header
     trades = trades.sort("ts_exchange", "trade_id")
     written = []
     for day in okx.file_dates(month):
+        if dates is not None and day not in dates:
+            continue
         day_text = f"{day:%Y-%m-%d}"
         end = _day_start_us(day_text) - 8 * 3_600_000_000 + DAY_US
         rows = trades.filter(pl.col("ts_exchange").is_between(end - DAY_US, end, closed="left"))
@@ -246,6 +252,7 @@ def write_tardis_days(
     *,
     layout: Literal["download", "api"] = "download",
     contract_value: float | None = None,
+    days: Collection[str] | None = None,
 ) -> list[Path]:
     """Write Tardis trades CSVs (gzip), one per UTC day of `local_timestamp` (= `ts_arrival`), for every day
     of the month plus any neighbouring day that holds rows. `symbol` is the native id (Tardis upper-cases it);
@@ -253,7 +260,8 @@ def write_tardis_days(
     empty gzip file (no header), as Tardis serves it.
 
     `layout="download"`: flat `{root}/{exchange}_trades_{YYYY-MM-DD}_{SYMBOL}.csv.gz`, as the tardis-dev clients
-    save files; `"api"`: `{root}/v1/{exchange}/trades/{YYYY}/{MM}/{DD}/{SYMBOL}.csv.gz`, the datasets API."""
+    save files; `"api"`: `{root}/v1/{exchange}/trades/{YYYY}/{MM}/{DD}/{SYMBOL}.csv.gz`, the datasets API.
+    `days` limits the files to those days (a month still open upstream)."""
     root = Path(root)
     if trades.get_column("ts_arrival").null_count():
         raise ValueError("Tardis files need arrival times: trades with null ts_arrival")
@@ -264,6 +272,8 @@ def write_tardis_days(
     written = []
     for number in sorted(day_numbers):
         day_text = f"{date(1970, 1, 1) + timedelta(days=number)}"
+        if days is not None and day_text not in days:
+            continue
         rows = trades.filter(arrival_day == number)
         amount = pl.col("qty")
         if exchange == "okx-perps":

@@ -4,6 +4,8 @@
         config = SourceConfig(binance_url=mirror.url, ...)
         mirror.fail_next("data/futures/um/monthly/*", status=503, times=2)
         mirror.require_bearer("secret", "tardis/v1/*")   # 401 without `Authorization: Bearer secret`, as Tardis
+        mirror.stall_next("data/*.zip")                   # accept, then answer nothing (until the mirror stops)
+        mirror.trickle_next("data/*.zip", interval=2.0)   # headers, then one body byte every 2 s
 
 Faults are matched against the request path without the leading slash (`fnmatch`, `*` crosses `/`) and
 consumed in order. Every request is logged as (method, path, status) so tests can assert what was fetched.
@@ -27,10 +29,11 @@ _CHUNK = 64 * 1024
 
 @dataclass
 class _Fault:
-    kind: str  # "fail" | "drop" | "truncate"
+    kind: str  # "fail" | "drop" | "truncate" | "stall" | "trickle"
     pattern: str
     remaining: int
     status: int = 503
+    interval: float = 1.0  # trickle: seconds between body bytes
 
 
 class ArchiveMirror:
@@ -42,6 +45,7 @@ class ArchiveMirror:
         self._faults: list[_Fault] = []
         self._bearer: tuple[str, str] | None = None  # (token, path glob)
         self._lock = threading.Lock()
+        self.stopping = threading.Event()  # releases stalled and trickling answers when the mirror stops
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -49,6 +53,7 @@ class ArchiveMirror:
 
     def start(self) -> ArchiveMirror:
         mirror = self
+        self.stopping.clear()
 
         class Handler(_MirrorHandler):
             owner = mirror
@@ -60,6 +65,7 @@ class ArchiveMirror:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -95,6 +101,16 @@ class ArchiveMirror:
         """Declare the full Content-Length but send only half the body, then close cleanly."""
         self._add(_Fault("truncate", path_glob, times))
 
+    def stall_next(self, path_glob: str, times: int = 1) -> None:
+        """Accept the next `times` matching requests and answer nothing (no status line) until the mirror stops:
+        a server that hangs."""
+        self._add(_Fault("stall", path_glob, times))
+
+    def trickle_next(self, path_glob: str, times: int = 1, *, interval: float = 1.0) -> None:
+        """Send the headers of the next `times` matching GETs at once, then the body one byte every `interval`
+        seconds: a server that never quite stops answering."""
+        self._add(_Fault("trickle", path_glob, times, interval=interval))
+
     def require_bearer(self, token: str, path_glob: str = "*") -> None:
         """Answer 401 to requests for `path_glob` without `Authorization: Bearer <token>` (compared in constant
         time), as the Tardis datasets API does for a missing or wrong key."""
@@ -123,7 +139,7 @@ class ArchiveMirror:
         with self._lock:
             for fault in self._faults:
                 if fault.remaining > 0 and fnmatch.fnmatch(path, fault.pattern):
-                    if fault.kind != "fail" and method != "GET":
+                    if fault.kind not in ("fail", "stall") and method != "GET":
                         continue  # body faults only make sense where there is a body
                     fault.remaining -= 1
                     return fault
@@ -155,6 +171,11 @@ class _MirrorHandler(BaseHTTPRequestHandler):
             self._empty(401)
             return
         fault = self.owner._take_fault(self.command, path)
+        if fault is not None and fault.kind == "stall":
+            self.owner._log(self.command, path, 0)
+            self.owner.stopping.wait()
+            self.close_connection = True
+            return
         if fault is not None and fault.kind == "fail":
             self.owner._log(self.command, path, fault.status)
             self._empty(fault.status)
@@ -182,6 +203,9 @@ class _MirrorHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if not send_body:
             return
+        if fault is not None and fault.kind == "trickle":
+            self._trickle(file, fault.interval)
+            return
         limit = stat.st_size // 2 if fault is not None else stat.st_size
         sent = 0
         with open(file, "rb") as handle:
@@ -197,6 +221,17 @@ class _MirrorHandler(BaseHTTPRequestHandler):
             if fault.kind == "drop":
                 # SO_LINGER with timeout 0 makes close() send a RST: a connection reset mid-body.
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def _trickle(self, file: Path, interval: float) -> None:
+        self.close_connection = True
+        try:
+            for byte in file.read_bytes():
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                if self.owner.stopping.wait(interval):
+                    return
+        except OSError:  # the client gave up: what a trickle is for
+            return
 
     def _empty(self, status: int) -> None:
         self.send_response(status)

@@ -1,21 +1,27 @@
 """Source registry: one `fetch_month` per exchange, turning its public archive into canonical trades.
 
-Source modules are imported on first use, so a module that is missing or broken only affects its own exchange.
+A source module is imported when its exchange is first asked for, so a module that is missing or broken only
+affects its own exchange (and `import aperiodic_pipelines.sources` stays cheap).
 
     from aperiodic_pipelines.sources import fetch_month
-    result = fetch_month("binance-futures", "perpetual-BTC-USDT:USDT", "2024-01", dest=Path("data/raw"))
+    result = fetch_month("binance-futures", "perpetual-BTC-USDT:USDT", "2024-01", dest=Path("data/raw"),
+                         config=settings.sources, http=settings.http)
+    day = fetch_day("binance-futures", "perpetual-BTC-USDT:USDT", "2024-02-03", dest=Path("data/raw/day.parquet"),
+                    config=settings.sources, http=settings.http)  # DayNotPublishedError when not out yet
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aperiodic_pipelines.domain.errors import SymbolError
 from aperiodic_pipelines.domain.exchanges import EXCHANGES
 from aperiodic_pipelines.domain.months import check_month
+from aperiodic_pipelines.domain.settings import HttpSettings, SourceSettings
+from aperiodic_pipelines.sources.daily import DayNotPublishedError  # small: only domain.errors behind it
 
 # exchange → module under aperiodic_pipelines.sources that exposes fetch_month(symbol, month, *, dest, config, ...)
 SOURCE_MODULES: dict[str, str] = {
@@ -27,26 +33,11 @@ SOURCE_MODULES: dict[str, str] = {
 FetchMonth = Callable[..., Any]
 
 
-class _LazySources(Mapping[str, FetchMonth]):
-    """exchange → that source module's `fetch_month`, imported when first looked up."""
-
-    def __getitem__(self, exchange: str) -> FetchMonth:
-        if exchange not in SOURCE_MODULES:
-            raise SymbolError(f"unsupported exchange {exchange!r}: supported are {', '.join(EXCHANGES)}")
-        module = importlib.import_module(f"{__name__}.{SOURCE_MODULES[exchange]}")
-        return module.fetch_month
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(SOURCE_MODULES)
-
-    def __len__(self) -> int:
-        return len(SOURCE_MODULES)
-
-    def __contains__(self, exchange: object) -> bool:
-        return exchange in SOURCE_MODULES
-
-
-SOURCES: Mapping[str, FetchMonth] = _LazySources()
+def source_fetch_month(exchange: str) -> FetchMonth:
+    """The `fetch_month` of `exchange`'s source module (imported now)."""
+    if exchange not in SOURCE_MODULES:
+        raise SymbolError(f"unsupported exchange {exchange!r}: supported are {', '.join(EXCHANGES)}")
+    return importlib.import_module(f"{__name__}.{SOURCE_MODULES[exchange]}").fetch_month
 
 
 def fetch_month(
@@ -55,32 +46,77 @@ def fetch_month(
     month: str,
     *,
     dest: Path,
-    config: Any | None = None,
+    config: SourceSettings | None = None,
+    http: HttpSettings | None = None,
     **kwargs: Any,
 ) -> Any:
     """Canonical trades of `symbol` (Atlas symbol or native id) on `exchange` for `month`, written under `dest`.
 
-    Checks the exchange, the month and the symbol before any download; `config` defaults to
-    `SourceConfig.from_env()`. Extra keyword arguments go to the source (e.g. `s3_client=` for Hyperliquid).
-    Returns the source's `SourceResult`. With `config.source == "tardis"` (`APERIODIC_SOURCE=tardis`) the month
-    is read from Tardis-format CSV under `APERIODIC_TARDIS_URL` instead of the exchange's public archive.
+    Checks the exchange, the month and the symbol before any download. `config` and `http` are the sources' and
+    downloads' settings (`Settings.from_env().sources` / `.http`); a caller that passes none gets them from the
+    environment through `domain.settings`, their one owner. Extra keyword arguments go to the source (e.g.
+    `s3_client=` for Hyperliquid). Returns the source's `SourceResult`. With `config.source == "tardis"` the
+    month is read from Tardis-format CSV under `config.tardis_url` instead of the exchange's public archive.
     """
     from aperiodic_pipelines.domain.symbols import resolve_symbol
-    from aperiodic_pipelines.sources.config import SourceConfig
 
     if exchange not in SOURCE_MODULES:
         raise SymbolError(f"unsupported exchange {exchange!r}: supported are {', '.join(EXCHANGES)}")
     check_month(month)
     symbol, _native = resolve_symbol(exchange, symbol)  # a bad symbol fails here, before any I/O; sources get Atlas
-    config = config or SourceConfig.from_env()
+    config = config or SourceSettings.from_env()
     if config.source == "tardis":
         # Tardis-format files: the exchange's trades with arrival times, wherever the user keeps them.
         from aperiodic_pipelines.sources import tardis
 
         kwargs.pop("s3_client", None)
-        return tardis.fetch_month(symbol, month, dest=Path(dest), config=config, exchange=exchange, **kwargs)
-    fetch = SOURCES[exchange]
-    return fetch(symbol, month, dest=Path(dest), config=config, **kwargs)
+        return tardis.fetch_month(
+            symbol, month, dest=Path(dest), config=config, http=http or HttpSettings.from_env(), exchange=exchange,
+            **kwargs,
+        )
+    http = http or HttpSettings.from_env()
+    return source_fetch_month(exchange)(symbol, month, dest=Path(dest), config=config, http=http, **kwargs)
 
 
-__all__ = ["EXCHANGES", "SOURCES", "SOURCE_MODULES", "fetch_month"]
+
+def fetch_day(
+    exchange: str,
+    symbol: str,
+    day: str,
+    *,
+    dest: Path,
+    config: SourceSettings | None = None,
+    http: HttpSettings | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Canonical trades of ONE UTC day (exchange time) of `symbol` on `exchange`, written to `dest` (a parquet file).
+
+    The rows are exactly the rows the monthly raw file of that month holds for that day (same dtypes, order,
+    duplicate and conflict rules); the `SourceResult` has `day` set and lists the objects read. Checks the
+    exchange, the day and the symbol before any I/O, like `fetch_month`, and takes the same `config`, `http` and
+    extra keywords. What each exchange reads: Binance the daily zip + `.CHECKSUM`; OKX the UTC+8 files dated `day`
+    and the day after; Hyperliquid the day's hours plus the hour on each side; Tardis the files of the day before
+    (inside the month), the day and the day after (late arrivals).
+
+    A day not out yet raises `DayNotPublishedError` (`sources.daily`, re-exported here) (a `NotPublishedError`) at once, naming the
+    missing objects, without the 404 patience of a published month; its `later_published` is True when the
+    upstream already published a later object, i.e. it skipped this one and the day may never be complete.
+    """
+    from aperiodic_pipelines.domain.months import check_day
+    from aperiodic_pipelines.domain.symbols import resolve_symbol
+
+    if exchange not in SOURCE_MODULES:
+        raise SymbolError(f"unsupported exchange {exchange!r}: supported are {', '.join(EXCHANGES)}")
+    check_day(day)
+    symbol, _native = resolve_symbol(exchange, symbol)  # a bad symbol fails here, before any I/O
+    config = config or SourceSettings.from_env()
+    http = http or HttpSettings.from_env()
+    if config.source == "tardis":
+        from aperiodic_pipelines.sources import tardis
+
+        kwargs.pop("s3_client", None)
+        return tardis.fetch_day(symbol, day, dest=Path(dest), config=config, http=http, exchange=exchange, **kwargs)
+    module = importlib.import_module(f"{__name__}.{SOURCE_MODULES[exchange]}")
+    return module.fetch_day(symbol, day, dest=Path(dest), config=config, http=http, **kwargs)
+
+__all__ = ["EXCHANGES", "SOURCE_MODULES", "DayNotPublishedError", "fetch_day", "fetch_month", "source_fetch_month"]

@@ -3,8 +3,13 @@
 Inflate uses ISA-L (`isal`, 2–3× the standard library's zlib; the stdlib is the fallback) on a background
 thread while polars parses the previous block. Every way an archive can be bad is one `CorruptArchiveError`
 naming the object, and the line where known: not a zip/gzip, corrupt deflate data, a truncated member, a CRC
-or size mismatch, a gzip frame error, invalid UTF-8, a row that does not parse. Such errors are permanent:
-callers evict the cached file and never retry.
+or size mismatch, a gzip frame error, invalid UTF-8, a row that does not parse, or a ceiling of `ReadLimits`
+exceeded (a line, a member's decompressed size, its decompression ratio). Such errors are permanent: callers
+evict the cached file and never retry.
+
+The ceilings keep a hostile archive (a zip bomb, a CSV that is one endless line) to bounded memory and time:
+decompression hands out at most `PIECE_BYTES` at a time, an unfinished line is never held beyond
+`max_line_bytes`, and the stream stops once it inflates past `max_member_bytes` or `max_ratio` × its input.
 
     source = zip_csv(path, name="BTCUSDT-aggTrades-2024-01.zip")
     frame = lazy_csv(source, schema=..., skip_first_line=True, convert=to_canonical, out_schema=CANONICAL_SCHEMA)
@@ -25,6 +30,7 @@ import polars as pl
 from polars.io.plugins import register_io_source
 
 from aperiodic_pipelines.domain.errors import CorruptArchiveError
+from aperiodic_pipelines.sources.limits import CSV_LIMITS, ReadLimits
 
 try:  # ISA-L inflate; same API as zlib
     from isal import igzip as _gzip
@@ -38,6 +44,7 @@ except ImportError:  # pragma: no cover - isal is a declared dependency
     _INFLATE_ERRORS = (zlib.error,)
 
 READ_BYTES = 4 << 20  # compressed bytes per read
+PIECE_BYTES = 4 << 20  # most decompressed bytes one inflate call may return (a bomb never lands in one piece)
 BLOCK_BYTES = 64 << 20  # CSV bytes per parsed block: bounded memory, big enough for polars' threads
 _BOM = b"\xef\xbb\xbf"
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
@@ -45,32 +52,40 @@ _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
 
 @dataclass(frozen=True)
 class CsvSource:
-    """A CSV inside an archive: `name` is what errors name; `chunks()` yields its checked decompressed bytes."""
+    """A CSV inside an archive: `name` is what errors name; `chunks()` yields its checked decompressed bytes
+    (each at most `PIECE_BYTES`)."""
 
     name: str
     chunks: Callable[[], Iterator[bytes]]
+    limits: ReadLimits = CSV_LIMITS
 
 
 # --- zip ----------------------------------------------------------------------------------------------------
 
 
-def zip_csv(path: Path, *, name: str) -> CsvSource:
-    """The single member of a zip archive (checked now: a readable zip with exactly one file, deflated or stored)."""
-    info, data_offset = _single_member(Path(path), name=name)
-    return CsvSource(name=name, chunks=lambda: _inflate_member(Path(path), info, data_offset, name=name))
+def zip_csv(path: Path, *, name: str, limits: ReadLimits = CSV_LIMITS) -> CsvSource:
+    """The single member of a zip archive (checked now: a readable zip with exactly one file, deflated or stored,
+    whose declared size and ratio are within `limits`)."""
+    info, data_offset = _single_member(Path(path), name=name, limits=limits)
+    return CsvSource(
+        name=name, chunks=lambda: _inflate_member(Path(path), info, data_offset, name=name, limits=limits),
+        limits=limits,
+    )
 
 
-def check_zip_structure(path: Path, *, name: str) -> None:
-    """Cheap check before caching: a readable zip with one deflated or stored member (data checked when read)."""
-    _single_member(Path(path), name=name)
+def check_zip_structure(path: Path, *, name: str, limits: ReadLimits = CSV_LIMITS) -> None:
+    """Cheap check before caching: a readable zip with one deflated or stored member whose declared size and
+    ratio are within `limits` (the data is checked when read)."""
+    _single_member(Path(path), name=name, limits=limits)
 
 
-def _single_member(path: Path, *, name: str) -> tuple[zipfile.ZipInfo, int]:
+def _single_member(path: Path, *, name: str, limits: ReadLimits) -> tuple[zipfile.ZipInfo, int]:
     try:
         with zipfile.ZipFile(path) as archive:
             members = [m for m in archive.infolist() if not m.is_dir()]
         if len(members) != 1:
-            raise CorruptArchiveError(f"{name}: expected one CSV inside, found {[m.filename for m in members]}")
+            shown = [m.filename for m in members[:5]] + (["…"] if len(members) > 5 else [])
+            raise CorruptArchiveError(f"{name}: expected one CSV inside, found {len(members)}: {shown}")
         info = members[0]
         with open(path, "rb") as handle:
             handle.seek(info.header_offset)
@@ -83,35 +98,51 @@ def _single_member(path: Path, *, name: str) -> tuple[zipfile.ZipInfo, int]:
         raise CorruptArchiveError(f"{name}: member {info.filename} is encrypted")
     if info.compress_type not in (zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED):
         raise CorruptArchiveError(f"{name}: member {info.filename} uses unsupported compression {info.compress_type}")
+    limits.check_declared(f"{name}: member {info.filename}", info.file_size, info.compress_size)
     *_, name_length, extra_length = _LOCAL_HEADER.unpack(header)
     return info, info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
 
 
-def _inflate_member(path: Path, info: zipfile.ZipInfo, offset: int, *, name: str) -> Iterator[bytes]:
+def _inflate_member(
+    path: Path, info: zipfile.ZipInfo, offset: int, *, name: str, limits: ReadLimits = CSV_LIMITS
+) -> Iterator[bytes]:
+    """The member's bytes in pieces of at most `PIECE_BYTES`, stopping at the first ceiling crossed (the declared
+    size included: a member that inflates past it fails at once, not after the bomb has gone off)."""
     where = f"{name}: member {info.filename}"
     inflater = _zlib.decompressobj(-15) if info.compress_type == zipfile.ZIP_DEFLATED else None
     crc, produced, remaining = 0, 0, info.compress_size
+    pending = b""  # compressed bytes read but not yet inflated
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)
-            while remaining > 0:
-                raw = handle.read(min(READ_BYTES, remaining))
-                if not raw:
-                    raise CorruptArchiveError(
-                        f"{where} is truncated: {info.compress_size - remaining} of {info.compress_size} "
-                        "compressed bytes present (corrupt archive)"
-                    )
-                remaining -= len(raw)
-                out = inflater.decompress(raw) if inflater is not None else raw
+            while True:
+                if not pending:
+                    if remaining <= 0 or (inflater is not None and inflater.eof):
+                        break
+                    pending = handle.read(min(READ_BYTES, remaining))
+                    if not pending:
+                        raise CorruptArchiveError(
+                            f"{where} is truncated: {info.compress_size - remaining} of {info.compress_size} "
+                            "compressed bytes present (corrupt archive)"
+                        )
+                    remaining -= len(pending)
+                if inflater is None:
+                    out, pending = pending, b""
+                else:
+                    out = inflater.decompress(pending, PIECE_BYTES)
+                    pending = inflater.unconsumed_tail
                 if out:
-                    crc = _zlib.crc32(out, crc)
                     produced += len(out)
+                    consumed = info.compress_size - remaining - len(pending)
+                    limits.check_growth(where, produced, consumed, declared=info.file_size)
+                    crc = _zlib.crc32(out, crc)
                     yield out
             if inflater is not None:
                 tail = inflater.flush()
                 if tail:
-                    crc = _zlib.crc32(tail, crc)
                     produced += len(tail)
+                    limits.check_growth(where, produced, info.compress_size, declared=info.file_size)
+                    crc = _zlib.crc32(tail, crc)
                     yield tail
                 if not inflater.eof:
                     raise CorruptArchiveError(f"{where} is truncated: its deflate stream ends early (corrupt archive)")
@@ -128,15 +159,19 @@ def _inflate_member(path: Path, info: zipfile.ZipInfo, offset: int, *, name: str
 # --- gzip ---------------------------------------------------------------------------------------------------
 
 
-def gzip_csv(path: Path, *, name: str) -> CsvSource:
+def gzip_csv(path: Path, *, name: str, limits: ReadLimits = CSV_LIMITS) -> CsvSource:
     """A gzip file (one or more members; CRC and length checked). An empty file or empty member holds no rows."""
-    return CsvSource(name=name, chunks=lambda: _gunzip(Path(path), name=name))
+    return CsvSource(name=name, chunks=lambda: _gunzip(Path(path), name=name, limits=limits), limits=limits)
 
 
-def _gunzip(path: Path, *, name: str) -> Iterator[bytes]:
+def _gunzip(path: Path, *, name: str, limits: ReadLimits = CSV_LIMITS) -> Iterator[bytes]:
+    produced = 0
     try:
-        with _gzip.open(path, "rb") as handle:
-            while chunk := handle.read(READ_BYTES * 4):
+        with open(path, "rb") as raw, _gzip.GzipFile(fileobj=raw, mode="rb") as handle:
+            while chunk := handle.read(PIECE_BYTES):  # read(n) inflates at most n bytes
+                produced += len(chunk)
+                # raw.tell() counts compressed bytes read ahead too: the ratio is, if anything, understated.
+                limits.check_growth(name, produced, raw.tell())
                 yield chunk
     except EOFError as exc:
         raise CorruptArchiveError(f"{name} is truncated: {exc} (corrupt gzip)") from None
@@ -162,11 +197,15 @@ def first_line(source: CsvSource) -> str:
     try:
         for chunk in chunks:
             head += chunk
-            if b"\n" in head or len(head) > 1 << 16:
+            if b"\n" in head:
                 break
+            if len(head) > source.limits.max_line_bytes:
+                raise source.limits.line_too_long(source.name, 1)
     finally:
         chunks.close()
     end = head.find(b"\n")
+    if end > source.limits.max_line_bytes or (end < 0 and len(head) > source.limits.max_line_bytes):
+        raise source.limits.line_too_long(source.name, 1)
     line = (head if end < 0 else head[:end]).removeprefix(_BOM).rstrip(b"\r")
     try:
         return line.decode("utf-8")
@@ -175,22 +214,37 @@ def first_line(source: CsvSource) -> str:
 
 
 def iter_blocks(source: CsvSource, *, block_bytes: int = BLOCK_BYTES) -> Iterator[Block]:
-    """Blocks of whole lines, checked to be UTF-8; decompression runs one step ahead on a background thread."""
+    """Blocks of whole lines, checked to be UTF-8; decompression runs one step ahead on a background thread.
+
+    An unfinished line is never held beyond `source.limits.max_line_bytes`: memory stays at about one block
+    whatever the archive holds."""
+    max_line = source.limits.max_line_bytes
     line = 1
     parts: list[bytes] = []
     size = 0
+    unfinished = 0  # bytes since the last line end
     first = True
     for chunk in _prefetch(source.chunks()):
         if first:
             chunk, first = chunk.removeprefix(_BOM), False
+        first_end = chunk.find(b"\n")
+        if first_end < 0:
+            unfinished += len(chunk)
+        elif unfinished + first_end > max_line:  # the unfinished line ends in this chunk, too long
+            raise source.limits.line_too_long(source.name, line + sum(part.count(b"\n") for part in parts))
+        else:
+            unfinished = len(chunk) - chunk.rfind(b"\n") - 1
+        if unfinished > max_line:
+            before = sum(part.count(b"\n") for part in parts) + chunk.count(b"\n")
+            raise source.limits.line_too_long(source.name, line + before)
         parts.append(chunk)
         size += len(chunk)
         if size < block_bytes:
             continue
         data = b"".join(parts)  # one copy per block, not one per chunk
         cut = data.rfind(b"\n") + 1
-        if cut == 0:
-            parts = [data]  # one enormous line so far: keep reading
+        if cut == 0:  # only with a block smaller than the line ceiling
+            parts = [data]
             continue
         block, tail = data[:cut], data[cut:]
         parts, size = [tail], len(tail)

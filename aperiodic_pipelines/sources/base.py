@@ -23,7 +23,8 @@ class SourceObject:
 
 @dataclass
 class SourceResult:
-    """Canonical trades of one instrument-month written to `path`, with what the run saw on the way."""
+    """Canonical trades of one instrument-month (or, from `fetch_day`, one UTC day) written to `path`, with what the
+    run saw on the way."""
 
     exchange: str
     symbol: str  # Atlas symbol, e.g. perpetual-BTC-USDT:USDT
@@ -40,6 +41,8 @@ class SourceResult:
     # (APERIODIC_ALLOW_MISSING_DAYS=1); empty for a complete month.
     missing_days: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)  # source-specific, JSON-able facts (e.g. partial_month)
+    # Set by `fetch_day`: the one UTC day (YYYY-MM-DD) the file holds; `month` is then that day's month.
+    day: str | None = None
 
     def to_metadata(self) -> dict:
         """Plain JSON-able dict for run metadata and parquet key-value metadata."""

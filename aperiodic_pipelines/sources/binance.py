@@ -13,18 +13,22 @@ from pathlib import Path
 import polars as pl
 
 from aperiodic_pipelines.domain.errors import CorruptArchiveError, NotPublishedError
+from aperiodic_pipelines.domain.months import check_day, month_of_day
+from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.domain.symbols import to_native
 from aperiodic_pipelines.sources.archive_stream import check_zip_structure, first_line, lazy_csv, zip_csv
 from aperiodic_pipelines.sources.base import SourceObject, SourceResult
 from aperiodic_pipelines.sources.canonical import (
     CanonicalStats,
     TradeFile,
+    build_canonical_day,
     build_canonical_month,
     days_of_month,
     ms_or_us_to_us,
     parse_month,
 )
 from aperiodic_pipelines.sources.config import SourceConfig
+from aperiodic_pipelines.sources.daily import DayNotPublishedError, shift_day
 from aperiodic_pipelines.sources.days import fetch_days
 from aperiodic_pipelines.sources.download import Download, Downloader, parse_checksum_sidecar
 from aperiodic_pipelines.sources.missing import check_missing_days
@@ -68,6 +72,7 @@ def fetch_month(
     dest: Path,
     config: SourceConfig,
     downloader: Downloader | None = None,
+    http: HttpSettings | None = None,
 ) -> SourceResult:
     """Download (or reuse from cache), verify and convert one month of binance-futures trades to `dest`."""
     parse_month(month)
@@ -75,7 +80,7 @@ def fetch_month(
     dataset = config.binance_dataset
     if dataset not in DATASETS:
         raise ValueError(f"binance dataset must be one of {DATASETS}, got {dataset!r}")
-    downloader = downloader or Downloader.from_config(config)
+    downloader = downloader or Downloader.from_config(config, http)
     base = config.binance_url.rstrip("/")
 
     missing_days: list[str] = []
@@ -117,6 +122,61 @@ def fetch_month(
         missing_days=missing_days,
     )
 
+
+def fetch_day(
+    symbol: str,
+    day: str,
+    *,
+    dest: Path,
+    config: SourceConfig,
+    downloader: Downloader | None = None,
+    http: HttpSettings | None = None,
+) -> SourceResult:
+    """One UTC day of binance-futures trades to `dest` (a parquet file), from the daily archive + `.CHECKSUM`.
+
+    The rows are the monthly file's rows of that day (the month reads the same daily files when no monthly archive
+    exists, and a monthly archive holds the same trades). Not out yet: `DayNotPublishedError` at once, with
+    `later_published` from one probe of the next day's CHECKSUM."""
+    check_day(day)
+    native = to_native(EXCHANGE, symbol)
+    dataset = config.binance_dataset
+    if dataset not in DATASETS:
+        raise ValueError(f"binance dataset must be one of {DATASETS}, got {dataset!r}")
+    client = (downloader or Downloader.from_config(config, http)).impatient()
+    base = config.binance_url.rstrip("/")
+    path = archive_path(native, dataset, day)
+    try:
+        download = _fetch_checked(client, base, path)
+    except NotPublishedError:
+        following = archive_path(native, dataset, shift_day(day, 1))
+        try:
+            client.fetch_text(f"{base}/{following}.CHECKSUM")
+            later = True
+        except NotPublishedError:
+            later = False
+        raise DayNotPublishedError(
+            f"{EXCHANGE} {native} {dataset}", day, [path.rsplit("/", 1)[-1]], later_published=later
+        ) from None
+    dest = Path(dest)
+    try:
+        stats = build_canonical_day([read_archive(download.path, dataset)], day, dest)
+    except CorruptArchiveError:
+        client.evict(str(download.path.relative_to(client.cache_dir)))
+        raise
+    return SourceResult(
+        exchange=EXCHANGE,
+        symbol=symbol,
+        native_symbol=native,
+        month=month_of_day(day),
+        day=day,
+        path=dest,
+        trade_count=stats.trade_count,
+        duplicates_dropped=stats.duplicates_dropped,
+        id_gaps=stats.id_gaps,
+        has_arrival_times=False,
+        dataset=dataset,
+        objects=[SourceObject(location=download.url, size=download.size, sha256=download.sha256)],
+    )
 
 def _fetch_checked(downloader: Downloader, base: str, path: str) -> Download:
     """The archive, verified against its CHECKSUM sidecar (fetched every time, so a changed upstream is seen)."""

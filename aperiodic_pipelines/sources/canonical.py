@@ -28,8 +28,14 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from aperiodic_pipelines.domain.errors import CorruptArchiveError, InvalidTradesError
+from aperiodic_pipelines.domain.months import day_bounds_us
 from aperiodic_pipelines.sources.download import scratch_dir
-from aperiodic_pipelines.trades import CANONICAL_COLUMNS, CANONICAL_SCHEMA
+from aperiodic_pipelines.trades import (
+    CANONICAL_COLUMNS,
+    CANONICAL_SCHEMA,
+    ConflictingTradesError,
+    check_duplicate_share,
+)
 
 DAY_US = 86_400_000_000
 ROW_GROUP_ROWS = 1 << 20
@@ -103,19 +109,43 @@ def build_canonical_month(
     *,
     outside_month: Literal["trim", "error"],
 ) -> CanonicalStats:
+    """Write the month's canonical trades from `files` to `dest`; see `build_canonical_span`."""
+    start_us, end_us = month_bounds_us(month)
+    return build_canonical_span(files, start_us, end_us, month, dest, outside=outside_month)
+
+
+def build_canonical_day(files: Sequence[TradeFile], day: str, dest: Path) -> CanonicalStats:
+    """Write one UTC day's canonical trades from `files` (trimmed to the day) to `dest`.
+
+    The same rules, in the same order, as `build_canonical_month`: duplicates and conflicts are decided within a
+    UTC day there too (`_sort_by_day`), so the day's rows are exactly the month file's rows of that day."""
+    start_us, end_us = day_bounds_us(day)
+    return build_canonical_span(files, start_us, end_us, day, dest, outside="trim")
+
+
+def build_canonical_span(
+    files: Sequence[TradeFile],
+    start_us: int,
+    end_us: int,
+    label: str,
+    dest: Path,
+    *,
+    outside: Literal["trim", "error"],
+) -> CanonicalStats:
     """Write the month's canonical trades from `files` to `dest` (parquet, zstd) atomically.
 
     `outside_month="trim"` drops rows whose `ts_exchange` lies outside the month (daily files, UTC+8 files);
-    `"error"` rejects them (a monthly file must only hold its month). Rows repeating a (time, trade id) are
-    dropped and counted; one id at two different times is a `CorruptArchiveError`. Bad rows raise
-    `InvalidTradesError` / `CorruptArchiveError` naming the file and the rows."""
-    start_us, end_us = month_bounds_us(month)
+    `"error"` rejects them (a monthly file must only hold its month). Rows repeating another exactly (time, trade
+    id, price, quantity, side; the arrival time of the first is kept) are dropped and counted, up to
+    `trades.MAX_DUPLICATE_SHARE` of the rows (else `TooManyDuplicatesError`); one id with two different contents
+    is a `ConflictingTradesError` naming both rows. Bad rows raise `InvalidTradesError` / `CorruptArchiveError`
+    naming the file and the rows. `[start_us, end_us)` is a month or a day (whole UTC days); `label` names it."""
     dest = Path(dest)
     ts = pl.col("ts_exchange")
     # A null time is kept here so that the null rule below reports it instead of the trim hiding it.
     in_month_or_null = ((ts >= start_us) & (ts < end_us)) | ts.is_null()
     frames = [_conform(f.frame) for f in files]
-    if outside_month == "trim":
+    if outside == "trim":
         frames = [frame.filter(in_month_or_null) for frame in frames]
     with scratch_dir(dest.parent) as work:
         staged = work / "staged.parquet"
@@ -126,14 +156,39 @@ def build_canonical_month(
             raise _parse_error(files, exc) from None
         # The rules are counted on the staged file, one row group at a time: sources that stream their archive
         # through Python would otherwise decompress it twice.
-        facts = _staged_facts(staged, start_us, end_us)
-        _raise_on_bad_rows([f.origin for f in files], frames, facts, start_us, end_us)
+        facts, first_conflict = _staged_facts(staged, start_us, end_us)
+        origins = [f.origin for f in files]
+        _raise_on_bad_rows(origins, frames, facts, start_us, end_us)
+        name = _month_name(label, origins)
+        if first_conflict is not None:
+            raise _conflict_error(name, *first_conflict)
+        check_duplicate_share(int(facts["repeats"]), int(facts["n"]), name=name)  # adjacent repeats: a lower bound
         if facts["unsorted"] == 0 and facts["ids_not_increasing"] == 0:
             os.replace(staged, dest)
             return CanonicalStats(int(facts["n"]), 0, int(facts["gaps"]))
-        stats = _sort_by_day(staged, work, start_us, end_us)
+        stats = _sort_by_day(staged, work, start_us, end_us, name=name)
+        check_duplicate_share(stats.duplicates_dropped, int(facts["n"]), name=name)
         os.replace(work / "sorted.parquet", dest)
         return stats
+
+
+def _month_name(month: str, origins: list[str]) -> str:
+    if len(origins) == 1:
+        return f"{month} ({origins[0]})"
+    shown = ", ".join(origins[:2]) + (f" … {origins[-1]}" if len(origins) > 2 else "")
+    return f"{month} ({len(origins)} files: {shown})"
+
+
+def _describe(row: dict) -> str:
+    side = "buy" if row["is_buy"] else "sell"
+    return f"trade_id={row['trade_id']} ts={format_us(row['ts_exchange'])} price={row['price']} qty={row['qty']} {side}"
+
+
+def _conflict_error(name: str, first: dict, second: dict) -> ConflictingTradesError:
+    return ConflictingTradesError(
+        f"{name}: trade id {first['trade_id']} appears twice with different contents: {_describe(first)} and "
+        f"{_describe(second)}; the upstream contradicts itself, so neither row can be published"
+    )
 
 
 def _conform(frame: pl.LazyFrame) -> pl.LazyFrame:
@@ -150,33 +205,46 @@ def _checks(start_us: int, end_us: int) -> dict[str, pl.Expr]:
     }
 
 
-def _staged_facts(staged: Path, start_us: int, end_us: int) -> dict[str, int]:
-    """Row count, per-row rule breaks, order breaks and id gaps, one row group at a time: polars' `diff` is not
-    a streaming operation, and this keeps memory bounded. The previous group's last row is carried over."""
+_CONTENT = ["ts_exchange", "trade_id", "price", "qty", "is_buy"]
+
+
+def _staged_facts(staged: Path, start_us: int, end_us: int) -> tuple[dict[str, int], tuple[dict, dict] | None]:
+    """Row count, per-row rule breaks, order breaks, id gaps and repeats of the previous row (same time and id:
+    `repeats` when the contents agree, a conflict when not), one row group at a time: polars' `diff` is not a
+    streaming operation, and this keeps memory bounded. The previous group's last row is carried over. Returns
+    the counts and the first conflicting pair of rows, if any."""
     ts, tid = pl.col("ts_exchange"), pl.col("trade_id")
     ts_step, id_step = ts.diff(), tid.diff()
+    same_key = (ts_step == 0) & (id_step == 0)
+    differs = pl.any_horizontal([pl.col(c) != pl.col(c).shift(1) for c in ("price", "qty", "is_buy")])
     order = {
         "unsorted": ((ts_step < 0) | ((ts_step == 0) & (id_step <= 0))).sum(),
         "ids_not_increasing": (id_step <= 0).sum(),
         "gaps": (id_step > 1).sum(),
+        "repeats": (same_key & ~differs).sum(),
+        "conflicts": (same_key & differs).sum(),
     }
     rules = {name: rule.fill_null(True).sum() for name, rule in _checks(start_us, end_us).items()}
     totals = dict.fromkeys(["n", *rules, *order], 0)
+    first_conflict: tuple[dict, dict] | None = None
     parquet = pq.ParquetFile(staged)
     previous: pl.DataFrame | None = None
     for group in range(parquet.num_row_groups):
         batch = pl.from_arrow(parquet.read_row_group(group))
         assert isinstance(batch, pl.DataFrame)
         counted = batch.select(n=pl.len(), **rules).row(0, named=True)
-        keys = batch.select("ts_exchange", "trade_id")
+        keys = batch.select(_CONTENT)
         if previous is not None:
             keys = pl.concat([previous, keys])
         counted |= keys.select(**order).row(0, named=True)
+        if counted["conflicts"] and first_conflict is None:
+            at = int(keys.select((same_key & differs).fill_null(False).arg_true().first()).item())
+            first_conflict = (keys.row(at - 1, named=True), keys.row(at, named=True))
         for key, value in counted.items():
             totals[key] += int(value or 0)
         previous = keys.tail(1)
         del batch
-    return totals
+    return totals, first_conflict
 
 
 def _raise_on_bad_rows(
@@ -220,8 +288,9 @@ def _parse_error(files: Sequence[TradeFile], exc: Exception) -> CorruptArchiveEr
     return CorruptArchiveError(f"{origin}: malformed row that cannot be parsed: {first_line}")
 
 
-def _sort_by_day(staged: Path, work: Path, start_us: int, end_us: int) -> CanonicalStats:
-    """Split by UTC day (bounded memory), sort and de-duplicate each day, and stream the days back together."""
+def _sort_by_day(staged: Path, work: Path, start_us: int, end_us: int, *, name: str) -> CanonicalStats:
+    """Split by UTC day (bounded memory), sort and de-duplicate each day, and stream the days back together.
+    A repeated (time, id) whose price, quantity or side differ is a `ConflictingTradesError` naming both rows."""
     day_dir = work / "days"
     day_key = ((pl.col("ts_exchange") - start_us) // DAY_US).alias("day")
     # One row group at a time, split by day into small Arrow files: memory stays at one row group
@@ -250,11 +319,16 @@ def _sort_by_day(staged: Path, work: Path, start_us: int, end_us: int) -> Canoni
             continue
         # Input order breaks ties, so equal (time, id) rows keep the file order: deterministic for the same input.
         frame = pl.concat([pl.read_ipc(part) for part in parts]).sort(["ts_exchange", "trade_id"], maintain_order=True)
-        ts, tid = frame.get_column("ts_exchange"), frame.get_column("trade_id")
-        repeated_row = ((ts == ts.shift(1)) & (tid == tid.shift(1))).fill_null(False)  # a duplicate: keep the first
-        unique = frame.filter(~repeated_row)
+        ts, tid = pl.col("ts_exchange"), pl.col("trade_id")
+        same_key = ((ts == ts.shift(1)) & (tid == tid.shift(1))).fill_null(False)
+        differs = pl.any_horizontal([pl.col(c) != pl.col(c).shift(1) for c in ("price", "qty", "is_buy")])
+        flags = frame.select(repeated=same_key, conflict=same_key & differs.fill_null(False))
+        if flags.get_column("conflict").any():
+            at = int(flags.get_column("conflict").arg_true()[0])
+            raise _conflict_error(name, frame.row(at - 1, named=True), frame.row(at, named=True))
+        unique = frame.filter(~flags.get_column("repeated"))  # an exact repeat: keep the first
         duplicates += frame.height - unique.height
-        del frame, ts, tid, repeated_row
+        del frame, flags
         ids = unique.get_column("trade_id")
         id_steps = ids.diff()
         if last_id is not None:
@@ -274,24 +348,22 @@ def _sort_by_day(staged: Path, work: Path, start_us: int, end_us: int) -> Canoni
     source.sink_parquet(out, **PARQUET_OPTIONS)
     count = pl.scan_parquet(out).select(pl.len()).collect().item()
     if ids_conflict:
-        _raise_on_conflicting_ids(out)
+        _raise_on_conflicting_ids(out, name)
     return CanonicalStats(int(count), duplicates, gaps)
 
 
-def _raise_on_conflicting_ids(path: Path) -> None:
-    """The same trade id at two different times is a conflict, not a duplicate row: refuse it."""
+def _raise_on_conflicting_ids(path: Path, name: str) -> None:
+    """The same trade id at two different times is a conflict, not a duplicate row: refuse it, naming both rows."""
     repeated = (
         pl.scan_parquet(path)
         .group_by("trade_id")
-        .agg(pl.len().alias("times"), pl.col("ts_exchange").min().alias("first"), pl.col("ts_exchange").max())
+        .agg(pl.len().alias("times"))
         .filter(pl.col("times") > 1)
         .sort("trade_id")
-        .head(3)
+        .head(1)
         .collect(engine="streaming")
     )
     if repeated.height:
-        shown = "; ".join(
-            f"trade_id={r['trade_id']} at {format_us(r['first'])} and {format_us(r['ts_exchange'])}"
-            for r in repeated.iter_rows(named=True)
-        )
-        raise CorruptArchiveError(f"trade ids appear at two different times (conflicting rows): {shown}")
+        trade_id = repeated.item(0, "trade_id")
+        rows = pl.scan_parquet(path).filter(pl.col("trade_id") == trade_id).head(2).collect(engine="streaming")
+        raise _conflict_error(name, rows.row(0, named=True), rows.row(1, named=True))

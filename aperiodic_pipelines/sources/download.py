@@ -12,20 +12,25 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import io
 import json
 import os
 import random
+import socket
 import sys
 import tempfile
+import threading
 import time
-import zipfile
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, NoReturn, TypeVar
 
 import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from aperiodic_pipelines.domain.errors import (
     AperiodicError,
@@ -33,11 +38,15 @@ from aperiodic_pipelines.domain.errors import (
     CorruptArchiveError,
     NotPublishedError,
 )
+from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.sources.config import SourceConfig
+from aperiodic_pipelines.sources.limits import CSV_LIMITS, ReadLimits
 
 _T = TypeVar("_T")
 CHUNK_BYTES = 1 << 20
 PROGRESS_MIN_BYTES = 32 << 20  # a progress bar only for downloads big enough to watch
+TEXT_MAX_BYTES = 1 << 20  # a checksum sidecar is ~100 bytes: a larger answer is not one
+THROUGHPUT_GRACE_SECONDS = 30.0  # the minimum throughput is averaged from here on (slow starts are normal)
 
 
 class DownloadError(AperiodicError):
@@ -45,7 +54,95 @@ class DownloadError(AperiodicError):
 
 
 class _Retryable(Exception):
-    """A transient failure worth another attempt (5xx, reset connection, truncated body)."""
+    """A transient failure worth another attempt (5xx, reset connection, truncated body, a stall, a trickle).
+    `slow`: a stall or a trickle, which gets fewer attempts (a silent server seldom recovers within seconds)."""
+
+    def __init__(self, message: str, *, slow: bool = False) -> None:
+        super().__init__(message)
+        self.slow = slow
+
+
+class _OutOfTime(Exception):
+    """The download's total deadline has passed: no further attempt."""
+
+
+# --- the deadline watchdog -------------------------------------------------------------------------------------
+# Socket timeouts bound each wait, not a sum of them: a server sending its status line and headers a byte at a time
+# would never time out. A timer shuts the sockets of the attempt in flight down at the deadline, which ends any
+# blocked read at once; the connections record their socket with the watchdog of the thread that uses them.
+
+_watched = threading.local()
+
+
+class _Watchdog:
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.sockets: list[socket.socket] = []
+        self.fired = False
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()) + 0.01, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        self._outer = getattr(_watched, "dog", None)
+        _watched.dog = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+        _watched.dog = self._outer
+
+    def arm(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            self.sockets.append(sock)
+            fired = self.fired
+        if fired:
+            _shut(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            sockets = list(self.sockets)
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def getresponse(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        dog = getattr(_watched, "dog", None)
+        if dog is not None:
+            dog.arm(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def getresponse(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        dog = getattr(_watched, "dog", None)
+        if dog is not None:
+            dog.arm(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
 
 
 @dataclass(frozen=True)
@@ -59,6 +156,14 @@ class RetryPolicy:
     # OKX's CDN answers 404 for a file that appears seconds later: a 404 is asked again this many times in all
     # (same backoff) before the file counts as not published.
     not_found_attempts: int = 3
+    # A stall (no byte for a read timeout) or a trickle (below the minimum throughput) is tried this many times in
+    # all, counted within `attempts`: each costs a read timeout or the throughput grace, and seldom ends sooner.
+    slow_attempts: int = 2
+
+    @classmethod
+    def from_settings(cls, http: HttpSettings) -> RetryPolicy:
+        return cls(attempts=http.attempts, backoff_seconds=http.backoff_seconds,
+                   not_found_attempts=http.not_found_attempts)
 
     def wait_seconds(self, attempt: int) -> float:
         base = min(self.max_backoff_seconds, self.backoff_seconds * (2**attempt))
@@ -89,45 +194,46 @@ def parse_checksum_sidecar(text: str, *, filename: str, url: str) -> str:
     raise CorruptArchiveError(f"checksum file {url} has no sha256 line for {filename}: {text[:200]!r}")
 
 
-def check_zip(path: Path, *, name: str) -> None:
-    """Raise `CorruptArchiveError` naming `name` unless `path` is a readable zip whose members pass their CRCs."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad_member = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
-        raise CorruptArchiveError(f"{name} is not a readable zip archive: {exc}") from None
-    if bad_member is not None:
-        raise CorruptArchiveError(f"{name}: member {bad_member} fails its CRC check (corrupt archive)")
+def check_zip(path: Path, *, name: str, limits: ReadLimits | None = None) -> None:
+    """Raise `CorruptArchiveError` naming `name` unless `path` is a readable one-member zip whose member inflates
+    within `limits` (default `CSV_LIMITS`, `sources/limits.py`) and passes its CRC (streamed: bounded memory)."""
+    from aperiodic_pipelines.sources.archive_stream import zip_csv
+
+    for _piece in zip_csv(path, name=name, limits=limits or CSV_LIMITS).chunks():
+        pass
 
 
 class Downloader:
-    """Fetch files over HTTP(S) into `cache_dir` with retries, verification and revalidation."""
+    """Fetch files over HTTP(S) into `cache_dir` with retries, verification, revalidation and deadlines.
+
+    `http` (`domain.settings.HttpSettings`) sets the attempts and backoff, the longest silence on a connection
+    (`read_timeout_seconds`), the total time one download may take, its retries and waits included
+    (`deadline_seconds`), and the slowest transfer tolerated (`min_bytes_per_second`, averaged once
+    `THROUGHPUT_GRACE_SECONDS` or the read timeout, whichever is shorter, have passed). `retry` overrides the
+    attempts and backoff (tests use tiny backoffs)."""
 
     def __init__(
         self,
         cache_dir: Path,
         *,
+        http: HttpSettings | None = None,
         retry: RetryPolicy | None = None,
         session: requests.Session | None = None,
-        timeout_seconds: float = 60.0,
         progress: bool | None = None,
     ) -> None:
         self.cache_dir = Path(cache_dir)
-        self.retry = retry or RetryPolicy()
+        self.http = http or HttpSettings()
+        self.retry = retry or RetryPolicy.from_settings(self.http)
         self.session = session or requests.Session()
-        self.timeout_seconds = timeout_seconds
+        for scheme in ("http://", "https://"):  # every connection of this session answers to the deadline watchdog
+            self.session.mount(scheme, _WatchedAdapter())
         self.progress = sys.stderr.isatty() if progress is None else progress
 
     @classmethod
-    def from_config(cls, config: SourceConfig, environ: dict[str, str] | None = None) -> Downloader:
-        """A downloader caching under `config.cache_dir`; retries from APERIODIC_HTTP_ATTEMPTS / _BACKOFF."""
-        env = os.environ if environ is None else environ
-        retry = RetryPolicy(
-            attempts=int(env.get("APERIODIC_HTTP_ATTEMPTS", RetryPolicy.attempts)),
-            backoff_seconds=float(env.get("APERIODIC_HTTP_BACKOFF", RetryPolicy.backoff_seconds)),
-            not_found_attempts=int(env.get("APERIODIC_HTTP_404_ATTEMPTS", RetryPolicy.not_found_attempts)),
-        )
-        return cls(config.cache_dir, retry=retry)
+    def from_config(cls, config: SourceConfig, http: HttpSettings | None = None) -> Downloader:
+        """A downloader caching under `config.cache_dir` with `http`'s retries and deadlines (default:
+        `HttpSettings()`'s defaults; the caller passes the operator's, e.g. `HttpSettings.from_env()`)."""
+        return cls(config.cache_dir, http=http)
 
     def impatient(self) -> Downloader:
         """The same downloader (cache, session, retries) taking a 404 at its word: for a first look at many
@@ -141,14 +247,28 @@ class Downloader:
     def fetch_text(self, url: str, *, headers: dict[str, str] | None = None) -> str:
         """GET a small text resource (e.g. a CHECKSUM sidecar), with the same retry rules; not cached."""
 
-        def attempt() -> str:
-            response = self._get(url, stream=False, headers=headers)
+        def attempt(deadline: float) -> str:
+            response = self._get(url, deadline=deadline, headers=headers)
             with response:
-                body = response.content
-                self._check_length(response, len(body), url)
-                return body.decode("utf-8", errors="replace")
+                sink = io.BytesIO()
+                size, _digest = self._stream_body(response, sink, url, deadline, max_bytes=TEXT_MAX_BYTES)
+                self._check_length(response, size, url)
+                return sink.getvalue().decode("utf-8", errors="replace")
 
         return self._with_retries(url, attempt)
+
+    def exists(self, url: str, *, headers: dict[str, str] | None = None) -> bool:
+        """Whether `url` answers 200 to one HEAD (a 404 is taken at its word; server errors are retried as
+        usual): a cheap probe, e.g. whether a later day is out while this one is missing."""
+
+        def attempt(deadline: float) -> int:
+            timeout = self._timeout(url, deadline)
+            response = self.session.head(url, timeout=timeout, allow_redirects=True, headers=headers)
+            if response.status_code >= 500:
+                raise _Retryable(f"HTTP {response.status_code}")
+            return response.status_code
+
+        return self._with_retries(url, attempt) == 200
 
     def fetch(
         self,
@@ -175,14 +295,14 @@ class Downloader:
         target.parent.mkdir(parents=True, exist_ok=True)
         name = target.name
 
-        def attempt() -> Download:
-            response = self._get(url, stream=True, headers=headers)
+        def attempt(deadline: float) -> Download:
+            response = self._get(url, deadline=deadline, headers=headers)
             with response:
                 tmp_fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target.parent)
                 tmp_path = Path(tmp_name)
                 try:
                     with os.fdopen(tmp_fd, "wb") as sink:
-                        size, digest = self._stream_body(response, sink, url)
+                        size, digest = self._stream_body(response, sink, url, deadline)
                     self._check_length(response, size, url)
                     if expected_sha256 is not None and digest != expected_sha256.lower():
                         raise ChecksumMismatchError(
@@ -229,8 +349,9 @@ class Downloader:
     def _unchanged_upstream(self, url: str, meta: dict, headers: dict[str, str] | None) -> bool:
         """HEAD the URL and compare its validators with the recorded ones; any difference means changed."""
 
-        def attempt() -> requests.Response:
-            response = self.session.head(url, timeout=self.timeout_seconds, allow_redirects=True, headers=headers)
+        def attempt(deadline: float) -> requests.Response:
+            timeout = self._timeout(url, deadline)
+            response = self.session.head(url, timeout=timeout, allow_redirects=True, headers=headers)
             if response.status_code >= 500:
                 raise _Retryable(f"HTTP {response.status_code}")
             return response
@@ -277,8 +398,16 @@ class Downloader:
 
     # --- HTTP ---------------------------------------------------------------------------------------------
 
-    def _get(self, url: str, *, stream: bool, headers: dict[str, str] | None = None) -> requests.Response:
-        response = self.session.get(url, stream=stream, timeout=self.timeout_seconds, headers=headers)
+    def _timeout(self, url: str, deadline: float) -> float:
+        """The socket timeout of the next wait: the read timeout, cut short by the download's deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _OutOfTime()
+        return min(self.http.read_timeout_seconds, remaining)
+
+    def _get(self, url: str, *, deadline: float, headers: dict[str, str] | None = None) -> requests.Response:
+        timeout = self._timeout(url, deadline)
+        response = self.session.get(url, stream=True, timeout=timeout, headers=headers)
         status = response.status_code
         if status == 200:
             return response
@@ -292,28 +421,62 @@ class Downloader:
             raise DownloadError(f"GET {url} refused: HTTP {status} (missing or wrong API key?)")
         raise DownloadError(f"GET {url} failed: HTTP {status}")
 
-    def _stream_body(self, response: requests.Response, sink: BinaryIO, url: str) -> tuple[int, str]:
+    def _stream_body(
+        self, response: requests.Response, sink: BinaryIO, url: str, deadline: float, *, max_bytes: int | None = None
+    ) -> tuple[int, str]:
+        """Copy the body to `sink`, hashing it, in reads that return what has arrived, so that the deadline and
+        the minimum throughput are checked however slowly the bytes come (a trickle never fills a buffer)."""
         digest = hashlib.sha256()
         size = 0
         total = int(response.headers.get("Content-Length") or 0)
+        started = time.monotonic()
+        grace = min(THROUGHPUT_GRACE_SECONDS, self.http.read_timeout_seconds)
+        raw = response.raw
         bar = None
         if self.progress and total >= PROGRESS_MIN_BYTES:
             from tqdm import tqdm
 
             bar = tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], file=sys.stderr)
         try:
-            for chunk in response.iter_content(chunk_size=CHUNK_BYTES):
-                sink.write(chunk)
+            while True:
+                self._set_socket_timeout(raw, self._timeout(url, deadline))
+                try:
+                    chunk = raw.read1(CHUNK_BYTES, decode_content=True)
+                except (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError) as exc:
+                    raise self._read_failure(exc, size, deadline) from None
+                if not chunk:
+                    break
+                sink.write(chunk)  # a local write error (disk full) is not a transfer failure: never retried
                 digest.update(chunk)
                 size += len(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
-        except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError) as exc:
-            raise _Retryable(f"connection broke after {size} bytes: {exc}") from None
+                if max_bytes is not None and size > max_bytes:
+                    raise DownloadError(f"GET {url}: answer larger than {max_bytes} bytes, not what was asked for")
+                elapsed = time.monotonic() - started
+                if elapsed > grace and size < self.http.min_bytes_per_second * elapsed:
+                    raise _Retryable(
+                        f"too slow: {size} bytes in {elapsed:.1f} s, below the minimum of "
+                        f"{self.http.min_bytes_per_second:g} bytes/s", slow=True,
+                    )
         finally:
             if bar is not None:
                 bar.close()
         return size, digest.hexdigest()
+
+    @staticmethod
+    def _read_failure(exc: Exception, size: int, deadline: float) -> Exception:
+        if time.monotonic() >= deadline:  # the wait was cut short by the deadline
+            return _OutOfTime(f"the last attempt had received {size} bytes")
+        stalled = isinstance(exc, (urllib3.exceptions.TimeoutError, requests.exceptions.Timeout, TimeoutError))
+        what = "stalled" if stalled else "connection broke"
+        return _Retryable(f"{what} after {size} bytes: {type(exc).__name__}: {exc}", slow=stalled)
+
+    @staticmethod
+    def _set_socket_timeout(raw: urllib3.response.BaseHTTPResponse, seconds: float) -> None:
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        if sock is not None:
+            sock.settimeout(seconds)
 
     @staticmethod
     def _check_length(response: requests.Response, size: int, url: str) -> None:
@@ -322,28 +485,63 @@ class Downloader:
         if declared is not None and plain and int(declared) != size:
             raise _Retryable(f"truncated body: got {size} of {declared} bytes")
 
-    def _with_retries(self, url: str, attempt: Callable[[], _T]) -> _T:
+    def _with_retries(self, url: str, attempt: Callable[[float], _T]) -> _T:
         """Transient failures get `attempts` tries; a 404 gets `not_found_attempts` (it may appear seconds later).
-        Anything else (a checksum mismatch, a corrupt archive) is final at once."""
+        Anything else (a checksum mismatch, a corrupt archive) is final at once. Every attempt, wait and retry
+        fits in `deadline_seconds`: past it the download fails, naming the URL."""
+        started = time.monotonic()
+        deadline = started + self.http.deadline_seconds
         last_problem = ""
-        failures = not_found = 0
+        failures = not_found = slow = 0
         while True:
             try:
-                return attempt()
+                with _Watchdog(deadline):
+                    return attempt(deadline)
             except NotPublishedError:
                 not_found += 1
                 if not_found >= self.retry.not_found_attempts:
                     raise
-                time.sleep(self.retry.wait_seconds(not_found - 1))
+                self._wait(url, deadline, self.retry.wait_seconds(not_found - 1), started, "HTTP 404")
                 continue
+            except _OutOfTime as exc:
+                self._out_of_time(url, started, _problems(str(exc) or "no answer in time", last_problem))
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+                if time.monotonic() >= deadline:
+                    self._out_of_time(url, started, _problems(problem, last_problem))
+                last_problem = problem
+                slow += isinstance(exc, requests.exceptions.Timeout)
             except _Retryable as exc:
                 last_problem = str(exc)
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-                last_problem = f"{type(exc).__name__}: {exc}"
+                slow += exc.slow
             failures += 1
+            if slow and slow >= self.retry.slow_attempts:
+                raise DownloadError(
+                    f"GET {url} failed: stalled or too slow {slow} times in {time.monotonic() - started:.1f} s "
+                    f"(read timeout {self.http.read_timeout_seconds:g} s, minimum "
+                    f"{self.http.min_bytes_per_second:g} bytes/s): {last_problem}"
+                )
             if failures >= self.retry.attempts:
-                raise DownloadError(f"GET {url} failed after {self.retry.attempts} attempts: {last_problem}")
-            time.sleep(self.retry.wait_seconds(failures - 1))
+                raise DownloadError(
+                    f"GET {url} failed after {self.retry.attempts} attempts in {time.monotonic() - started:.1f} s: "
+                    f"{last_problem}"
+                )
+            self._wait(url, deadline, self.retry.wait_seconds(failures - 1), started, last_problem)
+
+    def _wait(self, url: str, deadline: float, seconds: float, started: float, problem: str) -> None:
+        if time.monotonic() + seconds >= deadline:
+            self._out_of_time(url, started, problem)
+        time.sleep(seconds)
+
+    def _out_of_time(self, url: str, started: float, problem: str) -> NoReturn:
+        raise DownloadError(
+            f"GET {url} failed: no complete answer within the deadline of {self.http.deadline_seconds:g} s "
+            f"(APERIODIC_HTTP_DEADLINE_SECONDS; {time.monotonic() - started:.1f} s spent): {problem}"
+        )
+
+
+def _problems(last: str, before: str) -> str:
+    return f"{last}; before that: {before}" if before else last
 
 
 @contextlib.contextmanager

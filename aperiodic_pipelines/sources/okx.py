@@ -22,12 +22,20 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from aperiodic_pipelines.domain.errors import ContractValueError, CorruptArchiveError, SymbolError
+from aperiodic_pipelines.domain.errors import (
+    ContractValueError,
+    CorruptArchiveError,
+    NotPublishedError,
+    SymbolError,
+)
+from aperiodic_pipelines.domain.months import check_day, day_bounds_us, month_of_day
+from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.domain.symbols import to_native
 from aperiodic_pipelines.sources.archive_stream import check_zip_structure, first_line, lazy_csv, zip_csv
 from aperiodic_pipelines.sources.base import SourceObject, SourceResult
 from aperiodic_pipelines.sources.canonical import (
     TradeFile,
+    build_canonical_day,
     build_canonical_month,
     format_us,
     month_bounds_us,
@@ -36,6 +44,7 @@ from aperiodic_pipelines.sources.canonical import (
     parse_month,
 )
 from aperiodic_pipelines.sources.config import SourceConfig
+from aperiodic_pipelines.sources.daily import DayNotPublishedError
 from aperiodic_pipelines.sources.days import fetch_days
 from aperiodic_pipelines.sources.download import Download, Downloader
 from aperiodic_pipelines.sources.missing import check_missing_days
@@ -222,6 +231,7 @@ def fetch_month(
     dest: Path,
     config: SourceConfig,
     downloader: Downloader | None = None,
+    http: HttpSettings | None = None,
 ) -> SourceResult:
     """Download (or reuse from cache) and convert one UTC month of okx-perps trades to `dest`."""
     parse_month(month)
@@ -229,7 +239,7 @@ def fetch_month(
     start_us, end_us = month_bounds_us(month)
     check_contract_coverage(instid, start_us, end_us)  # before downloading anything
     dates = file_dates(month)
-    downloader = downloader or Downloader.from_config(config)
+    downloader = downloader or Downloader.from_config(config, http)
     base = config.okx_url.rstrip("/")
 
     def fetch_day(client: Downloader, day: str) -> Download:
@@ -271,6 +281,71 @@ def fetch_month(
     )
 
 
+def fetch_day(
+    symbol: str,
+    day: str,
+    *,
+    dest: Path,
+    config: SourceConfig,
+    downloader: Downloader | None = None,
+    http: HttpSettings | None = None,
+) -> SourceResult:
+    """One UTC day of okx-perps trades to `dest` (a parquet file): the UTC+8 files dated `day` and the day after
+    (file D covers [D−1 16:00, D 16:00) UTC), trimmed to the UTC day, contracts converted as for the month.
+    Not out yet: `DayNotPublishedError` at once, `later_published` from one HEAD of the file after the last."""
+    check_day(day)
+    instid = to_native(EXCHANGE, symbol)
+    start_us, end_us = day_bounds_us(day)
+    check_contract_coverage(instid, start_us, end_us)  # before downloading anything
+    first = date.fromisoformat(day)
+    dates = [first, first + timedelta(days=1)]
+    client = (downloader or Downloader.from_config(config, http)).impatient()
+    base = config.okx_url.rstrip("/")
+
+    downloads: list[Download] = []
+    missing: list[date] = []
+    for file_date in dates:
+        path = archive_path(instid, file_date)
+        name = path.rsplit("/", 1)[-1]
+        try:
+            downloads.append(
+                client.fetch(f"{base}/{path}", f"{EXCHANGE}/{path}", verify=lambda p, n=name: check_zip_structure(p, name=n))
+            )
+        except NotPublishedError:
+            missing.append(file_date)
+    if missing:
+        later = client.exists(f"{base}/{archive_path(instid, dates[-1] + timedelta(days=1))}")
+        raise DayNotPublishedError(
+            f"{EXCHANGE} {instid}", day, [archive_path(instid, d).rsplit("/", 1)[-1] for d in missing],
+            later_published=later,
+        )
+    dest = Path(dest)
+    month = month_of_day(day)
+    try:
+        files = [
+            read_archive(d.path, instid, month, name=d.url.rsplit("/", 1)[-1], span_us=(start_us, end_us))
+            for d in downloads
+        ]
+        stats = build_canonical_day(files, day, dest)
+    except CorruptArchiveError:
+        for download in downloads:
+            client.evict(str(download.path.relative_to(client.cache_dir)))
+        raise
+    return SourceResult(
+        exchange=EXCHANGE,
+        symbol=symbol,
+        native_symbol=instid,
+        month=month,
+        day=day,
+        path=dest,
+        trade_count=stats.trade_count,
+        duplicates_dropped=stats.duplicates_dropped,
+        id_gaps=stats.id_gaps,
+        has_arrival_times=False,
+        dataset="trades",
+        objects=[SourceObject(location=d.url, size=d.size, sha256=d.sha256) for d in downloads],
+    )
+
 def normalise_header(header_line: str) -> list[str]:
     """Header names → canonical OKX names: `size/数量` → `size`, BOM and case dropped."""
     return [field.split("/", 1)[0].strip().lower() for field in header_line.lstrip("\ufeff").strip().split(",")]
@@ -296,8 +371,11 @@ def _is_legacy_row(fields: list[str]) -> bool:
     return trade_id.isdigit() and side.lower() in ("buy", "sell") and created.isdigit() and len(created) in (13, 16)
 
 
-def read_archive(zip_path: Path, instid: str, month: str, *, name: str) -> TradeFile:
-    """Lazy canonical frame of one OKX trades zip: current header, legacy header, or (before 2022) none."""
+def read_archive(
+    zip_path: Path, instid: str, month: str, *, name: str, span_us: tuple[int, int] | None = None
+) -> TradeFile:
+    """Lazy canonical frame of one OKX trades zip: current header, legacy header, or (before 2022) none.
+    A trade without a contract value is an error inside `span_us` (default: the month), and trimmed outside it."""
     source = zip_csv(zip_path, name=name)
     line = first_line(source)
     if not line.strip():
@@ -317,7 +395,7 @@ def read_archive(zip_path: Path, instid: str, month: str, *, name: str) -> Trade
         if missing or len(set(names)) != len(names):
             raise CorruptArchiveError(f"{name}: unexpected header {line.strip()!r} (missing {missing})")
     schema = {n: _TYPES.get(n, pl.String()) for n in names}
-    start_us, end_us = month_bounds_us(month)
+    start_us, end_us = span_us or month_bounds_us(month)
     check_instrument = "instrument_name" in names
 
     def to_canonical(frame: pl.DataFrame, first: int) -> pl.DataFrame:

@@ -24,6 +24,8 @@ from pathlib import Path
 import polars as pl
 
 from aperiodic_pipelines.domain.errors import CorruptArchiveError, NotPublishedError, SymbolError
+from aperiodic_pipelines.domain.months import check_day, day_bounds_us, month_of_day
+from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.domain.symbols import to_native
 from aperiodic_pipelines.hashing import sha256_file
 from aperiodic_pipelines.sources import okx
@@ -31,12 +33,14 @@ from aperiodic_pipelines.sources.archive_stream import first_line, gzip_csv, laz
 from aperiodic_pipelines.sources.base import SourceObject, SourceResult
 from aperiodic_pipelines.sources.canonical import (
     TradeFile,
+    build_canonical_day,
     build_canonical_month,
     days_of_month,
     month_bounds_us,
     parse_month,
 )
 from aperiodic_pipelines.sources.config import SourceConfig
+from aperiodic_pipelines.sources.daily import DayNotPublishedError, shift_day
 from aperiodic_pipelines.sources.days import fetch_days
 from aperiodic_pipelines.sources.download import Downloader
 from aperiodic_pipelines.sources.missing import check_missing_days
@@ -114,6 +118,7 @@ def fetch_month(
     config: SourceConfig,
     exchange: str,
     downloader: Downloader | None = None,
+    http: HttpSettings | None = None,
 ) -> SourceResult:
     """Read one month of Tardis-format trades of `exchange`/`symbol` (Atlas) and write canonical trades to `dest`."""
     parse_month(month)
@@ -125,32 +130,9 @@ def fetch_month(
     if exchange == "okx-perps":
         okx.check_contract_coverage(native, start_us, end_us)
     required, optional = file_days(month)
-    base = config.tardis_url.rstrip("/")
-    remote = base.startswith(("http://", "https://"))
-    if remote:
-        base = base.removesuffix("/v1")  # accept the base with or without the API version
-        downloader = downloader or Downloader.from_config(config)
-    headers = {"Authorization": f"Bearer {config.tardis_api_key}"} if remote and config.tardis_api_key else None
+    files_of = _TardisDays(exchange, native, config, downloader, http)
+    downloader, remote, file_name, fetch_day = files_of.downloader, files_of.remote, files_of.name, files_of.fetch
     dest = Path(dest)
-
-    def file_name(day: str) -> str:
-        if remote:
-            return f"{tardis_exchange(exchange)}/{api_path(exchange, native, day).split('/', 2)[2]}"
-        return download_file_name(exchange, native, day)
-
-    def fetch_day(client: Downloader | None, day: str) -> tuple[Path, SourceObject]:
-        name = file_name(day)
-        if client is not None:
-            path = api_path(exchange, native, day)
-            got = client.fetch(
-                f"{base}/{path}", f"tardis/{path}", verify=lambda p: _check_gzip_magic(p, name=name), headers=headers
-            )
-            return got.path, SourceObject(location=got.url, size=got.size, sha256=got.sha256)
-        local = Path(base) / name
-        if not local.is_file():
-            raise NotPublishedError(f"not published (yet): {local} (no such Tardis file)")
-        size, sha = sha256_file(local)
-        return local, SourceObject(location=str(local.resolve()), size=size, sha256=sha)
 
     # An edge day's file only adds the few trades that arrived across midnight: optional, never waited for.
     days = sorted([*required, *optional])
@@ -160,7 +142,7 @@ def fetch_month(
     else:
         found, missing_days = _local_days(days, fetch_day, optional)
     missing_files = [file_name(day) for day in missing_days]
-    cached = [f"tardis/{api_path(exchange, native, day)}" for day, _ in found] if remote else []
+    cached = [files_of.cache_key(day) for day, _ in found] if remote else []
     objects = [obj for _day, (_path, obj) in found]
     try:
         files = [read_file(path, exchange, native, month, name=file_name(day)) for day, (path, _obj) in found]
@@ -190,6 +172,130 @@ def fetch_month(
     )
 
 
+class _TardisDays:
+    """Where a day's Tardis file is (a local directory of client downloads, or the datasets API) and how to get it."""
+
+    def __init__(
+        self, exchange: str, native: str, config: SourceConfig, downloader: Downloader | None, http: HttpSettings | None
+    ) -> None:
+        self.exchange, self.native = exchange, native
+        base = config.tardis_url.rstrip("/")
+        self.remote = base.startswith(("http://", "https://"))
+        if self.remote:
+            base = base.removesuffix("/v1")  # accept the base with or without the API version
+            downloader = downloader or Downloader.from_config(config, http)
+        self.base = base
+        self.downloader = downloader if self.remote else None  # a local directory is read without HTTP
+        self.headers = (
+            {"Authorization": f"Bearer {config.tardis_api_key}"} if self.remote and config.tardis_api_key else None
+        )
+
+    def name(self, day: str) -> str:
+        if self.remote:
+            return f"{tardis_exchange(self.exchange)}/{api_path(self.exchange, self.native, day).split('/', 2)[2]}"
+        return download_file_name(self.exchange, self.native, day)
+
+    def fetch(self, client: Downloader | None, day: str) -> tuple[Path, SourceObject]:
+        name = self.name(day)
+        if client is not None:
+            path = api_path(self.exchange, self.native, day)
+            got = client.fetch(
+                f"{self.base}/{path}", f"tardis/{path}", verify=lambda p: _check_gzip_magic(p, name=name),
+                headers=self.headers,
+            )
+            return got.path, SourceObject(location=got.url, size=got.size, sha256=got.sha256)
+        local = Path(self.base) / name
+        if not local.is_file():
+            raise NotPublishedError(f"not published (yet): {local} (no such Tardis file)")
+        size, sha = sha256_file(local)
+        return local, SourceObject(location=str(local.resolve()), size=size, sha256=sha)
+
+    def exists(self, day: str) -> bool:
+        if self.remote:
+            assert self.downloader is not None
+            return self.downloader.exists(f"{self.base}/{api_path(self.exchange, self.native, day)}", headers=self.headers)
+        return (Path(self.base) / self.name(day)).is_file()
+
+    def cache_key(self, day: str) -> str:
+        return f"tardis/{api_path(self.exchange, self.native, day)}"
+
+
+def day_files(day: str) -> tuple[list[str], list[str]]:
+    """(required, optional) file days for the exchange-time UTC `day`: files split by arrival time, so the trades
+    of day d are in the files of d and d+1 (late arrivals) and, with a skewed clock, d−1. d+1 is required (the day
+    is not complete before its late arrivals are out); d−1 is required inside the month and optional on its 1st,
+    exactly as `fetch_month` reads them, so the day's rows are the month file's rows of that day."""
+    before, after = shift_day(day, -1), shift_day(day, 1)
+    if before[:7] == day[:7]:
+        return [before, day, after], []
+    return [day, after], [before]
+
+
+def fetch_day(
+    symbol: str,
+    day: str,
+    *,
+    dest: Path,
+    config: SourceConfig,
+    exchange: str,
+    downloader: Downloader | None = None,
+    http: HttpSettings | None = None,
+) -> SourceResult:
+    """One UTC day (exchange time) of Tardis-format trades of `exchange`/`symbol` to `dest` (a parquet file), with
+    arrival times: the files of `day_files(day)` trimmed by `ts_exchange`. Not out yet: `DayNotPublishedError` at
+    once (no 404 patience), `later_published` from one probe of the file after the last one needed."""
+    check_day(day)
+    if not config.tardis_url:
+        raise ValueError("config.tardis_url (APERIODIC_TARDIS_URL) is not set: no Tardis files to read")
+    native = to_native(exchange, symbol)
+    tardis_exchange(exchange)
+    start_us, end_us = day_bounds_us(day)
+    if exchange == "okx-perps":
+        okx.check_contract_coverage(native, start_us, end_us)
+    required, optional = day_files(day)
+    files_of = _TardisDays(exchange, native, config, downloader, http)
+    client = files_of.downloader.impatient() if files_of.downloader is not None else None
+    found: list[tuple[str, tuple[Path, SourceObject]]] = []
+    missing: list[str] = []
+    for file_day in sorted([*required, *optional]):
+        try:
+            found.append((file_day, files_of.fetch(client, file_day)))
+        except NotPublishedError:
+            if file_day in required:
+                missing.append(file_day)
+    if missing:
+        raise DayNotPublishedError(
+            f"Tardis {tardis_exchange(exchange)} {file_symbol(native)}", day, [files_of.name(d) for d in missing],
+            later_published=files_of.exists(shift_day(required[-1], 1)),
+        )
+    month = month_of_day(day)
+    dest = Path(dest)
+    try:
+        files = [
+            read_file(path, exchange, native, month, name=files_of.name(file_day), span_us=(start_us, end_us))
+            for file_day, (path, _obj) in found
+        ]
+        stats = build_canonical_day(files, day, dest)
+    except CorruptArchiveError:
+        if client is not None:
+            for file_day, _ in found:
+                client.evict(files_of.cache_key(file_day))
+        raise
+    return SourceResult(
+        exchange=exchange,
+        symbol=symbol,
+        native_symbol=native,
+        month=month,
+        day=day,
+        path=dest,
+        trade_count=stats.trade_count,
+        duplicates_dropped=stats.duplicates_dropped,
+        id_gaps=stats.id_gaps,
+        has_arrival_times=True,
+        dataset="tardis",
+        objects=[obj for _day, (_path, obj) in found],
+    )
+
 def _check_gzip_magic(path: Path, *, name: str) -> None:
     """Cheap check before caching (the data is checked, CRC included, when it is streamed)."""
     with open(path, "rb") as handle:
@@ -198,7 +304,9 @@ def _check_gzip_magic(path: Path, *, name: str) -> None:
         raise CorruptArchiveError(f"{name} is not a gzip file (starts with {head!r})")
 
 
-def read_file(path: Path, exchange: str, native: str, month: str, *, name: str) -> TradeFile:
+def read_file(
+    path: Path, exchange: str, native: str, month: str, *, name: str, span_us: tuple[int, int] | None = None
+) -> TradeFile:
     """Lazy canonical frame of one Tardis trades file; an empty file (no header, no rows) is a day without trades."""
     source = gzip_csv(path, name=name)
     header = first_line(source).strip()
@@ -207,7 +315,7 @@ def read_file(path: Path, exchange: str, native: str, month: str, *, name: str) 
     if header.split(",") != list(COLUMNS):
         raise CorruptArchiveError(f"{name}: unexpected header {header!r}, expected {','.join(COLUMNS)}")
     expected_symbol = tardis_symbol(native)
-    start_us, end_us = month_bounds_us(month)
+    start_us, end_us = span_us or month_bounds_us(month)  # where a missing OKX contract value is an error
 
     def to_canonical(frame: pl.DataFrame, line: int) -> pl.DataFrame:
         ids = frame.get_column("id").cast(pl.Int64, strict=False)

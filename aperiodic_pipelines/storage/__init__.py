@@ -5,7 +5,8 @@ Nothing here knows Dagster; the definitions wrap these objects in resources.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -14,6 +15,13 @@ from aperiodic_pipelines.domain.errors import StoreError
 from aperiodic_pipelines.domain.intervals import INTERVALS, TIMESTAMPS
 from aperiodic_pipelines.domain.layout import flow_key, raw_key, seconds_key
 from aperiodic_pipelines.domain.months import check_month
+from aperiodic_pipelines.domain.settings import (
+    DEFAULT_STORE,
+    Settings,
+    StoreSettings,
+    aws_endpoint,
+    aws_region,
+)
 from aperiodic_pipelines.storage.base import (
     STALE_WRITE_SECONDS,
     ObjectNotFoundError,
@@ -29,34 +37,29 @@ from aperiodic_pipelines.storage.parquet import (
 )
 from aperiodic_pipelines.storage.s3 import S3Store
 
-STORE_ENV = "APERIODIC_STORE"
-DEFAULT_STORE = "./data"
+STORE_ENV = "APERIODIC_STORE"  # the variable's name, for messages and Dagster's EnvVar; read by domain.settings
 STALE_WRITE_ENV = "APERIODIC_STALE_WRITE_SECONDS"
 
 
-def s3_client_from_env(environ: dict[str, str] | None = None) -> Any:
-    """A boto3 S3 client; endpoint from AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (e.g. a local moto or MinIO).
+def s3_client_from_env(environ: Mapping[str, str] | None = None) -> Any:
+    """A boto3 S3 client; endpoint and region as `domain.settings.aws_endpoint` / `aws_region` read them
+    (AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, e.g. a local moto or MinIO; AWS_REGION or AWS_DEFAULT_REGION).
 
     Credentials come from boto3's usual chain (environment, profile, instance role), never from arguments.
     """
     import boto3
     from botocore.config import Config
 
-    env = os.environ if environ is None else environ
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
     # SigV4 for presigned URLs too (boto3 would presign with the legacy SigV2 in us-east-1).
-    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=Config(signature_version="s3v4"))
+    return boto3.client(
+        "s3", endpoint_url=aws_endpoint(environ), region_name=aws_region(environ),
+        config=Config(signature_version="s3v4"),
+    )
 
 
-def store_from_uri(uri: str | None = None, *, s3_client: Any = None) -> ObjectStore:
-    """`s3://bucket/prefix` → `S3Store`; a path or `file://` URI → `LocalStore`.
-
-    With `uri=None`, reads `APERIODIC_STORE` (default `./data`).
-    """
-    if uri is None:
-        uri = os.environ.get(STORE_ENV) or DEFAULT_STORE
-    stale_after = _stale_write_seconds()
+def store_from_settings(settings: StoreSettings, *, s3_client: Any = None) -> ObjectStore:
+    """`s3://bucket/prefix` → `S3Store`; a path or `file://` URI → `LocalStore`; stale-write age from `settings`."""
+    uri, stale_after = settings.uri, settings.stale_write_seconds
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         if not parsed.netloc:
@@ -70,17 +73,16 @@ def store_from_uri(uri: str | None = None, *, s3_client: Any = None) -> ObjectSt
     return LocalStore(Path(uri), stale_after=stale_after)
 
 
-def _stale_write_seconds() -> float:
-    text = os.environ.get(STALE_WRITE_ENV)
-    if not text:
-        return STALE_WRITE_SECONDS
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise StoreError(f"{STALE_WRITE_ENV}={text!r}: expected a positive number of seconds")
-    return value
+def store_from_uri(uri: str | None = None, *, s3_client: Any = None, settings: StoreSettings | None = None) -> ObjectStore:
+    """The store at `uri`; with `uri=None`, the one `APERIODIC_STORE` names (default `./data`).
+
+    Settings (the URI's default and the stale-write age) come from `settings`, else `Settings.from_env().store`.
+    """
+    if settings is None:
+        settings = Settings.from_env().store
+    if uri is not None:
+        settings = replace(settings, uri=uri)
+    return store_from_settings(settings, s3_client=s3_client)
 
 
 __all__ = [
@@ -103,6 +105,7 @@ __all__ = [
     "s3_client_from_env",
     "seconds_key",
     "sha256_file",
+    "store_from_settings",
     "store_from_uri",
     "write_parquet_deterministic",
 ]

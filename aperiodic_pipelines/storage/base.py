@@ -20,6 +20,10 @@ class ObjectNotFoundError(StoreError, FileNotFoundError):
     """A key the store does not hold."""
 
 
+class PreconditionFailedError(StoreError):
+    """A conditional write lost: the object changed (or appeared) since the writer read it."""
+
+
 @dataclass(frozen=True)
 class PublishedObject:
     """What `publish_file` made visible: where, under which key, and the verified size and sha256."""
@@ -53,6 +57,20 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None: ...
 
     def remove_stale_leftovers(self, prefix: str = "", *, older_than: float | None = None) -> int: ...
+
+    # What whole publication needs (storage.publication).
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None: ...
+
+    def put_bytes_if(self, key: str, data: bytes, *, tag: str | None, content_type: str | None = None) -> str: ...
+
+    def copy_object(self, source_key: str, target_key: str) -> PublishedObject: ...
+
+    def same_object(self, key: str, other: str) -> bool: ...
+
+    def stored_sha256(self, key: str) -> tuple[int, str | None]: ...
+
+    def modified_at(self, key: str) -> float: ...
 
 
 def check_key(key: str) -> str:

@@ -3,49 +3,44 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
-import tempfile
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from aperiodic_pipelines.domain.errors import StoreError
+from aperiodic_pipelines.storage.atomic import (
+    TEMP_PREFIX,
+    atomic_link,
+    atomic_path,
+    atomic_write,
+    remove_stale_temp_files,
+)
 from aperiodic_pipelines.storage.base import (
     HASH_CHUNK,
     STALE_WRITE_SECONDS,
     ObjectNotFoundError,
+    PreconditionFailedError,
     PublishedObject,
     check_key,
     check_publishable,
     sha256_file,
 )
 
-TEMP_PREFIX = ".tmp-"
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform lets you open a directory.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+__all__ = ["TEMP_PREFIX", "LocalStore", "atomic_copy", "remove_stale_temp_files"]
 
 
 def atomic_copy(source: Path, target: Path) -> tuple[int, str]:
     """Copy `source` to `target` so `target` is either the old file or the complete new one.
 
-    Writes a temp file next to `target`, fsyncs it, re-hashes what landed on disk, then `os.replace`s.
-    Returns (size, sha256) of the published bytes. On any failure the temp file is removed.
+    Writes a temp file next to `target` (`atomic_write`), re-hashes what landed on disk before the rename, and
+    returns (size, sha256) of the published bytes. On any failure the temp file is removed.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+    digest = hashlib.sha256()
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as out, open(source, "rb") as src:
             while chunk := src.read(HASH_CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
@@ -54,31 +49,33 @@ def atomic_copy(source: Path, target: Path) -> tuple[int, str]:
         size, written_sha = sha256_file(tmp)
         if written_sha != digest.hexdigest():
             raise StoreError(f"{target}: bytes on disk differ from {source} after copy")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; published files should be readable like any other
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
     return size, written_sha
 
 
-def remove_stale_temp_files(directory: Path, older_than: float, *, recursive: bool = False) -> int:
-    """Remove `.tmp-*` files in `directory` not modified for `older_than` seconds; returns how many.
+LOCKS_DIR = ".locks"  # flock targets under the root: never listed, never deleted (deleting a lock file races)
 
-    A live writer's temp file is written chunk by chunk, so its mtime stays fresh; only a dead writer's file
-    ages. A writer stalled past the age loses its temp file and fails on the rename: no object is harmed.
+
+@contextlib.contextmanager
+def flocked(path: Path, *, blocking: bool = True) -> Iterator[int | None]:
+    """Hold an exclusive `flock` on `path` (created if needed): the file descriptor, or None when `blocking` is
+    False and another process (or another open of the file) holds it.
+
+    The kernel releases the lock when its holder dies, even by SIGKILL, so a dead writer never blocks the next.
     """
-    if not directory.is_dir():
-        return 0
-    cutoff = time.time() - older_than
-    removed = 0
-    for tmp in directory.rglob(f"{TEMP_PREFIX}*") if recursive else directory.glob(f"{TEMP_PREFIX}*"):
-        with contextlib.suppress(FileNotFoundError):  # another cleaner got there first
-            if tmp.is_file() and tmp.stat().st_mtime < cutoff:
-                tmp.unlink()
-                removed += 1
-    return removed
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield None
+            return
+        try:
+            yield fd
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 class LocalStore:
@@ -116,7 +113,9 @@ class LocalStore:
         if not base.is_dir():
             return []
         keys = []
-        for dirpath, _dirnames, filenames in os.walk(base):
+        for dirpath, dirnames, filenames in os.walk(base):
+            if Path(dirpath) == self.root and LOCKS_DIR in dirnames:
+                dirnames.remove(LOCKS_DIR)  # the writers' lock files are not objects
             for name in filenames:
                 if name.startswith(TEMP_PREFIX):
                     continue
@@ -160,6 +159,70 @@ class LocalStore:
     def delete(self, key: str) -> None:
         """Remove `key` if present (no error when absent, like S3)."""
         self.path(key).unlink(missing_ok=True)
+
+    # --- what whole publication needs (storage.publication): conditional writes, copies, ages -----------------
+
+    def lock_path(self, key: str) -> Path:
+        """The flock target guarding `key` (under `.locks/`, outside the listed keys)."""
+        return self.root / LOCKS_DIR / f"{check_key(key)}.lock"
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """(bytes, tag) of `key`, or None when absent. The tag is the bytes' sha256 (S3: the ETag)."""
+        try:
+            data = self.path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_bytes_if(self, key: str, data: bytes, *, tag: str | None, content_type: str | None = None) -> str:
+        """Replace `key` with `data` only if its tag is still `tag` (None: only if absent); returns the new tag.
+
+        Compare and swap under an exclusive lock on the key, so of two writers that read the same tag only
+        the first replaces it; the second gets `PreconditionFailedError`. `content_type` is ignored here.
+        """
+        target = self.path(key)
+        with flocked(self.lock_path(key)):
+            current = self.read_tagged(key)
+            if (current[1] if current else None) != tag:
+                raise PreconditionFailedError(
+                    f"{target} changed since it was read (expected {'absent' if tag is None else 'tag ' + tag[:12]})"
+                )
+            with atomic_write(target) as out:
+                out.write(data)
+        return hashlib.sha256(data).hexdigest()
+
+    def copy_object(self, source_key: str, target_key: str) -> PublishedObject:
+        """Place `source_key`'s bytes at `target_key` atomically: a hard link (no copy) where the filesystem
+        allows it, else an atomic copy."""
+        source, target = self.path(source_key), self.path(target_key)
+        if not source.is_file():
+            raise ObjectNotFoundError(f"no object {source_key!r} in {self!r}")
+        if atomic_link(source, target):
+            size, sha = sha256_file(target)
+        else:
+            size, sha = atomic_copy(source, target)
+        return PublishedObject(uri=str(target), key=target_key, size=size, sha256=sha)
+
+    def stored_sha256(self, key: str) -> tuple[int, str | None]:
+        """(size, sha256) of `key`'s bytes (hashed: a filesystem records no digest)."""
+        try:
+            return sha256_file(self.path(key))
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"no object {key!r} in {self!r}") from None
+
+    def same_object(self, key: str, other: str) -> bool:
+        """True when both keys name the same file (a hard link made by `copy_object`)."""
+        try:
+            return os.path.samefile(self.path(key), self.path(other))
+        except FileNotFoundError:
+            return False
+
+    def modified_at(self, key: str) -> float:
+        """When `key` was last written (epoch seconds)."""
+        try:
+            return self.path(key).stat().st_mtime
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"no object {key!r} in {self!r}") from None
 
     def remove_stale_leftovers(self, prefix: str = "", *, older_than: float | None = None) -> int:
         """Remove dead writers' temp files under the directory `prefix` names (all of it by default).

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,8 +10,9 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from aperiodic_pipelines import SCHEMA_VERSION, __version__
+from aperiodic_pipelines.domain.months import check_day
+from aperiodic_pipelines.storage.atomic import atomic_path
 from aperiodic_pipelines.storage.json_objects import canonical_json
-from aperiodic_pipelines.storage.local import TEMP_PREFIX
 
 if TYPE_CHECKING:  # pyarrow is imported where a file is written or read, not when the definitions load
     import pyarrow as pa
@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # pyarrow is imported where a file is written or read, not wh
 ROW_GROUP_SIZE = 1 << 20  # fixed, so row-group boundaries never depend on how the frame was chunked
 ZSTD_LEVEL = 3
 ARROW_SCHEMA_KEY = "ARROW:schema"  # pyarrow's own entry; not part of our metadata
+INLINE_SOURCES_MAX = 32  # spec §4: more source objects than this go to a lineage sidecar, not the footer
+LINEAGE_PREFIX = "lineage/sources/"
 
 
 def write_parquet_deterministic(df: pl.DataFrame, path: Path | str, *, metadata: Mapping[str, str]) -> None:
@@ -41,17 +43,14 @@ def write_parquet_deterministic(df: pl.DataFrame, path: Path | str, *, metadata:
     encodings = None
     if tuple(df.columns) == FLOW_COLUMNS:
         table, encodings = _flow_bars_layout(table)
-    table = table.replace_schema_metadata({k: metadata[k] for k in sorted(metadata)})
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".parquet", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        pq.write_table(
-            table,
+    # The key-value metadata goes into the footer once. Left on the Arrow schema it would be serialized a second
+    # time inside pyarrow's `ARROW:schema` entry (a 1,460-object source list cost 343 KB there, issue 14).
+    table = table.replace_schema_metadata(None)
+    with (
+        atomic_path(path, suffix=".parquet") as tmp,
+        pq.ParquetWriter(
             tmp,
-            row_group_size=ROW_GROUP_SIZE,
+            table.schema,
             compression="zstd",
             compression_level=ZSTD_LEVEL,
             # Bars are mostly distinct floats: dictionary pages cost ~45% more CPU and end up larger (measured on a
@@ -60,11 +59,10 @@ def write_parquet_deterministic(df: pl.DataFrame, path: Path | str, *, metadata:
             column_encoding=encodings,
             write_statistics=True,
             store_schema=True,
-        )
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        ) as writer,
+    ):
+        writer.write_table(table, row_group_size=ROW_GROUP_SIZE)
+        writer.add_key_value_metadata({k: metadata[k] for k in sorted(metadata)})
 
 
 def _flow_bars_layout(table: pa.Table) -> tuple[pa.Table, dict[str, str]]:
@@ -99,6 +97,36 @@ def read_parquet_metadata(source: Path | str | bytes) -> dict[str, str]:
     return out
 
 
+def sources_digest(sources: Iterable[Mapping[str, object]]) -> str:
+    """sha256 of the canonical JSON of the source list: the digest the footer and the Dagster metadata record."""
+    return hashlib.sha256(canonical_json([dict(s) for s in sources]).encode()).hexdigest()
+
+
+def lineage_key(digest: str) -> str:
+    """`lineage/sources/{sha256}.json`: the sidecar holding a source list, named by the list's digest.
+
+    Content-addressed, so it never changes once written (a footer naming it stays true), reruns write the same
+    key, and its bytes (the canonical JSON, no trailing newline) hash to the digest in its name.
+    """
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError(f"lineage digest must be 64 lowercase hex digits, got {digest!r}")
+    return f"{LINEAGE_PREFIX}{digest}.json"
+
+
+def sources_metadata(sources: Iterable[Mapping[str, object]]) -> dict[str, str]:
+    """The footer's source entries (spec §4): the list inline when it has at most 32 objects; otherwise its
+    count, its sha256 digest and the key of the lineage sidecar that holds it (`lineage_key`)."""
+    objects = [dict(s) for s in sources]
+    if len(objects) <= INLINE_SOURCES_MAX:
+        return {"aperiodic.sources": canonical_json(objects), "aperiodic.sources_count": str(len(objects))}
+    digest = sources_digest(objects)
+    return {
+        "aperiodic.sources_count": str(len(objects)),
+        "aperiodic.sources_sha256": digest,
+        "aperiodic.sources_key": lineage_key(digest),
+    }
+
+
 def bars_metadata(
     *,
     exchange: str,
@@ -112,14 +140,17 @@ def bars_metadata(
     missing_days: Iterable[str] = (),
     code_version: str = __version__,
     schema_version: str = SCHEMA_VERSION,
+    day: str | None = None,
 ) -> dict[str, str]:
-    """Spec §4 key-value metadata of one published flow-bar file.
+    """Spec §4 key-value metadata of one published flow-bar file (a month's, or with `day` a daily file's).
 
-    `sources` are the upstream objects (e.g. `dataclasses.asdict(SourceObject)`: location, size, sha256),
-    stored as canonical JSON (sorted keys, in the order given) so the file stays reproducible. `missing_days` are
-    the days (`YYYY-MM-DD`) the source lacked for the month, stored sorted as a JSON list (`[]`: complete).
+    `sources` are the upstream objects (e.g. `dataclasses.asdict(SourceObject)`: location, size, sha256), in
+    the order given, as canonical JSON (sorted keys) so the file stays reproducible: inline up to 32 of them,
+    else count + digest + lineage sidecar key (`sources_metadata`; publish the sidecar with
+    `storage.lineage.publish_sources_lineage`). `missing_days` are the days (`YYYY-MM-DD`) the source lacked
+    for the month, stored sorted as a JSON list (`[]`: complete).
     """
-    return {
+    metadata = {
         "aperiodic.schema_version": schema_version,
         "aperiodic.exchange": exchange,
         "aperiodic.symbol": symbol,
@@ -128,8 +159,12 @@ def bars_metadata(
         "aperiodic.timestamp": timestamp,
         "aperiodic.month": month,
         "aperiodic.code_version": code_version,
-        "aperiodic.sources": canonical_json([dict(s) for s in sources]),
+        **sources_metadata(sources),
         "aperiodic.row_count": str(int(row_count)),
         "aperiodic.missing_days": canonical_json(sorted(missing_days)),
     }
-
+    if day is not None:
+        if not check_day(day).startswith(f"{month}-"):
+            raise ValueError(f"day {day!r} is not in month {month!r}")
+        metadata["aperiodic.day"] = day
+    return metadata

@@ -11,8 +11,6 @@ import base64
 import contextlib
 import hashlib
 import logging
-import os
-import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,21 +19,23 @@ from urllib.parse import urlsplit
 from botocore.exceptions import BotoCoreError, ClientError
 
 from aperiodic_pipelines.domain.errors import StoreError
+from aperiodic_pipelines.storage.atomic import atomic_write
 from aperiodic_pipelines.storage.base import (
     HASH_CHUNK,
     STALE_WRITE_SECONDS,
     ObjectNotFoundError,
+    PreconditionFailedError,
     PublishedObject,
     check_key,
     check_publishable,
     sha256_file,
 )
-from aperiodic_pipelines.storage.local import TEMP_PREFIX
 
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 DEFAULT_MULTIPART_THRESHOLD = 64 * 1024 * 1024
 SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256 so readers can verify without downloading
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+_CONFLICT_CODES = {"412", "PreconditionFailed", "409", "ConditionalRequestConflict"}
 log = logging.getLogger(__name__)
 
 
@@ -135,25 +135,15 @@ class S3Store:
             body.close()
 
     def download(self, key: str, local_path: Path | str) -> Path:
-        """Stream `key` into `local_path` via a temp file in the same directory, then rename."""
+        """Stream `key` into `local_path` via a temp file in the same directory, then rename (`atomic_write`)."""
         target = Path(local_path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         body = self.open_read(key)
-        fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=target.parent)
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out:
+            with atomic_write(target) as out:
                 while chunk := body.read(HASH_CHUNK):
                     out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException as exc:
-            tmp.unlink(missing_ok=True)
-            if isinstance(exc, (ClientError, BotoCoreError)):
-                raise self._fail("GET", key, exc) from None
-            raise
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail("GET", key, exc) from None
         finally:
             body.close()
         return target
@@ -272,3 +262,101 @@ class S3Store:
             self.client.delete_object(Bucket=self.bucket, Key=self._object_key(key))
         except (ClientError, BotoCoreError) as exc:
             raise self._fail("DELETE", key, exc) from None
+
+    # --- what whole publication needs (storage.publication): conditional writes, copies, ages -----------------
+
+    def read_tagged(self, key: str) -> tuple[bytes, str] | None:
+        """(bytes, ETag) of `key`, or None when absent; the ETag is what `put_bytes_if` compares."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._object_key(key))
+            try:
+                return response["Body"].read(), response["ETag"]
+            finally:
+                response["Body"].close()
+        except ClientError as exc:
+            if _error_code(exc) in _MISSING_CODES:
+                return None
+            raise self._fail("GET", key, exc) from None
+        except BotoCoreError as exc:
+            raise self._fail("GET", key, exc) from None
+
+    def put_bytes_if(self, key: str, data: bytes, *, tag: str | None, content_type: str | None = None) -> str:
+        """One conditional PUT: replaces `key` only if its ETag is still `tag` (`If-Match`), or, with
+        `tag=None`, only if it does not exist (`If-None-Match: *`); returns the new ETag.
+
+        S3 decides the condition atomically, so of two writers that read the same ETag exactly one succeeds;
+        the other gets `PreconditionFailedError` (S3 answers 412, or 409 when the two requests overlap).
+        """
+        condition = {"IfNoneMatch": "*"} if tag is None else {"IfMatch": tag}
+        extra: dict[str, Any] = {"ContentType": content_type} if content_type else {}
+        sha = hashlib.sha256(data)
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=self._object_key(key), Body=data, ChecksumSHA256=_b64(sha.digest()),
+                Metadata={SHA256_METADATA: sha.hexdigest()}, **condition, **extra,
+            )
+        except ClientError as exc:
+            if _error_code(exc) in _CONFLICT_CODES:
+                raise PreconditionFailedError(
+                    f"{self.uri(key)} changed since it was read ({_error_code(exc)}: expected "
+                    f"{'absent' if tag is None else 'ETag ' + tag})"
+                ) from None
+            if tag is not None and _error_code(exc) in _MISSING_CODES:
+                raise PreconditionFailedError(f"{self.uri(key)} was removed since it was read") from None
+            raise self._fail("conditional PUT", key, exc) from None
+        except BotoCoreError as exc:
+            raise self._fail("conditional PUT", key, exc) from None
+        return response["ETag"]
+
+    def delete_if(self, key: str, tag: str) -> bool:
+        """Delete `key` only if its ETag is still `tag`; False when it changed or is gone (nothing deleted)."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._object_key(key), IfMatch=tag)
+        except ClientError as exc:
+            if _error_code(exc) in _CONFLICT_CODES | _MISSING_CODES:
+                return False
+            raise self._fail("conditional DELETE", key, exc) from None
+        except BotoCoreError as exc:
+            raise self._fail("conditional DELETE", key, exc) from None
+        return True
+
+    def _head(self, key: str) -> dict[str, Any]:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._object_key(key))
+        except ClientError as exc:
+            if _error_code(exc) in _MISSING_CODES:
+                raise ObjectNotFoundError(f"no object {self.uri(key)}") from None
+            raise self._fail("HEAD", key, exc) from None
+        except BotoCoreError as exc:
+            raise self._fail("HEAD", key, exc) from None
+
+    def stored_sha256(self, key: str) -> tuple[int, str | None]:
+        """(size, sha256) as the object's metadata records it (None when it was written by another tool)."""
+        head = self._head(key)
+        return head["ContentLength"], head.get("Metadata", {}).get(SHA256_METADATA)
+
+    def copy_object(self, source_key: str, target_key: str) -> PublishedObject:
+        """Server-side copy (no bytes through this process), atomic like any PUT; verifies size and sha256."""
+        size, sha = self.stored_sha256(source_key)
+        try:
+            self.client.copy_object(
+                Bucket=self.bucket, Key=self._object_key(target_key), MetadataDirective="COPY",
+                CopySource={"Bucket": self.bucket, "Key": self._object_key(source_key)},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail("COPY", target_key, exc) from None
+        if self.stored_sha256(target_key) != (size, sha) or sha is None:
+            raise StoreError(f"{self.uri(target_key)}: copy of {self.uri(source_key)} does not match it")
+        return PublishedObject(uri=self.uri(target_key), key=target_key, size=size, sha256=sha)
+
+    def same_object(self, key: str, other: str) -> bool:
+        """True when both keys hold the same bytes by their recorded size and sha256 (no download)."""
+        try:
+            first, second = self.stored_sha256(key), self.stored_sha256(other)
+        except ObjectNotFoundError:
+            return False
+        return first[1] is not None and first == second
+
+    def modified_at(self, key: str) -> float:
+        """When `key` was last written (epoch seconds, S3's LastModified)."""
+        return self._head(key)["LastModified"].timestamp()

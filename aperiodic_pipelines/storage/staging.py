@@ -3,36 +3,55 @@
 1. `stage_variant` writes one timestamp variant's files under `staging/flow/…` and a manifest
    `staging/manifests/{timestamp}/{exchange}/{native}/{YYYY-MM}.json` naming each file's sha256 and whether the
    checks passed.
-2. `publish_month` copies every staged file whose checks passed to `flow/…` (each atomically), verifying its
-   sha256 against the manifest, then writes the month's index manifest (`storage.index`), then clears staging.
+2. `publish_month` publishes the month as a whole (`storage.publication`): under the partition's lease, every
+   staged file whose checks passed goes to its immutable version key (its sha256 verified against the staged
+   manifest), the month's index entry is committed in one conditional write, the stable `flow/…` keys follow,
+   then staging is cleared. A kill at any point leaves the index naming the whole old or the whole new month.
 3. Publishing is idempotent. Staging is cleared once a month is published (it would double the store), so a
    variant with no staged manifest is taken from the index instead: each published object is re-hashed and must
-   match the index, which is rewritten with the same bytes. Same inputs, same published bytes, no error.
+   match the index, which is committed again. Same inputs, same published bytes, no error.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from aperiodic_pipelines.domain.errors import AperiodicError
+from aperiodic_pipelines.domain.errors import AperiodicError, StoreError
 from aperiodic_pipelines.domain.layout import flow_key
-from aperiodic_pipelines.storage.base import HASH_CHUNK, ObjectStore, sha256_file
-from aperiodic_pipelines.storage.index import (
-    PublishedFile,
-    PublishedMonth,
-    index_key,
-    read_published_month,
-    record_published_month,
+from aperiodic_pipelines.storage.base import ObjectStore, sha256_file
+from aperiodic_pipelines.storage.index import PublishedMonth, index_key, read_published_month
+from aperiodic_pipelines.storage.json_objects import publish_json
+from aperiodic_pipelines.storage.publication import (
+    LEASE_SECONDS,
+    MonthPublication,
+    PublicationConflictError,
+    StepHook,
+    month_publication,
+    object_sha256,
+    stable_key,
 )
-from aperiodic_pipelines.storage.json_objects import publish_json, read_json
-from aperiodic_pipelines.storage.local import LocalStore
+
+__all__ = [
+    "MissingInputError",
+    "PublicationConflictError",
+    "PublishOutcome",
+    "StagedFile",
+    "manifest_key",
+    "object_sha256",
+    "publish_month",
+    "stage_variant",
+    "staged_key",
+    "verify_published_month",
+]
 
 STAGING_PREFIX = "staging/"
+RESTAGE_WAIT_SECONDS = 60.0  # longest wait for a run restaging a variant to finish its manifest
 
 
 class MissingInputError(AperiodicError):
@@ -46,18 +65,6 @@ def staged_key(timestamp: str, exchange: str, interval: str, native_symbol: str,
 def manifest_key(timestamp: str, exchange: str, native_symbol: str, month: str) -> str:
     """What a flow-bars step staged for one variant, and whether its checks passed."""
     return f"{STAGING_PREFIX}manifests/{timestamp}/{exchange}/{native_symbol}/{month}.json"
-
-
-def object_sha256(store: ObjectStore, key: str) -> tuple[int, str]:
-    """(size, sha256) of a stored object, streamed."""
-    if isinstance(store, LocalStore):
-        return sha256_file(store.path(key))
-    digest, size = hashlib.sha256(), 0
-    with store.open_read(key) as body:
-        while chunk := body.read(HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -98,41 +105,52 @@ def stage_variant(
     return manifest
 
 
-def _publish_staged(store: ObjectStore, manifest: Mapping[str, Any], workdir: Path) -> list[PublishedFile]:
+class _StagingChanged(Exception):
+    """A staged file no longer has the sha256 its manifest records: another run is restaging the variant."""
+
+
+def _publish_staged(publication: MonthPublication, manifest: Mapping[str, Any], workdir: Path) -> None:
     if not manifest["checks_passed"]:
         raise MissingInputError(
             f"refusing to publish {manifest['timestamp']} bars of {manifest['exchange']} {manifest['native_symbol']} "
             f"{manifest['month']}: their checks failed"
         )
-    published = []
     for entry in manifest["files"]:
-        local = store.download(entry["staged_key"], workdir / f"{manifest['timestamp']}-{entry['interval']}.parquet")
+        local = publication.store.download(
+            entry["staged_key"], workdir / f"{manifest['timestamp']}-{entry['interval']}.parquet"
+        )
         _size, sha = sha256_file(local)
         if sha != entry["sha256"]:
-            raise MissingInputError(f"staged {entry['staged_key']} changed since its checks ran (sha256 {sha})")
-        obj = store.publish_file(local, entry["key"])
-        if obj.sha256 != entry["sha256"]:  # the store re-hashes what it wrote
-            raise MissingInputError(f"published {obj.uri} differs from its staged file (sha256 {obj.sha256})")
-        published.append(
-            PublishedFile(
-                timestamp=manifest["timestamp"], interval=entry["interval"], key=obj.key, sha256=obj.sha256,
-                rows=entry["rows"], size=obj.size,
-            )
-        )
+            raise _StagingChanged(f"staged {entry['staged_key']} changed since its checks ran (sha256 {sha})")
+        publication.add_file(manifest["timestamp"], entry["interval"], local, entry["rows"])
         local.unlink()
-    return published
 
 
-def _reverify_published(store: ObjectStore, files: Sequence[PublishedFile]) -> list[PublishedFile]:
-    for file in files:
-        if not store.exists(file.key):
-            raise MissingInputError(f"{store.uri(file.key)} is in the index but not in the store: rerun flow bars")
-        size, sha = object_sha256(store, file.key)
-        if (size, sha) != (file.size, file.sha256):
-            raise MissingInputError(
-                f"{store.uri(file.key)} does not match the index (sha256 {sha}, expected {file.sha256}): rerun flow bars"
-            )
-    return list(files)
+def _publish_variant(publication: MonthPublication, key: str, workdir: Path) -> bytes | None:
+    """Publish one variant exactly as one staged manifest names it; the manifest's bytes (None: nothing staged).
+
+    Another run of the partition may restage the variant meanwhile (staging is not under the lease: the two
+    variants of one run stage in parallel). Its files land before its manifest, so a file that no longer has the
+    manifest's sha256 means a newer manifest is coming: wait for it (bounded) and publish that one whole.
+    """
+    store = publication.store
+    deadline = time.monotonic() + RESTAGE_WAIT_SECONDS
+    last_error = ""
+    while True:
+        staged = store.read_tagged(key)
+        if staged is None:
+            if last_error:  # cleared by the run that just published it
+                raise MissingInputError(f"{last_error}; then its staging was cleared by another run")
+            return None
+        try:
+            _publish_staged(publication, json.loads(staged[0]), workdir)
+            return staged[0]
+        except _StagingChanged as exc:
+            last_error = str(exc)
+        while (current := store.read_tagged(key)) is not None and current[0] == staged[0]:
+            if time.monotonic() > deadline:
+                raise MissingInputError(f"{last_error}, and no newer manifest appeared in {RESTAGE_WAIT_SECONDS:.0f} s")
+            time.sleep(0.2)
 
 
 @dataclass(frozen=True)
@@ -141,53 +159,86 @@ class PublishOutcome:
     index_uri: str
     from_staging: tuple[str, ...]  # variants copied from staging in this call
     reverified: tuple[str, ...]  # variants already published, re-verified against the index
+    retired: tuple[str, ...] = ()  # superseded versions deleted by this call (their URLs had all expired)
+    problems: tuple[str, ...] = ()  # `verify_published_month`, run before the lease was released
 
 
 def publish_month(
-    store: ObjectStore, *, exchange: str, symbol: str, native_symbol: str, month: str, timestamps: Sequence[str]
+    store: ObjectStore,
+    *,
+    exchange: str,
+    symbol: str,
+    native_symbol: str,
+    month: str,
+    timestamps: Sequence[str],
+    retain_seconds: float | None = None,
+    lease_seconds: float | None = None,
+    on_step: StepHook | None = None,
 ) -> PublishOutcome:
-    """Publish the month's staged variants (or re-verify the published ones), record the index, clear staging."""
-    previous = read_published_month(store, exchange, native_symbol, month)
-    files: list[PublishedFile] = []
-    from_staging, reverified, manifests = [], [], []
-    with tempfile.TemporaryDirectory(prefix="aperiodic-pub-") as tmp:
+    """Publish the month's staged variants (or re-verify the published ones) as a whole, clear staging.
+
+    Raises `PublicationConflictError` (naming the partition) when another writer holds the month's lease or
+    committed it meanwhile: then nothing of this call is visible through the index.
+    """
+    from_staging, reverified, used = [], [], []
+    with (
+        tempfile.TemporaryDirectory(prefix="aperiodic-pub-") as tmp,
+        month_publication(
+            store, exchange, native_symbol, month, retain_seconds=retain_seconds, on_step=on_step,
+            lease_seconds=LEASE_SECONDS if lease_seconds is None else lease_seconds,
+        ) as publication,
+    ):
+        previous = publication.previous
         for timestamp in timestamps:
             key = manifest_key(timestamp, exchange, native_symbol, month)
-            if store.exists(key):
-                manifests.append(key)
-                files.extend(_publish_staged(store, read_json(store, key), Path(tmp)))
+            staged = _publish_variant(publication, key, Path(tmp))
+            if staged is not None:
+                used.append((key, staged))
                 from_staging.append(timestamp)
                 continue
-            indexed = [f for f in (previous.files if previous else ()) if f.timestamp == timestamp]
+            indexed = [f for f in (previous.monthly_files() if previous else ()) if f.timestamp == timestamp]
             if not indexed:
                 raise MissingInputError(
                     f"nothing staged or published for the {timestamp} bars of {exchange} {native_symbol} {month} "
                     f"({store.uri(key)} missing): materialize flow_bars_{timestamp} first"
                 )
-            files.extend(_reverify_published(store, indexed))
+            try:
+                publication.keep(indexed)
+            except StoreError as exc:
+                raise MissingInputError(str(exc)) from None
             reverified.append(timestamp)
-    # The index goes after the files: a manifest never names a file that is not published yet.
-    published = PublishedMonth(
-        exchange=exchange, symbol=symbol, native_symbol=native_symbol, month=month, files=tuple(files)
-    )
-    obj = record_published_month(store, published)
-    # Staging is done with once the month is indexed; a failure above keeps it for the retry.
-    for key in manifests:
-        for entry in read_json(store, key)["files"]:
-            store.delete(entry["staged_key"])
-        store.delete(key)
-    return PublishOutcome(published, obj.uri, tuple(from_staging), tuple(reverified))
+        committed = publication.commit(symbol)
+        # Staging is done with once the month is committed; a failure above keeps it for the retry. A manifest
+        # restaged by another run meanwhile (different bytes) is that run's: left alone.
+        for key, data in used:
+            current = store.read_tagged(key)
+            if current is not None and current[0] == data:
+                for entry in json.loads(data)["files"]:
+                    store.delete(entry["staged_key"])
+                store.delete(key)
+        publication.on_step("staging cleared")
+        outcome = PublishOutcome(
+            committed.month, committed.index_uri, tuple(from_staging), tuple(reverified), committed.retired
+        )
+        problems = verify_published_month(store, outcome)
+    return replace(outcome, problems=tuple(problems))
 
 
 def verify_published_month(store: ObjectStore, outcome: PublishOutcome) -> list[str]:
-    """Problems (empty when none): the index in the store is the one just written, every file it names exists.
+    """Problems (empty when none): the index in the store is the one just committed, every file it names exists,
+    and every stable layout key holds its version's bytes.
 
     Each file's sha256 was compared with its staged (or indexed) sha256 when it was published or re-verified.
     """
     problems = []
-    stored = read_published_month(store, outcome.month.exchange, outcome.month.native_symbol, outcome.month.month)
-    if stored is None or stored.to_dict() != outcome.month.to_dict():
-        problems.append(f"{store.uri(index_key(outcome.month.exchange, outcome.month.native_symbol, outcome.month.month))}"
+    month = outcome.month
+    stored = read_published_month(store, month.exchange, month.native_symbol, month.month)
+    if stored is None or stored.to_dict() != month.to_dict():
+        problems.append(f"{store.uri(index_key(month.exchange, month.native_symbol, month.month))}"
                         " differs from what was published")
-    problems.extend(f"{f.key} missing" for f in outcome.month.files if not store.exists(f.key))
+    problems.extend(f"{f.key} missing" for f in month.files if not store.exists(f.key))
+    for f in month.files:
+        stable = stable_key(month.exchange, month.native_symbol, month.month, f)
+        if f.key != stable and not store.same_object(f.key, stable):
+            problems.append(f"{stable} does not hold {f.key}")
     return problems

@@ -1,61 +1,38 @@
-"""hyperliquid-perps: trades from the node data Hyperliquid publishes in the requester-pays S3 bucket
-`hl-mainnet-node-data`, one LZ4-frame NDJSON object per hour holding every coin: `{dataset}/hourly/{YYYYMMDD}/{H}.lz4`.
+"""hyperliquid-perps: trades from Hyperliquid's node data (S3 bucket `hl-mainnet-node-data`), one LZ4 NDJSON
+object per hour holding every coin.
 
-Each hourly object is downloaded once and parsed once for every coin (`prepare_month`): the parse is cached as a
-parquet per hour, sorted by coin and keyed by the object's ETag, and each coin's month is then assembled from its
-rows of those hours (`fetch_month`, `fetch_months`). Eras, overlaps and formats: `eras.py`, `parse.py`, `month.py`.
-
-`prepare_month` also records what it prepared in a manifest next to the cache (`{cache}/hyperliquid/{bucket}/
-_prepared/{prefix}/{YYYY-MM}.json`); `load_prepared_month` reads it back without touching the bucket, so a
-per-coin step that runs after the venue-wide one (Dagster: `hyperliquid_perps/venue_hours`) never lists,
-downloads or parses anything.
+The package's face; the parts live in its modules, none of which imports this package back:
+`source.py` (prepare a month once for all coins, then each coin's month), `eras.py` (which dataset covers which
+hour), `bucket.py` (listing, downloads, the cache), `parse.py` (one object → a parsed hour), `month.py` (a coin's
+hours → canonical trades).
 """
 
-from __future__ import annotations
-
-import json
-import logging
-import os
-import tempfile
-import time
-import uuid
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime
-from pathlib import Path
-from typing import Any
-
-import polars as pl
-
-from aperiodic_pipelines.domain.errors import AperiodicError, CorruptArchiveError, NotPublishedError
-from aperiodic_pipelines.domain.symbols import resolve_symbol
-from aperiodic_pipelines.sources.base import SourceObject, SourceResult
-from aperiodic_pipelines.sources.config import SourceConfig
-from aperiodic_pipelines.sources.hyperliquid.bucket import DEFAULT_WORKERS, BucketReader, make_s3_client
+from aperiodic_pipelines.sources.hyperliquid.bucket import make_s3_client
 from aperiodic_pipelines.sources.hyperliquid.eras import (
     ARCHIVE_START,
-    DATASET_RANK,
     DATASETS,
     ERAS,
     NODE_FILLS,
     NODE_FILLS_BY_BLOCK,
     NODE_TRADES,
-    HourObject,
     datasets_for_hour,
     hour_key,
     month_bounds,
-    month_objects,
     parse_s3_url,
 )
-from aperiodic_pipelines.sources.hyperliquid.month import AmbiguousAggressorError, assemble_month
-from aperiodic_pipelines.sources.hyperliquid.parse import (
-    HOUR_SCHEMA,
-    PARSER_VERSION,
-    parse_ndjson,
-    parse_object,
+from aperiodic_pipelines.sources.hyperliquid.month import AmbiguousAggressorError
+from aperiodic_pipelines.sources.hyperliquid.parse import parse_ndjson, parse_object
+from aperiodic_pipelines.sources.hyperliquid.source import (
+    EXCHANGE,
+    MonthNotPreparedError,
+    ParsedHour,
+    PreparedMonth,
+    fetch_day,
+    fetch_month,
+    fetch_months,
+    load_prepared_month,
+    prepare_month,
 )
-from aperiodic_pipelines.trades import validate_trades
 
 __all__ = [
     "ARCHIVE_START",
@@ -70,6 +47,7 @@ __all__ = [
     "ParsedHour",
     "PreparedMonth",
     "datasets_for_hour",
+    "fetch_day",
     "fetch_month",
     "fetch_months",
     "hour_key",
@@ -77,346 +55,7 @@ __all__ = [
     "make_s3_client",
     "month_bounds",
     "parse_ndjson",
+    "parse_object",
     "parse_s3_url",
     "prepare_month",
 ]
-
-log = logging.getLogger(__name__)
-
-EXCHANGE = "hyperliquid-perps"
-MANIFEST_VERSION = 1
-
-
-class MonthNotPreparedError(AperiodicError):
-    """A coin's month was asked for from prepared hours, but its month has not been prepared (or its parses are
-    gone from the cache): prepare the month first."""
-
-
-@dataclass(frozen=True)
-class ParsedHour:
-    """One object of the bucket, parsed for every coin: `path` is its cached parquet."""
-
-    dataset: str
-    hour: datetime
-    path: Path
-    source: SourceObject
-    parsed_now: bool  # False when the parse came from the cache
-    ndjson_bytes: int  # decompressed size, when parsed now (0 from the cache)
-    parse_seconds: float = 0.0  # decompress + decode + columns + parquet write, when parsed now (thread wall)
-    etag: str = ""  # the version of the object that was parsed
-
-
-@dataclass
-class PreparedMonth:
-    """Every object a month needs, parsed once for all coins (in hour order)."""
-
-    month: str
-    start: datetime
-    end: datetime
-    hours: list[ParsedHour] = field(default_factory=list)
-    seconds: float = 0.0  # wall time of the preparation (listing, downloads, parses)
-    manifest: Path | None = None  # where the preparation was recorded (`load_prepared_month` reads it)
-
-    @property
-    def objects(self) -> list[SourceObject]:
-        return [hour.source for hour in self.hours]
-
-    @property
-    def first_hour(self) -> datetime:
-        """The month's first published hour: 2025-03-22 10:00 for March 2025, else the month's first hour."""
-        return max(self.start, ARCHIVE_START)
-
-    @property
-    def partial_month(self) -> bool:
-        return self.first_hour > self.start
-
-    def stats(self) -> dict[str, Any]:
-        """What the preparation read and did, for run metadata: objects, bytes, cache hits, parse throughput."""
-        parsed = [hour for hour in self.hours if hour.parsed_now]
-        ndjson = sum(hour.ndjson_bytes for hour in parsed)
-        return {
-            "month": self.month,
-            "objects": len(self.hours),
-            "hours": len({hour.hour for hour in self.hours}),
-            "datasets": "+".join(d for d in DATASETS if d in {hour.dataset for hour in self.hours}),
-            "compressed_bytes": sum(hour.source.size for hour in self.hours),
-            "parsed_now": len(parsed),
-            "cache_hits": len(self.hours) - len(parsed),
-            "ndjson_bytes_parsed": ndjson,
-            # Decompressed NDJSON parsed per second of the whole preparation (listing and downloads included).
-            "parse_mb_per_s": round(ndjson / 1e6 / self.seconds, 2) if self.seconds and ndjson else 0.0,
-            "seconds": round(self.seconds, 3),
-            "first_hour": f"{self.first_hour:%Y-%m-%dT%H:%M:%S}Z",
-            "partial_month": self.partial_month,
-        }
-
-    def coins(self) -> list[str]:
-        """Every coin with at least one row in the objects read."""
-        found = pl.concat([pl.scan_parquet(h.path).select("coin").unique() for h in self.hours]).unique()
-        return sorted(found.collect().get_column("coin").to_list())
-
-
-def prepare_month(
-    month: str,
-    *,
-    config: SourceConfig | None = None,
-    s3_client: Any | None = None,
-    max_workers: int = DEFAULT_WORKERS,
-) -> PreparedMonth:
-    """Download (or find in the cache) and parse every hourly object `month` needs, once for all coins.
-
-    The fan-out step of an exchange-month: after it, `fetch_month` / `fetch_months` of any coin of that month read
-    only their rows of the parsed hours. A missing hour is a `NotPublishedError` naming its `s3://` URI, found from
-    the day listings before anything is downloaded; a damaged object is a `CorruptArchiveError` and is not cached.
-    On success the month's manifest is (re)written; on failure it is removed, so no step builds from a stale one.
-    """
-    started = time.perf_counter()
-    config = config or SourceConfig.from_env()
-    start, end = month_bounds(month)
-    bucket, prefix = parse_s3_url(config.hyperliquid_url)
-    client = s3_client if s3_client is not None else make_s3_client(max_workers=max_workers)
-    reader = BucketReader(client, bucket, Path(config.cache_dir) / "hyperliquid" / bucket)
-    manifest = _manifest_path(reader, prefix, month)
-    manifest.unlink(missing_ok=True)
-    wanted = month_objects(start, end, prefix=prefix)
-    prepared = PreparedMonth(month, start, end, manifest=manifest)
-    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-        present = _present_objects(reader, wanted, pool)
-        futures: list[Future[ParsedHour]] = [pool.submit(_parse_hour, reader, obj, head) for obj, head in present]
-        try:
-            prepared.hours = [future.result() for future in futures]
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-    prepared.seconds = time.perf_counter() - started
-    _write_manifest(prepared, reader, config.hyperliquid_url)
-    return prepared
-
-
-def load_prepared_month(month: str, *, config: SourceConfig | None = None) -> PreparedMonth:
-    """The month as `prepare_month` last prepared it, from its manifest and the parsed hours in the cache; no
-    request to the bucket. `MonthNotPreparedError` when there is no manifest or a parsed hour is gone."""
-    config = config or SourceConfig.from_env()
-    start, end = month_bounds(month)
-    bucket, prefix = parse_s3_url(config.hyperliquid_url)
-    reader = BucketReader(None, bucket, Path(config.cache_dir) / "hyperliquid" / bucket)
-    manifest = _manifest_path(reader, prefix, month)
-    try:
-        recorded = json.loads(manifest.read_text())
-    except FileNotFoundError:
-        raise MonthNotPreparedError(
-            f"hyperliquid-perps {month} of {config.hyperliquid_url} has not been prepared (no {manifest})"
-        ) from None
-    except ValueError as exc:
-        raise MonthNotPreparedError(f"unreadable manifest {manifest}: {exc}") from None
-    if recorded.get("version") != MANIFEST_VERSION or recorded.get("parser_version") != PARSER_VERSION:
-        raise MonthNotPreparedError(f"{manifest} was written by another version; prepare {month} again")
-    prepared = PreparedMonth(month, start, end, manifest=manifest)
-    for item in recorded["hours"]:
-        path = reader.parsed_path(item["key"], item["etag"])
-        if not path.exists():
-            raise MonthNotPreparedError(f"{manifest} lists {path}, which is gone from the cache; prepare {month} again")
-        hour = datetime.fromisoformat(item["hour"])
-        source = SourceObject(reader.uri(item["key"]), int(item["size"]), item["sha256"])
-        prepared.hours.append(ParsedHour(item["dataset"], hour, path, source, False, 0, etag=item["etag"]))
-    return prepared
-
-
-def fetch_month(
-    symbol: str,
-    month: str,
-    *,
-    dest: Path,
-    config: SourceConfig | None = None,
-    s3_client: Any | None = None,
-    max_workers: int = DEFAULT_WORKERS,
-    prepared: PreparedMonth | None = None,
-) -> SourceResult:
-    """Canonical trades of one Hyperliquid perpetual for one month, written as parquet to `dest`.
-
-    `symbol` is an Atlas symbol (perpetual-BTC-USDC:USDC) or the coin (BTC, kPEPE, xyz:AAPL). `dest` is the parquet
-    file to write, or a directory (then `{dest}/{month}.parquet`). `s3_client` is any boto3 S3 client (e.g. from
-    dagster-aws `S3Resource.get_client()`); without one, boto3 builds one from the environment
-    (`AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, credentials, `AWS_REGION`). `prepared` (from `prepare_month`)
-    skips the listing and parse step; without it the month is prepared here (from the cache when already parsed).
-    """
-    atlas, coin = resolve_symbol(EXCHANGE, symbol)
-    if prepared is None:
-        prepared = prepare_month(month, config=config, s3_client=s3_client, max_workers=max_workers)
-    elif prepared.month != month:
-        raise AperiodicError(f"prepared month {prepared.month} given for {month}")
-    return _write_coin_month(prepared, atlas, coin, _output_path(Path(dest), month))
-
-
-def fetch_months(
-    symbols: Sequence[str],
-    month: str,
-    *,
-    dest: Path,
-    config: SourceConfig | None = None,
-    s3_client: Any | None = None,
-    max_workers: int = DEFAULT_WORKERS,
-) -> dict[str, SourceResult]:
-    """Several coins' months from one pass over the month's objects: `{dest}/{coin}/{month}.parquet` each."""
-    resolved = [resolve_symbol(EXCHANGE, symbol) for symbol in symbols]  # refuse bad symbols before any I/O
-    prepared = prepare_month(month, config=config, s3_client=s3_client, max_workers=max_workers)
-    return {
-        symbol: _write_coin_month(prepared, atlas, coin, Path(dest) / coin / f"{month}.parquet")
-        for symbol, (atlas, coin) in zip(symbols, resolved, strict=True)
-    }
-
-
-# --- listing and parsing -----------------------------------------------------------------------------------------
-
-
-def _present_objects(
-    reader: BucketReader, wanted: list[HourObject], pool: ThreadPoolExecutor
-) -> list[tuple[HourObject, dict[str, Any]]]:
-    """The objects to read with their ETag and size: every required one (else `NotPublishedError`, before any
-    download), and each optional one the bucket holds."""
-    prefixes = sorted({obj.key.rsplit("/", 1)[0] + "/" for obj in wanted})
-    listings = list(pool.map(reader.list_day, prefixes))
-    if all(listing is not None for listing in listings):
-        inventory = {key: meta for listing in listings for key, meta in (listing or {}).items()}
-        heads = [inventory.get(obj.key) for obj in wanted]
-    else:  # listing denied: HEAD each object
-        heads = list(pool.map(lambda obj: reader.head(obj.key), wanted))
-    for obj, head in zip(wanted, heads, strict=True):
-        if head is None and obj.required:
-            raise NotPublishedError(f"{reader.uri(obj.key)} is not published (hour {obj.hour:%Y-%m-%d %H}:00 UTC)")
-    return [(obj, head) for obj, head in zip(wanted, heads, strict=True) if head is not None]
-
-
-def _parse_hour(reader: BucketReader, obj: HourObject, head: dict[str, Any], *, again: bool = False) -> ParsedHour:
-    etag, size = str(head["ETag"]).strip('"'), int(head["ContentLength"])
-    cached = reader.cached_parse(obj.key, etag, size)
-    if cached is not None:
-        path, sha256 = cached
-        source = SourceObject(reader.uri(obj.key), size, sha256)
-        return ParsedHour(obj.dataset, obj.hour, path, source, False, 0, etag=etag)
-    local = reader.fetch(obj.key, head)
-    started = time.perf_counter()
-    try:
-        frame, sha256, ndjson_bytes = parse_object(local.path, obj.dataset, local.uri)
-    except CorruptArchiveError:
-        reader.discard(obj.key, local)
-        raise
-    if local.from_cache and local.expected_sha256 not in (None, sha256) and not again:
-        # The cached bytes no longer hash as recorded (disk corruption): drop them and fetch again.
-        reader.discard(obj.key, local)
-        return _parse_hour(reader, obj, head, again=True)
-    path = reader.store_parsed(
-        obj.key,
-        local.etag,
-        lambda target: frame.write_parquet(target, compression="zstd", statistics=True, row_group_size=1 << 16),
-    )
-    reader.promote(obj.key, local, sha256)
-    source = SourceObject(local.uri, local.size, sha256)
-    return ParsedHour(obj.dataset, obj.hour, path, source, True, ndjson_bytes, time.perf_counter() - started,
-                      local.etag)
-
-
-# --- the manifest of a prepared month --------------------------------------------------------------------------
-
-
-def _manifest_path(reader: BucketReader, prefix: str, month: str) -> Path:
-    return reader.cache_root / "_prepared" / prefix.strip("/") / f"{month}.json"
-
-
-def _write_manifest(prepared: PreparedMonth, reader: BucketReader, url: str) -> None:
-    """Record the month's objects (key, ETag, size, sha256): written aside, then renamed, so it is whole or absent."""
-    assert prepared.manifest is not None
-    bucket_prefix = f"s3://{reader.bucket}/"
-    hours = [
-        {
-            "dataset": hour.dataset,
-            "hour": hour.hour.isoformat(),
-            "key": hour.source.location.removeprefix(bucket_prefix),
-            "etag": hour.etag,
-            "size": hour.source.size,
-            "sha256": hour.source.sha256,
-        }
-        for hour in prepared.hours
-    ]
-    body = {"version": MANIFEST_VERSION, "parser_version": PARSER_VERSION, "url": url, "month": prepared.month,
-            "hours": hours}
-    prepared.manifest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = prepared.manifest.with_name(f"{prepared.manifest.name}.part-{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(body, sort_keys=True, indent=1))
-    os.replace(tmp, prepared.manifest)
-
-
-# --- one coin's month --------------------------------------------------------------------------------------------
-
-
-def _coin_rows(prepared: PreparedMonth, coin: str) -> pl.DataFrame:
-    """The coin's rows of every parsed hour, tagged by object: one scan over all hours (predicate pushdown on the
-    coin-sorted parquet; one plan for the month is far cheaper than one per hour)."""
-    schema = {name: dtype for name, dtype in HOUR_SCHEMA.items() if name != "coin"}
-    if not prepared.hours:
-        return pl.DataFrame(schema={**schema, "_object": pl.Int32(), "_rank": pl.Int8()})
-    tags = pl.DataFrame(
-        {
-            "_path": [str(hour.path) for hour in prepared.hours],
-            "_object": list(range(len(prepared.hours))),
-            "_rank": [DATASET_RANK[hour.dataset] for hour in prepared.hours],
-        },
-        schema={"_path": pl.String(), "_object": pl.Int32(), "_rank": pl.Int8()},
-    )
-    rows = (
-        pl.scan_parquet([hour.path for hour in prepared.hours], include_file_paths="_path")
-        .filter(pl.col("coin") == coin)
-        .drop("coin")
-        .collect()
-    )
-    return rows.join(tags, on="_path", how="left").drop("_path").sort("_object", "line")
-
-
-def _write_coin_month(prepared: PreparedMonth, atlas: str, coin: str, out_path: Path) -> SourceResult:
-    start_us, end_us = (int(moment.timestamp()) * 1_000_000 for moment in (prepared.start, prepared.end))
-    locations = [hour.source.location for hour in prepared.hours]
-    trades, counts = assemble_month(_coin_rows(prepared, coin), locations, coin=coin, start_us=start_us, end_us=end_us)
-    trades = validate_trades(trades, name=f"{EXCHANGE} {coin} {prepared.month}")
-    _write_parquet_atomically(trades, out_path)
-
-    datasets = {hour.dataset for hour in prepared.hours}
-    first_hour = prepared.first_hour
-    return SourceResult(
-        exchange=EXCHANGE,
-        symbol=atlas,
-        native_symbol=coin,
-        month=prepared.month,
-        path=out_path,
-        trade_count=trades.height,
-        duplicates_dropped=counts.duplicates_dropped,
-        id_gaps=0,  # Hyperliquid trade ids are not sequential, so gaps say nothing about missing trades
-        has_arrival_times=trades.height > 0 and trades.get_column("ts_arrival").null_count() == 0,
-        dataset="+".join(d for d in DATASETS if d in datasets),
-        objects=prepared.objects,
-        metadata={
-            "first_hour": f"{first_hour:%Y-%m-%dT%H:%M:%S}Z",
-            "partial_month": first_hour > prepared.start,
-            "era_overlap_merged": counts.era_overlap_merged,
-            "era_overlap_merged_by_tid": counts.merged_by_tid,
-            "era_overlap_merged_by_hash": counts.merged_by_hash,
-        },
-    )
-
-
-def _output_path(dest: Path, month: str) -> Path:
-    return dest if dest.suffix == ".parquet" else dest / f"{month}.parquet"
-
-
-def _write_parquet_atomically(trades: pl.DataFrame, path: Path) -> None:
-    """Write next to the target, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        # Same options as the other sources' canonical files (sources/canonical.py).
-        trades.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=1 << 20)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -19,11 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import urllib3
+
 from aperiodic_pipelines.domain.errors import (
     AperiodicError,
     ChecksumMismatchError,
     NotPublishedError,
 )
+from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.sources.hyperliquid.parse import PARSER_VERSION
 
 log = logging.getLogger(__name__)
@@ -32,11 +35,18 @@ DEFAULT_REGION = "ap-northeast-1"  # where hl-mainnet-node-data lives
 DEFAULT_WORKERS = 8
 DOWNLOAD_ATTEMPTS = 4
 CHUNK = 1 << 20
+SLOW_ATTEMPTS = 2  # a stalled or trickling body is tried this many times (within DOWNLOAD_ATTEMPTS)
+THROUGHPUT_GRACE_SECONDS = 30.0  # as for HTTP downloads (sources/download.py)
 
 
-def make_s3_client(*, max_workers: int = DEFAULT_WORKERS) -> Any:
+class _Slow(Exception):
+    """A body that stalled (no byte for a read timeout) or trickled (below the minimum throughput)."""
+
+
+def make_s3_client(*, max_workers: int = DEFAULT_WORKERS, http: HttpSettings | None = None) -> Any:
     """A boto3 S3 client with retries for throttling, 5xx and connection errors; endpoint and credentials from the
-    environment as boto3 reads them."""
+    environment as boto3 reads them; the read timeout from `http` (default 60 s)."""
+    http = http or HttpSettings()
     import boto3
     from botocore.config import Config
 
@@ -47,8 +57,8 @@ def make_s3_client(*, max_workers: int = DEFAULT_WORKERS) -> Any:
         config=Config(
             retries={"max_attempts": 8, "mode": "standard"},
             max_pool_connections=max(10, max_workers * 2),
-            connect_timeout=10,
-            read_timeout=60,
+            connect_timeout=min(10.0, http.read_timeout_seconds),
+            read_timeout=http.read_timeout_seconds,
         ),
     )
 
@@ -66,10 +76,13 @@ class LocalObject:
 class BucketReader:
     """HEAD/GET with RequestPayer=requester, ETag/size checks and a local cache keyed by object key."""
 
-    def __init__(self, client: Any, bucket: str, cache_root: Path) -> None:
+    def __init__(self, client: Any, bucket: str, cache_root: Path, *, http: HttpSettings | None = None) -> None:
         self.client = client
         self.bucket = bucket
         self.cache_root = cache_root
+        # Deadline and minimum throughput of each object's download (the client's own timeouts and retries
+        # govern each request's headers).
+        self.http = http or HttpSettings()
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -139,29 +152,30 @@ class BucketReader:
         return self._download(key, etag, size)
 
     def _download(self, key: str, etag: str, size: int) -> LocalObject:
+        """GET the object into a partial file, checking its size and MD5 ETag; transient failures are retried
+        (a stall or a trickle at most `SLOW_ATTEMPTS` times), all within `http.deadline_seconds`."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         path, _ = self.cache_paths(key)
         path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        deadline = started + self.http.deadline_seconds
         last_error: Exception | None = None
+        slow = 0
         for attempt in range(DOWNLOAD_ATTEMPTS):
+            if time.monotonic() >= deadline:
+                break
             part = path.with_name(f"{path.name}.part-{uuid.uuid4().hex}")
             try:
                 response = self.client.get_object(
                     Bucket=self.bucket, Key=key, RequestPayer="requester", IfMatch=f'"{etag}"'
                 )
-                md5 = hashlib.md5(usedforsecurity=False)
-                received = 0
-                with open(part, "wb") as out:
-                    for chunk in response["Body"].iter_chunks(CHUNK):
-                        out.write(chunk)
-                        md5.update(chunk)
-                        received += len(chunk)
+                received, md5 = self._receive(response["Body"], part, deadline)
                 if received != size:
                     raise ChecksumMismatchError(f"{self.uri(key)}: received {received} bytes, expected {size}")
                 # A single-part upload's ETag is the MD5 of the body; multipart ETags ("...-N") are not.
-                if re.fullmatch(r"[0-9a-f]{32}", etag) and md5.hexdigest() != etag:
-                    raise ChecksumMismatchError(f"{self.uri(key)}: MD5 {md5.hexdigest()} differs from ETag {etag}")
+                if re.fullmatch(r"[0-9a-f]{32}", etag) and md5 != etag:
+                    raise ChecksumMismatchError(f"{self.uri(key)}: MD5 {md5} differs from ETag {etag}")
                 return LocalObject(self.uri(key), part, etag, size, False, None)
             except ClientError as exc:
                 part.unlink(missing_ok=True)
@@ -176,13 +190,61 @@ class BucketReader:
                     raise NotPublishedError(f"{self.uri(key)} is not published") from None
                 etag, size = str(head["ETag"]).strip('"'), int(head["ContentLength"])
                 last_error = exc
+            except _Slow as exc:
+                part.unlink(missing_ok=True)
+                last_error, slow = exc, slow + 1
+                if slow >= SLOW_ATTEMPTS:
+                    break
             except (BotoCoreError, OSError, ChecksumMismatchError) as exc:
                 part.unlink(missing_ok=True)
                 last_error = exc
-                time.sleep(min(0.2 * 2**attempt, 5.0))
+            pause = min(0.2 * 2**attempt, 5.0)
+            if time.monotonic() + pause >= deadline:
+                break
+            time.sleep(pause)
         if isinstance(last_error, ChecksumMismatchError):
             raise last_error
+        spent = time.monotonic() - started
+        if spent >= self.http.deadline_seconds or slow >= SLOW_ATTEMPTS:
+            raise AperiodicError(
+                f"could not download {self.uri(key)}: stalled, too slow or out of time after {spent:.1f} s "
+                f"(deadline {self.http.deadline_seconds:g} s, read timeout {self.http.read_timeout_seconds:g} s, "
+                f"minimum {self.http.min_bytes_per_second:g} bytes/s): {last_error}"
+            )
         raise AperiodicError(f"could not download {self.uri(key)} after {DOWNLOAD_ATTEMPTS} attempts: {last_error}")
+
+    def _receive(self, body: Any, part: Path, deadline: float) -> tuple[int, str]:
+        """Stream `body` to `part` in reads that return whatever has arrived, so the deadline and the minimum
+        throughput are checked however slowly the bytes come. Returns (bytes, MD5 hex)."""
+        raw = getattr(body, "_raw_stream", None)  # botocore's urllib3 response: read1 returns what has arrived
+        read = raw.read1 if raw is not None and hasattr(raw, "read1") else body.read
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        md5 = hashlib.md5(usedforsecurity=False)
+        received = 0
+        started = time.monotonic()
+        grace = min(THROUGHPUT_GRACE_SECONDS, self.http.read_timeout_seconds)
+        with open(part, "wb") as out:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise _Slow(f"out of time after {received} bytes")
+                if sock is not None:
+                    sock.settimeout(min(self.http.read_timeout_seconds, remaining))
+                try:
+                    chunk = read(CHUNK)
+                except (urllib3.exceptions.TimeoutError, TimeoutError) as exc:
+                    raise _Slow(f"stalled after {received} bytes: {type(exc).__name__}: {exc}") from None
+                except urllib3.exceptions.HTTPError as exc:  # a reset or cut body: retried like botocore's own
+                    raise OSError(f"connection broke after {received} bytes: {type(exc).__name__}: {exc}") from None
+                if not chunk:
+                    break
+                out.write(chunk)
+                md5.update(chunk)
+                received += len(chunk)
+                elapsed = time.monotonic() - started
+                if elapsed > grace and received < self.http.min_bytes_per_second * elapsed:
+                    raise _Slow(f"too slow: {received} bytes in {elapsed:.1f} s")
+        return received, md5.hexdigest()
 
     def promote(self, key: str, local: LocalObject, sha256: str) -> None:
         """Make a fully parsed download the cached copy of `key` (file first, then its sidecar, both atomic)."""

@@ -8,7 +8,8 @@ Records, per dataset (fields we do not use are ignored; a missing or ill-typed f
 - `node_fills_by_block`: `{"local_time", "block_time", "block_number", "events": [[user, fill], ...]}`.
 
 Lines are decoded with msgspec against typed structs, many lines per call. An object is read as a stream of
-decompressed chunks cut at line ends, so memory stays bounded for any object size. Every way an object can be
+decompressed chunks cut at line ends; `NDJSON_LIMITS` (sources/limits.py) caps a line, the object's NDJSON and its
+decompression ratio, so a hostile object fails in bounded memory and time. Every way an object can be
 damaged (LZ4 frame, UTF-8, JSON, a missing or ill-typed field) is one `CorruptArchiveError` naming the object and,
 where known, the line.
 """
@@ -26,6 +27,7 @@ import polars as pl
 
 from aperiodic_pipelines.domain.errors import CorruptArchiveError
 from aperiodic_pipelines.sources.hyperliquid.eras import NODE_FILLS, NODE_FILLS_BY_BLOCK, NODE_TRADES
+from aperiodic_pipelines.sources.limits import NDJSON_LIMITS, ArchiveCeilingError, ReadLimits
 
 PARSER_VERSION = 1  # bump when the parsed-hour columns or their meaning change: cached parses are then redone
 READ_CHUNK = 16 << 20  # decompressed bytes handed to the decoder at a time
@@ -203,6 +205,8 @@ class HourParser:
 
 def _line_numbers(chunk: bytes, first_line: int, records: int) -> list[int]:
     lines = chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+    if records == 0:
+        return []
     if lines == records:
         return list(range(first_line, first_line + records))
     # blank lines were skipped by the decoder
@@ -223,6 +227,7 @@ class _HashingReader(io.RawIOBase):
     def __init__(self, raw: BinaryIO) -> None:
         self.raw = raw
         self.sha256 = hashlib.sha256()
+        self.consumed = 0  # compressed bytes handed to the decompressor
 
     def readable(self) -> bool:
         return True
@@ -231,6 +236,7 @@ class _HashingReader(io.RawIOBase):
         data = self.raw.read(len(buffer))
         buffer[: len(data)] = data
         self.sha256.update(data)
+        self.consumed += len(data)
         return len(data)
 
     def drain(self) -> None:
@@ -241,7 +247,9 @@ class _HashingReader(io.RawIOBase):
 _FRAME_ERRORS = (RuntimeError, EOFError, OSError, ValueError)
 
 
-def parse_object(path: Path, dataset: str, uri: str) -> tuple[pl.DataFrame, str, int]:
+def parse_object(
+    path: Path, dataset: str, uri: str, *, limits: ReadLimits = NDJSON_LIMITS
+) -> tuple[pl.DataFrame, str, int]:
     """Decompress and parse one object file; return (parsed hour, sha256 of the compressed bytes, NDJSON bytes)."""
     parser = HourParser(dataset, uri)
     decompressed = 0
@@ -250,24 +258,37 @@ def parse_object(path: Path, dataset: str, uri: str) -> tuple[pl.DataFrame, str,
         with lz4.frame.LZ4FrameFile(hashing, "rb") as stream:
             try:
                 carry, line = b"", 1
-                while block := stream.read(READ_CHUNK):
+                while block := stream.read(READ_CHUNK):  # read(n) decompresses at most n bytes
                     decompressed += len(block)
-                    data = carry + block
-                    cut = data.rfind(b"\n") + 1
-                    if cut:
-                        parser.feed(data[:cut], line)
-                        line += data.count(b"\n", 0, cut)
-                    carry = data[cut:]
+                    limits.check_growth(uri, decompressed, hashing.consumed)
+                    cut = block.rfind(b"\n") + 1
+                    unfinished = len(carry) + (block.find(b"\n") if cut else len(block))
+                    if unfinished > limits.max_line_bytes:  # never hold more of one line than the ceiling
+                        raise limits.line_too_long(uri, line)
+                    if not cut:
+                        carry += block
+                        continue
+                    data = carry + block[:cut] if carry else block[:cut]
+                    carry = block[cut:]
+                    del block
+                    parser.feed(data, line)
+                    line += data.count(b"\n")
+                    del data
                 if carry:
                     parser.feed(carry, line)
+            except ArchiveCeilingError:
+                raise
             except CorruptArchiveError as parse_error:
                 # Damaged compressed bytes can decode into text before the frame checksum fails: when the frame
-                # itself is broken, that is the error to report.
+                # itself is broken, that is the error to report (read on within the ceilings).
                 try:
-                    while stream.read(READ_CHUNK):
-                        pass
+                    while piece := stream.read(READ_CHUNK):
+                        decompressed += len(piece)
+                        limits.check_growth(uri, decompressed, hashing.consumed)
                 except _FRAME_ERRORS as exc:
                     raise _frame_error(uri, exc) from None
+                except ArchiveCeilingError:
+                    pass
                 raise parse_error from None
             except _FRAME_ERRORS as exc:
                 raise _frame_error(uri, exc) from None

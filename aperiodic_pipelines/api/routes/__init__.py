@@ -1,0 +1,1 @@
+"""The API's routers: data listings, metadata, file downloads (local stores) and the health check."""
