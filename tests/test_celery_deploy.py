@@ -33,6 +33,7 @@ from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME, flow_partitio
 from aperiodic_pipelines.mirror.archives import write_binance_month
 from aperiodic_pipelines.mirror.http import ArchiveMirror
 from aperiodic_pipelines.mirror.klines import write_binance_klines_month
+from aperiodic_pipelines.mirror.listings import ListingServer
 from aperiodic_pipelines.operator.launchers import recorded_run_worker
 from aperiodic_pipelines.synthetic import generate_tape
 from tests.postgres_fixtures import create_instance_storage, running_dagster_services, running_postgres
@@ -102,8 +103,9 @@ def single_machine_reference(bucket: str, partitions: list[tuple[str, str]], mon
 
 
 def objects_of(digests: dict[str, str], partitions: list[tuple[str, str]]) -> dict[str, str]:
-    """The objects of these partitions (raw, sidecar, seconds, flow files, index: keys end in /{native}/{month}.*)."""
-    marks = tuple(f"/{native}/{month}." for native, month in partitions)
+    """The objects of these partitions: raw, sidecar, seconds, flow files and index end in `/{native}/{month}.*`,
+    the month's immutable versions live under `versions/…/{native}/{month}/`."""
+    marks = tuple(f"/{native}/{month}{end}" for native, month in partitions for end in "./")
     return {key: digest for key, digest in digests.items() if any(mark in key for mark in marks)}
 
 
@@ -163,12 +165,18 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, aws_env: str, s3_cl
     bucket = "celery-deploy"
     create_bucket(s3_client, bucket, region=MOTO_REGION)
     write_months(tmp_path / "archives")
-    with running_postgres() as postgres, running_redis() as redis_server, ArchiveMirror(tmp_path / "archives") as mirror:
+    with (
+        running_postgres() as postgres,
+        running_redis() as redis_server,
+        ArchiveMirror(tmp_path / "archives") as mirror,
+        ListingServer(tmp_path / "archives") as listing,  # Binance's universe, as the CLI checks it
+    ):
         env = {
             **os.environ,  # the moto endpoint and fake credentials (aws_env)
             **postgres.environment(),
             "APERIODIC_STORE": f"s3://{bucket}/aperiodic",
             "APERIODIC_BINANCE_URL": mirror.url,
+            "APERIODIC_BINANCE_LISTING_URL": listing.url,
             "APERIODIC_HTTP_BACKOFF": "0.01",
             "APERIODIC_CELERY_BROKER_URL": redis_server.url(0),
             "APERIODIC_CELERY_BACKEND_URL": redis_server.url(1),
