@@ -260,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     api_keys.set_defaults(handler=cmd_api_keys)
 
     # Further commands (e.g. `worker`, the Celery run worker) register their parsers here.
+    from aperiodic_pipelines.operator.worker import add_worker_command
+    add_worker_command(commands)
     return parser
 
 

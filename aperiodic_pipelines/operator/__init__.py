@@ -10,6 +10,10 @@
   `dagster._daemon`: creating a run from a code location has no public call); a test holds that.
 - `outcomes`: what happened in a run, in short lines (the failing step's own error, failed checks, metadata).
 - `backfill`: backfills submitted to a running webserver through its GraphQL API.
+- `launchers`: run launchers whose workers run monitoring can health-check (the default one, and Celery's in
+  `celery_launcher`); `worker`: `aperiodic-pipelines worker`, a Celery worker that executes whole runs
+  (deploy/celery, docs/deploy.md). Run launchers are Dagster's extension point: they use its private launcher
+  types as `submission` does.
 
-Nothing here is imported by the definitions except the coordinator (through `dagster.yaml`).
+Nothing here is imported by the definitions except the coordinator and the launcher (through `dagster.yaml`).
 """

@@ -1,0 +1,125 @@
+"""`aperiodic-pipelines worker`: one Celery worker that executes whole Dagster runs (deploy/celery).
+
+The worker joins the deployment whose instance is `$DAGSTER_HOME/dagster.yaml` (deploy/celery/dagster.yaml: the
+Celery run launcher, Postgres storage); any machine with the package, that instance file, the environment
+(`APERIODIC_*`, `DAGSTER_PG_*`, the store's credentials) and network access to Redis, Postgres and the store can
+start one. Its Celery app is the instance's run launcher's own app, with dagster-celery's run tasks registered,
+so launcher and workers agree on broker, backend, queues and task names by construction.
+
+Runs execute in the worker's pool processes (`--concurrency` of them), which live across runs: a run pays no
+interpreter start, and each pool process imports the definitions once, when it starts. There is no time limit
+on a run. SIGTERM (or Ctrl-C) stops taking runs and exits when the current ones have finished; a worker killed
+outright (kill -9, a lost machine) is noticed by the launcher's health check (it stops answering Celery's ping),
+and run monitoring fails its runs so run retries re-run them elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+from typing import Any
+
+from aperiodic_pipelines.domain.settings import ConfigError
+
+DEFAULT_QUEUE = "dagster"  # dagster-celery's default queue, and deploy/celery/dagster.yaml's default_queue
+DEFAULT_MAX_RUNS_PER_PROCESS = 100
+POOL_PROCESS_START_TIMEOUT_S = 120
+PRELOADED_DEFINITIONS = "aperiodic_pipelines.defs.definitions"
+_log = logging.getLogger(__name__)
+
+
+def add_worker_command(subparsers: Any) -> None:
+    """Register `worker` on the CLI's sub-command parsers."""
+    worker = subparsers.add_parser(
+        "worker",
+        help="start a Celery worker that executes whole runs for the instance in $DAGSTER_HOME (deploy/celery)",
+    )
+    worker.add_argument("--concurrency", type=int, default=1,
+                        help="runs executed at once, one pool process each (default 1)")
+    worker.add_argument("--queue", default=DEFAULT_QUEUE,
+                        help=f"Celery queue to take runs from (default {DEFAULT_QUEUE}; a run's dagster-celery/queue "
+                             "tag picks another)")
+    worker.add_argument("--name", default=None,
+                        help="Celery node name, unique in the deployment (default aperiodic-<pid>@<hostname>)")
+    worker.add_argument("--max-runs-per-process", type=int, default=DEFAULT_MAX_RUNS_PER_PROCESS,
+                        help="replace a pool process after this many runs, bounding memory growth "
+                             f"(default {DEFAULT_MAX_RUNS_PER_PROCESS}; 0: never)")
+    worker.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    worker.set_defaults(handler=run_worker)
+
+
+def worker_app() -> Any:
+    """The Celery run launcher's app of the instance in $DAGSTER_HOME, with dagster-celery's run tasks registered.
+
+    Only the launcher is built from the instance's config: the worker needs no database to start (each run opens
+    the instance itself), so an unreachable Postgres is reported by the runs, not as a start-up traceback.
+    """
+    from dagster._core.instance.ref import InstanceRef
+    from dagster_celery.launcher import CeleryRunLauncher
+    from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
+
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        raise ConfigError(
+            "DAGSTER_HOME is not set: a worker needs the deployment's instance, deploy/celery/dagster.yaml copied to "
+            "$DAGSTER_HOME/dagster.yaml"
+        )
+    launcher = InstanceRef.from_dir(home).run_launcher
+    if not isinstance(launcher, CeleryRunLauncher):
+        raise ConfigError(
+            f"the instance in {home} launches runs with {type(launcher).__name__}; `worker` needs the Celery run "
+            "launcher (deploy/celery/dagster.yaml)"
+        )
+    app = launcher.celery
+    create_execute_job_task(app)
+    create_resume_job_task(app)
+    return app
+
+
+def _import_definitions(**_kwargs: Any) -> None:
+    """In each pool process as it starts: import the definitions once, so runs find them loaded.
+
+    Imported after the fork, not before: a process forked after polars or numba started their threads can
+    deadlock. A failure is logged here and reported again, with its traceback, by every run that needs them.
+    """
+    import importlib
+
+    try:
+        importlib.import_module(PRELOADED_DEFINITIONS)
+    except Exception:
+        _log.exception("could not preload %s", PRELOADED_DEFINITIONS)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """Start the worker in the foreground until it is stopped; its exit code."""
+    if args.concurrency < 1:
+        raise ConfigError(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.max_runs_per_process < 0:
+        raise ConfigError(f"--max-runs-per-process must be 0 or more, got {args.max_runs_per_process}")
+    try:
+        from celery.signals import worker_process_init
+    except ImportError as error:
+        raise ConfigError("`worker` needs dagster-celery: pip install 'aperiodic-pipelines[celery]'") from error
+
+    app = worker_app()
+    # Celery gives a new pool process 4 s to finish its start-up hooks; importing the definitions on a busy
+    # machine can take longer.
+    app.conf.worker_proc_alive_timeout = POOL_PROCESS_START_TIMEOUT_S
+    worker_process_init.connect(_import_definitions, weak=False)
+    name = args.name or f"aperiodic-{os.getpid()}@{socket.gethostname()}"
+    argv = [
+        "worker",
+        "--queues", args.queue,
+        "--concurrency", str(args.concurrency),
+        "--hostname", name,
+        "--pool", "prefork",
+        "--loglevel", args.log_level,
+        # Start-up without waiting for other nodes; health checks use remote control (ping), not gossip.
+        "--without-mingle", "--without-gossip",
+    ]
+    if args.max_runs_per_process:
+        argv += ["--max-tasks-per-child", str(args.max_runs_per_process)]
+    exit_code = app.start(argv)
+    return int(exit_code or 0)
