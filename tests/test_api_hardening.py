@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 import pytest
@@ -23,7 +23,6 @@ from aperiodic_pipelines.storage import LocalStore, store_from_uri
 from aperiodic_pipelines.storage.index import publish_month_bars
 from tests.api_fixtures import (
     EXCHANGE,
-    NATIVE,
     SYMBOL,
     Bars,
     compute_test_bars,
@@ -243,12 +242,12 @@ def test_a_symlink_in_the_store_is_never_followed(live: Live, bars: Bars) -> Non
     outside.mkdir(exist_ok=True)
     (outside / "secret.parquet").write_text(SECRET)
     (outside / "2024-01.parquet").write_text(SECRET)
-    flow = live.root / "store" / "flow" / "exchange" / EXCHANGE
-    month_file = flow / "1h" / NATIVE / "2024-01.parquet"
-    kept = month_file.read_bytes()
     url = live.url()
-    daily_dir = flow / "1d" / NATIVE
     daily_url = live.url(interval="1d")
+    # The files the URLs name (the index's immutable version keys), not the stable `flow/…` copies.
+    month_file = live.root / "store" / unquote(urlsplit(url).path.split("/files/", 1)[1])
+    kept = month_file.read_bytes()
+    daily_dir = (live.root / "store" / unquote(urlsplit(daily_url).path.split("/files/", 1)[1])).parent
     try:
         # The file itself a symlink, to a file outside the store and to /etc/passwd.
         for target in (outside / "secret.parquet", Path("/etc/passwd")):
@@ -258,7 +257,7 @@ def test_a_symlink_in_the_store_is_never_followed(live: Live, bars: Bars) -> Non
                 assert answer.status_code == 404, answer.text
                 assert SECRET.strip() not in answer.text and "root:" not in answer.text
         # A directory on the way a symlink.
-        shutil.move(daily_dir, live.root / "moved-1d")
+        shutil.move(daily_dir, live.root / "moved-1d")  # the directory holding the 1d file
         daily_dir.symlink_to(outside, target_is_directory=True)
         answer = httpx.get(daily_url, timeout=30)
         assert answer.status_code == 404 and SECRET.strip() not in answer.text
