@@ -147,7 +147,9 @@ def test_client_reads_monthly_then_daily_files(bars: Bars, tmp_path: Path) -> No
         assert len(read_published_month(store, EXCHANGE, NATIVE, "2024-02").files) == 4
         listed = httpx.get(f"{base}/data/flow", params=params, headers={"X-API-KEY": api_key}).json()["files"]
         assert [(f["year"], f["month"], f.get("day")) for f in listed] == [(2024, 1, None), (2024, 2, None)]
-        assert listed[1]["url"].split("?")[0].endswith(flow_key("exchange", EXCHANGE, "1h", NATIVE, "2024-02"))
+        # The index names the monthly file's version key (storage.publication), which keeps the layout's file name.
+        assert listed[1]["url"].split("?")[0].endswith(monthly.files[0].key)
+        assert monthly.files[0].key.endswith(flow_key("exchange", EXCHANGE, "1h", NATIVE, "2024-02").rsplit("/", 1)[1])
         frame = get_metrics(api_key, metric="flow", timestamp="exchange", interval="1h", exchange=EXCHANGE,
                             symbol=SYMBOL, start_date=date(2024, 1, 20), end_date=date(2024, 2, 2), base_url=base,
                             show_progress=False)

@@ -3,8 +3,8 @@
 Two steps, kept apart so the index's shape can change without touching the rule:
 
 - `published_files` is the one place that reads the index: it turns an instrument's manifests into the keys of
-  one (timestamp, interval), monthly and daily, told apart by the file name (`YYYY-MM.parquet` or
-  `YYYY-MM-DD.parquet`, spec §4).
+  one (timestamp, interval), monthly and daily (a daily file's entry names its `day`, `storage.daily`; older
+  entries are told apart by the file name, `YYYY-MM.parquet` or `YYYY-MM-DD.parquet`, spec §4).
 - `listing_entries` is the rule, a pure function: every published month overlapping the range, and for a month
   without a monthly file each published day inside the range; never both for one month (the client would
   concatenate every bar of that month twice).
@@ -65,9 +65,12 @@ def published_files(published: Iterable[PublishedMonth], timestamp: str, interva
         for f in manifest.files:
             if (f.timestamp, f.interval) != (timestamp, interval):
                 continue
-            if f.key.endswith(f"/{month}.parquet"):
+            if f.day is not None:  # a daily file (storage.daily): the index says which day
+                if f.day[:7] == month and _day_of(f.key) == f.day:
+                    days[f.day] = f.key
+            elif f.key.endswith(f"/{month}.parquet"):
                 months[month] = f.key
-            elif (day := _day_of(f.key)) is not None and day[:7] == month:
+            elif (day := _day_of(f.key)) is not None and day[:7] == month:  # entries written before `day`
                 days[day] = f.key
     return PublishedFiles(months, days)
 

@@ -35,10 +35,19 @@ class CoverageMonth(BaseModel):
     sha256: str
 
 
+class CoverageDay(BaseModel):
+    day: str
+    rows: int
+    size: int
+    sha256: str
+
+
 class CoverageVariant(BaseModel):
     timestamp: str
     interval: str
     months: list[CoverageMonth]
+    days: list[CoverageDay] = []  # daily files of the open month (a month with a monthly file lists none)
+    complete_through: str | None = None  # the last day whose bars are published (YYYY-MM-DD)
 
 
 class CoverageBody(BaseModel):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aperiodic_pipelines.domain.layout import _segment, flow_key
-from aperiodic_pipelines.domain.months import check_month
+from aperiodic_pipelines.domain.months import check_month, days_of_month
 from aperiodic_pipelines.storage.base import ObjectStore, PublishedObject
 from aperiodic_pipelines.storage.json_objects import publish_json
 
@@ -30,13 +30,32 @@ INDEX_PREFIX = "index/flow/"
 
 @dataclass(frozen=True)
 class PublishedFile:
-    """One published parquet object of a month: which variant and interval, where, and what it holds."""
+    """One published parquet object of a month: which variant and interval, where, and what it holds.
+
+    `day` is set for a daily file of the open month (`YYYY-MM-DD`), None for the monthly file.
+    """
 
     timestamp: str
     interval: str
     key: str
     sha256: str
     rows: int
+    size: int
+    day: str | None = None
+
+
+@dataclass(frozen=True)
+class PublishedCarry:
+    """The flow carry published with a day (`flow.FlowCarry`): what `for_day`'s bars of one variant start from.
+
+    It lives in the entry of the month of the day it was published with (`for_day` - 1), so the carry for the
+    first day of the next month is in the last day's month.
+    """
+
+    for_day: str
+    timestamp: str
+    key: str
+    sha256: str
     size: int
 
 
@@ -58,11 +77,34 @@ class PublishedMonth:
     month: str
     files: tuple[PublishedFile, ...]
     retiring: tuple[RetiringObject, ...] = ()
+    carries: tuple[PublishedCarry, ...] = ()
+
+    @property
+    def days(self) -> list[str]:
+        """The published days of the open month (`YYYY-MM-DD`), in order; empty once the month is closed."""
+        return sorted({f.day for f in self.files if f.day is not None})
+
+    def monthly_files(self) -> list[PublishedFile]:
+        return [f for f in self.files if f.day is None]
+
+    def day_files(self, day: str) -> list[PublishedFile]:
+        return [f for f in self.files if f.day == day]
+
+    def named_keys(self) -> set[str]:
+        """Every object the entry names: its files and its carries (not what it is retiring)."""
+        return {f.key for f in self.files} | {c.key for c in self.carries}
 
     def to_dict(self) -> dict[str, Any]:
         value = asdict(self)
-        value["files"] = sorted(value["files"], key=lambda f: (f["timestamp"], f["interval"]))
+        value["files"] = sorted(value["files"], key=lambda f: (f["timestamp"], f["interval"], f["day"] or ""))
+        for entry in value["files"]:
+            if entry["day"] is None:  # monthly entries keep the shape they had before daily files
+                del entry["day"]
         value["retiring"] = sorted(value["retiring"], key=lambda r: r["key"])
+        if value["carries"]:
+            value["carries"] = sorted(value["carries"], key=lambda c: (c["for_day"], c["timestamp"]))
+        else:
+            del value["carries"]
         return value
 
     @classmethod
@@ -70,7 +112,23 @@ class PublishedMonth:
         value = json.loads(text)
         files = tuple(PublishedFile(**entry) for entry in value.pop("files"))
         retiring = tuple(RetiringObject(**entry) for entry in value.pop("retiring", ()))  # older entries have none
-        return cls(files=files, retiring=retiring, **value)
+        carries = tuple(PublishedCarry(**entry) for entry in value.pop("carries", ()))
+        return cls(files=files, retiring=retiring, carries=carries, **value)
+
+
+def complete_through(entries: Iterable[PublishedMonth], timestamp: str, interval: str) -> str | None:
+    """The last day whose bars of (timestamp, interval) are published (`YYYY-MM-DD`), or None: the last day of
+    the latest month with a monthly file, or the latest published day after it. Days are published in order
+    (`storage.daily.publish_day` refuses a gap), so every day before it within those months is published."""
+    last: str | None = None
+    for entry in entries:
+        for f in entry.files:
+            if (f.timestamp, f.interval) != (timestamp, interval):
+                continue
+            through = f.day if f.day is not None else days_of_month(entry.month)[-1]
+            if last is None or through > last:
+                last = through
+    return last
 
 
 def index_key(exchange: str, native_symbol: str, month: str) -> str:

@@ -38,11 +38,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import date, timedelta
 from pathlib import Path
 
 from aperiodic_pipelines.domain.errors import StoreError
 from aperiodic_pipelines.domain.intervals import check_interval, check_timestamp
-from aperiodic_pipelines.domain.layout import _segment, flow_key
+from aperiodic_pipelines.domain.layout import _segment, daily_flow_key, flow_key
 from aperiodic_pipelines.domain.months import check_day, check_month
 from aperiodic_pipelines.domain.settings import ApiSettings
 from aperiodic_pipelines.storage.base import (
@@ -53,6 +54,7 @@ from aperiodic_pipelines.storage.base import (
     sha256_file,
 )
 from aperiodic_pipelines.storage.index import (
+    PublishedCarry,
     PublishedFile,
     PublishedMonth,
     RetiringObject,
@@ -63,6 +65,7 @@ from aperiodic_pipelines.storage.local import LocalStore, flocked
 from aperiodic_pipelines.storage.s3 import S3Store
 
 VERSIONS_PREFIX = "versions/flow/"
+CARRIES_PREFIX = "intermediate/carry/"  # flow carries published with days of the open month (never under flow/)
 LEASES_PREFIX = "leases/flow/"
 # Keys a reader may be handed for a published file: a version (what the index names) or a stable layout key
 # (what indexes written before versions named). The API's file route accepts exactly these.
@@ -105,6 +108,32 @@ def month_versions_prefix(exchange: str, native_symbol: str, month: str) -> str:
     )
 
 
+def carry_version_key(
+    exchange: str, native_symbol: str, month: str, timestamp: str, sha256: str, *, for_day: str
+) -> str:
+    """`intermediate/carry/{exchange}/{native}/{YYYY-MM}/{timestamp}/{sha256}/{for_day}.parquet`: immutable.
+
+    `month` is the month of the day the carry was published with (`for_day` - 1): its entry names it.
+    """
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ValueError(f"sha256 must be 64 lowercase hex digits, got {sha256!r}")
+    return f"{month_carries_prefix(exchange, native_symbol, month)}{check_timestamp(timestamp)}/{sha256}/{check_day(for_day)}.parquet"
+
+
+def month_carries_prefix(exchange: str, native_symbol: str, month: str) -> str:
+    return (
+        f"{CARRIES_PREFIX}{_segment('exchange', exchange)}/{_segment('native symbol', native_symbol)}/"
+        f"{check_month(month)}/"
+    )
+
+
+def stable_key(entry_exchange: str, native_symbol: str, month: str, file: PublishedFile) -> str:
+    """The spec §4 layout key of a published file: `flow/…/{YYYY-MM}.parquet`, or `…/{YYYY-MM-DD}.parquet`."""
+    if file.day is not None:
+        return daily_flow_key(file.timestamp, entry_exchange, file.interval, native_symbol, file.day)
+    return flow_key(file.timestamp, entry_exchange, file.interval, native_symbol, month)
+
+
 def lease_key(exchange: str, native_symbol: str, month: str) -> str:
     return (
         f"{LEASES_PREFIX}{_segment('exchange', exchange)}/{_segment('native symbol', native_symbol)}/"
@@ -113,7 +142,8 @@ def lease_key(exchange: str, native_symbol: str, month: str) -> str:
 
 
 def is_version_key(key: str) -> bool:
-    return key.startswith(VERSIONS_PREFIX)
+    """An immutable, content-addressed key (a file version or a carry): retired, never replaced."""
+    return key.startswith((VERSIONS_PREFIX, CARRIES_PREFIX))
 
 
 def retention_seconds(api: ApiSettings | None = None) -> float:
@@ -305,12 +335,16 @@ class MonthPublication:
     previous_tag: str | None
     retain_seconds: float
     on_step: StepHook
-    files: dict[tuple[str, str], PublishedFile] = field(default_factory=dict)
+    # (timestamp, interval, day or None for the monthly file) → file; (for_day, timestamp) → carry.
+    files: dict[tuple[str, str, str | None], PublishedFile] = field(default_factory=dict)
+    carries: dict[tuple[str, str], PublishedCarry] = field(default_factory=dict)
+    # Days whose files and carries in the previous entry are not carried into this one (republished or invalidated).
+    replaced_days: set[str] = field(default_factory=set)
 
-    def add_file(self, timestamp: str, interval: str, local_path: Path | str, rows: int) -> PublishedFile:
-        """Upload one file to its immutable version key (skipped when those exact bytes are already there)."""
+    def _upload(self, local_path: Path | str, key_of: Callable[[str], str]) -> tuple[str, int, str]:
+        """Upload a file to the immutable key `key_of(sha256)` (skipped when those exact bytes are there)."""
         size, sha = sha256_file(local_path)
-        key = version_key(self.exchange, self.native_symbol, self.month, timestamp, interval, sha)
+        key = key_of(sha)
         try:
             present = self.store.stored_sha256(key)
         except ObjectNotFoundError:
@@ -319,10 +353,32 @@ class MonthPublication:
             obj = self.store.publish_file(local_path, key)
             if (obj.size, obj.sha256) != (size, sha):  # the store re-hashes what it wrote
                 raise StoreError(f"{obj.uri}: stored bytes differ from {local_path} (sha256 {obj.sha256})")
-        entry = PublishedFile(timestamp, interval, key, sha, int(rows), size)
-        self.files[(timestamp, interval)] = entry
-        self.on_step(f"uploaded {timestamp}/{interval}")
+        return key, size, sha
+
+    def add_file(
+        self, timestamp: str, interval: str, local_path: Path | str, rows: int, *, day: str | None = None
+    ) -> PublishedFile:
+        """Upload one file (the month's, or with `day` a daily file) to its immutable version key."""
+        key, size, sha = self._upload(
+            local_path,
+            lambda sha: version_key(self.exchange, self.native_symbol, self.month, timestamp, interval, sha, day=day),
+        )
+        entry = PublishedFile(timestamp, interval, key, sha, int(rows), size, day)
+        self.files[(timestamp, interval, day)] = entry
+        self.on_step(f"uploaded {timestamp}/{interval}" + (f"/{day}" if day else ""))
         return entry
+
+    def add_carry(self, timestamp: str, for_day: str, local_path: Path | str) -> PublishedCarry:
+        """Upload the carry a day of this month hands to `for_day` (the next day) to its immutable key."""
+        key, size, sha = self._upload(
+            local_path,
+            lambda sha: carry_version_key(self.exchange, self.native_symbol, self.month, timestamp, sha,
+                                          for_day=for_day),
+        )
+        carry = PublishedCarry(for_day, timestamp, key, sha, size)
+        self.carries[(for_day, timestamp)] = carry
+        self.on_step(f"uploaded carry {timestamp}/{for_day}")
+        return carry
 
     def keep(self, files: Sequence[PublishedFile]) -> list[PublishedFile]:
         """Carry files of the current entry into this publication after re-hashing them; a file an older index
@@ -338,12 +394,34 @@ class MonthPublication:
                     "rerun flow bars"
                 )
             if not is_version_key(file.key):
-                target = version_key(self.exchange, self.native_symbol, self.month, file.timestamp, file.interval, sha)
+                target = version_key(
+                    self.exchange, self.native_symbol, self.month, file.timestamp, file.interval, sha, day=file.day
+                )
                 self.store.copy_object(file.key, target)
                 file = replace(file, key=target)
-            self.files[(file.timestamp, file.interval)] = file
+            self.files[(file.timestamp, file.interval, file.day)] = file
             kept.append(file)
         return kept
+
+    def _carry_days_forward(self) -> None:
+        """Keep the previous entry's days (files and carries) unless replaced, and close the month per variant:
+        a (timestamp, interval) with a monthly file lists no days (the listing would give each bar twice), and a
+        variant with monthly files keeps no carries."""
+        monthly = {(t, i) for (t, i, day) in self.files if day is None}
+        closed_variants = {t for t, _ in monthly}
+        if self.previous is not None:
+            for f in self.previous.files:
+                if f.day is not None and f.day not in self.replaced_days:
+                    self.files.setdefault((f.timestamp, f.interval, f.day), f)
+            for c in self.previous.carries:
+                if _day_before(c.for_day) not in self.replaced_days:
+                    self.carries.setdefault((c.for_day, c.timestamp), c)
+        for t, i, day in list(self.files):
+            if day is not None and (t, i) in monthly:
+                del self.files[(t, i, day)]
+        for for_day, t in list(self.carries):
+            if t in closed_variants:
+                del self.carries[(for_day, t)]
 
     def commit(self, symbol: str) -> Committed:
         """Make the added and kept files the month's publication: one conditional write of the index entry.
@@ -351,7 +429,8 @@ class MonthPublication:
         Then point the stable layout keys at the new bytes and delete versions whose retirement is due.
         """
         now = time.time()
-        current = {f.key for f in self.files.values()}
+        self._carry_days_forward()
+        current = {f.key for f in self.files.values()} | {c.key for c in self.carries.values()}
         retiring: dict[str, float] = {}
         due: set[str] = set()
         if self.previous is not None:
@@ -360,16 +439,17 @@ class MonthPublication:
                     due.add(old.key)
                 else:
                     retiring[old.key] = old.retire_after
-            for old_file in self.previous.files:
-                if is_version_key(old_file.key) and old_file.key not in current:
-                    retiring[old_file.key] = max(retiring.get(old_file.key, 0.0), now + self.retain_seconds)
+            for old_key in self.previous.named_keys():
+                if is_version_key(old_key) and old_key not in current:
+                    retiring[old_key] = max(retiring.get(old_key, 0.0), now + self.retain_seconds)
         for key in current:
             retiring.pop(key, None)
             due.discard(key)
         entry = PublishedMonth(
             exchange=self.exchange, symbol=symbol, native_symbol=self.native_symbol, month=self.month,
-            files=tuple(sorted(self.files.values(), key=lambda f: (f.timestamp, f.interval))),
+            files=tuple(sorted(self.files.values(), key=lambda f: (f.timestamp, f.interval, f.day or ""))),
             retiring=tuple(RetiringObject(k, round(t, 3)) for k, t in sorted(retiring.items())),
+            carries=tuple(sorted(self.carries.values(), key=lambda c: (c.for_day, c.timestamp))),
         )
         self.on_step("committing")
         self.lease.check()
@@ -386,15 +466,46 @@ class MonthPublication:
             ) from None
         self.on_step("committed")
         sync_stable_keys(self.store, entry, on_step=self.on_step)
+        self._remove_stable_day_keys(entry)
         retired = self._retire(due, {*current, *retiring}, now)
         self.on_step("retired")
         return Committed(entry, self.store.uri(key), retired)
+
+    def _remove_stable_day_keys(self, entry: PublishedMonth) -> None:
+        """Delete the stable `flow/…/{YYYY-MM-DD}.parquet` keys of days the new entry no longer lists (closed by
+        the monthly file, or invalidated): a direct reader of `flow/` would otherwise count their bars twice, or
+        read bars computed from a superseded carry. No URL names a stable key (the index names versions).
+
+        The days come from the previous entry and from every retiring version, so a writer killed between its
+        commit and this step leaves nothing behind once the month is published again."""
+        if self.previous is None:
+            return
+        listed = {stable_key(self.exchange, self.native_symbol, self.month, f) for f in entry.files}
+        candidates = {stable_key(self.exchange, self.native_symbol, self.month, f)
+                      for f in self.previous.files if f.day is not None}
+        for old in (*self.previous.retiring, *entry.retiring):
+            if (stable := self._stable_day_key_of(old.key)) is not None:
+                candidates.add(stable)
+        for key in sorted(candidates - listed):
+            self.store.delete(key)
+
+    def _stable_day_key_of(self, key: str) -> str | None:
+        """The stable key of a daily file's version key (`…/{timestamp}/{interval}/{sha256}/{YYYY-MM-DD}.parquet`)."""
+        prefix = month_versions_prefix(self.exchange, self.native_symbol, self.month)
+        parts = key[len(prefix):].split("/") if key.startswith(prefix) else []
+        if len(parts) != 4 or len(parts[3]) != len("YYYY-MM-DD.parquet"):
+            return None
+        timestamp, interval, _sha, name = parts
+        return daily_flow_key(timestamp, self.exchange, interval, self.native_symbol, name.removesuffix(".parquet"))
 
     def _retire(self, due: set[str], named: set[str], now: float) -> tuple[str, ...]:
         """Delete versions whose retirement is due, and versions nobody names that are older than the retention
         (uploads of a writer that died before its commit). Only the lease holder does this."""
         doomed = set(due)
-        for key in self.store.list(month_versions_prefix(self.exchange, self.native_symbol, self.month)):
+        for key in [
+            *self.store.list(month_versions_prefix(self.exchange, self.native_symbol, self.month)),
+            *self.store.list(month_carries_prefix(self.exchange, self.native_symbol, self.month)),
+        ]:
             if key in named or key in doomed:
                 continue
             with contextlib.suppress(ObjectNotFoundError):
@@ -409,12 +520,12 @@ def sync_stable_keys(store: ObjectStore, entry: PublishedMonth, *, on_step: Step
     """Point each stable layout key of the entry at its version's bytes; returns the keys that changed."""
     changed = []
     for file in entry.files:
-        stable = flow_key(file.timestamp, entry.exchange, file.interval, entry.native_symbol, entry.month)
+        stable = stable_key(entry.exchange, entry.native_symbol, entry.month, file)
         if file.key != stable and not store.same_object(file.key, stable):
             store.copy_object(file.key, stable)
             changed.append(stable)
         if on_step is not None:
-            on_step(f"stable {file.timestamp}/{file.interval}")
+            on_step(f"stable {file.timestamp}/{file.interval}" + (f"/{file.day}" if file.day else ""))
     return changed
 
 
@@ -442,3 +553,7 @@ def month_publication(
             store, exchange, native_symbol, month, lease, previous, tag,
             retention_seconds() if retain_seconds is None else retain_seconds, step,
         )
+
+
+def _day_before(day: str) -> str:
+    return (date.fromisoformat(day) - timedelta(days=1)).isoformat()

@@ -34,6 +34,7 @@ from aperiodic_pipelines.storage.publication import (
     StepHook,
     month_publication,
     object_sha256,
+    stable_key,
 )
 
 __all__ = [
@@ -195,7 +196,7 @@ def publish_month(
                 used.append((key, staged))
                 from_staging.append(timestamp)
                 continue
-            indexed = [f for f in (previous.files if previous else ()) if f.timestamp == timestamp]
+            indexed = [f for f in (previous.monthly_files() if previous else ()) if f.timestamp == timestamp]
             if not indexed:
                 raise MissingInputError(
                     f"nothing staged or published for the {timestamp} bars of {exchange} {native_symbol} {month} "
@@ -237,7 +238,7 @@ def verify_published_month(store: ObjectStore, outcome: PublishOutcome) -> list[
                         " differs from what was published")
     problems.extend(f"{f.key} missing" for f in month.files if not store.exists(f.key))
     for f in month.files:
-        stable = flow_key(f.timestamp, month.exchange, f.interval, month.native_symbol, month.month)
+        stable = stable_key(month.exchange, month.native_symbol, month.month, f)
         if f.key != stable and not store.same_object(f.key, stable):
             problems.append(f"{stable} does not hold {f.key}")
     return problems
