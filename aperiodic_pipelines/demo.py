@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
+import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,6 +25,8 @@ import polars as pl
 
 from aperiodic_pipelines.domain.intervals import INTERVALS, TIMESTAMPS
 from aperiodic_pipelines.domain.layout import flow_key
+from aperiodic_pipelines.domain.months import check_month, month_range, next_month
+from aperiodic_pipelines.domain.settings import Settings
 from aperiodic_pipelines.storage import LocalStore, ObjectStore, store_from_uri
 
 
@@ -43,6 +47,17 @@ DEMO_INSTRUMENTS: tuple[DemoInstrument, ...] = (
 # Hyperliquid's node archives start in 2025 (their newest format from 2025-07-27), so the demo months lie there.
 DEFAULT_DEMO_MONTHS: tuple[str, str] = ("2025-08", "2025-09")
 SUMMARY_COLUMNS = ("time", "taker_buy_volume", "taker_sell_volume", "volume_delta", "flow_toxicity_score")
+SAMPLE_INTERVAL = "1h"  # the file whose first rows the summary shows
+SAMPLE_ROWS = 3
+CODE_LOCATION_MODULE = "aperiodic_pipelines.defs.definitions"
+# Dagster's code server logs through coloredlogs, which colours whatever the stream; piped to a file, its lines
+# are JSON instead (Dagster's CLI reads option defaults from DAGSTER_CLI_<COMMAND>_<OPTION>).
+PLAIN_LOG_ENVIRONMENT = {
+    "NO_COLOR": "1",
+    "TERM": "dumb",
+    "DAGSTER_CLI_API_GRPC_LOG_FORMAT": "json",
+    "DAGSTER_CLI_CODE_SERVER_START_LOG_FORMAT": "json",
+}
 
 
 def say(message: str) -> None:
@@ -163,12 +178,11 @@ def summarise(store: ObjectStore, months: Sequence[str]) -> list[str]:
             f"  {instrument.exchange} {instrument.native_symbol}: {len(keys)} files, {rows:,} rows, "
             f"variants {', '.join(variants) or 'none'}"
         )
-        if keys:
-            lines.append(f"    e.g. {store.uri(keys[0])}")
-        sample = flow_key("exchange", instrument.exchange, "1h", instrument.native_symbol, months[-1])
+        sample = flow_key("exchange", instrument.exchange, SAMPLE_INTERVAL, instrument.native_symbol, months[-1])
         if store.exists(sample):
-            frame = pl.read_parquet(io.BytesIO(store.read_bytes(sample))).select(SUMMARY_COLUMNS).head(3)
-            for row in frame.iter_rows(named=True):
+            frame = pl.read_parquet(io.BytesIO(store.read_bytes(sample)))
+            lines.append(f"    e.g. {store.uri(sample)} (first {SAMPLE_ROWS} of {frame.height:,} rows):")
+            for row in frame.select(SUMMARY_COLUMNS).head(SAMPLE_ROWS).iter_rows(named=True):
                 cells = ", ".join(
                     f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
                     for name, value in row.items()
@@ -186,19 +200,13 @@ def run_demo(
     log_level: str = "INFO",
 ) -> bool:
     """Mirror, register, materialise two months per instrument, summarise. Returns True when every run passed."""
-    from aperiodic_pipelines.defs.partitions import month_of
-    from aperiodic_pipelines.domain.months import month_range
     from aperiodic_pipelines.operator.instance import LAUNCHED_BY_TAG, get_instance
     from aperiodic_pipelines.operator.registry import resolve_instrument
     from aperiodic_pipelines.operator.submission import run_month_waves
 
-    first = first_month or DEFAULT_DEMO_MONTHS[0]
-    if last_month:
-        demo_months = month_range(first, last_month)
-    else:
-        year, mon = (int(p) for p in month_of(first).split("-"))
-        demo_months = [first, f"{year + mon // 12:04d}-{mon % 12 + 1:02d}"]
-    store_uri = store_uri or os.environ.get("APERIODIC_STORE") or "./data"
+    first = check_month(first_month or DEFAULT_DEMO_MONTHS[0])
+    demo_months = month_range(first, last_month or next_month(first))
+    store_uri = store_uri or Settings.from_env().store.uri
     instance = get_instance(say)
     instruments = [resolve_instrument(i.exchange, i.native_symbol) for i in DEMO_INSTRUMENTS]
 
@@ -214,6 +222,8 @@ def run_demo(
         with demo_mirrors(Path(tmp), demo_months, trades_per_month) as environment:
             endpoint = environment.pop("S3_MIRROR_CLIENT_ENDPOINT")
             environment["APERIODIC_STORE"] = store_uri
+            if not sys.stdout.isatty():  # piped to a file: no colour codes from the child processes
+                environment.update(PLAIN_LOG_ENVIRONMENT)
             if store_uri.startswith("s3://"):
                 _ensure_s3_store_bucket(store_uri, endpoint)
             # The code server and the runs it launches inherit this environment (mirrors, store).
@@ -235,8 +245,37 @@ def run_demo(
                     store_uri, first_instrument.exchange, first_instrument.native_symbol, "1h", demo_months[-1]
                 ):
                     say(line)
-    say(
-        f"runs are recorded in {os.environ['DAGSTER_HOME']}; browse them with: "
-        f"DAGSTER_HOME={os.environ['DAGSTER_HOME']} dg dev (or dagster dev -w workspace.yaml), http://127.0.0.1:3000"
-    )
+    home = os.environ["DAGSTER_HOME"]
+    say(f"runs are recorded in {home}; browse them at http://127.0.0.1:3000 after starting Dagster with:")
+    say(f"  {browse_command(home, store_uri)}")
     return True
+
+
+def browse_command(dagster_home: str, store_uri: str) -> str:
+    """The shell command that opens the demo's runs in the Dagster UI, runnable as printed from any directory:
+    absolute instance and store, this environment's `dg`, and a workspace file in the instance directory naming the
+    code location's module (a checkout's `workspace.yaml` may not be there: the package can be installed)."""
+    home = Path(dagster_home).resolve()
+    workspace = write_workspace(home)
+    store = store_uri if "://" in store_uri else str(Path(store_uri).resolve())
+    dg = Path(sys.executable).parent / "dg"
+    return (
+        f"DAGSTER_HOME={shlex.quote(str(home))} APERIODIC_STORE={shlex.quote(store)} "
+        f"{shlex.quote(str(dg))} dev -w {shlex.quote(str(workspace))}"
+    )
+
+
+def write_workspace(directory: Path) -> Path:
+    """`directory/workspace.yaml`: the code location by module, as the project's own workspace file has it."""
+    path = directory / "workspace.yaml"
+    temp = path.with_suffix(".yaml.tmp")
+    temp.write_text(
+        "# Written by the demo: the aperiodic-pipelines code location, loaded by module (no checkout needed).\n"
+        "load_from:\n"
+        "  - python_module:\n"
+        f"      module_name: {CODE_LOCATION_MODULE}\n"
+        "      attribute: defs\n"
+        "      location_name: aperiodic_pipelines\n"
+    )
+    os.replace(temp, path)  # whole or not at all
+    return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +17,7 @@ from aperiodic_pipelines.flow import compute_flow_bars
 from aperiodic_pipelines.storage import ObjectStore
 from aperiodic_pipelines.storage.index import publish_month_bars
 from aperiodic_pipelines.synthetic import generate_tape
+from tests.servers import running_server
 
 REPO = Path(__file__).resolve().parents[1]
 EXCHANGE, SYMBOL, NATIVE = "binance-futures", "perpetual-BTC-USDT:USDT", "BTCUSDT"
@@ -78,33 +78,19 @@ def serve(env: dict[str, str], *args: str, log_path: Path, healthy: bool = True)
     (with `healthy=False`: once it answers at all, e.g. 503 for a store that is not there)."""
     port = free_port()
     full_env = {**os.environ, **env, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "aperiodic_pipelines.cli", "serve", "--port", str(port), *args],
-            env=full_env, stdout=log, stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"serve exited with {process.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code
-                if status == 200 or not healthy:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"serve did not answer on port {port}: {log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/api/v1"
-    finally:
-        process.terminate()
+
+    def answers() -> bool:
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            status = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code
+        except httpx.TransportError:
+            return False
+        return status == 200 or not healthy
+
+    with running_server(
+        [sys.executable, "-m", "aperiodic_pipelines.cli", "serve", "--port", str(port), *args],
+        ready=answers, log_path=log_path, name="serve", env=full_env, timeout_s=60, poll_s=0.1, stop_timeout_s=10,
+    ):
+        yield f"http://127.0.0.1:{port}/api/v1"
 
 
 def expected_range(bars: Bars, timestamp: str, interval: str, start: str, end: str) -> pl.DataFrame:

@@ -1,4 +1,9 @@
-"""Session-wide test hygiene."""
+"""Session-wide test hygiene, and the fixture modules every test file can use without importing them.
+
+`pytest_plugins` registers the shared fixtures once: the HTTP archive mirror (`archive_mirror`, `source_config`,
+`fast_downloader`, …), the moto S3 server (`moto_endpoint`, `aws_env`, `s3_client`, `s3_bucket`) and the Binance
+stage of the Dagster tests (`stage`). Test files import only the plain helpers of those modules.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+pytest_plugins = ["tests.http_fixtures", "tests.s3_fixtures", "tests.binance_stage"]
 
 @pytest.fixture(autouse=True)
 def _no_dagster_defs_state_storage_leaks_between_tests() -> Iterator[None]:

@@ -1,6 +1,6 @@
-"""Local HTTP archive mirror fixtures, importable by any test module:
-
-    from tests.http_fixtures import archive_mirror, fast_downloader, mirror_root, source_config  # noqa: F401
+"""Local HTTP archive mirror fixtures: `mirror_root`, `archive_mirror`, `source_config`, `fast_downloader`, available
+to every test module through `tests/conftest.py`'s `pytest_plugins` (name them as arguments; no import). The
+plain helpers (`tiny_tape`, `cached_files`, `as_ms`) are imported as usual.
 
 `archive_mirror` is a real `ArchiveMirror` (ThreadingHTTPServer on 127.0.0.1) serving `mirror_root`;
 `source_config` points every HTTP source at it with a per-test cache; `fast_downloader` retries with tiny

@@ -17,13 +17,14 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from tests.servers import http_ok, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 INSTANCE_KINDS = ("sqlite", "postgres")
@@ -112,36 +113,26 @@ def running_postgres(database: str = "dagster", username: str = "dagster") -> It
     )
     assert initdb.returncode == 0, f"initdb failed: {initdb.stderr}"
     port = free_port()
-    # Durability off: a test database that dies with the test needs no fsync.
-    with open(log, "wb") as log_handle:
-        process = subprocess.Popen(
+    server = PostgresServer("127.0.0.1", port, "postgres", username, password, log)
+    try:
+        # Durability off: a test database that dies with the test needs no fsync. SIGINT is postgres' "fast"
+        # shutdown: disconnect clients, stop.
+        with running_server(
             [str(bin_dir / "postgres"), "-D", str(pgdata), "-h", "127.0.0.1", "-p", str(port), "-k", str(sockets),
              "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
              "-c", "max_connections=200"],
-            stdout=log_handle, stderr=subprocess.STDOUT, **drop_root,
-        )
-    server = PostgresServer("127.0.0.1", port, "postgres", username, password, log)
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not _accepts_connections(server):
-            assert process.poll() is None, f"postgres exited with {process.returncode}: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"postgres did not start: {log.read_text()[-2000:]}"
-            time.sleep(0.2)
-        connection = server.connect()
-        connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(f'CREATE DATABASE "{database}"')
-        finally:
-            connection.close()
-        yield PostgresServer("127.0.0.1", port, database, username, password, log)
+            ready=lambda: _accepts_connections(server), log_path=log, name="postgres", timeout_s=STARTUP_TIMEOUT_S,
+            stop_signal=signal.SIGINT, **drop_root,
+        ):
+            connection = server.connect()
+            connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(f'CREATE DATABASE "{database}"')
+            finally:
+                connection.close()
+            yield PostgresServer("127.0.0.1", port, database, username, password, log)
     finally:
-        process.send_signal(signal.SIGINT)  # "fast" shutdown: disconnect clients, stop
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -225,39 +216,17 @@ def running_dagster_services(env: dict[str, str], workdir: Path, *, workspace: P
     `workdir/{webserver,daemon}.log`, until the webserver answers; yields (url, processes), stops both after."""
     import sys
 
-    import requests
-
     port = free_port()
-    logs = {name: open(workdir / f"{name}.log", "wb") for name in ("webserver", "daemon")}  # noqa: SIM115
-    commands = {
-        "webserver": ["-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)],
-        "daemon": ["-m", "dagster._daemon", "run", "-w", str(workspace)],
-    }
-    processes = [
-        subprocess.Popen([sys.executable, *command], cwd=workdir, env=env, stdout=logs[name], stderr=subprocess.STDOUT)
-        for name, command in commands.items()
-    ]
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            assert all(p.poll() is None for p in processes), (workdir / "webserver.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the webserver did not start"
-            try:
-                if requests.get(f"{url}/server_info", timeout=5).ok:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        yield url, processes
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        for handle in logs.values():
-            handle.close()
+    with (
+        running_server(
+            [sys.executable, "-m", "dagster._daemon", "run", "-w", str(workspace)], ready=lambda: True,
+            log_path=workdir / "daemon.log", name="dagster-daemon", cwd=workdir, env=env,
+        ) as daemon,
+        running_server(
+            [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)],
+            ready=http_ok(f"{url}/server_info"), log_path=workdir / "webserver.log", name="dagster-webserver",
+            cwd=workdir, env=env, timeout_s=startup_timeout_s, poll_s=1, watch=[daemon],
+        ) as webserver,
+    ):
+        yield url, [webserver, daemon]

@@ -1,6 +1,5 @@
-"""S3 fixtures over a real moto server on 127.0.0.1 (HTTP), importable by any test module:
-
-    from tests.s3_fixtures import aws_env, moto_endpoint, s3_bucket, s3_client  # noqa: F401
+"""S3 fixtures over a real moto server on 127.0.0.1 (HTTP): `moto_endpoint`, `aws_env`, `s3_client`, `s3_bucket`,
+available to every test module through `tests/conftest.py`'s `pytest_plugins` (name them as arguments; no import).
 
 `moto_endpoint` is one server per test session; every test gets its own bucket, so tests never see each other's
 objects. `aws_env` points boto3 at the server through its own env vars (AWS_ENDPOINT_URL_S3) with fake credentials,

@@ -34,7 +34,6 @@ from tests.api_fixtures import (
     publish_test_bars,
     serve,
 )
-from tests.s3_fixtures import aws_env, moto_endpoint, s3_bucket, s3_client  # noqa: F401 - pytest fixtures
 
 pytestmark = pytest.mark.slow
 START, END = "2024-01-15", "2024-02-10"  # a range inside the two published months

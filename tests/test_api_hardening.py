@@ -31,7 +31,6 @@ from tests.api_fixtures import (
     publish_test_bars,
     serve,
 )
-from tests.s3_fixtures import aws_env, moto_endpoint, s3_bucket, s3_client  # noqa: F401 - pytest fixtures
 
 pytestmark = pytest.mark.slow
 LISTING = {"timestamp": "exchange", "interval": "1h", "exchange": EXCHANGE, "symbol": SYMBOL,

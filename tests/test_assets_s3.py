@@ -10,14 +10,15 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 from aperiodic_pipelines.defs.definitions import GRAPHS
-from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME, flow_partition_key
-from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource, store_resource_from_env
+from aperiodic_pipelines.defs.partitions import flow_partition_key, partitioned_exchange
+from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource, store_resource
+from aperiodic_pipelines.domain.exchanges import EXCHANGES_BY_NAME
+from aperiodic_pipelines.domain.settings import Settings
 from aperiodic_pipelines.mirror.http import ArchiveMirror
 from aperiodic_pipelines.mirror.s3 import hyperliquid_mirror
 from aperiodic_pipelines.storage import LocalStore, S3Store, flow_key, raw_key, read_parquet_metadata
 from aperiodic_pipelines.synthetic import generate_tape
-from tests.s3_fixtures import aws_env, moto_endpoint, s3_bucket, s3_client  # noqa: F401
-from tests.test_assets_local import (
+from tests.binance_stage import (
     MONTHS,
     assert_published_months,
     digests,
@@ -40,13 +41,14 @@ def test_two_months_on_s3_store_exact_objects_metadata_and_identical_rerun(
     counts = write_binance_months(tmp_path / "archives")
     with ArchiveMirror(tmp_path / "archives") as mirror:
         point_sources_at(monkeypatch, mirror.url, tmp_path / "cache")
-        # The production wiring: store URI and credentials as EnvVars, endpoint from AWS_ENDPOINT_URL_S3.
-        store_resource = store_resource_from_env()
-        resources = {"store": store_resource, "sources": SourcesResource()}
+        # The production wiring: the store from the settings, credentials as EnvVars, endpoint from
+        # AWS_ENDPOINT_URL_S3.
+        store = store_resource(Settings.from_env().store)
+        resources = {"store": store, "sources": SourcesResource()}
         instance = new_instance()
         results = [run_month(instance, resources, month) for month in MONTHS]
 
-        store = store_resource.get_store()
+        store = resources["store"].get_store()
         assert isinstance(store, S3Store) and store.bucket == s3_bucket and store.prefix == "aperiodic"
         assert_published_months(store, counts)
         listed = s3_client.list_objects_v2(Bucket=s3_bucket)["Contents"]
@@ -82,7 +84,7 @@ def test_hyperliquid_month_publishes_both_timestamp_variants(tmp_path: Path, mon
         instance.add_dynamic_partitions(EXCHANGES_BY_NAME["hyperliquid-perps"].instruments_name, [coin])
         resources = {"store": StoreResource(uri=str(tmp_path / "store")), "sources": SourcesResource()}
         # The venue month first (each hourly object read once for every coin), then the coin's partition.
-        exchange = EXCHANGES_BY_NAME["hyperliquid-perps"]
+        exchange = partitioned_exchange("hyperliquid-perps")
         venue = [a for a in GRAPHS["hyperliquid-perps"].assets if a.partitions_def == exchange.month_partitions]
         assert len(venue) == 1
         materialize(venue, instance=instance, resources=resources, partition_key=f"{month}-01")

@@ -22,19 +22,19 @@ from aperiodic_pipelines.mirror.archives import write_okx_month
 from aperiodic_pipelines.mirror.http import ArchiveMirror
 from aperiodic_pipelines.storage import LocalStore, raw_key
 from aperiodic_pipelines.synthetic import generate_tape
-from tests.postgres_fixtures import (
-    INSTANCE_KINDS,
-    instance_environment,
-    running_dagster_services,
-    stored_run_ids,
-)
-from tests.test_assets_local import (
+from tests.binance_stage import (
     EXCHANGE,
     MONTHS,
     NATIVE,
     PREFIX,
     assert_published_months,
     write_binance_months,
+)
+from tests.postgres_fixtures import (
+    INSTANCE_KINDS,
+    instance_environment,
+    running_dagster_services,
+    stored_run_ids,
 )
 
 REPO = Path(__file__).resolve().parents[1]

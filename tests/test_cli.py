@@ -8,9 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from aperiodic_pipelines.mirror.listings import ListingServer
 from aperiodic_pipelines.operator.backfill import find_repository
 from aperiodic_pipelines.operator.instance import RunSetupError
 from aperiodic_pipelines.storage import INTERVALS, LocalStore, flow_key, read_parquet_metadata
+from tests.servers import running_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -275,31 +274,21 @@ def webserver(dagster_home: Path, tmp_path: Path) -> Iterator[str]:
     shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    log = (tmp_path / "webserver.log").open("wb")
-    process = subprocess.Popen(
+
+    def code_location_loaded() -> bool:
+        try:
+            find_repository(url, "aperiodic_pipelines")
+            return True
+        except (RunSetupError, requests.RequestException):
+            return False
+
+    with running_server(
         [str(Path(sys.executable).parent / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
          "-w", str(REPO_ROOT / "workspace.yaml")],
-        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:  # ready when the code location has loaded
-            assert process.poll() is None, (tmp_path / "webserver.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "webserver did not load the code location in 120 s"
-            try:
-                find_repository(url, "aperiodic_pipelines")
-                break
-            except (RunSetupError, requests.RequestException):
-                time.sleep(0.5)
+        ready=code_location_loaded, log_path=tmp_path / "webserver.log", name="dagster-webserver", cwd=tmp_path,
+        timeout_s=120, poll_s=0.5, stop_timeout_s=20,
+    ):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 @pytest.mark.slow

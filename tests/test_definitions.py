@@ -24,24 +24,27 @@ from dagster import (
 from dagster._core.definitions.partitions.context import partition_loading_context
 from dagster._core.run_coordinator import QueuedRunCoordinator
 
-from aperiodic_pipelines.defs.definitions import GRAPHS, defs
+from aperiodic_pipelines.defs.definitions import GRAPHS, SETTINGS, build_code_location, defs
 from aperiodic_pipelines.defs.partitions import (
-    EXCHANGES,
-    EXCHANGES_BY_NAME,
     MAX_PARTITIONS_PER_ASSET,
     flow_partition_key,
     instrument_key,
     month_of,
-    previous_month,
+    partitioned_exchange,
     split_partition_key,
 )
 from aperiodic_pipelines.defs.policies import NETWORK_RETRY, OWNERS
-from aperiodic_pipelines.defs.resources import StoreResource, store_is_s3, store_resource_from_env
+from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource, store_resource
 from aperiodic_pipelines.defs.seconds import MONTH_AND_PREVIOUS
 from aperiodic_pipelines.domain.errors import SymbolError
+from aperiodic_pipelines.domain.exchanges import EXCHANGES, EXCHANGES_BY_NAME
+from aperiodic_pipelines.domain.months import previous_month
+from aperiodic_pipelines.domain.settings import Settings, StoreSettings
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("raw_trades", "second_stats", "flow_bars_exchange", "published_flow_bars")
+# The graphs' exchanges (domain exchange + source kind + partitions), as the code location built them.
+GRAPH_EXCHANGES = [graph.exchange for graph in GRAPHS.values()]
 BAR_CHECKS = {"schema_and_invariants", "dense_grid", "nonempty_month"}
 RAW_CHECKS = {"canonical_schema", "nonempty_month", "duplicates_and_gaps", "complete_month"}
 
@@ -59,9 +62,11 @@ def test_one_graph_per_exchange_with_its_checks_job_schedule_and_sensors() -> No
         | _expected_assets("hyperliquid_perps", True) | {"hyperliquid_perps/venue_hours"}
     )
     checks = {(key.asset_key.to_user_string(), key.name) for key in graph.asset_check_keys}
-    for exchange in EXCHANGES_BY_NAME.values():
+    assert SETTINGS.sources.source == "archive"  # the test environment reads the exchanges' own archives
+    for exchange in GRAPH_EXCHANGES:
         slug = exchange.slug
-        variants = ("exchange", "true") if exchange.has_arrival_times else ("exchange",)
+        variants = exchange.variants
+        assert variants == (("exchange", "true") if exchange.name == "hyperliquid-perps" else ("exchange",))
         assert {c for c in checks if c[0].startswith(f"{slug}/")} == {
             *((f"{slug}/raw_trades", name) for name in RAW_CHECKS),
             *((f"{slug}/flow_bars_{t}", name) for t in variants for name in BAR_CHECKS),
@@ -84,7 +89,7 @@ def test_one_graph_per_exchange_with_its_checks_job_schedule_and_sensors() -> No
 def test_every_graph_stays_under_dagsters_partition_limit_for_500_instruments_over_8_years() -> None:
     instruments = [f"SYM{i:03d}USDT" for i in range(500)]
     with DagsterInstance.ephemeral() as instance:
-        for exchange in EXCHANGES_BY_NAME.values():
+        for exchange in GRAPH_EXCHANGES:
             instance.add_dynamic_partitions(exchange.instruments_name, instruments)
             year, mon = (int(p) for p in exchange.first_month.split("-"))
             eight_years_on = datetime(year + 8, mon, 2, tzinfo=UTC)
@@ -113,7 +118,7 @@ def test_lineage_groups_kinds_owners_tags_code_versions_and_freshness() -> None:
     assert parents["binance_futures/published_flow_bars"] == {"binance_futures/flow_bars_exchange"}
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
-        exchange = next(e for e in EXCHANGES_BY_NAME.values() if e.slug == key.path[0])
+        exchange = next(e for e in GRAPH_EXCHANGES if e.slug == key.path[0])
         assert node.code_version, key
         venue_wide = key.path[-1] == "venue_hours"  # monthly: one partition per venue month
         assert node.partitions_def == (exchange.month_partitions if venue_wide else exchange.partitions)
@@ -122,7 +127,7 @@ def test_lineage_groups_kinds_owners_tags_code_versions_and_freshness() -> None:
         assert list(node.owners) == OWNERS and node.tags["aperiodic/exchange"] == exchange.name
         assert (node.freshness_policy is not None) == (key.path[-1] == "published_flow_bars")
     for spec in defs.resolve_assets_def(AssetKey(["okx_perps", "flow_bars_exchange"])).check_specs:
-        assert spec.blocking and spec.partitions_def == EXCHANGES_BY_NAME["okx-perps"].partitions
+        assert spec.blocking and spec.partitions_def == GRAPHS["okx-perps"].exchange.partitions
 
 
 def test_downloads_have_a_pool_per_exchange_and_exponential_jittered_retries() -> None:
@@ -153,7 +158,7 @@ def test_instrument_keys_are_native_ids_and_reject_bad_input() -> None:
 
 
 def test_second_stats_reads_this_and_the_previous_raw_month() -> None:
-    exchange = EXCHANGES_BY_NAME["binance-futures"]
+    exchange = partitioned_exchange("binance-futures")
     partitions = exchange.partitions
 
     def upstream(month_key: str) -> list[str]:
@@ -169,23 +174,52 @@ def test_second_stats_reads_this_and_the_previous_raw_month() -> None:
     assert upstream("2019-09-01") == ["BTCUSDT|2019-09-01"]  # first month: no previous partition
 
 
-def test_store_resource_reads_the_environment_and_keeps_credentials_as_env_vars(
+def test_store_resource_reads_the_settings_and_keeps_credentials_as_env_vars(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    # A bare resource (tests, scripts) reads the settings when the run starts.
     monkeypatch.setenv("APERIODIC_STORE", str(tmp_path / "store"))
     assert StoreResource().resolved_uri() == str(tmp_path / "store")
     monkeypatch.delenv("APERIODIC_STORE")
     assert StoreResource().resolved_uri() == "./data"
     secret = "wJalrXUtnFEMI-not-a-real-secret"
-    env = {"APERIODIC_STORE": "s3://bucket/prefix", "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE",
-           "AWS_SECRET_ACCESS_KEY": secret, "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}
-    resource = store_resource_from_env(env)
-    assert resource.uri == EnvVar("APERIODIC_STORE")
+    for name, value in {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": secret,
+                        "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}.items():
+        monkeypatch.setenv(name, value)
+    resource = store_resource(StoreSettings(uri="s3://bucket/prefix"))
+    assert resource.uri == "s3://bucket/prefix" and resource.is_s3()
     assert resource.s3 is not None and resource.s3.endpoint_url == "http://127.0.0.1:9"
     assert resource.s3.aws_secret_access_key == EnvVar("AWS_SECRET_ACCESS_KEY")
     assert secret not in repr(resource) and "AKIAEXAMPLE" not in repr(resource)
-    # Assets carry the `s3` kind when the deployment's store is S3.
-    assert store_is_s3(env) and not store_is_s3({"APERIODIC_STORE": "/srv/data"}) and not store_is_s3({})
+    local = store_resource(StoreSettings(uri=str(tmp_path)))
+    assert local.s3 is None and not local.is_s3()
+
+
+def test_the_code_location_follows_one_settings_object() -> None:
+    """Variants, resources, kinds and alerts come from the Settings passed in, not from import-time reads."""
+    key = "tardis-key-not-a-real-secret"
+    settings = Settings.from_env({
+        "APERIODIC_SOURCE": "tardis", "APERIODIC_TARDIS_URL": "/srv/tardis", "APERIODIC_TARDIS_API_KEY": key,
+        "APERIODIC_STORE": "s3://bucket/prefix", "APERIODIC_CACHE_DIR": "/srv/cache",
+        "APERIODIC_DAGSTER_URL": "http://dagster.example:3000/",
+    })
+    location = build_code_location(settings)
+    keys = {k.to_user_string() for k in location.defs.resolve_asset_graph().get_all_asset_keys()}
+    # Tardis-format files carry arrival times for every exchange, and are per symbol (no venue-wide step).
+    assert keys == {f"{slug}/{stage}" for slug in ("binance_futures", "okx_perps", "hyperliquid_perps")
+                    for stage in (*STAGES, "flow_bars_true")}
+    assert all(graph.exchange.variants == ("exchange", "true") for graph in location.graphs.values())
+    assert "s3" in location.defs.resolve_assets_def(AssetKey(["okx_perps", "raw_trades"])).specs_by_key[
+        AssetKey(["okx_perps", "raw_trades"])].kinds
+    sources = location.defs.resources["sources"]
+    assert isinstance(sources, SourcesResource) and sources.source == "tardis" and sources.cache_dir == "/srv/cache"
+    assert sources.tardis_api_key == EnvVar("APERIODIC_TARDIS_API_KEY") and key not in repr(sources)
+    assert location.defs.resources["store"].uri == "s3://bucket/prefix"
+    assert key not in repr(settings)
+    # The graphs of the default settings are untouched: nothing was decided at import time.
+    assert "binance_futures/flow_bars_true" not in {
+        k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()
+    }
 
 
 def test_deploy_files_configure_the_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

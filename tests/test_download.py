@@ -19,14 +19,7 @@ from aperiodic_pipelines.sources.download import (
     check_zip,
     parse_checksum_sidecar,
 )
-from tests.http_fixtures import (  # noqa: F401
-    FAST_RETRY,
-    archive_mirror,
-    cached_files,
-    fast_downloader,
-    mirror_root,
-    source_config,
-)
+from tests.http_fixtures import cached_files
 
 pytestmark = pytest.mark.slow  # starts a web server
 

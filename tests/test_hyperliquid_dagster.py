@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from dagster import (
     AssetKey,
     DagsterEventType,
     DagsterInstance,
+    Definitions,
     MultiToSingleDimensionPartitionMapping,
     RunRequest,
     RunsFilter,
@@ -31,9 +33,10 @@ from dagster import (
     build_schedule_context,
 )
 
-from aperiodic_pipelines.defs.definitions import defs
-from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME, flow_partition_key
+from aperiodic_pipelines.defs.definitions import build_code_location, defs
+from aperiodic_pipelines.defs.partitions import flow_partition_key, partitioned_exchange
 from aperiodic_pipelines.defs.venue import FAN_OUT_ALL, FAN_OUT_TAG
+from aperiodic_pipelines.domain.settings import Settings
 from aperiodic_pipelines.mirror.s3 import corrupt_object, create_bucket, make_client, write_hyperliquid_month
 from aperiodic_pipelines.operator import backfill as runs
 from aperiodic_pipelines.sources import hyperliquid
@@ -43,14 +46,14 @@ from aperiodic_pipelines.sources.hyperliquid.bucket import BucketReader
 from aperiodic_pipelines.storage import LocalStore, raw_key
 from aperiodic_pipelines.synthetic import generate_tape
 from tests.postgres_fixtures import instance_environment, running_dagster_services
-from tests.s3_fixtures import MOTO_REGION, aws_env, moto_endpoint  # noqa: F401
+from tests.s3_fixtures import MOTO_REGION
 
 pytestmark = pytest.mark.slow
 
 BUCKET = "hl-dagster-test"
 MONTH = "2025-09"
 COINS = ("BTC", "ETH", "SOL")
-EXCHANGE = EXCHANGES_BY_NAME["hyperliquid-perps"]
+EXCHANGE = partitioned_exchange("hyperliquid-perps")
 VENUE = AssetKey(["hyperliquid_perps", "venue_hours"])
 RAW = AssetKey(["hyperliquid_perps", "raw_trades"])
 REPO = Path(__file__).resolve().parents[1]
@@ -107,13 +110,24 @@ def instance() -> Iterator[DagsterInstance]:
         yield ephemeral
 
 
+@cache
+def _definitions_for(settings: Settings) -> Definitions:
+    return build_code_location(settings).defs
+
+
+def current_defs() -> Definitions:
+    """The code location as a process started now builds it: from the stage's environment (the module's `defs`
+    was built from the environment the test session started with)."""
+    return _definitions_for(Settings.from_env())
+
+
 def run_venue(instance: DagsterInstance, *, tags: dict[str, str] | None = None) -> Any:
-    job = defs.resolve_job_def("hyperliquid_perps_venue_job")
+    job = current_defs().resolve_job_def("hyperliquid_perps_venue_job")
     return job.execute_in_process(partition_key=f"{MONTH}-01", instance=instance, raise_on_error=False, tags=tags)
 
 
 def run_raw(instance: DagsterInstance, coin: str) -> Any:
-    job = defs.resolve_job_def("hyperliquid_perps_flow_bars_job")
+    job = current_defs().resolve_job_def("hyperliquid_perps_flow_bars_job")
     return job.execute_in_process(
         partition_key=str(flow_partition_key(EXCHANGE.name, coin, MONTH)), instance=instance, asset_selection=[RAW],
         raise_on_error=False,

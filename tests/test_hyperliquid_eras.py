@@ -31,7 +31,7 @@ from aperiodic_pipelines.sources.hyperliquid import (
     hour_key,
 )
 from aperiodic_pipelines.synthetic import generate_tape
-from tests.s3_fixtures import MOTO_REGION, moto_endpoint  # noqa: F401
+from tests.s3_fixtures import MOTO_REGION
 
 pytestmark = pytest.mark.slow
 

@@ -25,7 +25,7 @@ from aperiodic_pipelines.domain.intervals import INTERVALS
 from aperiodic_pipelines.mirror.http import ArchiveMirror
 from aperiodic_pipelines.mirror.listings import ListingServer
 from aperiodic_pipelines.storage import LocalStore, flow_key
-from tests.test_assets_local import write_binance_months
+from tests.binance_stage import write_binance_months
 
 pytestmark = pytest.mark.slow
 

@@ -19,14 +19,10 @@ from dagster import (
     materialize,
 )
 
-from aperiodic_pipelines.defs.definitions import GRAPHS
+from aperiodic_pipelines.defs.definitions import GRAPHS, check_failure_alert_on_success
 from aperiodic_pipelines.defs.klines_check import KLINES_CHECK, klines_outcome
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
-from aperiodic_pipelines.defs.sensors import (
-    check_failure_alert_on_success,
-    check_failure_message,
-    failed_checks,
-)
+from aperiodic_pipelines.defs.sensors import check_failure_message, failed_checks
 from aperiodic_pipelines.domain.errors import ChecksumMismatchError, CorruptArchiveError
 from aperiodic_pipelines.flow import compute_flow_bars
 from aperiodic_pipelines.flow.reconcile import reconcile_with_klines
@@ -36,14 +32,7 @@ from aperiodic_pipelines.sources import binance
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.klines import fetch_klines_month, klines_path, parse_klines_csv
 from aperiodic_pipelines.storage import LocalStore, flow_key
-from tests.http_fixtures import (  # noqa: F401
-    archive_mirror,
-    cached_files,
-    fast_downloader,
-    mirror_root,
-    source_config,
-    tiny_tape,
-)
+from tests.http_fixtures import cached_files, tiny_tape
 
 pytestmark = pytest.mark.slow  # starts a web server
 

@@ -44,7 +44,6 @@ from aperiodic_pipelines.storage.publication import (
     retention_seconds,
 )
 from tests.publication_writer import EXCHANGE, MONTH, NATIVE, SYMBOL, TIMESTAMPS, bars
-from tests.s3_fixtures import aws_env, moto_endpoint, s3_bucket, s3_client  # noqa: F401 - pytest fixtures
 
 WRITER = Path(__file__).with_name("publication_writer.py")
 ROOT = Path(__file__).resolve().parents[1]

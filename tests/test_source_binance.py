@@ -25,15 +25,7 @@ from aperiodic_pipelines.mirror.archives import (
 from aperiodic_pipelines.sources import binance
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.trades import validate_trades
-from tests.http_fixtures import (  # noqa: F401
-    archive_mirror,
-    as_ms,
-    cached_files,
-    fast_downloader,
-    mirror_root,
-    source_config,
-    tiny_tape,
-)
+from tests.http_fixtures import as_ms, cached_files, tiny_tape
 
 pytestmark = pytest.mark.slow  # starts a web server
 

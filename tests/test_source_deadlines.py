@@ -18,7 +18,7 @@ from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.mirror.archives import write_binance_month
 from aperiodic_pipelines.sources import fetch_month
 from aperiodic_pipelines.sources.download import Downloader, DownloadError, RetryPolicy
-from tests.http_fixtures import archive_mirror, cached_files, mirror_root, source_config, tiny_tape  # noqa: F401
+from tests.http_fixtures import cached_files, tiny_tape
 
 pytestmark = pytest.mark.slow  # starts a web server
 

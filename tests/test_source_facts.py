@@ -36,14 +36,7 @@ from aperiodic_pipelines.sources import binance, okx, tardis
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.download import DownloadError
 from aperiodic_pipelines.trades import CANONICAL_SCHEMA, validate_trades
-from tests.http_fixtures import (  # noqa: F401
-    archive_mirror,
-    cached_files,
-    fast_downloader,
-    mirror_root,
-    source_config,
-    tiny_tape,
-)
+from tests.http_fixtures import cached_files, tiny_tape
 
 pytestmark = pytest.mark.slow  # starts a web server
 

@@ -52,7 +52,7 @@ from aperiodic_pipelines.sources.hyperliquid import (
 from aperiodic_pipelines.sources.hyperliquid.parse import PARSER_VERSION
 from aperiodic_pipelines.synthetic import generate_tape
 from aperiodic_pipelines.trades import CANONICAL_COLUMNS
-from tests.s3_fixtures import MOTO_REGION, aws_env, moto_endpoint  # noqa: F401
+from tests.s3_fixtures import MOTO_REGION
 
 pytestmark = pytest.mark.slow
 

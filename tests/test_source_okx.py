@@ -18,15 +18,7 @@ from aperiodic_pipelines.mirror.archives import corrupt_zip, write_okx_month, wr
 from aperiodic_pipelines.sources import okx
 from aperiodic_pipelines.sources.canonical import month_bounds_us
 from aperiodic_pipelines.trades import validate_trades
-from tests.http_fixtures import (  # noqa: F401
-    archive_mirror,
-    as_ms,
-    cached_files,
-    fast_downloader,
-    mirror_root,
-    source_config,
-    tiny_tape,
-)
+from tests.http_fixtures import as_ms, cached_files, tiny_tape
 
 pytestmark = pytest.mark.slow  # starts a web server
 

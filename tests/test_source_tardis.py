@@ -14,13 +14,7 @@ from aperiodic_pipelines.sources import tardis
 from aperiodic_pipelines.sources.canonical import month_bounds_us
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.trades import validate_trades
-from tests.http_fixtures import (  # noqa: F401
-    archive_mirror,
-    fast_downloader,
-    mirror_root,
-    source_config,
-    tiny_tape,
-)
+from tests.http_fixtures import tiny_tape
 
 MONTH = "2024-01"
 SYMBOL = "perpetual-BTC-USDT:USDT"

@@ -30,7 +30,6 @@ from aperiodic_pipelines.storage import (
     store_from_uri,
     write_parquet_deterministic,
 )
-from tests.s3_fixtures import aws_env, moto_endpoint, s3_bucket, s3_client  # noqa: F401 - pytest fixtures
 
 
 def bars_frame(rows: int = 1_000, seed: int = 3) -> pl.DataFrame:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -24,6 +22,7 @@ from playwright.sync_api import expect
 
 from aperiodic_pipelines.demo import demo_mirrors, patched_environ
 from tests.postgres_fixtures import free_port, instance_environment
+from tests.servers import http_ok, running_server
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -48,7 +47,7 @@ pytestmark = pytest.mark.slow
 
 
 def slug(exchange: str) -> str:
-    from aperiodic_pipelines.defs.partitions import exchange_of
+    from aperiodic_pipelines.domain.exchanges import exchange_of
 
     return exchange_of(exchange).slug
 
@@ -112,33 +111,15 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         run_ids = _cli_run_ids(environment)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        with open(workdir / "webserver.log", "wb") as log:
-            webserver = subprocess.Popen(
-                [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port),
-                 "-w", str(REPO / "workspace.yaml")],
-                cwd=workdir, env={**os.environ, **environment}, stdout=log, stderr=subprocess.STDOUT,
-            )
-        try:
-            deadline = time.monotonic() + STARTUP_TIMEOUT_S
-            while True:
-                assert webserver.poll() is None, (workdir / "webserver.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "webserver did not start"
-                try:
-                    if requests.get(f"{url}/server_info", timeout=5).ok:
-                        break
-                except requests.ConnectionError:
-                    pass
-                time.sleep(1)
+        with running_server(
+            [sys.executable, "-m", "dagster_webserver", "-h", "127.0.0.1", "-p", str(port),
+             "-w", str(REPO / "workspace.yaml")],
+            ready=http_ok(f"{url}/server_info"), log_path=workdir / "webserver.log", name="dagster-webserver",
+            cwd=workdir, env={**os.environ, **environment}, timeout_s=STARTUP_TIMEOUT_S, poll_s=1,
+        ):
             # What clicking away the UI's first-visit "join the community" dialog does; it would cover the pages.
             requests.post(f"{url}/graphql", json={"query": "mutation { setNuxSeen }"}, timeout=30).raise_for_status()
             yield {"url": url, "run_ids": run_ids, "shots": workdir / "screenshots"}
-        finally:
-            webserver.terminate()
-            try:
-                webserver.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                webserver.kill()
-                webserver.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -228,15 +209,15 @@ def test_published_month_is_materialized_exactly_for_the_materialised_instrument
 
 def test_true_time_asset_exists_only_for_sources_with_arrival_times(page, ui: dict) -> None:
     """The asset catalog under each exchange's prefix: binance-futures and okx-perps have no flow_bars_true."""
-    from aperiodic_pipelines.defs.partitions import exchange_of
+    from aperiodic_pipelines.domain.exchanges import exchange_of
 
     for exchange in REGISTERED:
         open_page(page, ui, f"/assets/{slug(exchange)}", wait_for="^published_flow_bars$")
         screenshot(page, ui, f"catalog_{slug(exchange)}")
         listed = page.get_by_text("flow_bars_true", exact=True).count() > 0
-        assert listed == exchange_of(exchange).has_arrival_times, exchange
-    assert not exchange_of("binance-futures").has_arrival_times
-    assert exchange_of("hyperliquid-perps").has_arrival_times
+        assert listed == exchange_of(exchange).has_arrival_times(), exchange
+    assert not exchange_of("binance-futures").has_arrival_times()
+    assert exchange_of("hyperliquid-perps").has_arrival_times()
 
 
 def test_month_picture_is_on_the_published_asset(page, ui: dict) -> None:

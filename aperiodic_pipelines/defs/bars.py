@@ -36,7 +36,7 @@ from aperiodic_pipelines.defs.metadata import (
     missing_days_metadata,
     rows_by_interval,
 )
-from aperiodic_pipelines.defs.partitions import Exchange, split_partition_key
+from aperiodic_pipelines.defs.partitions import PartitionedExchange, split_partition_key
 from aperiodic_pipelines.defs.raw import local_copy
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.flow import INTERVALS, SecondStats, bars_from_second_stats
@@ -165,7 +165,7 @@ def stage_flow_bars(
 
 
 def build_flow_bars(
-    exchange: Exchange, timestamp: str, kinds: set[str], extra_checks: Sequence[BarCheck] = ()
+    exchange: PartitionedExchange, timestamp: str, kinds: set[str], extra_checks: Sequence[BarCheck] = ()
 ) -> AssetsDefinition:
     key = AssetKey([exchange.slug, f"flow_bars_{timestamp}"])
     extra = [c for c in extra_checks if timestamp in c.timestamps]

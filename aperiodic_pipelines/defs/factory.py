@@ -4,7 +4,7 @@
         (m and m−1)                          └─► {slug}/flow_bars_true ──────┘   (true: arrival-time sources only)
 
 plus the exchange's job (`{slug}_flow_bars_job`, tagged with the exchange) and monthly schedule. Every graph has
-its own partitions (`partitions.Exchange`), so each stays under Dagster's ~100,000 partitions per asset.
+its own partitions (`partitions.PartitionedExchange`), so each stays under Dagster's ~100,000 partitions per asset.
 """
 
 from __future__ import annotations
@@ -24,17 +24,16 @@ from dagster import (
 
 from aperiodic_pipelines.defs import policies
 from aperiodic_pipelines.defs.bars import BarCheck, build_flow_bars
-from aperiodic_pipelines.defs.partitions import Exchange
+from aperiodic_pipelines.defs.partitions import PartitionedExchange
 from aperiodic_pipelines.defs.publish import build_published_flow_bars
 from aperiodic_pipelines.defs.raw import build_raw_trades
-from aperiodic_pipelines.defs.resources import store_is_s3
 from aperiodic_pipelines.defs.seconds import build_second_stats
 from aperiodic_pipelines.defs.venue import build_venue_step, has_venue_step
 
 
 @dataclass(frozen=True)
 class ExchangeGraph:
-    exchange: Exchange
+    exchange: PartitionedExchange
     assets: tuple[AssetsDefinition, ...]
     job: Any  # the unresolved asset job `define_asset_job` returns
     schedule: ScheduleDefinition
@@ -42,25 +41,23 @@ class ExchangeGraph:
     sensors: tuple[Any, ...] = ()
 
 
-def job_name(exchange: Exchange) -> str:
-    return f"{exchange.slug}_flow_bars_job"
-
-
-def build_exchange_graph(exchange: Exchange, *, extra_bar_checks: Sequence[BarCheck] = ()) -> ExchangeGraph:
-    """One exchange's assets, checks, job and schedule. `extra_bar_checks` run in its flow-bars steps."""
-    kinds = policies.kinds(store_is_s3())
-    timestamps = ("exchange", "true") if exchange.has_arrival_times else ("exchange",)
-    venue = build_venue_step(exchange, kinds) if has_venue_step(exchange.name) else None
+def build_exchange_graph(
+    exchange: PartitionedExchange, *, s3_store: bool = False, extra_bar_checks: Sequence[BarCheck] = ()
+) -> ExchangeGraph:
+    """One exchange's assets, checks, job and schedule. `s3_store` adds the `s3` kind to the assets;
+    `extra_bar_checks` run in its flow-bars steps."""
+    kinds = policies.kinds(s3_store)
+    venue = build_venue_step(exchange, kinds) if has_venue_step(exchange.name, exchange.source) else None
     raw_args: dict[str, Any] = {"deps": [venue.dep], "source_args": venue.source_args} if venue else {}
     flow_assets = (
         build_raw_trades(exchange, kinds, **raw_args),
         build_second_stats(exchange, kinds),
-        *(build_flow_bars(exchange, t, kinds, extra_bar_checks) for t in timestamps),
+        *(build_flow_bars(exchange, t, kinds, extra_bar_checks) for t in exchange.variants),
         build_published_flow_bars(exchange, kinds),
     )
     assets = (venue.asset, *flow_assets) if venue else flow_assets
     job = define_asset_job(
-        job_name(exchange),
+        exchange.exchange.flow_job_name,
         selection=AssetSelection.assets(*flow_assets),  # includes the assets' checks
         partitions_def=exchange.partitions,
         tags={policies.EXCHANGE_TAG: exchange.name},

@@ -17,15 +17,18 @@ from datetime import UTC, datetime
 from dagster import (
     DagsterInstance,
     DefaultSensorStatus,
+    SensorDefinition,
     SensorEvaluationContext,
     SkipReason,
     sensor,
 )
 
 from aperiodic_pipelines.defs import policies
-from aperiodic_pipelines.defs.partitions import EXCHANGES_BY_NAME, previous_month
 from aperiodic_pipelines.defs.resources import StoreResource
 from aperiodic_pipelines.defs.sensors import send_alert
+from aperiodic_pipelines.domain.exchanges import EXCHANGES_BY_NAME
+from aperiodic_pipelines.domain.months import current_month, next_month, previous_month
+from aperiodic_pipelines.domain.settings import AlertSettings
 from aperiodic_pipelines.storage import ObjectStore
 from aperiodic_pipelines.storage.index import read_published_month
 
@@ -34,14 +37,13 @@ CHECK_INTERVAL_SECONDS = 3600
 
 def due_at(month: str) -> datetime:
     """When month `YYYY-MM` must be published (UTC)."""
-    year, mon = (int(p) for p in month.split("-"))
-    year, mon = (year + 1, 1) if mon == 12 else (year, mon + 1)
+    year, mon = (int(part) for part in next_month(month).split("-"))
     return datetime(year, mon, policies.DUE_DAY_OF_MONTH, policies.DUE_HOUR_UTC, tzinfo=UTC)
 
 
 def latest_due_month(now: datetime) -> str:
     """The newest month whose due time has passed at `now`."""
-    month = previous_month(f"{now.year:04d}-{now.month:02d}")
+    month = previous_month(current_month(now))
     return month if due_at(month) <= now else previous_month(month)
 
 
@@ -77,20 +79,25 @@ def overdue_message(months: list[OverdueMonth], now: datetime) -> str:
     return "\n".join(lines)
 
 
-@sensor(
-    name="overdue_months",
-    minimum_interval_seconds=CHECK_INTERVAL_SECONDS,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Alerts once per instrument-month whose published bars are overdue (see defs/freshness.py).",
-)
-def overdue_months(context: SensorEvaluationContext, store: StoreResource):
-    now = datetime.now(UTC)
-    reported = set(json.loads(context.cursor)) if context.cursor else set()
-    overdue = overdue_months_at(context.instance, store.get_store(), now)
-    new = [m for m in overdue if m.key() not in reported]
-    if not new:
-        return SkipReason(f"{len(overdue)} overdue month(s), none new")
-    send_alert(overdue_message(new, now), context.log)
-    # Keep only keys still overdue: a month published later and overdue again would be reported again.
-    context.update_cursor(json.dumps(sorted({m.key() for m in overdue})))
-    return None
+def build_overdue_sensor(alerts: AlertSettings) -> SensorDefinition:
+    """The `overdue_months` sensor, posting to `alerts.webhook_url`."""
+
+    @sensor(
+        name="overdue_months",
+        minimum_interval_seconds=CHECK_INTERVAL_SECONDS,
+        default_status=DefaultSensorStatus.RUNNING,
+        description="Alerts once per instrument-month whose published bars are overdue (see defs/freshness.py).",
+    )
+    def overdue_months(context: SensorEvaluationContext, store: StoreResource):
+        now = datetime.now(UTC)
+        reported = set(json.loads(context.cursor)) if context.cursor else set()
+        overdue = overdue_months_at(context.instance, store.get_store(), now)
+        new = [m for m in overdue if m.key() not in reported]
+        if not new:
+            return SkipReason(f"{len(overdue)} overdue month(s), none new")
+        send_alert(overdue_message(new, now), context.log, alerts.webhook_url)
+        # Keep only keys still overdue: a month published later and overdue again would be reported again.
+        context.update_cursor(json.dumps(sorted({m.key() for m in overdue})))
+        return None
+
+    return overdue_months

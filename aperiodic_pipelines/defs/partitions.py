@@ -1,6 +1,8 @@
 """Partitions: per exchange, one instrument × one calendar month (UTC) per partition.
 
-Each exchange has its own asset graph and its own two dimensions:
+The exchanges themselves (name, slug, first archive month, which variants exist) are the domain's
+(`domain.exchanges`); this module adds only what Dagster needs of them. Each exchange has its own asset graph and
+its own two dimensions:
 - `instrument`: dynamic partitions named `{slug}_instruments` (e.g. `binance_futures_instruments`), keyed by the
   exchange's native id (`BTCUSDT`, `BTC-USDT-SWAP`, `BTC`): short, exactly what the exchange and the store use;
 - `month`: monthly keys `YYYY-MM-01` from the exchange's first archive month to the last complete month.
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache
 
 from dagster import (
     DynamicPartitionsDefinition,
@@ -22,78 +24,109 @@ from dagster import (
     MultiPartitionsDefinition,
 )
 
-from aperiodic_pipelines.domain.errors import SymbolError
+from aperiodic_pipelines.domain.errors import InvalidMonthError, SymbolError
+from aperiodic_pipelines.domain.exchanges import EXCHANGES, Exchange, exchange_of, exchange_of_slug
+from aperiodic_pipelines.domain.exchanges import EXCHANGES_BY_NAME as DOMAIN_EXCHANGES
+from aperiodic_pipelines.domain.months import check_month
+
+__all__ = [
+    "EXCHANGES",
+    "EXCHANGES_BY_NAME",
+    "MAX_PARTITIONS_PER_ASSET",
+    "PartitionedExchange",
+    "exchange_of",
+    "exchange_of_slug",
+    "flow_partition_key",
+    "instrument_key",
+    "month_of",
+    "month_partition_key",
+    "partitioned_exchange",
+    "split_partition_key",
+]
 
 MAX_PARTITIONS_PER_ASSET = 100_000  # Dagster's recommendation
 
 # Dagster reserves these characters in partition keys (multi-partition separator and range syntax).
 _FORBIDDEN_IN_KEYS = re.compile(r"[|,\[\]\s]")
-_MONTH = re.compile(r"^(\d{4})-(\d{2})(?:-01)?$")
 
 
 @dataclass(frozen=True)
-class Exchange:
-    """One exchange's graph: its name, key prefix, first archive month and whether its source has arrival times."""
+class PartitionedExchange:
+    """A domain `Exchange` as one asset graph sees it: read from one source kind (`archive` or `tardis`, which
+    decides the variants), with its Dagster partitions. Build it with `partitioned_exchange` (cached, so every
+    asset, check and job of a graph shares one partitions definition)."""
 
-    name: str  # binance-futures
-    first_month: str  # YYYY-MM: the first month its public archive holds
-    has_arrival_times: bool  # the source records when each trade reached the collector (`true` variant)
+    exchange: Exchange
+    source: str  # SourceSettings.source
+
+    @property
+    def name(self) -> str:
+        return self.exchange.name
 
     @property
     def slug(self) -> str:
-        """`binance-futures` → `binance_futures`: asset key prefix, job, pool and partitions names."""
-        return self.name.replace("-", "_")
+        return self.exchange.slug
+
+    @property
+    def first_month(self) -> str:
+        return self.exchange.first_month
 
     @property
     def instruments_name(self) -> str:
-        """Name of the exchange's dynamic instrument partitions."""
-        return f"{self.slug}_instruments"
+        return self.exchange.instruments_name
 
-    @cached_property
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """The timestamp variants this graph builds (`exchange`, and `true` where arrival times exist)."""
+        return self.exchange.variants(self.source)
+
+    @property
+    def has_arrival_times(self) -> bool:
+        return self.exchange.has_arrival_times(self.source)
+
+    @property
     def instrument_partitions(self) -> DynamicPartitionsDefinition:
-        return DynamicPartitionsDefinition(name=self.instruments_name)
+        return instrument_partitions(self.exchange)
 
-    @cached_property
+    @property
     def month_partitions(self) -> MonthlyPartitionsDefinition:
-        return MonthlyPartitionsDefinition(start_date=f"{self.first_month}-01", end_offset=0)
+        return month_partitions(self.exchange)
 
-    @cached_property
+    @property
     def partitions(self) -> MultiPartitionsDefinition:
-        return MultiPartitionsDefinition({"instrument": self.instrument_partitions, "month": self.month_partitions})
+        return flow_partitions(self.exchange)
 
 
-def _tardis_source() -> bool:
-    import os
+@cache
+def partitioned_exchange(exchange: Exchange | str, source: str = "archive") -> PartitionedExchange:
+    """The graph's view of `exchange` (a domain Exchange or its name) read from `source`."""
+    return PartitionedExchange(exchange_of(exchange) if isinstance(exchange, str) else exchange, source)
 
-    return os.environ.get("APERIODIC_SOURCE", "archive") == "tardis"
+
+@cache
+def instrument_partitions(exchange: Exchange) -> DynamicPartitionsDefinition:
+    return DynamicPartitionsDefinition(name=exchange.instruments_name)
 
 
-# First archive months: Binance USD-M futures data.binance.vision starts with 2019-09 (BTCUSDT's listing).
-# OKX: the first USDT-margined swaps the OKX source knows contract values for (2019-12); OKX's traderecords
-# archive may start later for some instruments, whose earlier months then fail "not published".
-# Hyperliquid: the node archive (node_trades) starts 2025-03-22 10:00 UTC.
-# Arrival times: Hyperliquid's node data (block time) always; every exchange when the source is Tardis.
-EXCHANGES_BY_NAME: dict[str, Exchange] = {
-    e.name: e
-    for e in (
-        Exchange("binance-futures", "2019-09", has_arrival_times=_tardis_source()),
-        Exchange("okx-perps", "2019-12", has_arrival_times=_tardis_source()),
-        Exchange("hyperliquid-perps", "2025-03", has_arrival_times=True),
+@cache
+def month_partitions(exchange: Exchange) -> MonthlyPartitionsDefinition:
+    return MonthlyPartitionsDefinition(start_date=f"{exchange.first_month}-01", end_offset=0)
+
+
+@cache
+def flow_partitions(exchange: Exchange) -> MultiPartitionsDefinition:
+    """instrument × month: the partitions of every asset of the exchange's flow graph."""
+    return MultiPartitionsDefinition(
+        {"instrument": instrument_partitions(exchange), "month": month_partitions(exchange)}
     )
+
+
+# Each exchange as read from its own archive, by name, for callers outside a code location that need its
+# partitions (which are the same for every source): the CLI's instrument listing, tests. `exchange_of`,
+# `exchange_of_slug` and `EXCHANGES` are the domain's, re-exported for callers not yet importing the domain.
+EXCHANGES_BY_NAME: dict[str, PartitionedExchange] = {
+    name: partitioned_exchange(exchange) for name, exchange in DOMAIN_EXCHANGES.items()
 }
-EXCHANGES: tuple[str, ...] = tuple(EXCHANGES_BY_NAME)
-
-
-def exchange_of(name: str) -> Exchange:
-    try:
-        return EXCHANGES_BY_NAME[name]
-    except KeyError:
-        raise SymbolError(f"unknown exchange {name!r}; supported: {', '.join(EXCHANGES)}") from None
-
-
-def exchange_of_slug(slug: str) -> Exchange | None:
-    """`binance_futures` → its Exchange (None when the slug is not an exchange's)."""
-    return next((e for e in EXCHANGES_BY_NAME.values() if e.slug == slug), None)
 
 
 def instrument_key(exchange: str, native_symbol: str) -> str:
@@ -108,22 +141,15 @@ def instrument_key(exchange: str, native_symbol: str) -> str:
 
 
 def month_of(month_key: str) -> str:
-    """Monthly partition key `2024-01-01` (or `2024-01`) → `2024-01`."""
-    match = _MONTH.match(month_key)
-    if not match or not 1 <= int(match.group(2)) <= 12:
-        raise ValueError(f"month {month_key!r} is not YYYY-MM or YYYY-MM-01")
-    return f"{match.group(1)}-{match.group(2)}"
+    """Monthly partition key `2024-01-01` (or a month `2024-01`) → `2024-01`, checked by the domain's one rule."""
+    if not isinstance(month_key, str):
+        raise InvalidMonthError(f"month partition key must be 'YYYY-MM-01', got {month_key!r}")
+    return check_month(month_key[:-3] if month_key.endswith("-01") and len(month_key) == 10 else month_key)
 
 
 def month_partition_key(month: str) -> str:
     """`2024-01` → the monthly partition key `2024-01-01`."""
     return f"{month_of(month)}-01"
-
-
-def previous_month(month: str) -> str:
-    """`2024-01` → `2023-12`."""
-    year, mon = (int(part) for part in month_of(month).split("-"))
-    return f"{year - 1}-12" if mon == 1 else f"{year}-{mon - 1:02d}"
 
 
 def flow_partition_key(exchange: str, native_symbol: str, month: str) -> MultiPartitionKey:

@@ -28,7 +28,8 @@ from dagster import (
 from aperiodic_pipelines.defs import policies
 from aperiodic_pipelines.defs.checks import FAILED_RULE
 from aperiodic_pipelines.defs.metadata import BARS_TABLE_SCHEMA, lineage_metadata, rows_by_interval
-from aperiodic_pipelines.defs.partitions import Exchange, split_partition_key
+from aperiodic_pipelines.defs.partitions import PartitionedExchange as Exchange
+from aperiodic_pipelines.defs.partitions import split_partition_key
 from aperiodic_pipelines.defs.plots import month_picture_metadata
 from aperiodic_pipelines.defs.raw import raw_info, raw_sources_key
 from aperiodic_pipelines.defs.resources import StoreResource

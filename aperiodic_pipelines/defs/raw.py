@@ -31,7 +31,7 @@ from dagster import (
 from aperiodic_pipelines.defs import policies
 from aperiodic_pipelines.defs.checks import FAILED_RULE
 from aperiodic_pipelines.defs.metadata import RAW_TABLE_SCHEMA, lineage_metadata, missing_days_metadata
-from aperiodic_pipelines.defs.partitions import Exchange, split_partition_key
+from aperiodic_pipelines.defs.partitions import PartitionedExchange, split_partition_key
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.storage import LocalStore, ObjectStore, raw_key
 from aperiodic_pipelines.storage.json_objects import publish_json, read_json
@@ -145,7 +145,7 @@ RAW_CHECKS = {
 
 
 def build_raw_trades(
-    exchange: Exchange,
+    exchange: PartitionedExchange,
     kinds: set[str],
     *,
     deps: Sequence[AssetDep] = (),

@@ -28,10 +28,12 @@ from dagster import (
 
 from aperiodic_pipelines.defs import policies
 from aperiodic_pipelines.defs.metadata import SECONDS_TABLE_SCHEMA
-from aperiodic_pipelines.defs.partitions import Exchange, previous_month, split_partition_key
+from aperiodic_pipelines.defs.partitions import PartitionedExchange, split_partition_key
 from aperiodic_pipelines.defs.raw import fetch_source_month, local_copy, missing_days_of, raw_info
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
+from aperiodic_pipelines.defs.summaries import summarise
 from aperiodic_pipelines.domain.errors import NotPublishedError
+from aperiodic_pipelines.domain.months import previous_month
 from aperiodic_pipelines.flow import compute_second_stats
 from aperiodic_pipelines.storage import ObjectStore, seconds_key, write_parquet_deterministic
 from aperiodic_pipelines.storage.json_objects import canonical_json
@@ -66,7 +68,7 @@ def raw_month_trades(
 
 def _open_previous(
     stack: ExitStack, context: AssetExecutionContext, store: ObjectStore, sources: SourcesResource,
-    exchange: Exchange, native: str, month: str,
+    exchange: PartitionedExchange, native: str, month: str,
 ) -> tuple[Path | None, dict | None, str]:
     """Raw trades of month m−1, or none when m is the exchange's (or the instrument's) first month."""
     if month == exchange.first_month:
@@ -75,12 +77,14 @@ def _open_previous(
     try:
         return stack.enter_context(raw_month_trades(store, sources, exchange.name, native, prev))
     except NotPublishedError as exc:
-        context.log.info(f"no {prev} for {exchange.name} {native}: treating {month} as its first month ({exc})")
+        context.log.info(
+            f"no {prev} for {exchange.name} {native}: treating {month} as its first month ({summarise(exc)})"
+        )
         return None, None, f"{prev} not published by {exchange.name}: {month} is the instrument's first month"
 
 
 def compute_and_store_second_stats(
-    context: AssetExecutionContext, exchange: Exchange, store: ObjectStore, sources: SourcesResource
+    context: AssetExecutionContext, exchange: PartitionedExchange, store: ObjectStore, sources: SourcesResource
 ) -> MaterializeResult:
     native, month = split_partition_key(context.partition_key)
     metadata: dict[str, Any] = {"month": month, "native_symbol": native, "dagster/column_schema": SECONDS_TABLE_SCHEMA}
@@ -128,7 +132,7 @@ def compute_and_store_second_stats(
     return MaterializeResult(metadata=metadata)
 
 
-def build_second_stats(exchange: Exchange, kinds: set[str]) -> AssetsDefinition:
+def build_second_stats(exchange: PartitionedExchange, kinds: set[str]) -> AssetsDefinition:
     raw = AssetKey([exchange.slug, "raw_trades"])
     variants = "exchange and arrival time" if exchange.has_arrival_times else "exchange time"
 

@@ -45,14 +45,13 @@ from dagster import (
 
 from aperiodic_pipelines.defs import policies
 from aperiodic_pipelines.defs.partitions import (
-    Exchange,
-    _tardis_source,
-    exchange_of,
+    PartitionedExchange,
     flow_partition_key,
     month_of,
     month_partition_key,
 )
 from aperiodic_pipelines.defs.resources import SourcesResource
+from aperiodic_pipelines.domain.exchanges import exchange_of
 
 # Exchanges whose archive objects each hold the whole venue (with the exchanges' own archives as the source).
 VENUE_WIDE_ARCHIVES = frozenset({"hyperliquid-perps"})
@@ -62,12 +61,13 @@ FAN_OUT_TAG = "aperiodic/fan_out"
 FAN_OUT_ALL = "registered_instruments"
 
 
-def has_venue_step(exchange: str) -> bool:
-    """Whether `exchange`'s graph starts with `venue_hours` (not with a Tardis-format source: files per symbol)."""
-    return exchange in VENUE_WIDE_ARCHIVES and not _tardis_source()
+def has_venue_step(exchange: str, source: str = "archive") -> bool:
+    """Whether `exchange`'s graph starts with `venue_hours` when read from `source` (`SourceSettings.source`):
+    not with a Tardis-format source, whose files are per symbol."""
+    return exchange in VENUE_WIDE_ARCHIVES and source != "tardis"
 
 
-def venue_hours_key(exchange: Exchange) -> AssetKey:
+def venue_hours_key(exchange: PartitionedExchange) -> AssetKey:
     return AssetKey([exchange.slug, "venue_hours"])
 
 
@@ -75,7 +75,7 @@ def venue_job_name(exchange: str) -> str:
     return f"{exchange_of(exchange).slug}_venue_job"
 
 
-def prepared_source_args(exchange: Exchange, sources: SourcesResource, month: str) -> dict[str, Any]:
+def prepared_source_args(exchange: PartitionedExchange, sources: SourcesResource, month: str) -> dict[str, Any]:
     """Keyword arguments for the source's `fetch_month`: the month as `venue_hours` prepared it. Fails the step,
     without retries, when it has not been prepared."""
     from aperiodic_pipelines.sources.hyperliquid import MonthNotPreparedError, load_prepared_month
@@ -97,7 +97,7 @@ def prepared_source_args(exchange: Exchange, sources: SourcesResource, month: st
 class VenueStep:
     """One exchange's venue-wide step: its asset, the dependency raw_trades takes on it, and its job."""
 
-    exchange: Exchange
+    exchange: PartitionedExchange
     asset: AssetsDefinition
     job: Any  # unresolved asset job
 
@@ -162,7 +162,7 @@ class VenueStep:
         return instruments_after_venue
 
 
-def build_venue_step(exchange: Exchange, kinds: set[str]) -> VenueStep:
+def build_venue_step(exchange: PartitionedExchange, kinds: set[str]) -> VenueStep:
     key = venue_hours_key(exchange)
 
     @asset(
