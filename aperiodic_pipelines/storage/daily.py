@@ -14,7 +14,7 @@ Rules the index keeps (docs/storage.md, "Daily files of the open month"):
 - **Republishing** a day (upstream changed) replaces its files and carries whole. If a carry it hands on differs
   from the one published before, every later day of the month was computed from a superseded carry: those days
   are dropped in the same commit (their objects retired), and the daily step publishes them again in order. For
-  a month's last day, the next month's published days are dropped right after (that month's own commit).
+  a month's last day, the next month's published days are dropped just before (that month's own commit).
 - **Month close.** When the monthly file of a (variant, interval) is published the month's days of it are no
   longer in the entry (never both in a listing), their stable keys are deleted, and their versions and the
   variant's carries are retired once every URL that could name them has expired.
@@ -182,15 +182,18 @@ def publish_day(
         for timestamp in variants:
             publication.add_carry(timestamp, following, _write_carry(carries[timestamp], exchange, native_symbol,
                                                                       Path(tmp)))
+        if changed and month_of_day(following) != month:
+            # The next month's days started from the carry being replaced: drop them first (its own commit, under
+            # its lease, taken inside this one: leases are always taken in month order). Killed in between, the
+            # next month only lacks days, and the rerun of this day, whose carry still differs, drops them again.
+            invalidated += _invalidate_month_days(
+                store, exchange, native_symbol, month_of_day(following), retain_seconds,
+                LEASE_SECONDS if lease_seconds is None else lease_seconds,
+            )
         committed = publication.commit(symbol)
     # The previous month's closed days wait for their URLs to expire; the open month's first publications after
     # that delete them (nobody else publishes a closed month).
     _retire_quietly(store, exchange, native_symbol, previous_month(month), retain_seconds)
-    if changed and month_of_day(following) != month:  # the next month's days started from the replaced carry
-        invalidated += _invalidate_month_days(
-            store, exchange, native_symbol, month_of_day(following), retain_seconds,
-            LEASE_SECONDS if lease_seconds is None else lease_seconds,
-        )
     return DayPublished(day, committed.month, committed.index_uri, tuple(invalidated), committed.retired)
 
 
