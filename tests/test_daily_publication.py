@@ -40,7 +40,6 @@ from aperiodic_pipelines.storage.index import publish_month_bars, read_published
 from aperiodic_pipelines.storage.publication import CARRIES_PREFIX, VERSIONS_PREFIX
 from aperiodic_pipelines.synthetic import generate_tape
 from tests.daily_writer import EXCHANGE, NATIVE, SYMBOL, TIMESTAMPS, carry, generation_of_price, publish
-from tests.s3_fixtures import aws_env, moto_endpoint, s3_bucket, s3_client  # noqa: F401 - pytest fixtures
 from tests.test_publication import Writer
 
 MONTH = "2024-03"

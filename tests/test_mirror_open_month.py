@@ -22,8 +22,8 @@ from aperiodic_pipelines.mirror.s3 import create_bucket, make_client
 from aperiodic_pipelines.sources import fetch_day
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.daily import DayNotPublishedError
-from tests.http_fixtures import archive_mirror, as_ms, mirror_root, source_config  # noqa: F401
-from tests.s3_fixtures import MOTO_REGION, aws_env, moto_endpoint  # noqa: F401
+from tests.http_fixtures import as_ms
+from tests.s3_fixtures import MOTO_REGION
 
 NOW = datetime(2024, 3, 10, 10, 30, tzinfo=UTC)
 

@@ -23,13 +23,7 @@ from aperiodic_pipelines.sources import binance, fetch_day, fetch_month, okx, ta
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.daily import DayNotPublishedError
 from aperiodic_pipelines.trades import CANONICAL_SCHEMA
-from tests.http_fixtures import (  # noqa: F401
-    archive_mirror,
-    fast_downloader,
-    mirror_root,
-    source_config,
-    tiny_tape,
-)
+from tests.http_fixtures import tiny_tape
 
 MONTH = "2024-01"
 DAYS = days_of_month(MONTH)

@@ -18,7 +18,7 @@ from aperiodic_pipelines.sources.daily import DayNotPublishedError
 from aperiodic_pipelines.sources.hyperliquid import NODE_FILLS_BY_BLOCK, hour_key
 from aperiodic_pipelines.synthetic import generate_tape
 from aperiodic_pipelines.trades import CANONICAL_SCHEMA
-from tests.s3_fixtures import MOTO_REGION, aws_env, moto_endpoint  # noqa: F401
+from tests.s3_fixtures import MOTO_REGION
 
 pytestmark = pytest.mark.slow
 
