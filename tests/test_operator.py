@@ -48,8 +48,8 @@ def _refusals() -> list[tuple[list[str], str]]:
          "2019-01 is before okx-perps's archive, which starts 2019-12"),
         ([*btc, "--month", "2024-01", "--to", next_month(next_month(open_month))],
          f"{next_month(next_month(open_month))} is in the future"),
-        ([*btc, "--month", open_month],
-         f"{open_month} is the open month: it can be published from {next_month(open_month)}-01 UTC"),
+        ([*btc, "--month", open_month],  # backfills only: `materialize` publishes its complete days
+         f"{open_month} is the open month: its monthly file can be published from {next_month(open_month)}-01 UTC"),
     ]
 
 
@@ -58,6 +58,8 @@ def _refusals() -> list[tuple[list[str], str]]:
 def test_a_month_no_run_can_publish_is_refused_in_one_line_before_any_run(
     command: str, argv: list[str], message: str, dagster_home: Path, capsys: pytest.CaptureFixture[str]  # noqa: F811
 ) -> None:
+    if command == "materialize" and "is the open month" in message:
+        pytest.skip("materialize publishes the open month's complete days (tests/test_daily_cli.py)")
     if command == "backfill":  # an unreachable webserver: the refusal comes before any request to it
         argv = [a if a != "--month" else "--from" for a in argv]
         argv = [*argv, "--url", "http://127.0.0.1:9"] + ([] if "--to" in argv else ["--to", argv[argv.index("--from") + 1]])

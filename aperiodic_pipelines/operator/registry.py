@@ -55,7 +55,7 @@ class RegisteredInstrument:
 
 
 class MonthRefusedError(RunSetupError):
-    """A month no run can publish: before the archive or the listing, the open month, or in the future."""
+    """A month no run can publish: before the archive or the listing, or in the future."""
 
 
 def resolve_instrument(exchange: str, symbol: str) -> Instrument:
@@ -124,10 +124,11 @@ def check_months(
     *,
     last_listed: str | None = None,
     now: datetime | None = None,
+    allow_open: bool = False,
 ) -> None:
     """Refuse, in one line, a month range that reaches before the exchange's archive or the instrument's first
-    month, past the instrument's archive when it has ended, or into the open month or the future. Months are
-    published once closed and archived by the exchange; until daily files exist, the open month cannot be.
+    month, past the instrument's archive when it has ended, or into the future; the open month too unless
+    `allow_open` (`materialize`: its complete days, as daily files, through the daily job).
 
     `last_listed` is the instrument's last monthly file in the listing: when it is older than the month before the
     last closed one, the exchange has stopped archiving the instrument (delisted), and later months are refused.
@@ -146,11 +147,14 @@ def check_months(
     open_month, closed = current_month(now), last_closed_month(now)
     if last > open_month:
         raise MonthRefusedError(f"{last} is in the future (the open month is {open_month}); the latest month that "
-                                f"can be published is {closed}")
-    if last == open_month:
+                                f"can be published is {closed} (and {open_month}'s complete days, as daily files)")
+    # The open month is published day by day (issue 15): `materialize` of it publishes its complete days not yet
+    # published (`allow_open`); a monthly partition (backfills) exists only once it has closed.
+    if last == open_month and not allow_open:
         raise MonthRefusedError(
-            f"{last} is the open month: it can be published from {next_month(open_month)}-01 UTC, once it has closed "
-            f"and the exchange has archived its last day; the latest month that can be published is {closed}"
+            f"{last} is the open month: its monthly file can be published from {next_month(open_month)}-01 UTC, "
+            f"once it has closed; its complete days are published by `aperiodic-pipelines materialize --month "
+            f"{open_month}` (and the daily schedule); the latest month that can be backfilled is {closed}"
         )
     if last_listed is not None and last_listed < previous_month(closed) and last > last_listed:
         raise MonthRefusedError(
