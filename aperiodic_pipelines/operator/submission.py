@@ -403,6 +403,6 @@ def run_open_month(
             None if through in (None, "none") else str(through),
             str(meta["waiting_for"]) if meta.get("waiting_for") else None,
             ("skipped upstream" if meta.get("skipped_upstream") else "not published upstream yet")
-            + (f", missing {meta['upstream_missing']}" if meta.get("upstream_missing") else ""),
+            + (f", missing {shorten(str(meta['upstream_missing']), 160)}" if meta.get("upstream_missing") else ""),
         ))
     return results
