@@ -148,8 +148,10 @@ class _RawDays:
     def day(self, day: str) -> pl.DataFrame | None:
         """Canonical trades of raw `day`; None for a day of a month before the instrument's first."""
         if day not in self.cache:
-            if month_of_day(day) < self.month:  # raw month m−1: its file, read once (it feeds day 1's carry too)
-                previous = self.previous_month()
+            # A day of raw month m−1 comes from that month's file when day 1's carry has read it already (or it
+            # does not exist: the instrument's first month), else from the day's own objects.
+            if month_of_day(day) < self.month and self.previous_loaded:
+                previous = self.previous_frame
                 if previous is None:
                     return None
                 start = int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp()) * 1_000_000
@@ -172,8 +174,9 @@ def publish_open_month(
     previous_month_trades: PreviousMonth,
     log: Callable[[str], None] = lambda _m: None,
 ) -> OpenMonthOutcome:
-    """Publish each complete day of `today`'s month not yet published, in order, whole with its carries; stop at
-    the first day whose raw inputs are not all published (`DayNotPublishedError`): later days wait."""
+    """Publish each complete day of `today`'s month not yet published (after the previous month's remaining days
+    while that month has daily files and no monthly file), in order, whole with its carries; stop at the first day
+    whose raw inputs are not all published (`DayNotPublishedError`): later days wait."""
     from aperiodic_pipelines.flow import (
         FlowCarry,
         compute_day_flow_bars,
@@ -187,6 +190,11 @@ def publish_open_month(
     month = today.strftime("%Y-%m")
     already = published_days(store, exchange, native_symbol, month)
     todo = [d for d in complete_days_before(today) if d not in already]
+    # Early in a month the previous one is still open in the store (days published, no monthly file yet): its
+    # last days are finished first, so its daily files reach its end while its monthly file is not out.
+    before = published_days(store, exchange, native_symbol, previous_month(month))
+    if before and not already:
+        todo = [d for d in days_of_month(previous_month(month)) if d > before[-1]] + todo
     published: list[str] = []
     if not todo:
         return OpenMonthOutcome(month, (), tuple(already))
@@ -202,8 +210,8 @@ def publish_open_month(
                 inputs = {t: [raw.day(d) for d in raw_days_needed(day, t)] for t in variants}
             except DayNotPublishedError as missing:
                 log(f"{day}: waits for upstream ({missing})")
-                return OpenMonthOutcome(month, tuple(published), tuple(already + published), day, missing.missing,
-                                        missing.later_published)
+                return OpenMonthOutcome(month, tuple(published), _in_month(already + published, month), day,
+                                        missing.missing, missing.later_published)
             bars: dict[tuple[str, str], pl.DataFrame] = {}
             next_carries: dict[str, FlowCarry] = {}
             for timestamp in variants:
@@ -220,7 +228,11 @@ def publish_open_month(
             log(f"{day}: published ({', '.join(variants)}, {len(INTERVALS)} intervals each)")
             for old in [d for d in raw.cache if d < (date.fromisoformat(day) - timedelta(days=1)).isoformat()]:
                 del raw.cache[old]  # keep the neighbours a `true` step still needs, drop the rest
-    return OpenMonthOutcome(month, tuple(published), tuple(already + published))
+    return OpenMonthOutcome(month, tuple(published), _in_month(already + published, month))
+
+
+def _in_month(days: list[str], month: str) -> tuple[str, ...]:
+    return tuple(d for d in days if month_of_day(d) == month)
 
 
 def _carry_for(store, exchange, native, day, timestamp, raw: _RawDays, read_carry, month_start_carry):  # noqa: ANN001
