@@ -1,5 +1,5 @@
 """The real `aperiodic` client against `serve`, across a closed month (its monthly file) and the open month (its
-daily files, published by the daily step from Tardis-format files): every bar exactly once, sorted, equal to the
+daily files, published by the daily step from Tardis-format files), on the local store and on S3 (moto): every bar exactly once, sorted, equal to the
 bars computed from the trades by the monthly computation, for both variants; at 1s also a range that starts and
 ends inside the open month."""
 
@@ -21,7 +21,7 @@ from aperiodic_pipelines.domain.intervals import INTERVALS
 from aperiodic_pipelines.domain.months import day_bounds_us
 from aperiodic_pipelines.flow import compute_flow_bars
 from aperiodic_pipelines.mirror.archives import write_tardis_days
-from aperiodic_pipelines.storage import LocalStore
+from aperiodic_pipelines.storage import store_from_uri
 from aperiodic_pipelines.storage.index import publish_month_bars
 from aperiodic_pipelines.synthetic import generate_tape
 
@@ -39,14 +39,19 @@ def _between(frame: pl.DataFrame, first_day: str, last_day: str) -> pl.DataFrame
     return frame.filter((pl.col("time") >= lo) & (pl.col("time") < hi))
 
 
-def test_client_reads_a_closed_month_and_the_open_month_each_bar_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_client_reads_a_closed_month_and_the_open_month_each_bar_once(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     tapes, next_id, price = {}, 1, 42_000.0
     for index, month in enumerate(MONTHS):
         tapes[month] = generate_tape(month, 1_500, seed=60 + index, with_arrival=True, start_price=price,
                                      first_trade_id=next_id)
         next_id, price = int(tapes[month]["trade_id"].max()) + 1, float(tapes[month]["price"][-1])
     previous, closed, current = (tapes[m] for m in MONTHS)
-    store = LocalStore(tmp_path / "store")
+    # the local store, or a bucket on a moto server (the API then hands out presigned URLs of it)
+    uri = str(tmp_path / "store") if kind == "local" else f"s3://{request.getfixturevalue('s3_bucket')}/bars"
+    store = store_from_uri(uri)
     monthly = {t: compute_flow_bars(closed, previous, month=MONTHS[1], timestamp=t) for t in ("exchange", "true")}
     publish_month_bars(store, exchange=EXCHANGE, symbol=ATLAS, native_symbol=NATIVE, month=MONTHS[1],
                        bars={(t, i): monthly[t][i] for t in monthly for i in INTERVALS})
@@ -66,7 +71,7 @@ def test_client_reads_a_closed_month_and_the_open_month_each_bar_once(tmp_path: 
 
     keys = tmp_path / "keys.sqlite"
     key = ApiKeyStore(keys).create("test")
-    with running_server(ApiSettings(store_uri=str(store.root), api_keys_path=keys)) as base_url:
+    with running_server(ApiSettings(store_uri=uri, api_keys_path=keys)) as base_url:
         def read(timestamp: str, interval: str, start: str, end: str) -> pl.DataFrame:
             return get_metrics(key, metric="flow", timestamp=timestamp, interval=interval, exchange=EXCHANGE,
                                symbol=ATLAS, start_date=date.fromisoformat(start), end_date=date.fromisoformat(end),
