@@ -420,10 +420,10 @@ def build_open_month_asset(exchange: PartitionedExchange, kinds: set[str], daily
 
 
 def _first_month(context: AssetExecutionContext, exchange: PartitionedExchange, native: str) -> str:
-    """The instrument's first month as registered (operator.registry), else the exchange's archive start."""
-    from aperiodic_pipelines.operator.registry import Instrument, recorded_first_month
+    """The instrument's first month as registered (`instruments add`), else the exchange's archive start."""
+    from aperiodic_pipelines.defs.partitions import recorded_first_month
 
-    recorded = recorded_first_month(context.instance, Instrument(exchange.name, "", native))
+    recorded = recorded_first_month(context.instance, exchange.name, native)
     return max(recorded or exchange.first_month, exchange.first_month)
 
 

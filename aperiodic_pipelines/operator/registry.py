@@ -3,7 +3,8 @@ listed and removed; and the check of a month request before any run exists.
 
 An instrument is a key of its exchange's dynamic partitions (`{slug}_instruments`, the native id). Its first month
 (from the exchange's listing where the archive has one, `sources/universe.py`) is kept in the instance's own
-key-value store (`instance.run_storage` cursor values, key `aperiodic/first_month/{exchange}/{native}`): the same
+key-value store (`instance.run_storage` cursor values, key `aperiodic/first_month/{exchange}/{native}`,
+`defs.partitions.FIRST_MONTH_KEY`: the open month's daily asset reads it for day 1's carry): the same
 database as the partitions, so the webserver, the daemon and every machine of a Postgres deployment read the same
 value, and it survives with the instance. Dynamic partitions carry no metadata of their own, and a 2-D
 `MultiPartitionsDefinition` has one month range for every instrument, so the UI still shows the exchange's months
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
     from aperiodic_pipelines.sources.universe import Listing
 
-FIRST_MONTH_KEY = "aperiodic/first_month/{exchange}/{native}"
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,11 @@ def find_listing(instrument: Instrument, settings: SourceSettings | None = None)
 
 
 def _first_month_key(instrument: Instrument) -> str:
-    return FIRST_MONTH_KEY.format(exchange=instrument.exchange, native=instrument.native)
+    # The key lives with the partitions (`defs.partitions.FIRST_MONTH_KEY`): the daily asset reads it too. Imported
+    # here, not at the top: this module is loaded by every CLI call, and the Dagster import costs ~0.6 s.
+    from aperiodic_pipelines.defs.partitions import first_month_key
+
+    return first_month_key(instrument.exchange, instrument.native)
 
 
 def register_instrument(instance: DagsterInstance, instrument: Instrument, first_month: str | None = None) -> bool:
@@ -89,8 +93,9 @@ def register_instrument(instance: DagsterInstance, instrument: Instrument, first
 
 
 def recorded_first_month(instance: DagsterInstance, instrument: Instrument) -> str | None:
-    key = _first_month_key(instrument)
-    return instance.run_storage.get_cursor_values({key}).get(key) or None
+    from aperiodic_pipelines.defs.partitions import recorded_first_month as recorded
+
+    return recorded(instance, instrument.exchange, instrument.native)
 
 
 def remove_instrument(instance: DagsterInstance, instrument: Instrument) -> bool:
