@@ -151,11 +151,13 @@ def overdue_days_at(
 ) -> list[OverdueDay]:
     """Registered instruments whose open-month days are behind their due day at `now`."""
     from aperiodic_pipelines.defs.daily import day_lateness
+    from aperiodic_pipelines.defs.partitions import recorded_first_month
 
     overdue = []
     for exchange in EXCHANGES_BY_NAME.values():
         for native in sorted(instance.get_dynamic_partitions(exchange.instruments_name)):
-            lateness = day_lateness(store, exchange.name, native, now, daily, exchange.first_month)
+            first = max(recorded_first_month(instance, exchange.name, native) or "", exchange.first_month)
+            lateness = day_lateness(store, exchange.name, native, now, daily, first)
             if lateness is not None and lateness.overdue:
                 lateness = type(lateness)(lateness.due_day, lateness.complete_through,
                                           _last_daily_reason(instance, exchange.slug, native))
