@@ -1,8 +1,9 @@
 """`aperiodic-pipelines`: register instruments, materialise months, submit backfills, run the offline demo.
 
 Argument parsing and printing only; what the commands do is the operator's package (`aperiodic_pipelines/operator/`,
-shared with the demo). Requests are checked before Dagster is loaded or any run exists: the symbol against the
-exchange's universe, the months against the archive, the instrument's first month and the calendar. Exit codes:
+shared with the demo). `materialize` of the open month publishes its complete days not yet published, through the
+daily job (as the daily schedule does), and exits 0 saying "nothing new" when there is none. Requests are checked
+before Dagster is loaded or any run exists: the symbol against the exchange's universe, the months against the archive, the instrument's first month and the calendar. Exit codes:
 0 ok, 1 a run or backfill failed, 2 bad arguments or input (one line on stderr).
 """
 
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from aperiodic_pipelines.domain.errors import AperiodicError
 from aperiodic_pipelines.domain.exchanges import EXCHANGES
-from aperiodic_pipelines.domain.months import month_range
+from aperiodic_pipelines.domain.months import current_month, month_range
 from aperiodic_pipelines.operator.instance import (
     DEFAULT_CODE_LOCATION,
     LAUNCHED_BY_TAG,
@@ -25,7 +26,7 @@ from aperiodic_pipelines.operator.instance import (
 from aperiodic_pipelines.operator.registry import Instrument, check_months, find_listing, resolve_instrument
 
 if TYPE_CHECKING:
-    from aperiodic_pipelines.operator.submission import MonthRun
+    from aperiodic_pipelines.operator.submission import MonthRun, OpenMonthRun
     from aperiodic_pipelines.sources.universe import Listing
 
 DEFAULT_WEBSERVER_URL = "http://127.0.0.1:3000"
@@ -47,10 +48,12 @@ def _listed(exchange: str, symbol: str) -> tuple[Instrument, Listing]:
     return instrument, find_listing(instrument)
 
 
-def _checked_request(exchange: str, symbol: str, first: str, last: str | None) -> tuple[Instrument, Listing, list[str]]:
+def _checked_request(
+    exchange: str, symbol: str, first: str, last: str | None, *, allow_open: bool = False
+) -> tuple[Instrument, Listing, list[str]]:
     months = month_range(first, last)
     instrument, listing = _listed(exchange, symbol)
-    check_months(instrument, months, listing.first_month, last_listed=listing.last_month)
+    check_months(instrument, months, listing.first_month, last_listed=listing.last_month, allow_open=allow_open)
     return instrument, listing, months
 
 
@@ -106,16 +109,47 @@ def _print_month_run(result: MonthRun) -> None:
             warn(f"  {line}")
 
 
-def cmd_materialize(args: argparse.Namespace) -> int:
-    instrument, listing, months = _checked_request(args.exchange, args.symbol, args.month, args.to)
-    from aperiodic_pipelines.operator.submission import run_month_waves
+def _print_open_month_run(result: OpenMonthRun) -> None:
+    where = f"{result.instrument} {result.month}"
+    if not result.success:
+        warn(f"run {result.run_id} for {where} FAILED: {result.lines[0] if result.lines else 'see the Dagster UI'}")
+        for line in result.lines[1:]:
+            warn(f"  {line}")
+        return
+    through = f"complete through {result.complete_through}" if result.complete_through else "no day published yet"
+    if result.published_now:
+        say(f"run {result.run_id} for {where} published {len(result.published_now)} day(s): "
+            f"{', '.join(result.published_now)}; {through}")
+    else:
+        say(f"nothing new for {where}: {through} (run {result.run_id})")
+    if result.waiting_for:
+        say(f"  {result.waiting_for} waits: {result.waiting_reason}; later days wait for it")
 
-    results = run_month_waves(
-        get_instance(warn), [instrument], months, tags={LAUNCHED_BY_TAG: "cli"}, log_level=args.log_level,
-        say=say, report=_print_month_run, first_months={instrument: listing.first_month},
-        deadline_seconds=args.wait_timeout,
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    instrument, listing, months = _checked_request(args.exchange, args.symbol, args.month, args.to, allow_open=True)
+    from aperiodic_pipelines.operator.submission import run_month_waves, run_open_month
+
+    open_month = current_month()
+    closed = [m for m in months if m != open_month]
+    instance = get_instance(warn)
+    if closed:
+        results = run_month_waves(
+            instance, [instrument], closed, tags={LAUNCHED_BY_TAG: "cli"}, log_level=args.log_level,
+            say=say, report=_print_month_run, first_months={instrument: listing.first_month},
+            deadline_seconds=args.wait_timeout,
+        )
+        if not results or not all(r.success for r in results):
+            return EXIT_FAILED
+    if open_month not in months:
+        return EXIT_OK
+    # The open month: its complete days not yet published, through the daily job (what the schedule runs).
+    (daily,) = run_open_month(
+        instance, [instrument], open_month, tags={LAUNCHED_BY_TAG: "cli"}, log_level=args.log_level, say=say,
+        first_months={instrument: listing.first_month}, deadline_seconds=args.wait_timeout,
     )
-    return EXIT_OK if results and all(r.success for r in results) else EXIT_FAILED
+    _print_open_month_run(daily)
+    return EXIT_OK if daily.success else EXIT_FAILED
 
 
 # --- backfill (GraphQL against a running webserver; the daemon executes it) ------------------------------------
@@ -213,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     remove.set_defaults(handler=cmd_instruments_remove)
 
     mat = commands.add_parser(
-        "materialize", help="submit one run per month through the code location and wait for each (in order)"
+        "materialize", help="submit one run per month through the code location and wait for each (in order); "
+        "the open month publishes its complete days not yet published (\"nothing new\" when none)"
     )
     instrument_args(mat)
     mat.add_argument("--month", required=True, help="first month, YYYY-MM")

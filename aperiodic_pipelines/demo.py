@@ -5,7 +5,9 @@ bucket by a moto S3 server on 127.0.0.1. The `APERIODIC_*_URL` variables and the
 for the duration of the demo; the store is `./data` unless `APERIODIC_STORE` says otherwise (an `s3://` store
 then lives in the same moto server). Each instrument gets two consecutive generated months, materialised month by
 month (the three exchanges side by side) by runs submitted through the code location (`operator/submission.py`), recorded in
-the instance in DAGSTER_HOME: they show under each exchange's job in the UI.
+the instance in DAGSTER_HOME: they show under each exchange's job in the UI. Then the open month: the mirrors also
+serve the current month's daily archives dated relative to today (and the month before it, which day 1's carry
+reads); one daily run per instrument publishes its complete days, and the client reads them back.
 """
 
 from __future__ import annotations
@@ -19,13 +21,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import polars as pl
 
 from aperiodic_pipelines.domain.intervals import INTERVALS, TIMESTAMPS
 from aperiodic_pipelines.domain.layout import flow_key
-from aperiodic_pipelines.domain.months import check_month, month_range, next_month
+from aperiodic_pipelines.domain.months import (
+    check_month,
+    current_month,
+    month_range,
+    next_month,
+    previous_month,
+)
 from aperiodic_pipelines.domain.settings import Settings
 from aperiodic_pipelines.storage import LocalStore, ObjectStore, store_from_uri
 
@@ -104,8 +113,11 @@ def generate_months(
 
 
 @contextmanager
-def demo_mirrors(workdir: Path, months: Sequence[str], trades_per_month: int) -> Iterator[dict[str, str]]:
-    """Start the HTTP and S3 mirrors, write the generated months, yield the environment that points at them."""
+def demo_mirrors(
+    workdir: Path, months: Sequence[str], trades_per_month: int, *, open_month: bool = False
+) -> Iterator[dict[str, str]]:
+    """Start the HTTP and S3 mirrors, write the generated months (and with `open_month` the current month's daily
+    archives so far, see `mirror_open_month`), yield the environment that points at them."""
     from aperiodic_pipelines.mirror.archives import write_binance_month, write_okx_month
     from aperiodic_pipelines.mirror.http import ArchiveMirror
     from aperiodic_pipelines.mirror.klines import write_binance_klines_month
@@ -128,6 +140,8 @@ def demo_mirrors(workdir: Path, months: Sequence[str], trades_per_month: int) ->
                 else:
                     s3_mirror.write_month(instrument.native_symbol, month, tape)
                 say(f"  mirrored {instrument.exchange} {instrument.native_symbol} {month}: {tape.height:,} trades")
+        if open_month:
+            mirror_open_month(archive_root, s3_mirror, skip_months=set(months))
         environment = {
             **s3_mirror.environment(),
             "AWS_ENDPOINT_URL": s3_mirror.endpoint_url,
@@ -137,6 +151,74 @@ def demo_mirrors(workdir: Path, months: Sequence[str], trades_per_month: int) ->
             "S3_MIRROR_CLIENT_ENDPOINT": s3_mirror.endpoint_url,
         }
         yield environment
+
+
+OPEN_MONTH_TRADES = 3_000  # per instrument and month: a few bars per interval each day, read in seconds
+
+
+def mirror_open_month(archive_root: Path, s3_mirror: Any, *, skip_months: set[str] = frozenset()) -> None:
+    """The open month as each exchange has published it so far (daily archives dated relative to today,
+    `mirror.open_month`), and the month before it as monthly archives: day 1's carry reads raw month m−1."""
+    from aperiodic_pipelines.mirror import open_month
+    from aperiodic_pipelines.mirror.archives import write_binance_month, write_okx_month
+    from aperiodic_pipelines.synthetic import generate_tape
+
+    before = previous_month(current_month())
+    for instrument in DEMO_INSTRUMENTS:
+        native = instrument.native_symbol
+        if before not in skip_months:
+            tape = generate_tape(before, OPEN_MONTH_TRADES, seed=instrument.seed * 100 + 50,
+                                 start_price=instrument.start_price, lot=instrument.lot)
+            if instrument.exchange == "binance-futures":
+                write_binance_month(archive_root / "binance", native, before, tape)
+            elif instrument.exchange == "okx-perps":
+                write_okx_month(archive_root / "okx", native, before, tape)
+            else:
+                s3_mirror.write_month(native, before, tape)
+        if instrument.exchange == "binance-futures":
+            written = open_month.write_binance_open_month(archive_root / "binance", native, n_trades=OPEN_MONTH_TRADES)
+        elif instrument.exchange == "okx-perps":
+            written = open_month.write_okx_open_month(archive_root / "okx", native, n_trades=OPEN_MONTH_TRADES)
+        else:
+            written = open_month.write_hyperliquid_open_month(s3_mirror.client, s3_mirror.bucket, native,
+                                                              n_trades=OPEN_MONTH_TRADES, prefix=s3_mirror.prefix)
+        say(f"  mirrored {instrument.exchange} {native} {before} (monthly) and {current_month()} so far: "
+            f"{len(written)} daily objects")
+
+
+def read_open_month_with_client(store_uri: str, exchange: str, native: str, interval: str) -> list[str]:
+    """Serve the store for a moment and read the open month's published days with the real `aperiodic` client;
+    raises unless the frame equals the published daily files, each bar once, in order."""
+    from datetime import date
+
+    from aperiodic import get_metrics
+
+    from aperiodic_pipelines.api.keys import ApiKeyStore
+    from aperiodic_pipelines.api.server import running_server
+    from aperiodic_pipelines.api.settings import ApiSettings
+    from aperiodic_pipelines.domain.layout import daily_flow_key
+    from aperiodic_pipelines.domain.symbols import resolve_symbol
+    from aperiodic_pipelines.storage.daily import published_days
+
+    store = store_from_uri(store_uri)
+    days = published_days(store, exchange, native, current_month())
+    if not days:
+        return [f"no day of {current_month()} is published yet for {exchange} {native}: nothing to read back"]
+    published = pl.concat([pl.read_parquet(io.BytesIO(store.read_bytes(
+        daily_flow_key("exchange", exchange, interval, native, day)))) for day in days])
+    atlas, _ = resolve_symbol(exchange, native)
+    with tempfile.TemporaryDirectory(prefix="aperiodic-open-month-") as tmp:
+        keys_path = Path(tmp) / "api-keys.sqlite"
+        key = ApiKeyStore(keys_path).create("demo")
+        with running_server(ApiSettings(store_uri=store_uri, api_keys_path=keys_path)) as base_url:
+            frame = get_metrics(key, metric="flow", timestamp="exchange", interval=interval, exchange=exchange,
+                                symbol=atlas, start_date=date.fromisoformat(days[0]),
+                                end_date=date.fromisoformat(days[-1]), base_url=base_url, show_progress=False)
+    if not frame.equals(published):
+        raise AssertionError(f"the client's frame differs from the published daily files of {exchange} {native} "
+                             f"{interval} {days[0]}..{days[-1]}")
+    return [f"read back through the API with the aperiodic client: {exchange} {atlas} {interval} {days[0]}.."
+            f"{days[-1]} ({frame.height} bars, each once, equal to the {len(days)} published daily files)"]
 
 
 def _ensure_s3_store_bucket(store_uri: str, endpoint: str) -> None:
@@ -198,8 +280,10 @@ def run_demo(
     last_month: str | None = None,
     store_uri: str | None = None,
     log_level: str = "INFO",
+    open_month: bool = True,
 ) -> bool:
-    """Mirror, register, materialise two months per instrument, summarise. Returns True when every run passed."""
+    """Mirror, register, materialise two months per instrument, summarise; then (`open_month`) publish the open
+    month's complete days and read them back. Returns True when every run passed."""
     from aperiodic_pipelines.operator.instance import LAUNCHED_BY_TAG, get_instance
     from aperiodic_pipelines.operator.registry import resolve_instrument
     from aperiodic_pipelines.operator.submission import run_month_waves
@@ -219,7 +303,7 @@ def run_demo(
 
     with tempfile.TemporaryDirectory(prefix="aperiodic-demo-") as tmp:
         say(f"generating {len(demo_months)} months x {trades_per_month:,} trades for {len(DEMO_INSTRUMENTS)} instruments")
-        with demo_mirrors(Path(tmp), demo_months, trades_per_month) as environment:
+        with demo_mirrors(Path(tmp), demo_months, trades_per_month, open_month=open_month) as environment:
             endpoint = environment.pop("S3_MIRROR_CLIENT_ENDPOINT")
             environment["APERIODIC_STORE"] = store_uri
             if not sys.stdout.isatty():  # piped to a file: no colour codes from the child processes
@@ -245,9 +329,40 @@ def run_demo(
                     store_uri, first_instrument.exchange, first_instrument.native_symbol, "1h", demo_months[-1]
                 ):
                     say(line)
+                if open_month and not publish_open_month_days(instance, instruments, store_uri, log_level):
+                    return False
     home = os.environ["DAGSTER_HOME"]
     say(f"runs are recorded in {home}; browse them at http://127.0.0.1:3000 after starting Dagster with:")
     say(f"  {browse_command(home, store_uri)}")
+    return True
+
+
+def publish_open_month_days(instance: Any, instruments: Sequence[Any], store_uri: str, log_level: str) -> bool:
+    """The open month: one daily run per instrument (as the daily schedule submits them), saying which days each
+    published, then the first instrument's days read back through the client."""
+    from aperiodic_pipelines.operator.instance import LAUNCHED_BY_TAG
+    from aperiodic_pipelines.operator.submission import run_open_month
+
+    month = current_month()
+    say(f"publishing the open month {month} day by day (each complete day the mirror's exchanges have out):")
+    results = run_open_month(instance, instruments, month, tags={LAUNCHED_BY_TAG: "demo"}, log_level=log_level,
+                             say=say)
+    for result in results:
+        where = f"{result.instrument.exchange} {result.instrument.native} {month}"
+        if not result.success:
+            say(f"run {result.run_id} {where}: FAILED")
+            for line in result.lines:
+                say(f"  {line}")
+            continue
+        days = ", ".join(d[-2:] for d in result.published_now) or "none new"
+        say(f"run {result.run_id} {where}: published days {days}; complete through "
+            f"{result.complete_through or '-'}" + (f"; {result.waiting_for} waits ({result.waiting_reason})"
+                                                    if result.waiting_for else ""))
+    if not all(r.success for r in results):
+        return False
+    first = DEMO_INSTRUMENTS[0]
+    for line in read_open_month_with_client(store_uri, first.exchange, first.native_symbol, "1h"):
+        say(line)
     return True
 
 

@@ -17,6 +17,7 @@ import requests
 from dagster import DagsterInstance
 
 from aperiodic_pipelines import cli
+from aperiodic_pipelines.domain.months import current_month
 from aperiodic_pipelines.mirror.listings import ListingServer
 from aperiodic_pipelines.operator.backfill import find_repository
 from aperiodic_pipelines.operator.instance import RunSetupError
@@ -394,7 +395,14 @@ def test_demo_publishes_two_months_for_three_exchanges(
 
     instance = DagsterInstance.from_config(str(dagster_home))
     try:
-        demo_runs = instance.get_runs()
+        every_run = instance.get_runs()
+        # Then the open month: one daily run per instrument (defs/daily.py), saying which days it published.
+        daily_runs = [r for r in every_run if r.job_name.endswith("_daily_flow_bars_job")]
+        assert sorted(r.tags["dagster/partition"] for r in daily_runs) == ["BTC", "BTC-USDT-SWAP", "BTCUSDT"]
+        assert all(r.status.value == "SUCCESS" and r.remote_job_origin is not None for r in daily_runs)
+        assert f"publishing the open month {current_month()} day by day" in out
+        assert out.count(f" {current_month()}: published days ") == 3
+        demo_runs = [r for r in every_run if r not in daily_runs]
         # One run per instrument and month, and Hyperliquid's venue month (every coin's hours, parsed once) before
         # its coin's run of that month.
         assert len(demo_runs) == 8 and all(r.status.value == "SUCCESS" for r in demo_runs)

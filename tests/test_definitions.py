@@ -50,7 +50,9 @@ RAW_CHECKS = {"canonical_schema", "nonempty_month", "duplicates_and_gaps", "comp
 
 
 def _expected_assets(slug: str, with_true: bool) -> set[str]:
-    return {f"{slug}/{stage}" for stage in STAGES} | ({f"{slug}/flow_bars_true"} if with_true else set())
+    # + the open month, day by day (defs/daily.py, tests/test_daily_definitions.py)
+    return ({f"{slug}/{stage}" for stage in (*STAGES, "open_month_flow_bars")}
+            | ({f"{slug}/flow_bars_true"} if with_true else set()))
 
 
 def test_one_graph_per_exchange_with_its_checks_job_schedule_and_sensors() -> None:
@@ -71,6 +73,7 @@ def test_one_graph_per_exchange_with_its_checks_job_schedule_and_sensors() -> No
             *((f"{slug}/raw_trades", name) for name in RAW_CHECKS),
             *((f"{slug}/flow_bars_{t}", name) for t in variants for name in BAR_CHECKS),
             (f"{slug}/published_flow_bars", "matches_staged_and_index"),
+            (f"{slug}/open_month_flow_bars", "days_on_time"),
             # Only Binance publishes its own klines to reconcile with, for exchange-time bars.
             *([(f"{slug}/flow_bars_exchange", "reconciles_with_exchange_klines")] if slug == "binance_futures" else []),
         }
@@ -114,6 +117,7 @@ def test_lineage_groups_kinds_owners_tags_code_versions_and_freshness() -> None:
         f"{slug}/flow_bars_exchange": {f"{slug}/second_stats"},
         f"{slug}/flow_bars_true": {f"{slug}/second_stats"},
         f"{slug}/published_flow_bars": {f"{slug}/flow_bars_exchange", f"{slug}/flow_bars_true"},
+        f"{slug}/open_month_flow_bars": set(),  # reads the exchange's daily files itself (defs/daily.py)
     }
     assert parents["binance_futures/published_flow_bars"] == {"binance_futures/flow_bars_exchange"}
     for key in graph.get_all_asset_keys():
@@ -121,9 +125,11 @@ def test_lineage_groups_kinds_owners_tags_code_versions_and_freshness() -> None:
         exchange = next(e for e in GRAPH_EXCHANGES if e.slug == key.path[0])
         assert node.code_version, key
         venue_wide = key.path[-1] == "venue_hours"  # monthly: one partition per venue month
-        assert node.partitions_def == (exchange.month_partitions if venue_wide else exchange.partitions)
+        open_month = key.path[-1] == "open_month_flow_bars"  # per instrument only (defs/daily.py)
+        assert node.partitions_def == (exchange.month_partitions if venue_wide else
+                                       exchange.instrument_partitions if open_month else exchange.partitions)
         assert {"polars", "parquet"} <= set(node.kinds), key
-        assert node.group_name in ("raw", "flow_bars")
+        assert node.group_name in ("raw", "flow_bars", "open_month")
         assert list(node.owners) == OWNERS and node.tags["aperiodic/exchange"] == exchange.name
         assert (node.freshness_policy is not None) == (key.path[-1] == "published_flow_bars")
     for spec in defs.resolve_assets_def(AssetKey(["okx_perps", "flow_bars_exchange"])).check_specs:
@@ -207,7 +213,7 @@ def test_the_code_location_follows_one_settings_object() -> None:
     keys = {k.to_user_string() for k in location.defs.resolve_asset_graph().get_all_asset_keys()}
     # Tardis-format files carry arrival times for every exchange, and are per symbol (no venue-wide step).
     assert keys == {f"{slug}/{stage}" for slug in ("binance_futures", "okx_perps", "hyperliquid_perps")
-                    for stage in (*STAGES, "flow_bars_true")}
+                    for stage in (*STAGES, "flow_bars_true", "open_month_flow_bars")}
     assert all(graph.exchange.variants == ("exchange", "true") for graph in location.graphs.values())
     assert "s3" in location.defs.resolve_assets_def(AssetKey(["okx_perps", "raw_trades"])).specs_by_key[
         AssetKey(["okx_perps", "raw_trades"])].kinds

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 from dagster import Definitions, SensorDefinition, in_process_executor
 
+from aperiodic_pipelines.defs import policies
 from aperiodic_pipelines.defs.bars import BarCheck
+from aperiodic_pipelines.defs.daily import DailyGraph, build_daily_graph
 from aperiodic_pipelines.defs.factory import ExchangeGraph, build_exchange_graph
-from aperiodic_pipelines.defs.freshness import build_overdue_sensor
+from aperiodic_pipelines.defs.freshness import build_overdue_days_sensor, build_overdue_sensor
 from aperiodic_pipelines.defs.klines_check import reconciles_with_exchange_klines
 from aperiodic_pipelines.defs.partitions import partitioned_exchange
 from aperiodic_pipelines.defs.resources import sources_resource, store_resource
@@ -31,6 +33,7 @@ class CodeLocation:
     defs: Definitions
     graphs: dict[str, ExchangeGraph]  # by exchange name
     alert_sensors: tuple[SensorDefinition, SensorDefinition, SensorDefinition]  # see sensors.build_alert_sensors
+    daily: dict[str, DailyGraph] | None = None  # the open month's asset, job and schedule, by exchange name
 
 
 def build_code_location(settings: Settings) -> CodeLocation:
@@ -43,21 +46,28 @@ def build_code_location(settings: Settings) -> CodeLocation:
         )
         for name, exchange in EXCHANGES_BY_NAME.items()
     }
+    # The open month, day by day (daily.py): one asset per exchange, partitioned by instrument only.
+    daily = {
+        name: build_daily_graph(graph.exchange, policies.kinds(settings.store.is_s3), settings.daily)
+        for name, graph in graphs.items()
+    }
     secrets = (settings.sources.tardis_api_key, (settings.api.signing_key or b"").decode(errors="replace") or None)
     alert_sensors = build_alert_sensors(settings.alerts, secrets)
     definitions = Definitions(
-        assets=[a for graph in graphs.values() for a in graph.assets],
-        jobs=[job for graph in graphs.values() for job in (graph.job, *graph.extra_jobs)],
-        schedules=[graph.schedule for graph in graphs.values()],
+        assets=[*(a for graph in graphs.values() for a in graph.assets), *(d.asset for d in daily.values())],
+        jobs=[*(job for graph in graphs.values() for job in (graph.job, *graph.extra_jobs)),
+              *(d.job for d in daily.values())],
+        schedules=[*(graph.schedule for graph in graphs.values()), *(d.schedule for d in daily.values())],
         sensors=[
             *alert_sensors,
             build_overdue_sensor(settings.alerts),
+            build_overdue_days_sensor(settings.alerts, settings.daily, [d.job for d in daily.values()]),
             *(sensor for graph in graphs.values() for sensor in graph.sensors),
         ],
         executor=in_process_executor,
         resources={"store": store_resource(settings.store), "sources": sources_resource(settings.sources)},
     )
-    return CodeLocation(definitions, graphs, alert_sensors)
+    return CodeLocation(definitions, graphs, alert_sensors, daily)
 
 
 SETTINGS = Settings.from_env()  # the one read of the environment for this code location

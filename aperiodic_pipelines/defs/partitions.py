@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 from dagster import (
     DynamicPartitionsDefinition,
@@ -157,6 +158,21 @@ def flow_partition_key(exchange: str, native_symbol: str, month: str) -> MultiPa
     return MultiPartitionKey(
         {"instrument": instrument_key(exchange, native_symbol), "month": month_partition_key(month)}
     )
+
+
+# An instrument's first month, kept with its registration in the instance's key-value store (run storage cursor
+# values: the same database as the dynamic partitions). Written by `operator.registry`; read by the daily asset.
+FIRST_MONTH_KEY = "aperiodic/first_month/{exchange}/{native}"
+
+
+def first_month_key(exchange: str, native_symbol: str) -> str:
+    return FIRST_MONTH_KEY.format(exchange=exchange, native=native_symbol)
+
+
+def recorded_first_month(instance: Any, exchange: str, native_symbol: str) -> str | None:
+    """The first month registered for the instrument (`instruments add`), or None."""
+    key = first_month_key(exchange, native_symbol)
+    return instance.run_storage.get_cursor_values({key}).get(key) or None
 
 
 def split_partition_key(partition_key: str | MultiPartitionKey) -> tuple[str, str]:

@@ -6,6 +6,8 @@ Open-source Dagster has no alert policies, so sensors do it:
   `complete_month`, fails in a successful run);
 - `run_failure_alert`: runs that failed for any other reason (network, bad archive, bug). Runs whose failure
   is explained by failed ERROR checks are left to the check alert, so one incident gives one message;
+- `overdue_days` (freshness.py): the open month's overdue days per instrument; the daily runs' failed
+  `days_on_time` checks are left to it;
 - `overdue_months`: hourly, every registered instrument whose last due month is not in the published index
   (see `freshness.py`), once per instrument-month.
 The webhook is `settings.alerts.webhook_url` (`APERIODIC_ALERT_WEBHOOK_URL`, a secret: never logged); when unset
@@ -53,7 +55,10 @@ class ErrorInfo(Protocol):
 WEBHOOK_VARIABLE = "APERIODIC_ALERT_WEBHOOK_URL"  # named in messages; its value (a secret) never is
 DEFAULT_DAGSTER_URL = AlertSettings().dagster_url
 WEBHOOK_TIMEOUT_SECONDS = 10
-MAX_RULE_CHARS = 300  # keep chat messages short; the run page has the rest
+MAX_RULE_CHARS = 300
+# Checks whose failures another sensor posts: `days_on_time` (defs/daily.py) by `overdue_days`, once per
+# instrument and due day, rather than after every morning's run.
+REPORTED_ELSEWHERE = frozenset({"days_on_time"})  # keep chat messages short; the run page has the rest
 # Runs from every code location of the instance (this platform is normally the only one; runs started with
 # `execute_in_process` in scripts carry no code-location origin and are seen only with this setting).
 MONITOR_ALL_RUNS = True
@@ -172,7 +177,8 @@ def build_alert_sensors(
     `alerts.webhook_url` with run links under `alerts.dagster_url`. `secrets` are cut from error text."""
 
     def alert_failed_checks(context: RunStatusSensorContext) -> SkipReason | None:
-        checks = failed_checks(context.instance, context.dagster_run.run_id)
+        checks = [c for c in failed_checks(context.instance, context.dagster_run.run_id)
+                  if c.check not in REPORTED_ELSEWHERE]
         if not checks:
             return SkipReason(f"run {context.dagster_run.run_id}: no failed checks")
         send_alert(check_failure_message(context.dagster_run, checks, alerts.dagster_url), context.log,

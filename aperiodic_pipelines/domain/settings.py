@@ -75,6 +75,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("APERIODIC_DAGSTER_URL", "http://127.0.0.1:3000", "base of the run links in alerts"),
     Variable("APERIODIC_CELERY_BROKER_URL", None, "Celery broker of the multi-machine deployment (deploy/celery), e.g. redis://host:6379/0", secret=True),
     Variable("APERIODIC_CELERY_BACKEND_URL", None, "Celery result backend (persistent, e.g. redis://host:6379/1); the broker URL when unset", secret=True),
+    Variable("APERIODIC_DAILY_HOUR_BINANCE", "2", "UTC hour of binance-futures' daily run (its daily zips are out by then)"),
+    Variable("APERIODIC_DAILY_HOUR_OKX", "10", "UTC hour of okx-perps' daily run (the UTC+8 file ending the day is out by then)"),
+    Variable("APERIODIC_DAILY_HOUR_HYPERLIQUID", "1", "UTC hour of hyperliquid-perps' daily run (the hour after the day is out)"),
+    Variable("APERIODIC_DAILY_HOUR_TARDIS", "7", "UTC hour of every exchange's daily run when APERIODIC_SOURCE=tardis"),
+    Variable("APERIODIC_DAILY_DUE_HOURS", "36", "hours after a day ends by which its daily files must be published (else: overdue)"),
 )
 VARIABLES_BY_NAME: dict[str, Variable] = {v.name: v for v in VARIABLES}
 
@@ -194,6 +199,28 @@ class AlertSettings:
     dagster_url: str = "http://127.0.0.1:3000"
 
 
+DAILY_HOUR_VARIABLES = {
+    "binance-futures": "APERIODIC_DAILY_HOUR_BINANCE",
+    "okx-perps": "APERIODIC_DAILY_HOUR_OKX",
+    "hyperliquid-perps": "APERIODIC_DAILY_HOUR_HYPERLIQUID",
+    "tardis": "APERIODIC_DAILY_HOUR_TARDIS",
+}
+
+
+@dataclass(frozen=True)
+class DailySettings:
+    """The open month's daily runs: the UTC hour of each exchange's schedule (after it usually publishes a day;
+    `tardis` when every exchange is read from Tardis) and when a day is overdue."""
+
+    schedule_hours: Mapping[str, int] = field(
+        default_factory=lambda: {"binance-futures": 2, "okx-perps": 10, "hyperliquid-perps": 1, "tardis": 7}
+    )
+    due_hours: float = 36.0  # after the day ends (UTC)
+
+    def schedule_hour(self, exchange: str, source: str = "archive") -> int:
+        return self.schedule_hours["tardis" if source == "tardis" else exchange]
+
+
 @dataclass(frozen=True)
 class CelerySettings:
     """Where the Celery run launcher and its workers meet (deploy/celery). URLs may carry passwords: no repr."""
@@ -219,6 +246,7 @@ class Settings:
     api: ApiSettings = field(default_factory=ApiSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     celery: CelerySettings = field(default_factory=CelerySettings)
+    daily: DailySettings = field(default_factory=DailySettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -274,7 +302,18 @@ class Settings:
                 broker_url=read.text("APERIODIC_CELERY_BROKER_URL"),
                 backend_url=read.text("APERIODIC_CELERY_BACKEND_URL"),
             ),
+            daily=DailySettings(
+                schedule_hours={name: _hour(read, variable) for name, variable in DAILY_HOUR_VARIABLES.items()},
+                due_hours=read.number("APERIODIC_DAILY_DUE_HOURS", minimum=1),
+            ),
         )
+
+
+def _hour(read: _Reader, name: str) -> int:
+    hour = read.number(name, minimum=0, cast=int)
+    if hour > 23:
+        raise ConfigError(f"{name}={hour}: expected a UTC hour, 0 to 23")
+    return hour
 
 
 def aws_region(environ: Mapping[str, str] | None = None, default: str = DEFAULT_AWS_REGION) -> str:

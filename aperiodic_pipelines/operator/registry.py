@@ -3,7 +3,8 @@ listed and removed; and the check of a month request before any run exists.
 
 An instrument is a key of its exchange's dynamic partitions (`{slug}_instruments`, the native id). Its first month
 (from the exchange's listing where the archive has one, `sources/universe.py`) is kept in the instance's own
-key-value store (`instance.run_storage` cursor values, key `aperiodic/first_month/{exchange}/{native}`): the same
+key-value store (`instance.run_storage` cursor values, key `aperiodic/first_month/{exchange}/{native}`,
+`defs.partitions.FIRST_MONTH_KEY`: the open month's daily asset reads it for day 1's carry): the same
 database as the partitions, so the webserver, the daemon and every machine of a Postgres deployment read the same
 value, and it survives with the instance. Dynamic partitions carry no metadata of their own, and a 2-D
 `MultiPartitionsDefinition` has one month range for every instrument, so the UI still shows the exchange's months
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
     from aperiodic_pipelines.sources.universe import Listing
 
-FIRST_MONTH_KEY = "aperiodic/first_month/{exchange}/{native}"
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class RegisteredInstrument:
 
 
 class MonthRefusedError(RunSetupError):
-    """A month no run can publish: before the archive or the listing, the open month, or in the future."""
+    """A month no run can publish: before the archive or the listing, or in the future."""
 
 
 def resolve_instrument(exchange: str, symbol: str) -> Instrument:
@@ -74,7 +74,11 @@ def find_listing(instrument: Instrument, settings: SourceSettings | None = None)
 
 
 def _first_month_key(instrument: Instrument) -> str:
-    return FIRST_MONTH_KEY.format(exchange=instrument.exchange, native=instrument.native)
+    # The key lives with the partitions (`defs.partitions.FIRST_MONTH_KEY`): the daily asset reads it too. Imported
+    # here, not at the top: this module is loaded by every CLI call, and the Dagster import costs ~0.6 s.
+    from aperiodic_pipelines.defs.partitions import first_month_key
+
+    return first_month_key(instrument.exchange, instrument.native)
 
 
 def register_instrument(instance: DagsterInstance, instrument: Instrument, first_month: str | None = None) -> bool:
@@ -89,8 +93,9 @@ def register_instrument(instance: DagsterInstance, instrument: Instrument, first
 
 
 def recorded_first_month(instance: DagsterInstance, instrument: Instrument) -> str | None:
-    key = _first_month_key(instrument)
-    return instance.run_storage.get_cursor_values({key}).get(key) or None
+    from aperiodic_pipelines.defs.partitions import recorded_first_month as recorded
+
+    return recorded(instance, instrument.exchange, instrument.native)
 
 
 def remove_instrument(instance: DagsterInstance, instrument: Instrument) -> bool:
@@ -124,10 +129,11 @@ def check_months(
     *,
     last_listed: str | None = None,
     now: datetime | None = None,
+    allow_open: bool = False,
 ) -> None:
     """Refuse, in one line, a month range that reaches before the exchange's archive or the instrument's first
-    month, past the instrument's archive when it has ended, or into the open month or the future. Months are
-    published once closed and archived by the exchange; until daily files exist, the open month cannot be.
+    month, past the instrument's archive when it has ended, or into the future; the open month too unless
+    `allow_open` (`materialize`: its complete days, as daily files, through the daily job).
 
     `last_listed` is the instrument's last monthly file in the listing: when it is older than the month before the
     last closed one, the exchange has stopped archiving the instrument (delisted), and later months are refused.
@@ -146,11 +152,14 @@ def check_months(
     open_month, closed = current_month(now), last_closed_month(now)
     if last > open_month:
         raise MonthRefusedError(f"{last} is in the future (the open month is {open_month}); the latest month that "
-                                f"can be published is {closed}")
-    if last == open_month:
+                                f"can be published is {closed} (and {open_month}'s complete days, as daily files)")
+    # The open month is published day by day (issue 15): `materialize` of it publishes its complete days not yet
+    # published (`allow_open`); a monthly partition (backfills) exists only once it has closed.
+    if last == open_month and not allow_open:
         raise MonthRefusedError(
-            f"{last} is the open month: it can be published from {next_month(open_month)}-01 UTC, once it has closed "
-            f"and the exchange has archived its last day; the latest month that can be published is {closed}"
+            f"{last} is the open month: its monthly file can be published from {next_month(open_month)}-01 UTC, "
+            f"once it has closed; its complete days are published by `aperiodic-pipelines materialize --month "
+            f"{open_month}` (and the daily schedule); the latest month that can be backfilled is {closed}"
         )
     if last_listed is not None and last_listed < previous_month(closed) and last > last_listed:
         raise MonthRefusedError(

@@ -101,6 +101,14 @@ class Submitter:
         }
         return self._submit(exchange_of(instrument.exchange).flow_job_name, instrument.exchange, partition_tags)
 
+    def daily_run(self, instrument: Instrument) -> str:
+        """One run of the exchange's daily job for the instrument: the open month's complete days not yet
+        published (defs/daily.py)."""
+        from aperiodic_pipelines.defs.daily import daily_job_name
+
+        job = daily_job_name(exchange_of(instrument.exchange).slug)
+        return self._submit(job, instrument.exchange, {"dagster/partition": instrument.native})
+
     def venue_run(self, exchange: str, month: str) -> str:
         """One month's run of the exchange's venue job (`{slug}/venue_hours`, defs/venue.py)."""
         from aperiodic_pipelines.defs.partitions import month_partition_key
@@ -326,4 +334,75 @@ def run_month_waves(
                 report(results[-1])
             if not all(r.success for r in results):
                 break
+    return results
+
+
+# --- the open month, day by day ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OpenMonthRun:
+    instrument: Instrument
+    month: str
+    run_id: str
+    success: bool
+    lines: tuple[str, ...]  # the failure's description when it failed
+    published_now: tuple[str, ...] = ()  # days this run published
+    complete_through: str | None = None
+    waiting_for: str | None = None  # first complete day upstream has not (fully) published
+    waiting_reason: str = ""
+
+
+def _daily_metadata(instance: DagsterInstance, run_id: str) -> dict[str, Any]:
+    from dagster import DagsterEventType
+
+    records = instance.get_records_for_run(run_id, of_type={DagsterEventType.ASSET_MATERIALIZATION}).records
+    if not records:
+        return {}
+    materialization = records[-1].event_log_entry.dagster_event.event_specific_data.materialization
+    return {name: getattr(value, "value", value) for name, value in materialization.metadata.items()}
+
+
+def run_open_month(
+    instance: DagsterInstance,
+    instruments: Sequence[Instrument],
+    month: str,
+    *,
+    tags: dict[str, str] | None = None,
+    log_level: str = "INFO",
+    workspace_file: Path | None = None,
+    say: Say = quiet,
+    first_months: dict[Instrument, str] | None = None,
+    deadline_seconds: float = DEFAULT_WAIT_SECONDS,
+) -> list[OpenMonthRun]:
+    """One daily run per instrument (side by side), submitted through the code location as the daily schedule
+    submits them: each publishes the open month's complete days not yet published."""
+    for instrument in instruments:
+        if register_instrument(instance, instrument, (first_months or {}).get(instrument)):
+            say(f"registered instrument {instrument.exchange} {instrument.native} ({instrument.atlas})")
+    with code_location(instance, workspace_file) as process_context:
+        submitter = Submitter(process_context, tags=dict(tags or {}), log_level=log_level, say=say)
+        submitted = {}
+        for instrument in instruments:
+            say(f"submitting {instrument.exchange} {instrument.native} {month} (open month: its complete days) ...")
+            submitted[instrument] = submitter.daily_run(instrument)
+        finished = wait_for_runs(instance, list(submitted.values()), deadline_seconds=deadline_seconds,
+                                 launched_directly=submitter.launched_directly)
+    results = []
+    for instrument, run_id in submitted.items():
+        end = finished[run_id]
+        if not end.success:
+            results.append(OpenMonthRun(instrument, month, run_id, False, tuple(outcome_lines(instance, end))))
+            continue
+        meta = _daily_metadata(instance, run_id)
+        published = str(meta.get("published_now", ""))
+        through = meta.get("complete_through")
+        results.append(OpenMonthRun(
+            instrument, month, run_id, True, (),
+            tuple(d for d in published.split(", ") if d and d != "nothing new"),
+            None if through in (None, "none") else str(through),
+            str(meta["waiting_for"]) if meta.get("waiting_for") else None,
+            ("skipped upstream" if meta.get("skipped_upstream") else "not published upstream yet")
+            + (f", missing {shorten(str(meta['upstream_missing']), 160)}" if meta.get("upstream_missing") else ""),
+        ))
     return results
