@@ -56,7 +56,7 @@ from aperiodic_pipelines.storage import (
     read_parquet_metadata,
     write_parquet_deterministic,
 )
-from aperiodic_pipelines.storage.index import PublishedMonth, record_published_month
+from aperiodic_pipelines.storage.index import PublishedFile, PublishedMonth, record_published_month
 from aperiodic_pipelines.storage.staging import manifest_key, staged_key
 from aperiodic_pipelines.trades import empty_trades
 from tests.binance_stage import EXCHANGE, NATIVE, PREFIX, Stage, new_instance, run_month
@@ -283,6 +283,10 @@ def test_overdue_month_is_reported_once(webhook: Webhook, tmp_path: Path) -> Non
     with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions(BINANCE.instruments_name, ["BTCUSDT", "ETHUSDT"])
         record_published_month(store, PublishedMonth(EXCHANGE, "perpetual-BTC-USDT:USDT", "BTCUSDT", "2024-02", ()))
+        # ETHUSDT has February's daily files only: that is not the month published.
+        day_file = PublishedFile("exchange", "1d", "flow/exchange/binance-futures/1d/ETHUSDT/2024-02-01.parquet",
+                                 "0" * 64, 1, 1, day="2024-02-01")
+        record_published_month(store, PublishedMonth(EXCHANGE, "perpetual-ETH-USDT:USDT", "ETHUSDT", "2024-02", (day_file,)))
         assert [m.key() for m in overdue_months_at(instance, store, now)] == [f"{EXCHANGE}|ETHUSDT|2024-02"]
 
         # The sensor at the real current time: the month due last is published for BTCUSDT only.

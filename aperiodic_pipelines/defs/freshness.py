@@ -78,7 +78,8 @@ def overdue_months_at(instance: DagsterInstance, store: ObjectStore, now: dateti
         if month < exchange.first_month:
             continue
         for native in sorted(instance.get_dynamic_partitions(exchange.instruments_name)):
-            if read_published_month(store, exchange.name, native, month) is None:
+            entry = read_published_month(store, exchange.name, native, month)
+            if entry is None or entry.only_days:  # daily files alone do not publish the month
                 overdue.append(OverdueMonth(exchange.name, native, month))
     return overdue
 

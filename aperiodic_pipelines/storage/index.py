@@ -87,6 +87,12 @@ class PublishedMonth:
     def monthly_files(self) -> list[PublishedFile]:
         return [f for f in self.files if f.day is None]
 
+    @property
+    def only_days(self) -> bool:
+        """Whether the entry holds daily files of the open month and no monthly file yet (the month is not
+        published as a month)."""
+        return bool(self.files) and not self.monthly_files()
+
     def day_files(self, day: str) -> list[PublishedFile]:
         return [f for f in self.files if f.day == day]
 
