@@ -26,14 +26,14 @@ from polars.testing import assert_frame_equal
 from aperiodic_pipelines.api import ApiKeyStore, ApiSettings, running_server
 from aperiodic_pipelines.domain.intervals import INTERVALS
 from aperiodic_pipelines.domain.layout import daily_flow_key
-from aperiodic_pipelines.flow.daily import SPANS, compute_day_flow_bars, month_start_carry
+from aperiodic_pipelines.flow.daily import SPANS, FlowCarry, compute_day_flow_bars, month_start_carry
 from aperiodic_pipelines.storage import ObjectStore, store_from_uri
 from aperiodic_pipelines.storage.daily import (
     DayOrderError,
     MonthClosedError,
     last_complete_day,
     published_days,
-    read_carry,
+    read_carry_frame,
     retire_expired,
 )
 from aperiodic_pipelines.storage.index import publish_month_bars, read_published_month
@@ -41,6 +41,11 @@ from aperiodic_pipelines.storage.publication import CARRIES_PREFIX, VERSIONS_PRE
 from aperiodic_pipelines.synthetic import generate_tape
 from tests.daily_writer import EXCHANGE, NATIVE, SYMBOL, TIMESTAMPS, carry, generation_of_price, publish
 from tests.test_publication import Writer
+
+
+def read_carry(store: ObjectStore, exchange: str, native: str, day: str, timestamp: str) -> FlowCarry | None:
+    frame = read_carry_frame(store, exchange, native, day, timestamp)
+    return None if frame is None else FlowCarry.from_frame(frame)
 
 MONTH = "2024-03"
 DAYS = [f"{MONTH}-{d:02d}" for d in range(1, 5)]

@@ -12,7 +12,7 @@ complete day of the open month not yet published (`publish_open_month`), and rec
 - `waiting_for` / `upstream_missing` / `skipped_upstream`: the first day upstream has not (fully) published.
 
 **A gap waits.** Days are computed in order, each from the carry published with the day before
-(`storage.daily.read_carry`; on day 1 `flow.month_start_carry` from raw month m−1: the store's raw file, else the
+(`storage.daily.read_carry_frame`; on day 1 `flow.month_start_carry` from raw month m−1: the store's raw file, else the
 source's month). The first day whose raw inputs are not out (`DayNotPublishedError`) stops the run's chain: the
 days after it wait, and no bar is ever computed from missing trades. Not published is a normal state: the run
 succeeds and says what it waits for; a day upstream skipped (`later_published`) is not retried by a retry policy,
@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from dagster import (
@@ -70,6 +70,9 @@ from aperiodic_pipelines.domain.months import (
 )
 from aperiodic_pipelines.domain.settings import DailySettings
 from aperiodic_pipelines.storage import ObjectStore, raw_key
+
+if TYPE_CHECKING:
+    from aperiodic_pipelines.flow import FlowCarry
 
 DAILY_CHECK = "days_on_time"
 OPEN_MONTH_ASSET = "open_month_flow_bars"
@@ -180,12 +183,11 @@ def publish_open_month(
     from aperiodic_pipelines.flow import (
         FlowCarry,
         compute_day_flow_bars,
-        month_start_carry,
         validate_month_bars,
     )
     from aperiodic_pipelines.flow.daily import raw_days_needed
     from aperiodic_pipelines.sources.daily import DayNotPublishedError
-    from aperiodic_pipelines.storage.daily import publish_day, published_days, read_carry
+    from aperiodic_pipelines.storage.daily import publish_day, published_days
 
     month = today.strftime("%Y-%m")
     already = published_days(store, exchange, native_symbol, month)
@@ -205,8 +207,7 @@ def publish_open_month(
             try:
                 for timestamp in variants:
                     if timestamp not in carries:
-                        carries[timestamp] = _carry_for(store, exchange, native_symbol, day, timestamp, raw,
-                                                        read_carry, month_start_carry)
+                        carries[timestamp] = _carry_for(store, exchange, native_symbol, day, timestamp, raw)
                 inputs = {t: [raw.day(d) for d in raw_days_needed(day, t)] for t in variants}
             except DayNotPublishedError as missing:
                 log(f"{day}: waits for upstream ({missing})")
@@ -235,10 +236,13 @@ def _in_month(days: list[str], month: str) -> tuple[str, ...]:
     return tuple(d for d in days if month_of_day(d) == month)
 
 
-def _carry_for(store, exchange, native, day, timestamp, raw: _RawDays, read_carry, month_start_carry):  # noqa: ANN001
-    carry = read_carry(store, exchange, native, day, timestamp)
-    if carry is not None:
-        return carry
+def _carry_for(store: ObjectStore, exchange: str, native: str, day: str, timestamp: str, raw: _RawDays) -> "FlowCarry":
+    from aperiodic_pipelines.flow import FlowCarry, month_start_carry
+    from aperiodic_pipelines.storage.daily import read_carry_frame
+
+    frame = read_carry_frame(store, exchange, native, day, timestamp)
+    if frame is not None:
+        return FlowCarry.from_frame(frame)
     if not day.endswith("-01"):
         raise ValueError(f"{exchange} {native}: no carry published for {day} although the day before is published "
                          "(the store's index is inconsistent)")

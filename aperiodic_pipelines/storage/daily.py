@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from aperiodic_pipelines.domain.errors import StoreError
 from aperiodic_pipelines.domain.intervals import INTERVALS, check_timestamp
@@ -54,7 +54,15 @@ from aperiodic_pipelines.storage.publication import (
 if TYPE_CHECKING:
     import polars as pl
 
-    from aperiodic_pipelines.flow.daily import FlowCarry
+
+class Carry(Protocol):
+    """What storage needs of the flow engine's carry (`flow.FlowCarry`): its variant, the day it feeds and its
+    table. Storage keeps it as that table and hands the table back (`read_carry_frame`)."""
+
+    timestamp: str
+    day: str
+
+    def to_frame(self) -> pl.DataFrame: ...
 
 __all__ = [
     "DayOrderError",
@@ -63,7 +71,7 @@ __all__ = [
     "last_complete_day",
     "publish_day",
     "published_days",
-    "read_carry",
+    "read_carry_frame",
     "retire_expired",
 ]
 
@@ -103,7 +111,7 @@ def _carry_metadata(exchange: str, native_symbol: str, timestamp: str, for_day: 
 
 
 def _check_day_inputs(
-    day: str, bars: Mapping[tuple[str, str], pl.DataFrame], carries: Mapping[str, FlowCarry]
+    day: str, bars: Mapping[tuple[str, str], pl.DataFrame], carries: Mapping[str, Carry]
 ) -> list[str]:
     """The variants of the publication; raises ValueError naming what is missing or inconsistent."""
     if not carries:
@@ -135,14 +143,14 @@ def publish_day(
     native_symbol: str,
     day: str,
     bars: Mapping[tuple[str, str], pl.DataFrame],
-    carries: Mapping[str, FlowCarry],
+    carries: Mapping[str, Carry],
     sources: Mapping[str, Iterable[Mapping[str, object]]] | None = None,
     retain_seconds: float | None = None,
     lease_seconds: float | None = None,
     on_step: StepHook | None = None,
 ) -> DayPublished:
     """Publish one day of the open month whole: `bars` `{(timestamp, interval): frame}` (every interval of each
-    variant in `carries`) and `carries` `{timestamp: FlowCarry for the next day}`, in one commit of the month's
+    variant in `carries`) and `carries` `{timestamp: the carry for the next day}`, in one commit of the month's
     index entry. `sources` `{timestamp: [{location, sha256, size}, …]}` go in each file's footer.
 
     Raises `MonthClosedError` when the month's monthly file of a variant is published, `DayOrderError` when the
@@ -197,7 +205,7 @@ def publish_day(
     return DayPublished(day, committed.month, committed.index_uri, tuple(invalidated), committed.retired)
 
 
-def _write_carry(carry: FlowCarry, exchange: str, native_symbol: str, tmp: Path) -> Path:
+def _write_carry(carry: Carry, exchange: str, native_symbol: str, tmp: Path) -> Path:
     from aperiodic_pipelines.storage.parquet import write_parquet_deterministic
 
     local = tmp / f"carry-{carry.timestamp}-{carry.day}.parquet"
@@ -233,7 +241,7 @@ def _check_open_and_in_order(publication: MonthPublication, day: str, variants: 
 
 
 def _carry_changed(
-    publication: MonthPublication, day: str, variants: list[str], carries: Mapping[str, FlowCarry], tmp: Path
+    publication: MonthPublication, day: str, variants: list[str], carries: Mapping[str, Carry], tmp: Path
 ) -> bool:
     """Whether a carry `day` hands on differs from the one published with it before (a first publication of a
     day replaces no carry). Compared by the bytes of the deterministic parquet, as stored."""
@@ -309,12 +317,14 @@ def published_days(store: ObjectStore, exchange: str, native_symbol: str, month:
     return entry.days if entry is not None else []
 
 
-def read_carry(store: ObjectStore, exchange: str, native_symbol: str, day: str, timestamp: str) -> FlowCarry | None:
-    """The carry `day`'s bars of `timestamp` start from (published with the day before), checked against the
-    index's sha256; None when that day is not published (day 1 of a month: `flow.month_start_carry`)."""
+def read_carry_frame(
+    store: ObjectStore, exchange: str, native_symbol: str, day: str, timestamp: str
+) -> pl.DataFrame | None:
+    """The table of the carry `day`'s bars of `timestamp` start from (published with the day before; the flow
+    engine reads it with `FlowCarry.from_frame`), checked against the index's sha256; None when that day is not
+    published (day 1 of a month: `flow.month_start_carry`)."""
     import polars as pl
 
-    from aperiodic_pipelines.flow.daily import FlowCarry
     check_day(day)
     check_timestamp(timestamp)
     entry = read_published_month(store, exchange, native_symbol, month_of_day(_previous_day(day)))
@@ -324,7 +334,7 @@ def read_carry(store: ObjectStore, exchange: str, native_symbol: str, day: str, 
     data = store.read_bytes(found[0].key)
     if hashlib.sha256(data).hexdigest() != found[0].sha256:
         raise StoreError(f"{store.uri(found[0].key)} does not hold the carry the index names (sha256 differs)")
-    return FlowCarry.from_frame(pl.read_parquet(io.BytesIO(data)))
+    return pl.read_parquet(io.BytesIO(data))
 
 
 def last_complete_day(
