@@ -16,7 +16,6 @@ chunked, with fixed row groups and zstd.
 from __future__ import annotations
 
 import calendar
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Literal
 import polars as pl
 import pyarrow.parquet as pq
 
+from aperiodic_pipelines.atomic import atomic_replace
 from aperiodic_pipelines.domain.errors import CorruptArchiveError, InvalidTradesError
 from aperiodic_pipelines.domain.months import day_bounds_us
 from aperiodic_pipelines.sources.download import scratch_dir
@@ -164,11 +164,11 @@ def build_canonical_span(
             raise _conflict_error(name, *first_conflict)
         check_duplicate_share(int(facts["repeats"]), int(facts["n"]), name=name)  # adjacent repeats: a lower bound
         if facts["unsorted"] == 0 and facts["ids_not_increasing"] == 0:
-            os.replace(staged, dest)
+            atomic_replace(staged, dest)
             return CanonicalStats(int(facts["n"]), 0, int(facts["gaps"]))
         stats = _sort_by_day(staged, work, start_us, end_us, name=name)
         check_duplicate_share(stats.duplicates_dropped, int(facts["n"]), name=name)
-        os.replace(work / "sorted.parquet", dest)
+        atomic_replace(work / "sorted.parquet", dest)
         return stats
 
 

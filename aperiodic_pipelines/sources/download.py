@@ -14,7 +14,6 @@ import copy
 import hashlib
 import io
 import json
-import os
 import random
 import socket
 import sys
@@ -32,6 +31,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from aperiodic_pipelines.atomic import atomic_path, atomic_write
 from aperiodic_pipelines.domain.errors import (
     AperiodicError,
     ChecksumMismatchError,
@@ -298,10 +298,8 @@ class Downloader:
         def attempt(deadline: float) -> Download:
             response = self._get(url, deadline=deadline, headers=headers)
             with response:
-                tmp_fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target.parent)
-                tmp_path = Path(tmp_name)
-                try:
-                    with os.fdopen(tmp_fd, "wb") as sink:
+                with atomic_path(target) as tmp_path:
+                    with open(tmp_path, "wb") as sink:
                         size, digest = self._stream_body(response, sink, url, deadline)
                     self._check_length(response, size, url)
                     if expected_sha256 is not None and digest != expected_sha256.lower():
@@ -311,10 +309,6 @@ class Downloader:
                         )
                     if verify is not None:
                         verify(tmp_path)
-                    os.replace(tmp_path, target)
-                except BaseException:
-                    tmp_path.unlink(missing_ok=True)
-                    raise
                 self._write_meta(target, url, response, size, digest)
                 return Download(url=url, path=target, size=size, sha256=digest, from_cache=False)
 
@@ -379,14 +373,8 @@ class Downloader:
         }
         meta_path = self._meta_path(target)
         # A private temp name: two runs caching the same file at once must not rename each other's half-file.
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{meta_path.name}.", suffix=".part", dir=meta_path.parent)
-        try:
-            with os.fdopen(handle, "w") as tmp:
-                tmp.write(json.dumps(meta, sort_keys=True))
-            os.replace(tmp_name, meta_path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with atomic_write(meta_path) as out:
+            out.write(json.dumps(meta, sort_keys=True).encode())
 
     def evict(self, cache_key: str) -> None:
         """Forget a cached file (e.g. one that turned out corrupt when it was read)."""

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +25,7 @@ from typing import Any
 
 import polars as pl
 
+from aperiodic_pipelines.atomic import atomic_path, atomic_write
 from aperiodic_pipelines.domain.errors import AperiodicError, CorruptArchiveError, NotPublishedError
 from aperiodic_pipelines.domain.months import check_day, month_of_day
 from aperiodic_pipelines.domain.settings import HttpSettings
@@ -376,10 +374,8 @@ def _write_manifest(prepared: PreparedMonth, reader: BucketReader, url: str) -> 
     ]
     body = {"version": MANIFEST_VERSION, "parser_version": PARSER_VERSION, "url": url, "month": prepared.month,
             "hours": hours}
-    prepared.manifest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = prepared.manifest.with_name(f"{prepared.manifest.name}.part-{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(body, sort_keys=True, indent=1))
-    os.replace(tmp, prepared.manifest)
+    with atomic_write(prepared.manifest) as out:
+        out.write(json.dumps(body, sort_keys=True, indent=1).encode())
 
 
 # --- one coin's month --------------------------------------------------------------------------------------------
@@ -452,13 +448,6 @@ def _output_path(dest: Path, month: str) -> Path:
 
 def _write_parquet_atomically(trades: pl.DataFrame, path: Path) -> None:
     """Write next to the target, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         # Same options as the other sources' canonical files (sources/canonical.py).
         trades.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=1 << 20)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
