@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from aperiodic_pipelines.atomic import atomic_replace
 from aperiodic_pipelines.domain.errors import CorruptArchiveError, InvalidTradesError
 from aperiodic_pipelines.domain.months import day_bounds_us
+from aperiodic_pipelines.sources.base import SourceObject, SourceResult
 from aperiodic_pipelines.sources.download import scratch_dir
 from aperiodic_pipelines.trades import (
     CANONICAL_COLUMNS,
@@ -121,6 +122,60 @@ def build_canonical_day(files: Sequence[TradeFile], day: str, dest: Path) -> Can
     UTC day there too (`_sort_by_day`), so the day's rows are exactly the month file's rows of that day."""
     start_us, end_us = day_bounds_us(day)
     return build_canonical_span(files, start_us, end_us, day, dest, outside="trim")
+
+
+@dataclass(frozen=True)
+class SourceIdentity:
+    """What every `SourceResult` of one request shares: whose trades they are and what kind of upstream file."""
+
+    exchange: str
+    symbol: str  # Atlas symbol
+    native_symbol: str
+    dataset: str
+    has_arrival_times: bool = False
+
+
+def write_source_result(
+    identity: SourceIdentity,
+    read_files: Callable[[], Sequence[TradeFile]],
+    *,
+    dest: Path,
+    month: str,
+    objects: list[SourceObject],
+    evict: Callable[[], None],
+    day: str | None = None,
+    outside_month: Literal["trim", "error"] = "trim",
+    missing_days: Sequence[str] = (),
+) -> SourceResult:
+    """Read the upstream files, write the canonical `month` (or, with `day`, that UTC day of it) to `dest`, and
+    return the `SourceResult` describing it.
+
+    A `CorruptArchiveError` while reading or writing calls `evict` before it propagates: the file matched its
+    checksum (or was downloaded whole) yet does not decompress or parse, so nothing it fed may stay cached."""
+    try:
+        files = read_files()
+        if day is None:
+            stats = build_canonical_month(files, month, dest, outside_month=outside_month)
+        else:
+            stats = build_canonical_day(files, day, dest)
+    except CorruptArchiveError:
+        evict()
+        raise
+    return SourceResult(
+        exchange=identity.exchange,
+        symbol=identity.symbol,
+        native_symbol=identity.native_symbol,
+        month=month,
+        day=day,
+        path=dest,
+        trade_count=stats.trade_count,
+        duplicates_dropped=stats.duplicates_dropped,
+        id_gaps=stats.id_gaps,
+        has_arrival_times=identity.has_arrival_times,
+        dataset=identity.dataset,
+        objects=objects,
+        missing_days=list(missing_days),
+    )
 
 
 def build_canonical_span(

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, NoReturn, TypeVar
@@ -39,6 +39,7 @@ from aperiodic_pipelines.domain.errors import (
     NotPublishedError,
 )
 from aperiodic_pipelines.domain.settings import HttpSettings
+from aperiodic_pipelines.sources.base import SourceObject
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.limits import CSV_LIMITS, ReadLimits
 
@@ -179,6 +180,10 @@ class Download:
     size: int
     sha256: str
     from_cache: bool
+
+    def source_object(self) -> SourceObject:
+        """Where it came from, its size and its sha256, as a `SourceResult` lists it."""
+        return SourceObject(location=self.url, size=self.size, sha256=self.sha256)
 
 
 def parse_checksum_sidecar(text: str, *, filename: str, url: str) -> str:
@@ -379,6 +384,11 @@ class Downloader:
     def evict(self, cache_key: str) -> None:
         """Forget a cached file (e.g. one that turned out corrupt when it was read)."""
         self._evict(self.cache_dir / cache_key)
+
+    def evict_downloads(self, downloads: Iterable[Download]) -> None:
+        """Forget the cached files of `downloads` (archives that turned out corrupt when they were read)."""
+        for download in downloads:
+            self.evict(str(download.path.relative_to(self.cache_dir)))
 
     def _evict(self, target: Path) -> None:
         self._meta_path(target).unlink(missing_ok=True)
