@@ -21,7 +21,6 @@ from aperiodic_pipelines.domain.errors import SymbolError
 from aperiodic_pipelines.domain.exchanges import EXCHANGES
 from aperiodic_pipelines.domain.months import check_day, check_month
 from aperiodic_pipelines.domain.settings import HttpSettings, SourceSettings
-from aperiodic_pipelines.sources.daily import DayNotPublishedError  # small: only domain.errors behind it
 
 # exchange → module under aperiodic_pipelines.sources that exposes fetch_month(symbol, month, *, dest, config, ...)
 SOURCE_MODULES: dict[str, str] = {
@@ -123,5 +122,15 @@ def _call_source(
         module_name = SOURCE_MODULES[exchange]
     module = importlib.import_module(f"{__name__}.{module_name}")
     return getattr(module, function)(symbol, period, dest=Path(dest), config=config, http=http, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """`sources.DayNotPublishedError`, re-exported lazily: importing the registry imports no module below it."""
+    if name == "DayNotPublishedError":
+        from aperiodic_pipelines.sources.daily import DayNotPublishedError
+
+        return DayNotPublishedError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["EXCHANGES", "SOURCE_MODULES", "DayNotPublishedError", "fetch_day", "fetch_month", "source_fetch_month"]
