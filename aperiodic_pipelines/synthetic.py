@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aperiodic_pipelines.atomic import atomic_path
 from aperiodic_pipelines.trades import CANONICAL_COLUMNS, CANONICAL_SCHEMA
 
 US_PER_SECOND = 1_000_000
@@ -253,16 +253,9 @@ def generate_tape_to_parquet(path: str | os.PathLike[str], month: str = "2024-01
         {PARQUET_METADATA_KEY: json.dumps(arguments, sort_keys=True).encode()}
     )
     rows = 0
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(handle)
-    try:
-        with pq.ParquetWriter(temp_name, schema, compression=compression) as writer:
-            for day in iter_tape_days(month, n_trades, seed, start_price=start_price, tick=tick, lot=lot,
-                                      with_arrival=with_arrival, first_trade_id=first_trade_id):
-                writer.write_table(day.to_arrow().cast(schema), row_group_size=1 << 20)
-                rows += day.height
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as temp_path, pq.ParquetWriter(temp_path, schema, compression=compression) as writer:
+        for day in iter_tape_days(month, n_trades, seed, start_price=start_price, tick=tick, lot=lot,
+                                  with_arrival=with_arrival, first_trade_id=first_trade_id):
+            writer.write_table(day.to_arrow().cast(schema), row_group_size=1 << 20)
+            rows += day.height
     return rows

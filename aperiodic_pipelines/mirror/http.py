@@ -20,9 +20,12 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+from typing import Self
 from urllib.parse import unquote, urlsplit
+
+from aperiodic_pipelines.mirror.server import LocalHTTPServer
 
 _CHUNK = 64 * 1024
 
@@ -36,56 +39,41 @@ class _Fault:
     interval: float = 1.0  # trickle: seconds between body bytes
 
 
-class ArchiveMirror:
+class ArchiveMirror(LocalHTTPServer):
     """A `ThreadingHTTPServer` on 127.0.0.1 (port 0) in a background thread, serving `root`."""
 
+    thread_name = "archive-mirror"
+
     def __init__(self, root: Path) -> None:
+        super().__init__()
         self.root = Path(root).resolve()
         self.requests: list[tuple[str, str, int]] = []
         self._faults: list[_Fault] = []
         self._bearer: tuple[str, str] | None = None  # (token, path glob)
         self._lock = threading.Lock()
         self.stopping = threading.Event()  # releases stalled and trickling answers when the mirror stops
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------
 
-    def start(self) -> ArchiveMirror:
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
         mirror = self
-        self.stopping.clear()
 
         class Handler(_MirrorHandler):
             owner = mirror
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="archive-mirror", daemon=True)
-        self._thread.start()
-        return self
+        return Handler
+
+    def start(self) -> Self:
+        self.stopping.clear()
+        return super().start()
 
     def stop(self) -> None:
         self.stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> ArchiveMirror:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        super().stop()
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("ArchiveMirror is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.address
 
     # --- fault switches -----------------------------------------------------------------------------------
 

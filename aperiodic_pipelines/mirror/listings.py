@@ -11,11 +11,12 @@ every request, so months written after start are listed.
 
 from __future__ import annotations
 
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 from xml.sax.saxutils import escape
+
+from aperiodic_pipelines.mirror.server import LocalHTTPServer
 
 BUCKET = "data.binance.vision"
 DEFAULT_MAX_KEYS = 1000
@@ -55,17 +56,18 @@ def listing_xml(root: Path, prefix: str, delimiter: str, marker: str, max_keys: 
     return "".join(parts).encode()
 
 
-class ListingServer:
+class ListingServer(LocalHTTPServer):
     """A `ThreadingHTTPServer` on 127.0.0.1 (port 0) answering S3 bucket listings of `root`."""
 
+    thread_name = "listing"
+
     def __init__(self, root: Path, *, max_keys: int = DEFAULT_MAX_KEYS) -> None:
+        super().__init__()
         self.root = Path(root).resolve()
         self.max_keys = max_keys
         self.requests: list[str] = []  # the prefixes asked for, in order
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> ListingServer:
+    def handler_class(self) -> type[BaseHTTPRequestHandler]:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -94,31 +96,9 @@ class ListingServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="listing", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
-    def __enter__(self) -> ListingServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        return Handler
 
     @property
     def url(self) -> str:
         """The listing's base, as `APERIODIC_BINANCE_LISTING_URL` takes it (the bucket's path on its host)."""
-        if self._server is None:
-            raise RuntimeError("ListingServer is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/{BUCKET}"
+        return f"{self.address}/{BUCKET}"

@@ -19,9 +19,8 @@ from typing import Any
 
 from aperiodic_pipelines.domain.errors import SymbolError
 from aperiodic_pipelines.domain.exchanges import EXCHANGES
-from aperiodic_pipelines.domain.months import check_month
+from aperiodic_pipelines.domain.months import check_day, check_month
 from aperiodic_pipelines.domain.settings import HttpSettings, SourceSettings
-from aperiodic_pipelines.sources.daily import DayNotPublishedError  # small: only domain.errors behind it
 
 # exchange → module under aperiodic_pipelines.sources that exposes fetch_month(symbol, month, *, dest, config, ...)
 SOURCE_MODULES: dict[str, str] = {
@@ -35,8 +34,7 @@ FetchMonth = Callable[..., Any]
 
 def source_fetch_month(exchange: str) -> FetchMonth:
     """The `fetch_month` of `exchange`'s source module (imported now)."""
-    if exchange not in SOURCE_MODULES:
-        raise SymbolError(f"unsupported exchange {exchange!r}: supported are {', '.join(EXCHANGES)}")
+    check_exchange(exchange)
     return importlib.import_module(f"{__name__}.{SOURCE_MODULES[exchange]}").fetch_month
 
 
@@ -58,25 +56,9 @@ def fetch_month(
     `s3_client=` for Hyperliquid). Returns the source's `SourceResult`. With `config.source == "tardis"` the
     month is read from Tardis-format CSV under `config.tardis_url` instead of the exchange's public archive.
     """
-    from aperiodic_pipelines.domain.symbols import resolve_symbol
-
-    if exchange not in SOURCE_MODULES:
-        raise SymbolError(f"unsupported exchange {exchange!r}: supported are {', '.join(EXCHANGES)}")
+    check_exchange(exchange)
     check_month(month)
-    symbol, _native = resolve_symbol(exchange, symbol)  # a bad symbol fails here, before any I/O; sources get Atlas
-    config = config or SourceSettings.from_env()
-    if config.source == "tardis":
-        # Tardis-format files: the exchange's trades with arrival times, wherever the user keeps them.
-        from aperiodic_pipelines.sources import tardis
-
-        kwargs.pop("s3_client", None)
-        return tardis.fetch_month(
-            symbol, month, dest=Path(dest), config=config, http=http or HttpSettings.from_env(), exchange=exchange,
-            **kwargs,
-        )
-    http = http or HttpSettings.from_env()
-    return source_fetch_month(exchange)(symbol, month, dest=Path(dest), config=config, http=http, **kwargs)
-
+    return _call_source("fetch_month", exchange, symbol, month, dest=dest, config=config, http=http, **kwargs)
 
 
 def fetch_day(
@@ -102,21 +84,53 @@ def fetch_day(
     missing objects, without the 404 patience of a published month; its `later_published` is True when the
     upstream already published a later object, i.e. it skipped this one and the day may never be complete.
     """
-    from aperiodic_pipelines.domain.months import check_day
-    from aperiodic_pipelines.domain.symbols import resolve_symbol
+    check_exchange(exchange)
+    check_day(day)
+    return _call_source("fetch_day", exchange, symbol, day, dest=dest, config=config, http=http, **kwargs)
 
+
+def check_exchange(exchange: str) -> None:
+    """`SymbolError` unless a source module serves `exchange`."""
     if exchange not in SOURCE_MODULES:
         raise SymbolError(f"unsupported exchange {exchange!r}: supported are {', '.join(EXCHANGES)}")
-    check_day(day)
-    symbol, _native = resolve_symbol(exchange, symbol)  # a bad symbol fails here, before any I/O
+
+
+def _call_source(
+    function: str,
+    exchange: str,
+    symbol: str,
+    period: str,
+    *,
+    dest: Path,
+    config: SourceSettings | None,
+    http: HttpSettings | None,
+    **kwargs: Any,
+) -> Any:
+    """`function` ("fetch_month" or "fetch_day") of the exchange's source module, or of `tardis` when the settings
+    say so, with the symbol checked (before any I/O; sources get the Atlas symbol) and the settings filled in."""
+    from aperiodic_pipelines.domain.symbols import resolve_symbol
+
+    symbol, _native = resolve_symbol(exchange, symbol)
     config = config or SourceSettings.from_env()
     http = http or HttpSettings.from_env()
     if config.source == "tardis":
-        from aperiodic_pipelines.sources import tardis
-
+        # Tardis-format files: the exchange's trades with arrival times, wherever the user keeps them.
         kwargs.pop("s3_client", None)
-        return tardis.fetch_day(symbol, day, dest=Path(dest), config=config, http=http, exchange=exchange, **kwargs)
-    module = importlib.import_module(f"{__name__}.{SOURCE_MODULES[exchange]}")
-    return module.fetch_day(symbol, day, dest=Path(dest), config=config, http=http, **kwargs)
+        kwargs["exchange"] = exchange
+        module_name = "tardis"
+    else:
+        module_name = SOURCE_MODULES[exchange]
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    return getattr(module, function)(symbol, period, dest=Path(dest), config=config, http=http, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """`sources.DayNotPublishedError`, re-exported lazily: importing the registry imports no module below it."""
+    if name == "DayNotPublishedError":
+        from aperiodic_pipelines.sources.daily import DayNotPublishedError
+
+        return DayNotPublishedError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["EXCHANGES", "SOURCE_MODULES", "DayNotPublishedError", "fetch_day", "fetch_month", "source_fetch_month"]

@@ -17,15 +17,16 @@ from aperiodic_pipelines.domain.months import check_day, month_of_day
 from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.domain.symbols import to_native
 from aperiodic_pipelines.sources.archive_stream import check_zip_structure, first_line, lazy_csv, zip_csv
-from aperiodic_pipelines.sources.base import SourceObject, SourceResult
+from aperiodic_pipelines.sources.base import SourceResult
 from aperiodic_pipelines.sources.canonical import (
     CanonicalStats,
+    SourceIdentity,
     TradeFile,
-    build_canonical_day,
     build_canonical_month,
     days_of_month,
     ms_or_us_to_us,
     parse_month,
+    write_source_result,
 )
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.daily import DayNotPublishedError, shift_day
@@ -76,10 +77,8 @@ def fetch_month(
 ) -> SourceResult:
     """Download (or reuse from cache), verify and convert one month of binance-futures trades to `dest`."""
     parse_month(month)
-    native = to_native(EXCHANGE, symbol)
-    dataset = config.binance_dataset
-    if dataset not in DATASETS:
-        raise ValueError(f"binance dataset must be one of {DATASETS}, got {dataset!r}")
+    identity = _identity(symbol, config)
+    native, dataset = identity.native_symbol, identity.dataset
     downloader = downloader or Downloader.from_config(config, http)
     base = config.binance_url.rstrip("/")
 
@@ -93,33 +92,17 @@ def fetch_month(
             downloader,
         )
         downloads = [download for _day, download in fetched]
-        missing_files = [archive_path(native, dataset, day).rsplit("/", 1)[-1] for day in missing_days]
+        missing_files = [_archive_name(native, dataset, day) for day in missing_days]
         check_missing_days(
             f"{EXCHANGE} {native} {dataset} {month}", missing_days, published=len(downloads), config=config,
             detail=f"monthly archive: {monthly_missing}; daily archives missing for", missing_objects=missing_files,
         )
         outside_month = "trim"  # daily files may spill over the month's edges
 
-    try:
-        stats = convert_archives([d.path for d in downloads], month, dest, dataset=dataset, outside_month=outside_month)
-    except CorruptArchiveError:
-        # The archive matched its checksum yet does not decompress or parse: nothing it fed may stay cached.
-        for download in downloads:
-            downloader.evict(str(download.path.relative_to(downloader.cache_dir)))
-        raise
-    return SourceResult(
-        exchange=EXCHANGE,
-        symbol=symbol,
-        native_symbol=native,
-        month=month,
-        path=dest,
-        trade_count=stats.trade_count,
-        duplicates_dropped=stats.duplicates_dropped,
-        id_gaps=stats.id_gaps,
-        has_arrival_times=False,
-        dataset=dataset,
-        objects=[SourceObject(location=d.url, size=d.size, sha256=d.sha256) for d in downloads],
-        missing_days=missing_days,
+    return write_source_result(
+        identity, lambda: [read_archive(d.path, dataset) for d in downloads], dest=Path(dest), month=month,
+        objects=[d.source_object() for d in downloads], evict=lambda: downloader.evict_downloads(downloads),
+        outside_month=outside_month, missing_days=missing_days,
     )
 
 
@@ -138,45 +121,44 @@ def fetch_day(
     exists, and a monthly archive holds the same trades). Not out yet: `DayNotPublishedError` at once, with
     `later_published` from one probe of the next day's CHECKSUM."""
     check_day(day)
-    native = to_native(EXCHANGE, symbol)
-    dataset = config.binance_dataset
-    if dataset not in DATASETS:
-        raise ValueError(f"binance dataset must be one of {DATASETS}, got {dataset!r}")
+    identity = _identity(symbol, config)
+    native, dataset = identity.native_symbol, identity.dataset
     client = (downloader or Downloader.from_config(config, http)).impatient()
     base = config.binance_url.rstrip("/")
-    path = archive_path(native, dataset, day)
     try:
-        download = _fetch_checked(client, base, path)
+        download = _fetch_checked(client, base, archive_path(native, dataset, day))
     except NotPublishedError:
-        following = archive_path(native, dataset, shift_day(day, 1))
-        try:
-            client.fetch_text(f"{base}/{following}.CHECKSUM")
-            later = True
-        except NotPublishedError:
-            later = False
         raise DayNotPublishedError(
-            f"{EXCHANGE} {native} {dataset}", day, [path.rsplit("/", 1)[-1]], later_published=later
+            f"{EXCHANGE} {native} {dataset}", day, [_archive_name(native, dataset, day)],
+            later_published=_checksum_published(client, base, archive_path(native, dataset, shift_day(day, 1))),
         ) from None
-    dest = Path(dest)
-    try:
-        stats = build_canonical_day([read_archive(download.path, dataset)], day, dest)
-    except CorruptArchiveError:
-        client.evict(str(download.path.relative_to(client.cache_dir)))
-        raise
-    return SourceResult(
-        exchange=EXCHANGE,
-        symbol=symbol,
-        native_symbol=native,
-        month=month_of_day(day),
-        day=day,
-        path=dest,
-        trade_count=stats.trade_count,
-        duplicates_dropped=stats.duplicates_dropped,
-        id_gaps=stats.id_gaps,
-        has_arrival_times=False,
-        dataset=dataset,
-        objects=[SourceObject(location=download.url, size=download.size, sha256=download.sha256)],
+    return write_source_result(
+        identity, lambda: [read_archive(download.path, dataset)], dest=Path(dest), month=month_of_day(day), day=day,
+        objects=[download.source_object()], evict=lambda: client.evict_downloads([download]),
     )
+
+
+def _identity(symbol: str, config: SourceConfig) -> SourceIdentity:
+    """The symbol's native id and the configured dataset (checked before any download)."""
+    dataset = config.binance_dataset
+    native = to_native(EXCHANGE, symbol)
+    if dataset not in DATASETS:
+        raise ValueError(f"binance dataset must be one of {DATASETS}, got {dataset!r}")
+    return SourceIdentity(EXCHANGE, symbol, native, dataset)
+
+
+def _archive_name(native_symbol: str, dataset: str, period: str) -> str:
+    return archive_path(native_symbol, dataset, period).rsplit("/", 1)[-1]
+
+
+def _checksum_published(client: Downloader, base: str, path: str) -> bool:
+    """Whether the archive at `path` has its CHECKSUM out (one probe, no patience)."""
+    try:
+        client.fetch_text(f"{base}/{path}.CHECKSUM")
+    except NotPublishedError:
+        return False
+    return True
+
 
 def _fetch_checked(downloader: Downloader, base: str, path: str) -> Download:
     """The archive, verified against its CHECKSUM sidecar (fetched every time, so a changed upstream is seen)."""

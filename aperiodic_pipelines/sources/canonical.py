@@ -16,9 +16,8 @@ chunked, with fixed row groups and zstd.
 from __future__ import annotations
 
 import calendar
-import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +26,10 @@ from typing import Literal
 import polars as pl
 import pyarrow.parquet as pq
 
+from aperiodic_pipelines.atomic import atomic_replace
 from aperiodic_pipelines.domain.errors import CorruptArchiveError, InvalidTradesError
 from aperiodic_pipelines.domain.months import day_bounds_us
+from aperiodic_pipelines.sources.base import SourceObject, SourceResult
 from aperiodic_pipelines.sources.download import scratch_dir
 from aperiodic_pipelines.trades import (
     CANONICAL_COLUMNS,
@@ -123,6 +124,60 @@ def build_canonical_day(files: Sequence[TradeFile], day: str, dest: Path) -> Can
     return build_canonical_span(files, start_us, end_us, day, dest, outside="trim")
 
 
+@dataclass(frozen=True)
+class SourceIdentity:
+    """What every `SourceResult` of one request shares: whose trades they are and what kind of upstream file."""
+
+    exchange: str
+    symbol: str  # Atlas symbol
+    native_symbol: str
+    dataset: str
+    has_arrival_times: bool = False
+
+
+def write_source_result(
+    identity: SourceIdentity,
+    read_files: Callable[[], Sequence[TradeFile]],
+    *,
+    dest: Path,
+    month: str,
+    objects: list[SourceObject],
+    evict: Callable[[], None],
+    day: str | None = None,
+    outside_month: Literal["trim", "error"] = "trim",
+    missing_days: Sequence[str] = (),
+) -> SourceResult:
+    """Read the upstream files, write the canonical `month` (or, with `day`, that UTC day of it) to `dest`, and
+    return the `SourceResult` describing it.
+
+    A `CorruptArchiveError` while reading or writing calls `evict` before it propagates: the file matched its
+    checksum (or was downloaded whole) yet does not decompress or parse, so nothing it fed may stay cached."""
+    try:
+        files = read_files()
+        if day is None:
+            stats = build_canonical_month(files, month, dest, outside_month=outside_month)
+        else:
+            stats = build_canonical_day(files, day, dest)
+    except CorruptArchiveError:
+        evict()
+        raise
+    return SourceResult(
+        exchange=identity.exchange,
+        symbol=identity.symbol,
+        native_symbol=identity.native_symbol,
+        month=month,
+        day=day,
+        path=dest,
+        trade_count=stats.trade_count,
+        duplicates_dropped=stats.duplicates_dropped,
+        id_gaps=stats.id_gaps,
+        has_arrival_times=identity.has_arrival_times,
+        dataset=identity.dataset,
+        objects=objects,
+        missing_days=list(missing_days),
+    )
+
+
 def build_canonical_span(
     files: Sequence[TradeFile],
     start_us: int,
@@ -164,11 +219,11 @@ def build_canonical_span(
             raise _conflict_error(name, *first_conflict)
         check_duplicate_share(int(facts["repeats"]), int(facts["n"]), name=name)  # adjacent repeats: a lower bound
         if facts["unsorted"] == 0 and facts["ids_not_increasing"] == 0:
-            os.replace(staged, dest)
+            atomic_replace(staged, dest)
             return CanonicalStats(int(facts["n"]), 0, int(facts["gaps"]))
         stats = _sort_by_day(staged, work, start_us, end_us, name=name)
         check_duplicate_share(stats.duplicates_dropped, int(facts["n"]), name=name)
-        os.replace(work / "sorted.parquet", dest)
+        atomic_replace(work / "sorted.parquet", dest)
         return stats
 
 

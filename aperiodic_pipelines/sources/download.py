@@ -14,14 +14,13 @@ import copy
 import hashlib
 import io
 import json
-import os
 import random
 import socket
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, NoReturn, TypeVar
@@ -32,6 +31,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from aperiodic_pipelines.atomic import atomic_path, atomic_write
 from aperiodic_pipelines.domain.errors import (
     AperiodicError,
     ChecksumMismatchError,
@@ -39,6 +39,7 @@ from aperiodic_pipelines.domain.errors import (
     NotPublishedError,
 )
 from aperiodic_pipelines.domain.settings import HttpSettings
+from aperiodic_pipelines.sources.base import SourceObject
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.limits import CSV_LIMITS, ReadLimits
 
@@ -180,6 +181,10 @@ class Download:
     sha256: str
     from_cache: bool
 
+    def source_object(self) -> SourceObject:
+        """Where it came from, its size and its sha256, as a `SourceResult` lists it."""
+        return SourceObject(location=self.url, size=self.size, sha256=self.sha256)
+
 
 def parse_checksum_sidecar(text: str, *, filename: str, url: str) -> str:
     """The hex digest from a sha256sum-format line (`<hex>  <filename>`), checking it names `filename`."""
@@ -298,10 +303,8 @@ class Downloader:
         def attempt(deadline: float) -> Download:
             response = self._get(url, deadline=deadline, headers=headers)
             with response:
-                tmp_fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=target.parent)
-                tmp_path = Path(tmp_name)
-                try:
-                    with os.fdopen(tmp_fd, "wb") as sink:
+                with atomic_path(target) as tmp_path:
+                    with open(tmp_path, "wb") as sink:
                         size, digest = self._stream_body(response, sink, url, deadline)
                     self._check_length(response, size, url)
                     if expected_sha256 is not None and digest != expected_sha256.lower():
@@ -311,10 +314,6 @@ class Downloader:
                         )
                     if verify is not None:
                         verify(tmp_path)
-                    os.replace(tmp_path, target)
-                except BaseException:
-                    tmp_path.unlink(missing_ok=True)
-                    raise
                 self._write_meta(target, url, response, size, digest)
                 return Download(url=url, path=target, size=size, sha256=digest, from_cache=False)
 
@@ -379,18 +378,17 @@ class Downloader:
         }
         meta_path = self._meta_path(target)
         # A private temp name: two runs caching the same file at once must not rename each other's half-file.
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{meta_path.name}.", suffix=".part", dir=meta_path.parent)
-        try:
-            with os.fdopen(handle, "w") as tmp:
-                tmp.write(json.dumps(meta, sort_keys=True))
-            os.replace(tmp_name, meta_path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with atomic_write(meta_path) as out:
+            out.write(json.dumps(meta, sort_keys=True).encode())
 
     def evict(self, cache_key: str) -> None:
         """Forget a cached file (e.g. one that turned out corrupt when it was read)."""
         self._evict(self.cache_dir / cache_key)
+
+    def evict_downloads(self, downloads: Iterable[Download]) -> None:
+        """Forget the cached files of `downloads` (archives that turned out corrupt when they were read)."""
+        for download in downloads:
+            self.evict(str(download.path.relative_to(self.cache_dir)))
 
     def _evict(self, target: Path) -> None:
         self._meta_path(target).unlink(missing_ok=True)

@@ -32,16 +32,16 @@ from aperiodic_pipelines.domain.months import check_day, day_bounds_us, month_of
 from aperiodic_pipelines.domain.settings import HttpSettings
 from aperiodic_pipelines.domain.symbols import to_native
 from aperiodic_pipelines.sources.archive_stream import check_zip_structure, first_line, lazy_csv, zip_csv
-from aperiodic_pipelines.sources.base import SourceObject, SourceResult
+from aperiodic_pipelines.sources.base import SourceResult
 from aperiodic_pipelines.sources.canonical import (
+    SourceIdentity,
     TradeFile,
-    build_canonical_day,
-    build_canonical_month,
     format_us,
     month_bounds_us,
     ms_or_us_to_us,
     next_month,
     parse_month,
+    write_source_result,
 )
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.daily import DayNotPublishedError
@@ -224,6 +224,11 @@ def archive_path(instid: str, day: date) -> str:
     return f"trades/daily/{day:%Y%m%d}/{instid}-trades-{day:%Y-%m-%d}.zip"
 
 
+def archive_name(instid: str, day: date) -> str:
+    """The file name of the archive dated `day` (UTC+8), as errors name it."""
+    return archive_path(instid, day).rsplit("/", 1)[-1]
+
+
 def fetch_month(
     symbol: str,
     month: str,
@@ -235,49 +240,25 @@ def fetch_month(
 ) -> SourceResult:
     """Download (or reuse from cache) and convert one UTC month of okx-perps trades to `dest`."""
     parse_month(month)
-    instid = to_native(EXCHANGE, symbol)
-    start_us, end_us = month_bounds_us(month)
-    check_contract_coverage(instid, start_us, end_us)  # before downloading anything
-    dates = file_dates(month)
+    identity = _identity(symbol, *month_bounds_us(month))
+    instid = identity.native_symbol
     downloader = downloader or Downloader.from_config(config, http)
     base = config.okx_url.rstrip("/")
 
-    def fetch_day(client: Downloader, day: str) -> Download:
-        path = archive_path(instid, day)
-        name = path.rsplit("/", 1)[-1]
-        return client.fetch(f"{base}/{path}", f"{EXCHANGE}/{path}", verify=lambda p: check_zip_structure(p, name=name))
-
-    fetched, missing_dates = fetch_days(dates, fetch_day, downloader)
+    fetched, missing_dates = fetch_days(
+        file_dates(month), lambda client, day: _fetch_archive(client, base, instid, day), downloader
+    )
     downloads = [download for _day, download in fetched]
-    missing = {utc_day for day in missing_dates for utc_day in utc_days_of_file(day, month)}
-    missing_files = [archive_path(instid, day).rsplit("/", 1)[-1] for day in missing_dates]
-    missing_days = sorted(missing)
+    missing_days = sorted({utc_day for day in missing_dates for utc_day in utc_days_of_file(day, month)})
     check_missing_days(
         f"{EXCHANGE} {instid} {month}", missing_days, published=len(downloads), config=config,
-        detail="the UTC+8 daily archives holding trades of", missing_objects=missing_files,
+        detail="the UTC+8 daily archives holding trades of",
+        missing_objects=[archive_name(instid, day) for day in missing_dates],
     )
-    dest = Path(dest)
-    try:
-        files = [read_archive(d.path, instid, month, name=d.url.rsplit("/", 1)[-1]) for d in downloads]
-        stats = build_canonical_month(files, month, dest, outside_month="trim")
-    except CorruptArchiveError:
-        # A file that does not decompress or parse must not stay cached as good.
-        for download in downloads:
-            downloader.evict(str(download.path.relative_to(downloader.cache_dir)))
-        raise
-    return SourceResult(
-        exchange=EXCHANGE,
-        symbol=symbol,
-        native_symbol=instid,
-        month=month,
-        path=dest,
-        trade_count=stats.trade_count,
-        duplicates_dropped=stats.duplicates_dropped,
-        id_gaps=stats.id_gaps,
-        has_arrival_times=False,
-        dataset="trades",
-        objects=[SourceObject(location=d.url, size=d.size, sha256=d.sha256) for d in downloads],
-        missing_days=missing_days,
+    return write_source_result(
+        identity, lambda: [read_archive(d.path, instid, month, name=_url_name(d)) for d in downloads],
+        dest=Path(dest), month=month, objects=[d.source_object() for d in downloads],
+        evict=lambda: downloader.evict_downloads(downloads), missing_days=missing_days,
     )
 
 
@@ -294,9 +275,9 @@ def fetch_day(
     (file D covers [D−1 16:00, D 16:00) UTC), trimmed to the UTC day, contracts converted as for the month.
     Not out yet: `DayNotPublishedError` at once, `later_published` from one HEAD of the file after the last."""
     check_day(day)
-    instid = to_native(EXCHANGE, symbol)
-    start_us, end_us = day_bounds_us(day)
-    check_contract_coverage(instid, start_us, end_us)  # before downloading anything
+    span_us = day_bounds_us(day)
+    identity = _identity(symbol, *span_us)
+    instid = identity.native_symbol
     first = date.fromisoformat(day)
     dates = [first, first + timedelta(days=1)]
     client = (downloader or Downloader.from_config(config, http)).impatient()
@@ -305,46 +286,40 @@ def fetch_day(
     downloads: list[Download] = []
     missing: list[date] = []
     for file_date in dates:
-        path = archive_path(instid, file_date)
-        name = path.rsplit("/", 1)[-1]
         try:
-            downloads.append(
-                client.fetch(f"{base}/{path}", f"{EXCHANGE}/{path}", verify=lambda p, n=name: check_zip_structure(p, name=n))
-            )
+            downloads.append(_fetch_archive(client, base, instid, file_date))
         except NotPublishedError:
             missing.append(file_date)
     if missing:
         later = client.exists(f"{base}/{archive_path(instid, dates[-1] + timedelta(days=1))}")
         raise DayNotPublishedError(
-            f"{EXCHANGE} {instid}", day, [archive_path(instid, d).rsplit("/", 1)[-1] for d in missing],
-            later_published=later,
+            f"{EXCHANGE} {instid}", day, [archive_name(instid, d) for d in missing], later_published=later
         )
-    dest = Path(dest)
     month = month_of_day(day)
-    try:
-        files = [
-            read_archive(d.path, instid, month, name=d.url.rsplit("/", 1)[-1], span_us=(start_us, end_us))
-            for d in downloads
-        ]
-        stats = build_canonical_day(files, day, dest)
-    except CorruptArchiveError:
-        for download in downloads:
-            client.evict(str(download.path.relative_to(client.cache_dir)))
-        raise
-    return SourceResult(
-        exchange=EXCHANGE,
-        symbol=symbol,
-        native_symbol=instid,
-        month=month,
-        day=day,
-        path=dest,
-        trade_count=stats.trade_count,
-        duplicates_dropped=stats.duplicates_dropped,
-        id_gaps=stats.id_gaps,
-        has_arrival_times=False,
-        dataset="trades",
-        objects=[SourceObject(location=d.url, size=d.size, sha256=d.sha256) for d in downloads],
+    return write_source_result(
+        identity, lambda: [read_archive(d.path, instid, month, name=_url_name(d), span_us=span_us) for d in downloads],
+        dest=Path(dest), month=month, day=day, objects=[d.source_object() for d in downloads],
+        evict=lambda: client.evict_downloads(downloads),
     )
+
+
+def _identity(symbol: str, start_us: int, end_us: int) -> SourceIdentity:
+    """The symbol's instrument id, its contract values checked for [start_us, end_us) before any download."""
+    instid = to_native(EXCHANGE, symbol)
+    check_contract_coverage(instid, start_us, end_us)
+    return SourceIdentity(EXCHANGE, symbol, instid, "trades")
+
+
+def _fetch_archive(client: Downloader, base: str, instid: str, day: date) -> Download:
+    """The archive dated `day`, cached once its zip structure reads (no checksum is published)."""
+    path = archive_path(instid, day)
+    name = archive_name(instid, day)
+    return client.fetch(f"{base}/{path}", f"{EXCHANGE}/{path}", verify=lambda p: check_zip_structure(p, name=name))
+
+
+def _url_name(download: Download) -> str:
+    return download.url.rsplit("/", 1)[-1]
+
 
 def normalise_header(header_line: str) -> list[str]:
     """Header names → canonical OKX names: `size/数量` → `size`, BOM and case dropped."""

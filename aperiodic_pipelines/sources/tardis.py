@@ -17,7 +17,6 @@ exchange time is read from the day before the month through the first day of the
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -32,12 +31,12 @@ from aperiodic_pipelines.sources import okx
 from aperiodic_pipelines.sources.archive_stream import first_line, gzip_csv, lazy_csv
 from aperiodic_pipelines.sources.base import SourceObject, SourceResult
 from aperiodic_pipelines.sources.canonical import (
+    SourceIdentity,
     TradeFile,
-    build_canonical_day,
-    build_canonical_month,
     days_of_month,
     month_bounds_us,
     parse_month,
+    write_source_result,
 )
 from aperiodic_pipelines.sources.config import SourceConfig
 from aperiodic_pipelines.sources.daily import DayNotPublishedError, shift_day
@@ -96,18 +95,31 @@ def file_days(month: str) -> tuple[list[str], list[str]]:
     return days, [f"{first - timedelta(days=1)}", f"{last + timedelta(days=1)}"]
 
 
-def _local_days(
-    days: list[str], fetch_day: Callable[[None, str], tuple[Path, SourceObject]], optional: list[str]
+def _fetch_once_each(
+    files_of: _TardisDays, client: Downloader | None, days: list[str], optional: list[str]
 ) -> tuple[list[tuple[str, tuple[Path, SourceObject]]], list[str]]:
-    """Files of a local directory of client downloads: (found, required days missing)."""
+    """Each day's file, asked for once (a local directory, or a first look without 404 patience):
+    (found, required days missing)."""
     found, missing = [], []
     for day in days:
         try:
-            found.append((day, fetch_day(None, day)))
+            found.append((day, files_of.fetch(client, day)))
         except NotPublishedError:
             if day not in optional:
                 missing.append(day)
     return found, missing
+
+
+def _identity(exchange: str, symbol: str, config: SourceConfig, start_us: int, end_us: int) -> SourceIdentity:
+    """Checked before any read: the Tardis location is set, the symbol and exchange map, OKX contract values cover
+    [start_us, end_us)."""
+    if not config.tardis_url:
+        raise ValueError("config.tardis_url (APERIODIC_TARDIS_URL) is not set: no Tardis files to read")
+    native = to_native(exchange, symbol)
+    tardis_exchange(exchange)
+    if exchange == "okx-perps":
+        okx.check_contract_coverage(native, start_us, end_us)
+    return SourceIdentity(exchange, symbol, native, "tardis", has_arrival_times=True)
 
 
 def fetch_month(
@@ -122,53 +134,32 @@ def fetch_month(
 ) -> SourceResult:
     """Read one month of Tardis-format trades of `exchange`/`symbol` (Atlas) and write canonical trades to `dest`."""
     parse_month(month)
-    if not config.tardis_url:
-        raise ValueError("config.tardis_url (APERIODIC_TARDIS_URL) is not set: no Tardis files to read")
-    native = to_native(exchange, symbol)
-    tardis_exchange(exchange)
-    start_us, end_us = month_bounds_us(month)
-    if exchange == "okx-perps":
-        okx.check_contract_coverage(native, start_us, end_us)
+    identity = _identity(exchange, symbol, config, *month_bounds_us(month))
+    native = identity.native_symbol
     required, optional = file_days(month)
     files_of = _TardisDays(exchange, native, config, downloader, http)
-    downloader, remote, file_name, fetch_day = files_of.downloader, files_of.remote, files_of.name, files_of.fetch
-    dest = Path(dest)
 
     # An edge day's file only adds the few trades that arrived across midnight: optional, never waited for.
     days = sorted([*required, *optional])
-    if remote:
-        assert downloader is not None
-        found, missing_days = fetch_days(days, fetch_day, downloader, required=lambda day: day not in optional)
+    if files_of.downloader is not None:
+        found, missing_days = fetch_days(
+            days, files_of.fetch, files_of.downloader, required=lambda day: day not in optional
+        )
     else:
-        found, missing_days = _local_days(days, fetch_day, optional)
-    missing_files = [file_name(day) for day in missing_days]
-    cached = [files_of.cache_key(day) for day, _ in found] if remote else []
-    objects = [obj for _day, (_path, obj) in found]
-    try:
-        files = [read_file(path, exchange, native, month, name=file_name(day)) for day, (path, _obj) in found]
+        found, missing_days = _fetch_once_each(files_of, None, days, optional)
+
+    def read_found() -> list[TradeFile]:
+        files = [read_file(path, exchange, native, month, name=files_of.name(day)) for day, (path, _obj) in found]
         check_missing_days(
             f"Tardis {tardis_exchange(exchange)} {file_symbol(native)} {month}", missing_days,
-            published=len(files), config=config, detail="the day files of", missing_objects=missing_files,
+            published=len(files), config=config, detail="the day files of",
+            missing_objects=[files_of.name(day) for day in missing_days],
         )
-        stats = build_canonical_month(files, month, dest, outside_month="trim")
-    except CorruptArchiveError:
-        if downloader is not None:
-            for key in cached:  # a file that does not decompress or parse must not stay cached as good
-                downloader.evict(key)
-        raise
-    return SourceResult(
-        exchange=exchange,
-        symbol=symbol,
-        native_symbol=native,
-        month=month,
-        path=dest,
-        trade_count=stats.trade_count,
-        duplicates_dropped=stats.duplicates_dropped,
-        id_gaps=stats.id_gaps,
-        has_arrival_times=True,
-        dataset="tardis",
-        objects=objects,
-        missing_days=missing_days,
+        return files
+
+    return write_source_result(
+        identity, read_found, dest=Path(dest), month=month, objects=[obj for _day, (_path, obj) in found],
+        evict=lambda: files_of.evict([day for day, _ in found]), missing_days=missing_days,
     )
 
 
@@ -219,6 +210,12 @@ class _TardisDays:
     def cache_key(self, day: str) -> str:
         return f"tardis/{api_path(self.exchange, self.native, day)}"
 
+    def evict(self, days: list[str]) -> None:
+        """Forget the cached files of `days` (a local directory has no cache)."""
+        if self.downloader is not None:
+            for day in days:
+                self.downloader.evict(self.cache_key(day))
+
 
 def day_files(day: str) -> tuple[list[str], list[str]]:
     """(required, optional) file days for the exchange-time UTC `day`: files split by arrival time, so the trades
@@ -245,56 +242,29 @@ def fetch_day(
     arrival times: the files of `day_files(day)` trimmed by `ts_exchange`. Not out yet: `DayNotPublishedError` at
     once (no 404 patience), `later_published` from one probe of the file after the last one needed."""
     check_day(day)
-    if not config.tardis_url:
-        raise ValueError("config.tardis_url (APERIODIC_TARDIS_URL) is not set: no Tardis files to read")
-    native = to_native(exchange, symbol)
-    tardis_exchange(exchange)
-    start_us, end_us = day_bounds_us(day)
-    if exchange == "okx-perps":
-        okx.check_contract_coverage(native, start_us, end_us)
+    span_us = day_bounds_us(day)
+    identity = _identity(exchange, symbol, config, *span_us)
+    native = identity.native_symbol
     required, optional = day_files(day)
     files_of = _TardisDays(exchange, native, config, downloader, http)
     client = files_of.downloader.impatient() if files_of.downloader is not None else None
-    found: list[tuple[str, tuple[Path, SourceObject]]] = []
-    missing: list[str] = []
-    for file_day in sorted([*required, *optional]):
-        try:
-            found.append((file_day, files_of.fetch(client, file_day)))
-        except NotPublishedError:
-            if file_day in required:
-                missing.append(file_day)
+    found, missing = _fetch_once_each(files_of, client, sorted([*required, *optional]), optional)
     if missing:
         raise DayNotPublishedError(
             f"Tardis {tardis_exchange(exchange)} {file_symbol(native)}", day, [files_of.name(d) for d in missing],
             later_published=files_of.exists(shift_day(required[-1], 1)),
         )
     month = month_of_day(day)
-    dest = Path(dest)
-    try:
-        files = [
-            read_file(path, exchange, native, month, name=files_of.name(file_day), span_us=(start_us, end_us))
+    return write_source_result(
+        identity,
+        lambda: [
+            read_file(path, exchange, native, month, name=files_of.name(file_day), span_us=span_us)
             for file_day, (path, _obj) in found
-        ]
-        stats = build_canonical_day(files, day, dest)
-    except CorruptArchiveError:
-        if client is not None:
-            for file_day, _ in found:
-                client.evict(files_of.cache_key(file_day))
-        raise
-    return SourceResult(
-        exchange=exchange,
-        symbol=symbol,
-        native_symbol=native,
-        month=month,
-        day=day,
-        path=dest,
-        trade_count=stats.trade_count,
-        duplicates_dropped=stats.duplicates_dropped,
-        id_gaps=stats.id_gaps,
-        has_arrival_times=True,
-        dataset="tardis",
-        objects=[obj for _day, (_path, obj) in found],
+        ],
+        dest=Path(dest), month=month, day=day, objects=[obj for _day, (_path, obj) in found],
+        evict=lambda: files_of.evict([file_day for file_day, _ in found]),
     )
+
 
 def _check_gzip_magic(path: Path, *, name: str) -> None:
     """Cheap check before caching (the data is checked, CRC included, when it is streamed)."""

@@ -1,106 +1,12 @@
-"""The one home of "write a temporary file next to the target, then `os.replace` it".
+"""Storage's name for the shared leaf `aperiodic_pipelines.atomic` (temp file next to the target, then `os.replace`)."""
 
-Readers of `target` see the previous file or the complete new one, never a partial one: the bytes go to a
-`.tmp-*` file in the target's directory (same filesystem, so the rename is atomic), are flushed and fsynced,
-and only then renamed over the target; the directory is fsynced so the rename itself survives a crash. On any
-error (or a `BaseException` such as KeyboardInterrupt) the temporary file is removed and the target is untouched.
-A process killed with SIGKILL leaves at most a `.tmp-*` file, which `remove_stale_temp_files` cleans up later.
-"""
+from aperiodic_pipelines.atomic import (
+    TEMP_PREFIX,
+    atomic_link,
+    atomic_path,
+    atomic_write,
+    fsync_dir,
+    remove_stale_temp_files,
+)
 
-from __future__ import annotations
-
-import contextlib
-import os
-import tempfile
-import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import BinaryIO
-
-TEMP_PREFIX = ".tmp-"
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in `directory` durable; not every platform lets you open a directory."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(target: Path | str, *, suffix: str = ".part", mode: int = 0o644) -> Iterator[Path]:
-    """A temporary path next to `target`; whatever the body writes there replaces `target` when it returns.
-
-    For writers that want a path (pyarrow, polars, a copy). The temporary file exists (empty) when the body
-    starts. `mode` is applied before the rename (mkstemp creates 0600; published files are readable like any other).
-    """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:  # the body may have written through its own handle: flush it to disk
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
-
-
-@contextlib.contextmanager
-def atomic_write(target: Path | str, *, suffix: str = ".part", mode: int = 0o644) -> Iterator[BinaryIO]:
-    """A binary handle whose bytes replace `target` whole when the `with` block ends without an error.
-
-        with atomic_write(path) as out:
-            out.write(data)
-    """
-    with atomic_path(target, suffix=suffix, mode=mode) as tmp, open(tmp, "wb") as out:
-        yield out
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def atomic_link(source: Path, target: Path) -> bool:
-    """Make `target` a hard link to `source`, replacing `target` atomically; False when links are not possible.
-
-    The link is made under a temporary name next to `target`, then renamed over it, so readers of `target`
-    see the old file or `source`'s bytes, never a partial file. No bytes are copied.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f"{TEMP_PREFIX}{os.getpid()}-{time.monotonic_ns()}.link"
-    try:
-        os.link(source, tmp)
-    except OSError:  # a filesystem without hard links, or source and target on different devices
-        return False
-    try:
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(target.parent)
-    return True
-
-
-def remove_stale_temp_files(directory: Path, older_than: float, *, recursive: bool = False) -> int:
-    """Remove `.tmp-*` files in `directory` not modified for `older_than` seconds; returns how many.
-
-    A live writer's temp file is written chunk by chunk, so its mtime stays fresh; only a dead writer's file
-    ages. A writer stalled past the age loses its temp file and fails on the rename: no object is harmed.
-    """
-    if not directory.is_dir():
-        return 0
-    cutoff = time.time() - older_than
-    removed = 0
-    for tmp in directory.rglob(f"{TEMP_PREFIX}*") if recursive else directory.glob(f"{TEMP_PREFIX}*"):
-        with contextlib.suppress(FileNotFoundError):  # another cleaner got there first
-            if tmp.is_file() and tmp.stat().st_mtime < cutoff:
-                tmp.unlink()
-                removed += 1
-    return removed
+__all__ = ["TEMP_PREFIX", "atomic_link", "atomic_path", "atomic_write", "fsync_dir", "remove_stale_temp_files"]

@@ -10,14 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from aperiodic_pipelines.domain.errors import StoreError
-from aperiodic_pipelines.storage.atomic import (
+from aperiodic_pipelines.atomic import (
     TEMP_PREFIX,
     atomic_link,
     atomic_path,
     atomic_write,
     remove_stale_temp_files,
 )
+from aperiodic_pipelines.domain.errors import StoreError
 from aperiodic_pipelines.storage.base import (
     HASH_CHUNK,
     STALE_WRITE_SECONDS,

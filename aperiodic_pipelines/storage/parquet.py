@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 import polars as pl
 
 from aperiodic_pipelines import SCHEMA_VERSION, __version__
+from aperiodic_pipelines.atomic import atomic_path
 from aperiodic_pipelines.domain.contract import FLOW_COLUMNS, NULLABLE_FIELDS
 from aperiodic_pipelines.domain.months import check_day
-from aperiodic_pipelines.storage.atomic import atomic_path
 from aperiodic_pipelines.storage.json_objects import canonical_json
 
 if TYPE_CHECKING:  # pyarrow is imported where a file is written or read, not when the definitions load

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from aperiodic_pipelines.atomic import atomic_write
 from aperiodic_pipelines.domain.errors import StoreError
-from aperiodic_pipelines.storage.atomic import atomic_write
 from aperiodic_pipelines.storage.base import (
     HASH_CHUNK,
     STALE_WRITE_SECONDS,

@@ -21,6 +21,7 @@ from typing import Any
 
 import urllib3
 
+from aperiodic_pipelines.atomic import atomic_path, atomic_replace, atomic_write
 from aperiodic_pipelines.domain.errors import (
     AperiodicError,
     ChecksumMismatchError,
@@ -250,13 +251,12 @@ class BucketReader:
         """Make a fully parsed download the cached copy of `key` (file first, then its sidecar, both atomic)."""
         path, meta_path = self.cache_paths(key)
         if not local.from_cache:
-            os.replace(local.path, path)
+            atomic_replace(local.path, path)
         elif local.expected_sha256 == sha256:
             return
         meta = {"uri": local.uri, "etag": local.etag, "size": local.size, "sha256": sha256}
-        tmp = meta_path.with_name(f"{meta_path.name}.part-{uuid.uuid4().hex}")
-        tmp.write_text(json.dumps(meta, sort_keys=True))
-        os.replace(tmp, meta_path)
+        with atomic_write(meta_path) as out:
+            out.write(json.dumps(meta, sort_keys=True).encode())
 
     def discard(self, key: str, local: LocalObject) -> None:
         """Forget a local copy that failed to parse: a partial download is removed, a cache entry is invalidated."""
@@ -293,14 +293,8 @@ class BucketReader:
     def store_parsed(self, key: str, etag: str, write: Any) -> Path:
         """Write a parsed hour with `write(path)` aside, rename it in place, and drop parses of older versions."""
         target = self.parsed_path(key, etag)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.part-{uuid.uuid4().hex}")
-        try:
+        with atomic_path(target) as tmp:
             write(tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         for stale in target.parent.glob(f"{Path(key).name}.*.parquet"):
             if stale != target:
                 stale.unlink(missing_ok=True)

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +25,7 @@ from typing import Any
 
 import polars as pl
 
+from aperiodic_pipelines.atomic import atomic_path, atomic_write
 from aperiodic_pipelines.domain.errors import AperiodicError, CorruptArchiveError, NotPublishedError
 from aperiodic_pipelines.domain.months import check_day, month_of_day
 from aperiodic_pipelines.domain.settings import HttpSettings
@@ -148,24 +146,14 @@ def prepare_month(
     operator's settings then come from their one owner, `domain.settings`.
     """
     started = time.perf_counter()
-    http = http or HttpSettings.from_env()
     start, end = month_bounds(month)
-    bucket, prefix = parse_s3_url(config.hyperliquid_url)
-    client = s3_client if s3_client is not None else make_s3_client(max_workers=max_workers, http=http)
-    reader = BucketReader(client, bucket, Path(config.cache_dir) / "hyperliquid" / bucket, http=http)
+    reader, prefix = _bucket_reader(config, s3_client, max_workers, http)
     manifest = _manifest_path(reader, prefix, month)
     manifest.unlink(missing_ok=True)
     wanted = month_objects(start, end, prefix=prefix)
     prepared = PreparedMonth(month, start, end, manifest=manifest)
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-        present = _present_objects(reader, wanted, pool)
-        futures: list[Future[ParsedHour]] = [pool.submit(_parse_hour, reader, obj, head) for obj, head in present]
-        try:
-            prepared.hours = [future.result() for future in futures]
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+        prepared.hours = _parse_all(reader, _present_objects(reader, wanted, pool), pool)
     prepared.seconds = time.perf_counter() - started
     _write_manifest(prepared, reader, config.hyperliquid_url)
     return prepared
@@ -269,37 +257,50 @@ def fetch_day(
     object is a `DayNotPublishedError` at once, `later_published` from one HEAD of the hour after it."""
     check_day(day)
     atlas, coin = resolve_symbol(EXCHANGE, symbol)
-    http = http or HttpSettings.from_env()
     start = datetime.fromisoformat(day).replace(tzinfo=UTC)
     end = start + timedelta(days=1)
-    bucket, prefix = parse_s3_url(config.hyperliquid_url)
-    client = s3_client if s3_client is not None else make_s3_client(max_workers=max_workers, http=http)
-    reader = BucketReader(client, bucket, Path(config.cache_dir) / "hyperliquid" / bucket, http=http)
+    reader, prefix = _bucket_reader(config, s3_client, max_workers, http)
     wanted = month_objects(start, end, prefix=prefix)
     prepared = PreparedMonth(month_of_day(day), start, end)
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-        heads = _heads(reader, wanted, pool)
-        missing = [obj for obj, head in zip(wanted, heads, strict=True) if head is None and obj.required]
+        missing, present = _missing_and_present(wanted, _heads(reader, wanted, pool))
         if missing:
             last = missing[-1]
             later = reader.head(hour_key(last.dataset, last.hour + HOUR, prefix=prefix)) is not None
             raise DayNotPublishedError(
                 f"{EXCHANGE} {coin}", day, [reader.uri(obj.key) for obj in missing], later_published=later
             )
-        present = [(obj, head) for obj, head in zip(wanted, heads, strict=True) if head is not None]
-        futures = [pool.submit(_parse_hour, reader, obj, head) for obj, head in present]
-        try:
-            prepared.hours = [future.result() for future in futures]
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+        prepared.hours = _parse_all(reader, present, pool)
     prepared.seconds = time.perf_counter() - started
-    out_path = dest if Path(dest).suffix == ".parquet" else Path(dest) / f"{day}.parquet"
-    return _write_coin_month(prepared, atlas, coin, Path(out_path), day=day)
+    return _write_coin_month(prepared, atlas, coin, _output_path(Path(dest), day), day=day)
 
 # --- listing and parsing -----------------------------------------------------------------------------------------
+
+
+def _bucket_reader(
+    config: SourceConfig, s3_client: Any | None, max_workers: int, http: HttpSettings | None
+) -> tuple[BucketReader, str]:
+    """The reader of `config.hyperliquid_url`'s bucket (caching under `config.cache_dir`) and the key prefix; without
+    `s3_client`, boto3 builds one, and without `http` the operator's settings come from `domain.settings`."""
+    http = http or HttpSettings.from_env()
+    bucket, prefix = parse_s3_url(config.hyperliquid_url)
+    client = s3_client if s3_client is not None else make_s3_client(max_workers=max_workers, http=http)
+    return BucketReader(client, bucket, Path(config.cache_dir) / "hyperliquid" / bucket, http=http), prefix
+
+
+def _parse_all(
+    reader: BucketReader, present: list[tuple[HourObject, dict[str, Any]]], pool: ThreadPoolExecutor
+) -> list[ParsedHour]:
+    """Every present object parsed (or found parsed in the cache) on `pool`, in order; on the first failure the
+    parses not yet started are cancelled."""
+    futures: list[Future[ParsedHour]] = [pool.submit(_parse_hour, reader, obj, head) for obj, head in present]
+    try:
+        return [future.result() for future in futures]
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
 
 
 def _present_objects(
@@ -307,11 +308,20 @@ def _present_objects(
 ) -> list[tuple[HourObject, dict[str, Any]]]:
     """The objects to read with their ETag and size: every required one (else `NotPublishedError`, before any
     download), and each optional one the bucket holds."""
-    heads = _heads(reader, wanted, pool)
-    for obj, head in zip(wanted, heads, strict=True):
-        if head is None and obj.required:
-            raise NotPublishedError(f"{reader.uri(obj.key)} is not published (hour {obj.hour:%Y-%m-%d %H}:00 UTC)")
-    return [(obj, head) for obj, head in zip(wanted, heads, strict=True) if head is not None]
+    missing, present = _missing_and_present(wanted, _heads(reader, wanted, pool))
+    if missing:
+        obj = missing[0]
+        raise NotPublishedError(f"{reader.uri(obj.key)} is not published (hour {obj.hour:%Y-%m-%d %H}:00 UTC)")
+    return present
+
+
+def _missing_and_present(
+    wanted: list[HourObject], heads: list[dict[str, Any] | None]
+) -> tuple[list[HourObject], list[tuple[HourObject, dict[str, Any]]]]:
+    """(required objects the bucket lacks, objects it holds with their HEAD), each in `wanted`'s order."""
+    missing = [obj for obj, head in zip(wanted, heads, strict=True) if head is None and obj.required]
+    present = [(obj, head) for obj, head in zip(wanted, heads, strict=True) if head is not None]
+    return missing, present
 
 
 def _heads(reader: BucketReader, wanted: list[HourObject], pool: ThreadPoolExecutor) -> list[dict[str, Any] | None]:
@@ -376,10 +386,8 @@ def _write_manifest(prepared: PreparedMonth, reader: BucketReader, url: str) -> 
     ]
     body = {"version": MANIFEST_VERSION, "parser_version": PARSER_VERSION, "url": url, "month": prepared.month,
             "hours": hours}
-    prepared.manifest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = prepared.manifest.with_name(f"{prepared.manifest.name}.part-{uuid.uuid4().hex}")
-    tmp.write_text(json.dumps(body, sort_keys=True, indent=1))
-    os.replace(tmp, prepared.manifest)
+    with atomic_write(prepared.manifest) as out:
+        out.write(json.dumps(body, sort_keys=True, indent=1).encode())
 
 
 # --- one coin's month --------------------------------------------------------------------------------------------
@@ -446,19 +454,13 @@ def _write_coin_month(
     )
 
 
-def _output_path(dest: Path, month: str) -> Path:
-    return dest if dest.suffix == ".parquet" else dest / f"{month}.parquet"
+def _output_path(dest: Path, period: str) -> Path:
+    """`dest` when it names a parquet file, else `{dest}/{period}.parquet` (period: the month or the day)."""
+    return dest if dest.suffix == ".parquet" else dest / f"{period}.parquet"
 
 
 def _write_parquet_atomically(trades: pl.DataFrame, path: Path) -> None:
     """Write next to the target, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         # Same options as the other sources' canonical files (sources/canonical.py).
         trades.write_parquet(tmp, compression="zstd", statistics=True, row_group_size=1 << 20)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
