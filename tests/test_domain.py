@@ -183,6 +183,8 @@ def test_secrets_stay_out_of_repr() -> None:
         "APERIODIC_TARDIS_API_KEY": "tardis-key-not-a-real-secret",
         "APERIODIC_URL_SIGNING_KEY": "signing-key-not-a-real-secret-0123456789abcdef",
         "APERIODIC_ALERT_WEBHOOK_URL": "https://hooks.example/T000/not-a-real-token",
+        "APERIODIC_CELERY_BROKER_URL": "redis://:broker-password-not-real@127.0.0.1:6379/0",
+        "APERIODIC_CELERY_BACKEND_URL": "redis://:backend-password-not-real@127.0.0.1:6379/1",
     }
     assert {v.name for v in VARIABLES if v.secret} == set(secrets)
     settings = Settings.from_env({**secrets, "APERIODIC_TARDIS_URL": "/srv/tardis"})
@@ -190,6 +192,8 @@ def test_secrets_stay_out_of_repr() -> None:
     assert [name for name, value in secrets.items() if value in text] == []
     assert settings.sources.tardis_api_key == secrets["APERIODIC_TARDIS_API_KEY"]  # kept, only not shown
     assert settings.alerts.webhook_url == secrets["APERIODIC_ALERT_WEBHOOK_URL"]
+    assert settings.celery.require_broker() == (secrets["APERIODIC_CELERY_BROKER_URL"],
+                                                secrets["APERIODIC_CELERY_BACKEND_URL"])
 
 
 # Reads of APERIODIC_* variables outside domain/settings.py that remain, by file and variable, with who removes
