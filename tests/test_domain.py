@@ -248,3 +248,9 @@ def test_only_the_settings_read_aperiodic_variables_from_the_environment() -> No
 
 if __name__ == "__main__":
     write_settings_doc()
+
+
+def test_settings_are_hashable_so_definitions_can_be_cached_on_them() -> None:
+    settings = Settings.from_env({"APERIODIC_DAILY_HOUR_OKX": "11"})
+    assert hash(settings) == hash(Settings.from_env({"APERIODIC_DAILY_HOUR_OKX": "11"}))
+    assert settings.daily.schedule_hour("okx-perps") == 11 and settings.daily.schedule_hour("okx-perps", "tardis") == 7

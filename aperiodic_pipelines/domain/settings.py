@@ -212,13 +212,14 @@ class DailySettings:
     """The open month's daily runs: the UTC hour of each exchange's schedule (after it usually publishes a day;
     `tardis` when every exchange is read from Tardis) and when a day is overdue."""
 
-    schedule_hours: Mapping[str, int] = field(
-        default_factory=lambda: {"binance-futures": 2, "okx-perps": 10, "hyperliquid-perps": 1, "tardis": 7}
+    # (exchange or "tardis", UTC hour) pairs: a tuple, so that Settings stays hashable (definitions are cached on it).
+    schedule_hours: tuple[tuple[str, int], ...] = (
+        ("binance-futures", 2), ("okx-perps", 10), ("hyperliquid-perps", 1), ("tardis", 7),
     )
     due_hours: float = 36.0  # after the day ends (UTC)
 
     def schedule_hour(self, exchange: str, source: str = "archive") -> int:
-        return self.schedule_hours["tardis" if source == "tardis" else exchange]
+        return dict(self.schedule_hours)["tardis" if source == "tardis" else exchange]
 
 
 @dataclass(frozen=True)
@@ -303,7 +304,7 @@ class Settings:
                 backend_url=read.text("APERIODIC_CELERY_BACKEND_URL"),
             ),
             daily=DailySettings(
-                schedule_hours={name: _hour(read, variable) for name, variable in DAILY_HOUR_VARIABLES.items()},
+                schedule_hours=tuple((name, _hour(read, variable)) for name, variable in DAILY_HOUR_VARIABLES.items()),
                 due_hours=read.number("APERIODIC_DAILY_DUE_HOURS", minimum=1),
             ),
         )
