@@ -266,7 +266,9 @@ def test_wait_ends_at_its_deadline_and_when_the_run_worker_dies(
                                            launched_directly=submitter.launched_directly)[run_id]
             waited = time.monotonic() - started
             assert end.run.status.value == "STARTED"  # nothing is left to fail it; the wait still ends
-            assert f"its worker process (pid {pid}) died without ending the run" in end.gave_up
+            # Said by the launcher's health check (dagster.yaml's HealthCheckedDefaultRunLauncher) or, under a
+            # launcher without one, by the wait's own look at the pid: either way the worker and its pid are named.
+            assert "worker" in end.gave_up and str(pid) in end.gave_up, end.gave_up
             assert waited < submission.HEALTH_CHECK_SECONDS + 5, waited
             assert submission.outcome_lines(instance, end) == [f"run {run_id}: {end.gave_up}"]
     finally:
