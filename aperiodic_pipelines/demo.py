@@ -121,10 +121,15 @@ def demo_mirrors(
     from aperiodic_pipelines.mirror.archives import write_binance_month, write_okx_month
     from aperiodic_pipelines.mirror.http import ArchiveMirror
     from aperiodic_pipelines.mirror.klines import write_binance_klines_month
+    from aperiodic_pipelines.mirror.listings import ListingServer
     from aperiodic_pipelines.mirror.s3 import hyperliquid_mirror
 
     archive_root = workdir / "archives"
-    with ArchiveMirror(archive_root) as http_mirror, hyperliquid_mirror() as s3_mirror:
+    (archive_root / "binance").mkdir(parents=True, exist_ok=True)
+    # Binance's universe (which symbols exist, from which month) is read from its bucket listing, served here from
+    # the mirrored files as S3 would list them.
+    with ArchiveMirror(archive_root) as http_mirror, hyperliquid_mirror() as s3_mirror, \
+            ListingServer(archive_root / "binance") as listing:
         for instrument in DEMO_INSTRUMENTS:
             tapes = generate_months(instrument, months, trades_per_month)
             # OKX files run 16:00-16:00 UTC, so the file dated the 1st of a month also holds the last hours of
@@ -146,6 +151,7 @@ def demo_mirrors(
             **s3_mirror.environment(),
             "AWS_ENDPOINT_URL": s3_mirror.endpoint_url,
             "APERIODIC_BINANCE_URL": f"{http_mirror.url}/binance",
+            "APERIODIC_BINANCE_LISTING_URL": listing.url,
             "APERIODIC_OKX_URL": f"{http_mirror.url}/okx",
             "APERIODIC_CACHE_DIR": str(workdir / "cache"),
             "S3_MIRROR_CLIENT_ENDPOINT": s3_mirror.endpoint_url,

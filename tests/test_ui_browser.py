@@ -105,6 +105,10 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         demo_mirrors(workdir, [MONTH], TRADES_PER_MONTH) as mirror_env,
     ):
         mirror_env.pop("S3_MIRROR_CLIENT_ENDPOINT")
+        # ETHUSDT is in Binance's listing (so `instruments add` accepts it) but never materialised here.
+        listed = workdir / "archives/binance/data/futures/um/monthly/aggTrades/ETHUSDT"
+        listed.mkdir(parents=True)
+        (listed / f"ETHUSDT-aggTrades-{MONTH}.zip").write_bytes(b"")
         environment = {**instance_env, **mirror_env, "APERIODIC_STORE": str(workdir / "store"),
                        "APERIODIC_HTTP_BACKOFF": "0.01"}
         _materialise_with_cli(environment)
