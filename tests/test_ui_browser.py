@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -247,8 +248,15 @@ def test_column_descriptions_are_on_the_published_asset(page, ui: dict) -> None:
 
     open_page(page, ui, asset_path("binance-futures", "published_flow_bars"), wait_for="^Columns$")
     page.get_by_text("flow_toxicity_score", exact=True).first.wait_for(state="visible")
-    rows = page.evaluate(
-        "() => Array.from(document.querySelectorAll('tr'), tr => Array.from(tr.cells, c => c.innerText.trim()))"
-    )
-    described = {cells[0]: cells[-1] for cells in rows if len(cells) >= 3 and cells[0] in FLOW_COLUMN_DESCRIPTIONS}
+    # The names render before the description cells fill in (seen once on a fresh clone): read the table until it
+    # holds every description or the deadline passes, then compare.
+    deadline = time.monotonic() + 30
+    while True:
+        rows = page.evaluate(
+            "() => Array.from(document.querySelectorAll('tr'), tr => Array.from(tr.cells, c => c.innerText.trim()))"
+        )
+        described = {cells[0]: cells[-1] for cells in rows if len(cells) >= 3 and cells[0] in FLOW_COLUMN_DESCRIPTIONS}
+        if described == FLOW_COLUMN_DESCRIPTIONS or time.monotonic() > deadline:
+            break
+        page.wait_for_timeout(500)
     assert described == FLOW_COLUMN_DESCRIPTIONS
