@@ -169,23 +169,8 @@ class RunEnd:
         return self.gave_up is None and self.run.status.value == "SUCCESS"
 
 
-def _process_gone(pid: int) -> bool:
-    """Whether no live process has `pid` here (a zombie counts as gone: it has exited, unreaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _worker_problem(instance: DagsterInstance, run: DagsterRun, local_pid_check: bool) -> str | None:
     """Why a STARTED run's worker is dead, or None while it looks alive (or cannot be asked)."""
-    from dagster import DagsterEventType
     from dagster._core.launcher import WorkerStatus
 
     launcher = instance.run_launcher
@@ -195,10 +180,11 @@ def _worker_problem(instance: DagsterInstance, run: DagsterRun, local_pid_check:
             return f"its worker is gone ({health.status.value}{': ' + health.msg if health.msg else ''})"
         return None
     if local_pid_check:  # launched by this process's code server under the default launcher: the pid is local
-        records = instance.get_records_for_run(run.run_id, of_type={DagsterEventType.RUN_START}).records
-        pids = [r.event_log_entry.dagster_event.pid for r in records if r.event_log_entry.dagster_event]
-        if pids and pids[-1] is not None and _process_gone(pids[-1]):
-            return f"its worker process (pid {pids[-1]}) died without ending the run"
+        from aperiodic_pipelines.operator.launchers import recorded_run_worker, worker_process_alive
+
+        worker = recorded_run_worker(instance, run.run_id)
+        if worker is not None and not worker_process_alive(worker):
+            return f"its worker process (pid {worker.pid}) died without ending the run"
     return None
 
 
