@@ -297,7 +297,8 @@ def test_backfill_spreads_over_two_celery_workers_and_survives_a_killed_worker(
     runs = instance.get_runs()
     successes = [r.tags["dagster/partition"] for r in runs if r.status == DagsterRunStatus.SUCCESS]
     assert sorted(successes) == sorted(partitions), "exactly one successful run per partition"
-    assert [r.run_id for r in runs if r.status == DagsterRunStatus.FAILURE] == [victim_run.run_id]
+    failed = [r for r in runs if r.status == DagsterRunStatus.FAILURE]
+    assert [r.run_id for r in failed] == [victim_run.run_id], _describe_runs(instance, failed, owner)
     # The survivor executed the rest (its pool process lives on; the victim's are gone).
     on_survivor = [r for r in runs if owner.get(_parent_pid_or_none(recorded_run_worker(instance, r.run_id))) == survivor]
     assert len(on_survivor) >= len(partitions) // 2
@@ -335,6 +336,18 @@ def test_backfill_spreads_over_two_celery_workers_and_survives_a_killed_worker(
     assert reference_objects.keys() == expected.keys()
     different = sorted(k for k in expected if expected[k] != reference_objects[k])
     assert not different, different[:10]
+
+
+def _describe_runs(instance, runs, owner: dict[int, str]) -> str:
+    """Each run's partition, worker and last event messages: what a failed assertion needs to be understood."""
+    lines = []
+    for run in runs:
+        worker = recorded_run_worker(instance, run.run_id)
+        messages = [(e.message or "")[:300] for e in instance.all_logs(run.run_id)][-6:]
+        lines.append(f"{run.run_id} {run.tags.get('dagster/partition')} worker={worker} "
+                     f"on={owner.get(_parent_pid_or_none(worker))} parent={run.tags.get('dagster/parent_run_id')}: "
+                     + " | ".join(messages))
+    return "\n".join(lines)
 
 
 def _parent_pid_or_none(worker) -> int | None:

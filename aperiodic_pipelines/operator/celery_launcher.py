@@ -6,13 +6,16 @@ pool children), so a run pays no interpreter start.
 
 dagster-celery's own check reads the task's state from the result backend; a worker killed with its pool (kill -9,
 a lost machine) never updates it, so the task says STARTED for ever. Here a STARTED task's worker (named in the
-task's STARTED record) must answer Celery's `ping`; no answer in `PING_ATTEMPTS` tries is a dead worker. A broker
-that cannot be reached is not a dead worker: that check reports RUNNING (transient) and monitoring asks again.
+task's STARTED record) must answer Celery's `ping`. Pings over Redis are lossy (celery/celery#2678) and a busy
+machine answers late, so one silent check is only a suspicion: the worker is dead when it has stayed silent in
+every check for at least `SILENT_FOR_S` (two consecutive monitoring polls). A broker that cannot be reached is not
+a dead worker: that check reports RUNNING (transient) and monitoring asks again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dagster import Field, Noneable, StringSource
@@ -29,6 +32,9 @@ if TYPE_CHECKING:
 
 PING_TIMEOUT_S = 2.0
 PING_ATTEMPTS = 2
+# Silence shorter than this is a suspicion, not a death: run monitoring polls every 10 s, so a dead worker is
+# failed at the second silent check (detection <= 2 polls + pings).
+SILENT_FOR_S = 8.0
 # A worker fetches a task only when a pool process is free (Celery >= 5.6): a killed worker then takes no queued
 # runs with it, and the runs a busy worker cannot start wait in the broker for the next free slot.
 DEFAULT_CELERY_CONFIG: dict[str, Any] = {
@@ -62,7 +68,11 @@ class HealthCheckedCeleryRunLauncher(CeleryRunLauncher):
         include: list[str] | None = None,
         config_source: dict | None = None,
         inst_data: ConfigurableClassData | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # Worker name -> when it was first found silent, since it last answered (one daemon, one launcher).
+        self._silent_since: dict[str, float] = {}
+        self._clock = clock
         if broker is None:
             # Through Settings, the one owner of APERIODIC_* variables; the URLs (passwords) never enter the
             # instance's config, so they are not in the instance ref passed on code servers' command lines.
@@ -115,14 +125,22 @@ class HealthCheckedCeleryRunLauncher(CeleryRunLauncher):
             if not hostname:
                 return CheckRunHealthResult(WorkerStatus.RUNNING, "Celery task started; worker not recorded")
             if self.worker_answers(hostname):
+                self._silent_since.pop(hostname, None)
                 return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=hostname)
         except _unreachable_errors() as error:  # the broker or backend unreachable: no evidence the worker died
             return CheckRunHealthResult(
                 WorkerStatus.RUNNING, f"worker not checked: {type(error).__name__}", transient=True
             )
+        now = self._clock()
+        silent_for = now - self._silent_since.setdefault(hostname, now)
+        if silent_for < SILENT_FOR_S:
+            return CheckRunHealthResult(
+                WorkerStatus.RUNNING, f"Celery worker {hostname} did not answer a ping; asked again at the next check",
+                transient=True, run_worker_id=hostname,
+            )
         return CheckRunHealthResult(
             WorkerStatus.FAILED,
-            f"Celery worker {hostname} does not answer a ping ({PING_ATTEMPTS} tries, {PING_TIMEOUT_S:g} s each): "
-            "it died with the run",
+            f"Celery worker {hostname} does not answer a ping (silent in every check for {silent_for:.0f} s, "
+            f"{PING_ATTEMPTS} tries of {PING_TIMEOUT_S:g} s each): it died with the run",
             run_worker_id=hostname,
         )
