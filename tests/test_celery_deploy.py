@@ -284,17 +284,22 @@ def test_backfill_spreads_over_two_celery_workers_and_survives_a_killed_worker(
     assert retried_on == survivor
     print(f"retry succeeded {time.monotonic() - killed_at:.1f} s after the kill")
 
-    # Every partition: one successful run; all runs finished.
+    # Every partition: one successful run; all runs finished. Only the monthly job's runs (the backfills and their
+    # retries) count: registering an instrument also lets the overdue-days machinery ask for the open month's days,
+    # which this mirror (2024 only) cannot serve, so those daily runs fail by design.
+    def backfill_runs():
+        return [r for r in instance.get_runs() if r.job_name == JOB]
+
     partitions = {str(flow_partition_key(EXCHANGE, n, m)) for n in NATIVES for m in MONTHS}
 
     def all_partitions_done():
-        runs = instance.get_runs()
+        runs = backfill_runs()
         succeeded = {r.tags.get("dagster/partition") for r in runs if r.status == DagsterRunStatus.SUCCESS}
         return partitions <= succeeded and all(r.status.value in FINISHED for r in runs)
 
     c.wait(all_partitions_done, BACKFILL_TIMEOUT_S, "waiting for every partition", skip={victim})
     print(f"backfill done {time.monotonic() - test_started:.1f} s after submission")
-    runs = instance.get_runs()
+    runs = backfill_runs()
     successes = [r.tags["dagster/partition"] for r in runs if r.status == DagsterRunStatus.SUCCESS]
     assert sorted(successes) == sorted(partitions), "exactly one successful run per partition"
     failed = [r for r in runs if r.status == DagsterRunStatus.FAILURE]
