@@ -45,18 +45,52 @@ Window = tuple[np.ndarray, np.ndarray]
 def bars_from_second_stats(
     stats: SecondStats, *, intervals: Iterable[str] = INTERVALS
 ) -> dict[str, pl.DataFrame]:
-    """Dense bars of the month for each requested interval, keyed by interval name, in `INTERVALS` order."""
+    """Dense bars of the month for each requested interval, keyed by interval name, in `INTERVALS` order.
+
+    Each interval rolls up from the per-second statistics (never from a dense table of a finer interval).
+    A busy month's 1s table is ~0.8 GB: where it need not be whole, use `second_bar_slices`.
+    """
     wanted = _check_intervals(intervals)
-    month_start, month_end = (bound // US_PER_SECOND for bound in month_bounds_us(stats.month))
+    month_start, month_end = _month_seconds(stats)
     out: dict[str, pl.DataFrame] = {}
     for interval, sparse in _roll_ups(stats.frame, INTERVALS[: max(INTERVALS.index(i) for i in wanted) + 1]):
         if interval in wanted:
-            width = INTERVAL_SECONDS[interval]
-            # The window's lead-in: the 20 bars before the month, from the month before (none in a first month).
-            lead_start = month_start - (TOXICITY_WINDOW * width if stats.has_previous else 0)
-            lead = window_inputs(sparse, interval, lead_start, month_start)
-            out[interval], _ = interval_bars(sparse, interval, month_start, month_end, lead)
+            out[interval], _ = interval_bars(sparse, interval, month_start, month_end, _month_lead(stats, sparse,
+                                                                                                  interval))
     return {interval: out[interval] for interval in INTERVALS if interval in wanted}
+
+
+def second_bar_slices(stats: SecondStats, rows: int) -> Iterator[pl.DataFrame]:
+    """The month's dense 1s bars, `rows` bars at a time (the last slice holds the rest), oldest first.
+
+    Together they are `bars_from_second_stats(stats, intervals=["1s"])["1s"]`, row for row and bit for bit,
+    but only one slice is in memory at a time: each slice's scores see the window inputs of the 20 bars before
+    it, carried over from the slice before.
+    """
+    if rows < 1:
+        raise ValueError(f"rows must be positive, got {rows}")
+    month_start, month_end = _month_seconds(stats)
+    sparse = stats.frame.rename({"second": "bar"})
+    lead = _month_lead(stats, sparse, "1s")
+    for start in range(month_start, month_end, rows):
+        table, own = interval_bars(sparse, "1s", start, min(month_end, start + rows), lead)
+        lead = (np.concatenate([lead[0], own[0]])[-TOXICITY_WINDOW:], np.concatenate([lead[1], own[1]])[-TOXICITY_WINDOW:])
+        yield table
+
+
+def _month_seconds(stats: SecondStats) -> tuple[int, int]:
+    """The month's bounds in epoch seconds."""
+    start, end = month_bounds_us(stats.month)
+    return start // US_PER_SECOND, end // US_PER_SECOND
+
+
+def _month_lead(stats: SecondStats, sparse: pl.DataFrame, interval: str) -> Window:
+    """The window's lead-in of the month's first bar: the 20 bars before the month, from the month before (none
+    in a first month)."""
+    month_start, _ = _month_seconds(stats)
+    width = INTERVAL_SECONDS[interval]
+    return window_inputs(sparse, interval, month_start - (TOXICITY_WINDOW * width if stats.has_previous else 0),
+                         month_start)
 
 
 def bars_between(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +17,7 @@ from aperiodic_pipelines.storage.json_objects import canonical_json
 
 if TYPE_CHECKING:  # pyarrow is imported where a file is written or read, not when the definitions load
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
 ROW_GROUP_SIZE = 1 << 20  # fixed, so row-group boundaries never depend on how the frame was chunked
 ZSTD_LEVEL = 3
@@ -32,35 +33,78 @@ def write_parquet_deterministic(df: pl.DataFrame, path: Path | str, *, metadata:
     rechunked so the bytes do not depend on how the frame was built. pyarrow stamps its own version in
     `created_by`, so identity holds for one pyarrow version (pinned by the lock file), not across versions.
     """
+    slices = (df.slice(offset, ROW_GROUP_SIZE) for offset in range(0, max(df.height, 1), ROW_GROUP_SIZE))
+    write_parquet_row_groups(slices, path, metadata=metadata)
+
+
+def write_parquet_row_groups(
+    slices: Iterable[pl.DataFrame], path: Path | str, *,
+    metadata: Mapping[str, str] | Callable[[int], Mapping[str, str]], row_group_size: int = ROW_GROUP_SIZE,
+) -> int:
+    """`write_parquet_deterministic` of the concatenation of `slices`, holding one slice at a time; returns
+    the row count.
+
+    Each slice becomes one row group, so every slice but the last must hold exactly `row_group_size` rows
+    (the last at most that, and at least one row unless it is the only slice): the file is then byte for byte
+    the one the whole table would give. `metadata` may be a function of the row count, called once all rows
+    are written (the footer is written last).
+    """
+    if not callable(metadata):
+        _check_metadata(metadata)
+    rows, writer, last_height = 0, None, row_group_size
+    with atomic_path(path, suffix=".parquet") as tmp:
+        try:
+            for frame in slices:
+                if last_height != row_group_size or frame.height > row_group_size or (writer and not frame.height):
+                    raise ValueError(f"{path}: every slice but the last must hold {row_group_size} rows, the last "
+                                     f"1 to {row_group_size} (got {frame.height} after {rows} rows)")
+                table, encodings = _arrow_layout(frame)
+                writer = writer or _deterministic_writer(tmp, table.schema, encodings)
+                writer.write_table(table, row_group_size=row_group_size)
+                rows, last_height = rows + frame.height, frame.height
+            if writer is None:
+                raise ValueError(f"{path}: no rows to write, not even an empty slice")
+            footer = metadata(rows) if callable(metadata) else metadata
+            writer.add_key_value_metadata({k: footer[k] for k in sorted(_check_metadata(footer))})
+        finally:
+            if writer is not None:
+                writer.close()
+    return rows
+
+
+def _check_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise TypeError(f"parquet metadata must be str -> str; offending keys: {bad}")
-    import pyarrow.parquet as pq
+    return metadata
 
-    table = df.rechunk().to_arrow()
+
+def _arrow_layout(frame: pl.DataFrame) -> tuple[pa.Table, dict[str, str] | None]:
+    """The frame as one contiguous Arrow table in its parquet layout, and the column encodings to write it with."""
+    table = frame.rechunk().to_arrow()
     encodings = None
-    if tuple(df.columns) == FLOW_COLUMNS:
+    if tuple(frame.columns) == FLOW_COLUMNS:
         table, encodings = _flow_bars_layout(table)
     # The key-value metadata goes into the footer once. Left on the Arrow schema it would be serialized a second
     # time inside pyarrow's `ARROW:schema` entry (a 1,460-object source list cost 343 KB there, issue 14).
-    table = table.replace_schema_metadata(None)
-    with (
-        atomic_path(path, suffix=".parquet") as tmp,
-        pq.ParquetWriter(
-            tmp,
-            table.schema,
-            compression="zstd",
-            compression_level=ZSTD_LEVEL,
-            # Bars are mostly distinct floats: dictionary pages cost ~45% more CPU and end up larger (measured on a
-            # 1s month, 2.7 M rows x 37 columns: 2.3 s vs 3.3 s CPU, 42.6 vs 47.8 MB).
-            use_dictionary=False,
-            column_encoding=encodings,
-            write_statistics=True,
-            store_schema=True,
-        ) as writer,
-    ):
-        writer.write_table(table, row_group_size=ROW_GROUP_SIZE)
-        writer.add_key_value_metadata({k: metadata[k] for k in sorted(metadata)})
+    return table.replace_schema_metadata(None), encodings
+
+
+def _deterministic_writer(path: Path, schema: pa.Schema, encodings: dict[str, str] | None) -> pq.ParquetWriter:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetWriter(
+        path,
+        schema,
+        compression="zstd",
+        compression_level=ZSTD_LEVEL,
+        # Bars are mostly distinct floats: dictionary pages cost ~45% more CPU and end up larger (measured on a
+        # 1s month, 2.7 M rows x 37 columns: 2.3 s vs 3.3 s CPU, 42.6 vs 47.8 MB).
+        use_dictionary=False,
+        column_encoding=encodings,
+        write_statistics=True,
+        store_schema=True,
+    )
 
 
 def _flow_bars_layout(table: pa.Table) -> tuple[pa.Table, dict[str, str]]:
