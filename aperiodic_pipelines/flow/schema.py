@@ -284,11 +284,11 @@ class MonthBarsValidator:
 
     def add(self, interval: str | None, part: pl.DataFrame) -> None:
         """Check the next slice of `interval`'s table (its first slice starts the table)."""
-        _validate_dense(part, interval, self.month, self.label(interval), self._last_time.get(interval))
+        with_trades = _validate_dense(part, interval, self.month, self.label(interval), self._last_time.get(interval))
         self.rows[interval] = self.rows.get(interval, 0) + part.height
         if part.height:
             self._last_time[interval] = part.get_column("time").dt.epoch("us")[-1]
-        for piece in _parts_with_trades(part):
+        for piece in with_trades:
             self._batch.append((interval, piece))
             self._batch_rows += piece.height
             if self._batch_rows >= PANDERA_ROWS:
@@ -333,14 +333,16 @@ def _pandera_batch(batch: list[tuple[str | None, pl.DataFrame]], labels: Mapping
 
 def _validate_dense(
     frame: pl.DataFrame, interval: str | None, month: str | None, name: str, follows: int | None = None
-) -> None:
+) -> list[pl.DataFrame]:
     """The dense-table rules of one table, or of a slice of it after a bar at `follows` µs: columns and dtypes,
-    the time grid, the empty bars."""
+    the time grid, the empty bars. Returns the bars with trades (`_parts_with_trades`), for pandera."""
     if frame.schema != pl.Schema(FLOW_SCHEMA):  # columns, their order or dtypes: the full schema names it
         _pandera(frame, flow_bars_schema(interval, month if follows is None else None), name)
-    problem = _dense_problem(frame, interval, month, follows)
+    with_trades = list(_parts_with_trades(frame))
+    problem = _dense_problem(frame, with_trades, interval, month, follows)
     if problem:
         raise InvalidBarsError(f"{name}: {problem}")
+    return with_trades
 
 
 def _pandera(frame: pl.DataFrame, schema: pa.DataFrameSchema, name: str) -> None:
@@ -352,8 +354,8 @@ def _pandera(frame: pl.DataFrame, schema: pa.DataFrameSchema, name: str) -> None
         raise InvalidBarsError(f"{name}: {summarise_schema_errors(exc)}") from None
 
 
-def _dense_problem(frame: pl.DataFrame, interval: str | None, month: str | None, follows: int | None = None
-                   ) -> str | None:
+def _dense_problem(frame: pl.DataFrame, with_trades: list[pl.DataFrame], interval: str | None, month: str | None,
+                   follows: int | None = None) -> str | None:
     """What is wrong with the time grid or the empty bars of a contract-typed table, or None.
 
     With `follows` (the time in µs of the bar before the table's first), the table is a slice of a larger one:
@@ -361,19 +363,23 @@ def _dense_problem(frame: pl.DataFrame, interval: str | None, month: str | None,
 
     Empty bars are proven the constant row by counting, not row by row: a field that must be null in an empty
     bar has exactly (its nulls among the bars with trades + the empty bars) nulls, which polars knows without a
-    pass; one that must be 0 has no more non-zero values than the bars with trades hold.
+    pass; one that must be 0 has no more non-zero values than the bars with trades hold. `with_trades` are
+    the table's bars with trades (in parts), on which those counts are taken.
     """
     time_us = pl.col("time").cast(pl.Int64)
     first_after = pl.lit(True) if follows is None else time_us.first() > follows
     score = pl.col("flow_toxicity_score")
     null_or_zero = score.is_null() | (score == 0)
-    # What the bars with trades hold, counted through a mask (a filtered copy of a busy 1s month is ~0.8 GB).
-    counted = frame.select(
-        _HAS_TRADES.sum().alias("_with_trades"),
-        null_or_zero.filter(_HAS_TRADES).sum().alias("_null_or_zero"),
-        *((pl.col(f) != 0).filter(_HAS_TRADES).sum().alias(f) for f in _ZERO_WHEN_EMPTY),
-        *(pl.col(f).filter(_HAS_TRADES).null_count().alias(f) for f in _NULL_WHEN_EMPTY),
-    ).row(0, named=True)
+    # What the bars with trades hold, counted on them (`with_trades`: pandera validates the same copies).
+    counted = dict.fromkeys(("_null_or_zero", *_ZERO_WHEN_EMPTY, *_NULL_WHEN_EMPTY), 0)
+    counted["_with_trades"] = sum(part.height for part in with_trades)
+    for part in with_trades:
+        for key, value in part.select(
+            null_or_zero.sum().alias("_null_or_zero"),
+            *((pl.col(f) != 0).sum().alias(f) for f in _ZERO_WHEN_EMPTY),
+            *(pl.col(f).null_count().alias(f) for f in _NULL_WHEN_EMPTY),
+        ).row(0, named=True).items():
+            counted[key] += value
     empty_bars = frame.height - counted["_with_trades"]
     rules: dict[str, tuple[pl.Expr, str]] = {  # "column/rule" -> (passes, what it requires)
         "time/not_null": (time_us.null_count() == 0, "time must never be null"),
