@@ -11,7 +11,8 @@ publishes them.
 # No `from __future__ import annotations` here: Dagster inspects the `context` annotation at runtime.
 import json
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,13 @@ from aperiodic_pipelines.defs.metadata import (
 from aperiodic_pipelines.defs.partitions import PartitionedExchange, split_partition_key
 from aperiodic_pipelines.defs.raw import local_copy
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
-from aperiodic_pipelines.flow import INTERVALS, SecondStats, bars_from_second_stats, second_bar_slices
+from aperiodic_pipelines.flow import (
+    FLOW_COLUMNS,
+    INTERVALS,
+    SecondStats,
+    bars_from_second_stats,
+    second_bar_slices,
+)
 from aperiodic_pipelines.storage import (
     ObjectStore,
     bars_metadata,
@@ -50,7 +57,7 @@ from aperiodic_pipelines.storage import (
     write_parquet_row_groups,
 )
 from aperiodic_pipelines.storage.lineage import publish_sources_lineage
-from aperiodic_pipelines.storage.parquet import ROW_GROUP_SIZE
+from aperiodic_pipelines.storage.parquet import ROW_GROUP_SIZE, RowGroupWriter
 from aperiodic_pipelines.storage.staging import MissingInputError, StagedFile, manifest_key, stage_variant
 
 TIMESTAMP_LABELS = {"exchange": "exchange timestamps (ts_exchange)", "true": "arrival timestamps (ts_arrival)"}
@@ -140,23 +147,20 @@ def stage_flow_bars(
     coarser = bars_from_second_stats(stats, intervals=INTERVALS[1:])
     checks = MonthBarChecks(month)
 
-    def check_and_write(interval: str, slices: Iterable[pl.DataFrame], tmp: str) -> StagedFile:
-        def checked() -> Iterator[pl.DataFrame]:
-            for part in slices:
-                checks.add(interval, part)
-                yield part
-
+    def check_and_write(interval: str, frame: pl.DataFrame, tmp: str) -> StagedFile:
+        checks.add(interval, frame)
         path = Path(tmp) / f"{interval}.parquet"
-        rows = write_parquet_row_groups(checked(), path, metadata=lambda rows: metadata(interval, rows))
-        return StagedFile(interval, path, rows)
+        return StagedFile(interval, path, write_parquet_row_groups([frame], path, metadata=metadata(interval,
+                                                                                                  frame.height)))
 
     # More than 32 sources: the footers name a lineage sidecar instead of listing them (spec §4); it goes first.
     publish_sources_lineage(store, sources_used)
     with tempfile.TemporaryDirectory(prefix="aperiodic-bars-") as tmp:
-        files = [check_and_write("1s", second_bar_slices(stats, ROW_GROUP_SIZE), tmp)]
+        path = Path(tmp) / "1s.parquet"
+        files = [StagedFile("1s", path, _write_second_bars(stats, path, checks, lambda rows: metadata("1s", rows)))]
         del stats  # a busy month's per-second table (~0.4 GB): the coarser tables are already derived
         # A month of bars at 1m or coarser (≤ 44,640 rows) is one row group.
-        files += [check_and_write(interval, [frame], tmp) for interval, frame in coarser.items()]
+        files += [check_and_write(interval, frame, tmp) for interval, frame in coarser.items()]
         check_results = checks.results(key) + _extra_results(key, extra_checks, coarser, bars_input)
         passed = all(r.passed for r in check_results if r.severity == AssetCheckSeverity.ERROR)
         stage_variant(
@@ -177,6 +181,32 @@ def stage_flow_bars(
         },
         check_results=check_results,
     )
+
+
+def _write_second_bars(
+    stats: SecondStats, path: Path, checks: MonthBarChecks, metadata: Callable[[int], Mapping[str, str]]
+) -> int:
+    """Derive, check and write the month's 1s bars a row group at a time; returns the row count.
+
+    When the per-second statistics are smaller than one slice of bars (a quiet month: the slices of its
+    mostly empty grid are most of the work), the next slice is derived and checked while a thread writes
+    the current one (pyarrow releases the GIL): two slices in memory, still less than a busy month's
+    statistics and one slice. A busy month holds one slice at a time.
+    """
+    overlap = stats.frame.estimated_size() < ROW_GROUP_SIZE * len(FLOW_COLUMNS) * 8
+    with RowGroupWriter(path) as writer, ThreadPoolExecutor(1, thread_name_prefix="bars-writer") as pool:
+        writing: Future[None] | None = None
+        for part in second_bar_slices(stats, ROW_GROUP_SIZE):
+            checks.add("1s", part)
+            if writing is not None:
+                writing.result()
+            writing = pool.submit(writer.write, part)
+            del part  # the writer's alone
+            if not overlap:
+                writing.result()
+        if writing is not None:
+            writing.result()
+        return writer.finish(metadata(writer.rows))
 
 
 def build_flow_bars(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,34 +43,66 @@ def write_parquet_row_groups(
     metadata: Mapping[str, str] | Callable[[int], Mapping[str, str]], row_group_size: int = ROW_GROUP_SIZE,
 ) -> int:
     """`write_parquet_deterministic` of the concatenation of `slices`, holding one slice at a time; returns
-    the row count.
+    the row count. The slices are `RowGroupWriter`'s; `metadata` may be a function of the row count."""
+    with RowGroupWriter(path, row_group_size=row_group_size) as writer:
+        for frame in slices:
+            writer.write(frame)
+        return writer.finish(metadata(writer.rows) if callable(metadata) else metadata)
 
-    Each slice becomes one row group, so every slice but the last must hold exactly `row_group_size` rows
-    (the last at most that, and at least one row unless it is the only slice): the file is then byte for byte
-    the one the whole table would give. `metadata` may be a function of the row count, called once all rows
-    are written (the footer is written last).
+
+class RowGroupWriter:
+    """`write_parquet_deterministic` a row group at a time: the file is byte for byte the one the whole table
+    would give, and only the slice being written is in memory.
+
+    Each `write` is one row group, so every slice but the last must hold exactly `row_group_size` rows (the
+    last at most that, and at least one row unless it is the only slice). `finish(metadata)` writes the
+    footer (the row count is known by then); the file replaces `path` when the `with` block ends without an
+    error, and never appears otherwise.
     """
-    if not callable(metadata):
-        _check_metadata(metadata)
-    rows, writer, last_height = 0, None, row_group_size
-    with atomic_path(path, suffix=".parquet") as tmp:
+
+    def __init__(self, path: Path | str, *, row_group_size: int = ROW_GROUP_SIZE) -> None:
+        self.path, self.row_group_size = Path(path), row_group_size
+        self.rows = 0
+        self._last_height = row_group_size
+        self._writer: pq.ParquetWriter | None = None
+        self._finished = False
+
+    def __enter__(self) -> RowGroupWriter:
+        self._atomic = atomic_path(self.path, suffix=".parquet")
+        self._tmp = self._atomic.__enter__()
+        return self
+
+    def write(self, frame: pl.DataFrame) -> None:
+        """Append `frame` as the next row group."""
+        if (self._last_height != self.row_group_size or frame.height > self.row_group_size
+                or (self._writer is not None and not frame.height)):
+            raise ValueError(f"{self.path}: every slice but the last must hold {self.row_group_size} rows, the "
+                             f"last 1 to {self.row_group_size} (got {frame.height} after {self.rows} rows)")
+        table, encodings = _arrow_layout(frame)
+        if self._writer is None:
+            self._writer = _deterministic_writer(self._tmp, table.schema, encodings)
+        self._writer.write_table(table, row_group_size=self.row_group_size)
+        self.rows, self._last_height = self.rows + frame.height, frame.height
+
+    def finish(self, metadata: Mapping[str, str]) -> int:
+        """Write the footer with `metadata` (keys sorted); returns the row count."""
+        if self._writer is None:
+            raise ValueError(f"{self.path}: no rows to write, not even an empty slice")
+        self._writer.add_key_value_metadata({k: metadata[k] for k in sorted(_check_metadata(metadata))})
+        self._finished = True
+        return self.rows
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> None:
         try:
-            for frame in slices:
-                if last_height != row_group_size or frame.height > row_group_size or (writer and not frame.height):
-                    raise ValueError(f"{path}: every slice but the last must hold {row_group_size} rows, the last "
-                                     f"1 to {row_group_size} (got {frame.height} after {rows} rows)")
-                table, encodings = _arrow_layout(frame)
-                writer = writer or _deterministic_writer(tmp, table.schema, encodings)
-                writer.write_table(table, row_group_size=row_group_size)
-                rows, last_height = rows + frame.height, frame.height
-            if writer is None:
-                raise ValueError(f"{path}: no rows to write, not even an empty slice")
-            footer = metadata(rows) if callable(metadata) else metadata
-            writer.add_key_value_metadata({k: footer[k] for k in sorted(_check_metadata(footer))})
-        finally:
-            if writer is not None:
-                writer.close()
-    return rows
+            if self._writer is not None:
+                self._writer.close()
+            if kind is None and not self._finished:
+                raise ValueError(f"{self.path}: the file was not finished (no footer metadata)")
+        except BaseException:
+            if kind is None:
+                self._atomic.__exit__(*sys.exc_info())
+                raise
+        self._atomic.__exit__(kind, error, trace)
 
 
 def _check_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
