@@ -75,9 +75,15 @@ def second_bar_slices(stats: SecondStats, rows: int) -> Iterator[pl.DataFrame]:
     lead = _month_lead(stats, sparse, "1s")
     for start in range(month_start, month_end, rows):
         table, own = interval_bars(sparse, "1s", start, min(month_end, start + rows), lead)
-        lead = (np.concatenate([lead[0], own[0]])[-TOXICITY_WINDOW:], np.concatenate([lead[1], own[1]])[-TOXICITY_WINDOW:])
+        lead = _last_bars(lead, own)
         yield table
         del table  # not held while the next slice is derived
+
+
+def _last_bars(before: Window, after: Window) -> Window:
+    """The window inputs of the last (up to 20) bars of `before` followed by `after`."""
+    return (np.concatenate([before[0], after[0]])[-TOXICITY_WINDOW:],
+            np.concatenate([before[1], after[1]])[-TOXICITY_WINDOW:])
 
 
 def _month_seconds(stats: SecondStats) -> tuple[int, int]:
