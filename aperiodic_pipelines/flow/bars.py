@@ -31,10 +31,11 @@ _NULL_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f in NULLABLE_FIELDS and
 # Non-empty bars derived at once: bounds the temporaries of a busy 1s month to a slice.
 SLICE_ROWS = 1 << 18
 # When more than this share of the grid's bars hold trades (a busy month at 1s, every coarser interval), the
-# fields are derived on the grid itself, ~3 days of bars at a time (a quarter of a 1s row group, see
-# `second_bar_slices`): scattering them afterwards would only add work.
+# fields are derived on the grid itself, up to a 1s row group of bars at a time (`second_bar_slices`: one slice
+# is derived in one piece, its columns contiguous, with nothing to join): scattering them afterwards would only
+# add work.
 DENSE_FROM = 0.5
-GRID_SLICE_BARS = 1 << 18
+GRID_SLICE_BARS = 1 << 20
 
 
 # The inputs of the toxicity score of consecutive bars of one interval, oldest first: each bar's signed flow
@@ -263,7 +264,6 @@ def _grid_bars(
     # One contiguous buffer per column, joined a column at a time: the parquet writer needs contiguous columns
     # (its pages must not depend on how the table was built), and rechunking the whole table there would hold
     # a busy 1s month twice (~0.8 GB more); here the slices of a column are freed as soon as it is joined.
-    # (polars' engine returns a derived column in several chunks even from one slice.)
     parts = {name: [part.get_column(name) for part in slices] for name in FLOW_COLUMNS}
     del slices
     bars = pl.DataFrame([pl.concat(parts.pop(name)).rechunk() for name in FLOW_COLUMNS])
@@ -353,4 +353,4 @@ def _derive_fields(bars: pl.DataFrame, volatility: pl.Expr) -> pl.DataFrame:
             for side in SIDES
             for b in BUCKETS
         ),
-    ).collect()
+    ).collect(engine="in-memory")  # one chunk per column (the default engine's morsels cost a rechunk: a copy)
