@@ -1,7 +1,8 @@
 """`{exchange}/flow_bars_{exchange,true}`: one variant's bars at all 8 intervals, checked, then staged.
 
 The checks run inside the step on the frames it has just computed (reading a month of 1s bars back once per
-check would multiply the IO): the three blocking bar checks of `checks.py`, plus any extra checks the exchange's
+check would multiply the IO), the 1s table a row group at a time as it is derived and written (a busy month's is
+~0.8 GB whole): the three blocking bar checks of `checks.py`, plus any extra checks the exchange's
 graph was built with (`BarCheck`, e.g. binance-futures' `reconciles_with_exchange_klines`). The bars go to
 `staging/` (`storage.staging`); only `published_flow_bars`, which runs after the blocking checks passed,
 publishes them.
@@ -11,6 +12,7 @@ publishes them.
 import json
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from dagster import (
 
 from aperiodic_pipelines import SCHEMA_VERSION
 from aperiodic_pipelines.defs import policies
-from aperiodic_pipelines.defs.checks import FAILED_RULE, CheckOutcome, bar_check_specs, run_bar_checks
+from aperiodic_pipelines.defs.checks import FAILED_RULE, CheckOutcome, MonthBarChecks, bar_check_specs
 from aperiodic_pipelines.defs.metadata import (
     BARS_TABLE_SCHEMA,
     PRIMARY_INTERVAL,
@@ -39,16 +41,23 @@ from aperiodic_pipelines.defs.metadata import (
 from aperiodic_pipelines.defs.partitions import PartitionedExchange, split_partition_key
 from aperiodic_pipelines.defs.raw import local_copy
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
-from aperiodic_pipelines.flow import INTERVALS, SecondStats, bars_from_second_stats
+from aperiodic_pipelines.flow import (
+    FLOW_COLUMNS,
+    INTERVALS,
+    SecondStats,
+    bars_from_second_stats,
+    second_bar_slices,
+)
 from aperiodic_pipelines.storage import (
     ObjectStore,
     bars_metadata,
     flow_key,
     read_parquet_metadata,
     seconds_key,
-    write_parquet_deterministic,
+    write_parquet_row_groups,
 )
 from aperiodic_pipelines.storage.lineage import publish_sources_lineage
+from aperiodic_pipelines.storage.parquet import ROW_GROUP_SIZE, RowGroupWriter
 from aperiodic_pipelines.storage.staging import MissingInputError, StagedFile, manifest_key, stage_variant
 
 TIMESTAMP_LABELS = {"exchange": "exchange timestamps (ts_exchange)", "true": "arrival timestamps (ts_arrival)"}
@@ -69,7 +78,8 @@ class BarsInput:
 
 @dataclass(frozen=True)
 class BarCheck:
-    """An extra check on a variant's bars, evaluated in the flow-bars step. Attach with
+    """An extra check on a variant's bars, evaluated in the flow-bars step on the whole tables of 1m and coarser
+    (the 1s table is never whole in memory). Attach with
     `build_exchange_graph(exchange, extra_bar_checks=[BarCheck(...)])`."""
 
     name: str
@@ -122,33 +132,42 @@ def stage_flow_bars(
         raise MissingInputError(f"{store.uri(seconds)} missing: materialize second_stats first{hint}")
     stats, kv = _load_second_stats(store, seconds)
     bars_input = replace(bars_input, dataset=kv.get("aperiodic.dataset", ""))
-    bars = bars_from_second_stats(stats, intervals=INTERVALS)
-    del stats  # a busy month's per-second table (~0.4 GB): the checks and writers reuse its memory
-    check_results = run_bar_checks(key, bars, month) + _extra_results(key, extra_checks, bars, bars_input)
-    passed = all(r.passed for r in check_results if r.severity == AssetCheckSeverity.ERROR)
     sources_used = json.loads(kv.get("aperiodic.sources", "[]"))
     missing_days = json.loads(kv.get("aperiodic.missing_days", "[]"))
+
+    def metadata(interval: str, rows: int) -> dict[str, str]:
+        return bars_metadata(
+            exchange=exchange, symbol=bars_input.symbol, native_symbol=native, interval=interval,
+            timestamp=timestamp, month=month, row_count=rows, sources=sources_used, missing_days=missing_days,
+            code_version=policies.CODE_VERSION, schema_version=SCHEMA_VERSION,
+        )
+
+    # The coarser intervals roll up from the per-second statistics and are small; the 1s table (a busy month:
+    # ~0.8 GB) is derived, checked and written one row group at a time, never whole.
+    coarser = bars_from_second_stats(stats, intervals=INTERVALS[1:])
+    checks = MonthBarChecks(month)
+
+    def check_and_write(interval: str, frame: pl.DataFrame, tmp: str) -> StagedFile:
+        checks.add(interval, frame)
+        path = Path(tmp) / f"{interval}.parquet"
+        return StagedFile(interval, path, write_parquet_row_groups([frame], path, metadata=metadata(interval,
+                                                                                                  frame.height)))
+
     # More than 32 sources: the footers name a lineage sidecar instead of listing them (spec §4); it goes first.
     publish_sources_lineage(store, sources_used)
     with tempfile.TemporaryDirectory(prefix="aperiodic-bars-") as tmp:
-        files = []
-        for interval, frame in bars.items():
-            path = Path(tmp) / f"{interval}.parquet"
-            write_parquet_deterministic(
-                frame,
-                path,
-                metadata=bars_metadata(
-                    exchange=exchange, symbol=bars_input.symbol, native_symbol=native, interval=interval,
-                    timestamp=timestamp, month=month, row_count=frame.height, sources=sources_used,
-                    missing_days=missing_days, code_version=policies.CODE_VERSION, schema_version=SCHEMA_VERSION,
-                ),
-            )
-            files.append(StagedFile(interval, path, frame.height))
+        path = Path(tmp) / "1s.parquet"
+        files = [StagedFile("1s", path, _write_second_bars(stats, path, checks, lambda rows: metadata("1s", rows)))]
+        del stats  # a busy month's per-second table (~0.4 GB): the coarser tables are already derived
+        # A month of bars at 1m or coarser (≤ 44,640 rows) is one row group.
+        files += [check_and_write(interval, frame, tmp) for interval, frame in coarser.items()]
+        check_results = checks.results(key) + _extra_results(key, extra_checks, coarser, bars_input)
+        passed = all(r.passed for r in check_results if r.severity == AssetCheckSeverity.ERROR)
         stage_variant(
             store, exchange=exchange, symbol=bars_input.symbol, native_symbol=native, month=month,
             timestamp=timestamp, files=files, checks_passed=passed,
         )
-    trades = int(bars["1d"].select(pl.col("taker_buy_count").sum() + pl.col("taker_sell_count").sum()).item() or 0)
+    trades = int(coarser["1d"].select(pl.col("taker_buy_count").sum() + pl.col("taker_sell_count").sum()).item() or 0)
     return MaterializeResult(
         metadata={
             # Where these bars are read once published (staging is cleared by publishing).
@@ -162,6 +181,32 @@ def stage_flow_bars(
         },
         check_results=check_results,
     )
+
+
+def _write_second_bars(
+    stats: SecondStats, path: Path, checks: MonthBarChecks, metadata: Callable[[int], Mapping[str, str]]
+) -> int:
+    """Derive, check and write the month's 1s bars a row group at a time; returns the row count.
+
+    When the per-second statistics are smaller than one slice of bars (a quiet month: the slices of its
+    mostly empty grid are most of the work), the next slice is derived and checked while a thread writes
+    the current one (pyarrow releases the GIL): two slices in memory, still less than a busy month's
+    statistics and one slice. A busy month holds one slice at a time.
+    """
+    overlap = stats.frame.estimated_size() < ROW_GROUP_SIZE * len(FLOW_COLUMNS) * 8
+    with RowGroupWriter(path) as writer, ThreadPoolExecutor(1, thread_name_prefix="bars-writer") as pool:
+        writing: Future[None] | None = None
+        for part in second_bar_slices(stats, ROW_GROUP_SIZE):
+            checks.add("1s", part)
+            if writing is not None:
+                writing.result()
+            writing = pool.submit(writer.write, part)
+            del part  # the writer's alone
+            if not overlap:
+                writing.result()
+        if writing is not None:
+            writing.result()
+        return writer.finish(metadata(writer.rows))
 
 
 def build_flow_bars(

@@ -27,64 +27,98 @@ class CheckOutcome:
     detail: Mapping[str, str | int] | None = None
 
 
-def check_schema_and_invariants(bars: Mapping[str, pl.DataFrame], month: str) -> CheckOutcome:
-    """pandera schema + spec §2 invariants of every interval, via the flow engine's `validate_month_bars`.
+class MonthBarChecks:
+    """The blocking checks of one variant's month, fed its tables slice by slice (`add`), in `INTERVALS` order:
+    a busy month's 1s table (~0.8 GB) is checked and written a row group at a time, never whole.
 
-    pandera sees the bars with trades of all intervals in one pass; empty bars are proven to be the constant
-    empty row by one vectorised pass per interval (see `aperiodic_pipelines.flow.schema`).
+    Each check keeps its first failure; the month-wide rules (row counts, the trade count) are settled by
+    `results`. A check that crashes is a failed check, reported with its cause.
     """
-    from aperiodic_pipelines.flow import validate_month_bars  # the engine owns the rules
 
-    try:
-        validate_month_bars(bars, month=month)
-    except InvalidBarsError as exc:
-        return CheckOutcome(False, str(exc))
-    return CheckOutcome(True, detail={"intervals": ",".join(bars)})
+    def __init__(self, month: str) -> None:
+        from aperiodic_pipelines.flow.schema import MonthBarsValidator  # the engine owns the rules
 
+        self.month = month
+        self._validator = MonthBarsValidator(month=month)
+        self._rows: dict[str, int] = {}
+        self._next_time: dict[str, int] = {}  # µs of the interval's next bar
+        self._trades: dict[str, int] = {}
+        self._failed: dict[str, str] = {}
 
-def check_dense_grid(bars: Mapping[str, pl.DataFrame], month: str) -> CheckOutcome:
-    """One row per bar of the month, from the month's first instant, evenly spaced, columns in spec order."""
-    month_start_us, _ = month_bounds_us(month)
-    rows: dict[str, int] = {}
-    for interval, frame in bars.items():
-        expected = bars_in_month(month, interval)
-        if tuple(frame.columns) != FLOW_COLUMNS:
-            return CheckOutcome(False, f"{interval}: columns differ from spec §2 order (got {frame.columns[:3]}…)")
-        if frame.height != expected:
-            return CheckOutcome(False, f"{interval}: {frame.height} rows, expected {expected} for {month}")
+    def add(self, interval: str, part: pl.DataFrame) -> None:
+        """Check the next slice of `interval`'s table."""
+        self._run("schema_and_invariants", lambda: self._validator.add(interval, part))
+        self._run("dense_grid", lambda: self._grid(interval, part))
+        self._run("nonempty_month", lambda: self._count_trades(interval, part))
+        self._rows[interval] = self._rows.get(interval, 0) + part.height
+
+    def results(self, asset_key: AssetKey) -> list[AssetCheckResult]:
+        """One result per check of `BAR_CHECKS`, once every slice was added; failed ones carry `failed_rule`."""
+        self._run("schema_and_invariants", self._validator.finish)
+        self._run("dense_grid", self._grid_covers_month)
+        coarsest = list(self._rows)[-1] if self._rows else None
+        trades = self._trades.get(coarsest, 0) if coarsest else 0
+        if not trades:
+            self._run("nonempty_month", lambda: f"no trades in {self.month}: the source month is empty or truncated")
+        details: dict[str, Mapping[str, str | int]] = {
+            "schema_and_invariants": {"intervals": ",".join(self._rows)},
+            "dense_grid": dict(self._rows),
+            "nonempty_month": {"trades": trades},
+        }
+        outcomes = {name: CheckOutcome(name not in self._failed, self._failed.get(name, ""),
+                                       None if name in self._failed else details[name]) for name in BAR_CHECKS}
+        return [_check_result(asset_key, name, outcome) for name, outcome in outcomes.items()]
+
+    def _run(self, name: str, check: Callable[[], str | None]) -> None:
+        if name in self._failed:
+            return
+        try:
+            problem = check()
+        except InvalidBarsError as exc:
+            problem = str(exc)
+        except Exception as exc:  # a crashing check is a failed check, reported with its cause
+            problem = f"check crashed: {type(exc).__name__}: {exc}"
+        if problem:
+            self._failed[name] = problem
+
+    def _grid(self, interval: str, part: pl.DataFrame) -> str | None:
+        """One row per bar, from the month's first instant (or the previous slice's next bar), evenly spaced."""
+        if tuple(part.columns) != FLOW_COLUMNS:
+            return f"{interval}: columns differ from spec §2 order (got {part.columns[:3]}…)"
         step = INTERVAL_SECONDS[interval] * 1_000_000
+        expected_first = self._next_time.get(interval, month_bounds_us(self.month)[0])
         times = pl.col("time").dt.epoch("us")
-        nulls, first, evenly_spaced = frame.select(
-            times.null_count().alias("nulls"), times.first().alias("first"),
+        nulls, first, last, evenly_spaced = part.select(
+            times.null_count().alias("nulls"), times.first().alias("first"), times.last().alias("last"),
             (times.diff().fill_null(step) == step).all().alias("evenly_spaced"),
         ).row(0)
         if nulls:
-            return CheckOutcome(False, f"{interval}: {nulls} null bar times")
-        if first != month_start_us:
-            return CheckOutcome(False, f"{interval}: first bar at {frame['time'][0]}, expected the month's start")
+            return f"{interval}: {nulls} null bar times"
+        if first != expected_first:
+            where = "the bar after the previous slice's last" if interval in self._next_time else "the month's start"
+            return f"{interval}: first bar at {part['time'][0]}, expected {where}"
         if not evenly_spaced:
-            gaps = frame.filter(times.diff().fill_null(step) != step)
-            return CheckOutcome(False, f"{interval}: bars not {interval} apart at {gaps['time'].head(3).to_list()}")
-        rows[interval] = frame.height
-    return CheckOutcome(True, detail=rows)
+            gaps = part.filter(times.diff().fill_null(step) != step)
+            return f"{interval}: bars not {interval} apart at {gaps['time'].head(3).to_list()}"
+        self._next_time[interval] = last + step
+        return None
+
+    def _grid_covers_month(self) -> str | None:
+        for interval, rows in self._rows.items():
+            expected = bars_in_month(self.month, interval)
+            if rows != expected:
+                return f"{interval}: {rows} rows, expected {expected} for {self.month}"
+        return None
+
+    def _count_trades(self, interval: str, part: pl.DataFrame) -> None:
+        trades = part.select(pl.col("taker_buy_count").sum() + pl.col("taker_sell_count").sum()).item() or 0
+        self._trades[interval] = self._trades.get(interval, 0) + int(trades)
 
 
-def check_nonempty_month(bars: Mapping[str, pl.DataFrame], month: str) -> CheckOutcome:
-    """The month holds at least one trade: an empty month means a missing or truncated archive."""
-    coarsest = bars[list(bars)[-1]]
-    trades = int(coarsest.select(pl.col("taker_buy_count").sum() + pl.col("taker_sell_count").sum()).item() or 0)
-    if trades == 0:
-        return CheckOutcome(False, f"no trades in {month}: the source month is empty or truncated")
-    return CheckOutcome(True, detail={"trades": trades})
-
-
-BAR_CHECKS: dict[str, tuple[Callable[[Mapping[str, pl.DataFrame], str], CheckOutcome], str]] = {
-    "schema_and_invariants": (
-        check_schema_and_invariants,
-        "pandera schema (dtypes, nulls, ranges) and spec §2 invariants for all 8 intervals",
-    ),
-    "dense_grid": (check_dense_grid, "one row per bar of the month at every interval, evenly spaced"),
-    "nonempty_month": (check_nonempty_month, "at least one trade in the month"),
+BAR_CHECKS: dict[str, str] = {
+    "schema_and_invariants": "pandera schema (dtypes, nulls, ranges) and spec §2 invariants for all 8 intervals",
+    "dense_grid": "one row per bar of the month at every interval, evenly spaced",
+    "nonempty_month": "at least one trade in the month",
 }
 
 
@@ -92,31 +126,24 @@ def bar_check_specs(asset_key: AssetKey, partitions_def: PartitionsDefinition) -
     """The blocking per-partition checks of one staged flow-bars asset."""
     return [
         AssetCheckSpec(name, asset=asset_key, description=description, blocking=True, partitions_def=partitions_def)
-        for name, (_, description) in BAR_CHECKS.items()
+        for name, description in BAR_CHECKS.items()
     ]
 
 
 def run_bar_checks(asset_key: AssetKey, bars: Mapping[str, pl.DataFrame], month: str) -> list[AssetCheckResult]:
-    """Evaluate every check on the month's bars; failed results carry `failed_rule` for the alert."""
-    results = []
-    for name, (check, _) in BAR_CHECKS.items():
-        try:
-            outcome = check(bars, month)
-        except Exception as exc:  # a crashing check is a failed check, reported with its cause
-            outcome = CheckOutcome(False, f"check crashed: {type(exc).__name__}: {exc}")
-        metadata: dict[str, str | int] = dict(outcome.detail or {})
-        if not outcome.passed:
-            metadata[FAILED_RULE] = outcome.failed_rule[:2000]
-        results.append(
-            AssetCheckResult(
-                asset_key=asset_key,
-                check_name=name,
-                passed=outcome.passed,
-                severity=AssetCheckSeverity.ERROR,
-                metadata=metadata,
-            )
-        )
-    return results
+    """Evaluate every check on the month's whole tables; failed results carry `failed_rule` for the alert."""
+    checks = MonthBarChecks(month)
+    for interval, frame in bars.items():
+        checks.add(interval, frame)
+    return checks.results(asset_key)
+
+
+def _check_result(asset_key: AssetKey, name: str, outcome: CheckOutcome) -> AssetCheckResult:
+    metadata: dict[str, str | int] = dict(outcome.detail or {})
+    if not outcome.passed:
+        metadata[FAILED_RULE] = outcome.failed_rule[:2000]
+    return AssetCheckResult(asset_key=asset_key, check_name=name, passed=outcome.passed,
+                            severity=AssetCheckSeverity.ERROR, metadata=metadata)
 
 
 def not_applicable_results(asset_key: AssetKey, reason: str) -> list[AssetCheckResult]:

@@ -1,6 +1,6 @@
 """Canonical trades → flow bars: pure polars, no I/O, no Dagster. The formulas live here, once."""
 
-from aperiodic_pipelines.flow.bars import bars_from_second_stats
+from aperiodic_pipelines.flow.bars import bars_from_second_stats, second_bar_slices
 from aperiodic_pipelines.flow.daily import (
     CARRY_SCHEMA,
     DayFlowBars,
@@ -46,6 +46,7 @@ __all__ = [
     "SECOND_STATS_SCHEMA",
     "SecondStats",
     "bars_from_second_stats",
+    "second_bar_slices",
     "bars_in_month",
     "compute_flow_bars",
     "compute_second_stats",

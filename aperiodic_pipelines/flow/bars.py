@@ -31,9 +31,11 @@ _NULL_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f in NULLABLE_FIELDS and
 # Non-empty bars derived at once: bounds the temporaries of a busy 1s month to a slice.
 SLICE_ROWS = 1 << 18
 # When more than this share of the grid's bars hold trades (a busy month at 1s, every coarser interval), the
-# fields are derived on the grid itself, 3 days of bars at a time: scattering them afterwards would only add work.
+# fields are derived on the grid itself, up to a 1s row group of bars at a time (`second_bar_slices`: one slice
+# is derived in one piece, its columns contiguous, with nothing to join): scattering them afterwards would only
+# add work.
 DENSE_FROM = 0.5
-GRID_SLICE_BARS = 3 * 86_400
+GRID_SLICE_BARS = 1 << 20
 
 
 # The inputs of the toxicity score of consecutive bars of one interval, oldest first: each bar's signed flow
@@ -45,18 +47,59 @@ Window = tuple[np.ndarray, np.ndarray]
 def bars_from_second_stats(
     stats: SecondStats, *, intervals: Iterable[str] = INTERVALS
 ) -> dict[str, pl.DataFrame]:
-    """Dense bars of the month for each requested interval, keyed by interval name, in `INTERVALS` order."""
+    """Dense bars of the month for each requested interval, keyed by interval name, in `INTERVALS` order.
+
+    Each interval rolls up from the per-second statistics (never from a dense table of a finer interval).
+    A busy month's 1s table is ~0.8 GB: where it need not be whole, use `second_bar_slices`.
+    """
     wanted = _check_intervals(intervals)
-    month_start, month_end = (bound // US_PER_SECOND for bound in month_bounds_us(stats.month))
+    month_start, month_end = _month_seconds(stats)
     out: dict[str, pl.DataFrame] = {}
     for interval, sparse in _roll_ups(stats.frame, INTERVALS[: max(INTERVALS.index(i) for i in wanted) + 1]):
         if interval in wanted:
-            width = INTERVAL_SECONDS[interval]
-            # The window's lead-in: the 20 bars before the month, from the month before (none in a first month).
-            lead_start = month_start - (TOXICITY_WINDOW * width if stats.has_previous else 0)
-            lead = window_inputs(sparse, interval, lead_start, month_start)
-            out[interval], _ = interval_bars(sparse, interval, month_start, month_end, lead)
+            out[interval], _ = interval_bars(sparse, interval, month_start, month_end, _month_lead(stats, sparse,
+                                                                                                  interval))
     return {interval: out[interval] for interval in INTERVALS if interval in wanted}
+
+
+def second_bar_slices(stats: SecondStats, rows: int) -> Iterator[pl.DataFrame]:
+    """The month's dense 1s bars, `rows` bars at a time (the last slice holds the rest), oldest first.
+
+    Together they are `bars_from_second_stats(stats, intervals=["1s"])["1s"]`, row for row and bit for bit,
+    but only one slice is in memory at a time: each slice's scores see the window inputs of the 20 bars before
+    it, carried over from the slice before.
+    """
+    if rows < 1:
+        raise ValueError(f"rows must be positive, got {rows}")
+    month_start, month_end = _month_seconds(stats)
+    sparse = stats.frame.rename({"second": "bar"})
+    lead = _month_lead(stats, sparse, "1s")
+    for start in range(month_start, month_end, rows):
+        table, own = interval_bars(sparse, "1s", start, min(month_end, start + rows), lead)
+        lead = _last_bars(lead, own)
+        yield table
+        del table  # not held while the next slice is derived
+
+
+def _last_bars(before: Window, after: Window) -> Window:
+    """The window inputs of the last (up to 20) bars of `before` followed by `after`."""
+    return (np.concatenate([before[0], after[0]])[-TOXICITY_WINDOW:],
+            np.concatenate([before[1], after[1]])[-TOXICITY_WINDOW:])
+
+
+def _month_seconds(stats: SecondStats) -> tuple[int, int]:
+    """The month's bounds in epoch seconds."""
+    start, end = month_bounds_us(stats.month)
+    return start // US_PER_SECOND, end // US_PER_SECOND
+
+
+def _month_lead(stats: SecondStats, sparse: pl.DataFrame, interval: str) -> Window:
+    """The window's lead-in of the month's first bar: the 20 bars before the month, from the month before (none
+    in a first month)."""
+    month_start, _ = _month_seconds(stats)
+    width = INTERVAL_SECONDS[interval]
+    return window_inputs(sparse, interval, month_start - (TOXICITY_WINDOW * width if stats.has_previous else 0),
+                         month_start)
 
 
 def bars_between(
@@ -170,20 +213,26 @@ def _dense_bars(
     # Laid out after the lead, so the scores need no concatenated copy (a 1s month: 2 × 21 MB).
     signed_flow, realised_volatility = np.zeros(lead_in + rows), np.zeros(lead_in + rows)
     signed_flow[:lead_in], realised_volatility[:lead_in] = lead
-    # Preallocated by polars: numpy's fresh (huge-page) allocations cost more CPU than the scatter itself.
-    columns: dict[str, pl.Series] = {
-        "time": (pl.int_range(start, end, width, dtype=pl.Int64, eager=True) * US_PER_SECOND).cast(TIME_DTYPE),
-        **{name: pl.zeros(rows, dtype=FLOW_SCHEMA[name], eager=True) for name in _ZERO_WHEN_EMPTY},
-        **{name: pl.repeat(None, rows, dtype=FLOW_SCHEMA[name], eager=True) for name in _NULL_WHEN_EMPTY},
-    }
+    # Never null: numpy arrays, assigned in place (a quarter of the CPU of polars' `scatter` into zeros).
+    zeros = {name: np.zeros(rows, dtype=np.int64 if FLOW_SCHEMA[name] == pl.Int64 else np.float64)
+             for name in _ZERO_WHEN_EMPTY}
+    # Null where empty: polars columns, whose `scatter` fills the validity in place.
+    nulls = {name: pl.repeat(None, rows, dtype=FLOW_SCHEMA[name], eager=True) for name in _NULL_WHEN_EMPTY}
     for first in range(lo, hi, SLICE_ROWS):
         fields = _derive_fields(sparse.slice(first, min(SLICE_ROWS, hi - first)), volatility)
         position_array = (fields.get_column("bar").to_numpy() - start) // width
         signed_flow[lead_in + position_array] = fields.get_column("volume_delta_notional").to_numpy()
         realised_volatility[lead_in + position_array] = fields.get_column("_volatility").to_numpy()
+        for name, column in zeros.items():
+            column[position_array] = fields.get_column(name).to_numpy()
         position = pl.Series(position_array)
-        for name in (*_ZERO_WHEN_EMPTY, *_NULL_WHEN_EMPTY):
-            columns[name].scatter(position, fields.get_column(name))  # in place
+        for name, series in nulls.items():
+            series.scatter(position, fields.get_column(name))  # in place
+    columns: dict[str, pl.Series] = {
+        "time": (pl.int_range(start, end, width, dtype=pl.Int64, eager=True) * US_PER_SECOND).cast(TIME_DTYPE),
+        **{name: pl.Series(name, values) for name, values in zeros.items()},
+        **nulls,
+    }
     scores = toxicity_scores(signed_flow, realised_volatility)[lead_in:]
     columns["flow_toxicity_score"] = pl.Series(scores).fill_nan(None)
     own = (signed_flow[lead_in:][-TOXICITY_WINDOW:].copy(), realised_volatility[lead_in:][-TOXICITY_WINDOW:].copy())
@@ -304,4 +353,4 @@ def _derive_fields(bars: pl.DataFrame, volatility: pl.Expr) -> pl.DataFrame:
             for side in SIDES
             for b in BUCKETS
         ),
-    ).collect()
+    ).collect(engine="in-memory")  # one chunk per column (the default engine's morsels cost a rechunk: a copy)

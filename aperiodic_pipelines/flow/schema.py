@@ -254,32 +254,72 @@ def validate_month_bars(
 ) -> None:
     """Validate the dense tables of one month, keyed by interval; the error names the interval.
 
-    The same rules as `validate_bars` on each. pandera sees the bars with trades, gathered across intervals
-    into batches of at most `PANDERA_ROWS` rows: a busy 1s month holds ~2.6 M of them, and one filtered copy
-    of it plus pandera's temporaries would be more than the table itself in memory.
+    The same rules as `validate_bars` on each (`MonthBarsValidator` with each table in one piece).
     """
-    labels = {interval: f"{name} {interval}" if interval else name for interval in bars}
+    validator = MonthBarsValidator(month=month, name=name)
     for interval, frame in bars.items():
-        _validate_dense(frame, interval, month, labels[interval])
-    batch: list[tuple[str | None, pl.DataFrame]] = []
-    rows = 0
-    for interval, part in _parts_with_trades(bars):
-        batch.append((interval, part))
-        rows += part.height
-        if rows >= PANDERA_ROWS:
-            _pandera_batch(batch, labels, name)
-            batch, rows = [], 0
-    if batch:
-        _pandera_batch(batch, labels, name)
+        validator.add(interval, frame)
+    validator.finish()
 
 
-def _parts_with_trades(bars: Mapping[str | None, pl.DataFrame]) -> Iterator[tuple[str | None, pl.DataFrame]]:
-    """The bars with trades of each table, `PANDERA_ROWS` dense rows at a time."""
-    for interval, frame in bars.items():
-        for start in range(0, frame.height, PANDERA_ROWS):
-            part = frame.slice(start, PANDERA_ROWS).filter(_HAS_TRADES)
-            if part.height:
-                yield interval, part
+class MonthBarsValidator:
+    """`validate_month_bars` for tables that arrive in consecutive slices (a busy 1s month is ~0.8 GB whole).
+
+    `add` checks a slice's dense-table rules at once (the time grid continues where the interval's previous
+    slice ended; empty bars are the constant row); pandera sees the bars with trades, gathered across slices
+    and intervals into batches of at most `PANDERA_ROWS` rows (a busy 1s month holds ~2.6 M of them: one
+    filtered copy plus pandera's temporaries would be more than the table itself). `finish` checks that each
+    table covered its month (or day) and validates the last batch. Each raises `InvalidBarsError`.
+    """
+
+    def __init__(self, *, month: str | None, name: str = "flow bars") -> None:
+        self.month, self.name = month, name
+        self.rows: dict[str | None, int] = {}
+        self._last_time: dict[str | None, int] = {}  # µs of the interval's last bar so far
+        self._batch: list[tuple[str | None, pl.DataFrame]] = []
+        self._batch_rows = 0
+
+    def label(self, interval: str | None) -> str:
+        return f"{self.name} {interval}" if interval else self.name
+
+    def add(self, interval: str | None, part: pl.DataFrame) -> None:
+        """Check the next slice of `interval`'s table (its first slice starts the table)."""
+        with_trades = _validate_dense(part, interval, self.month, self.label(interval), self._last_time.get(interval))
+        self.rows[interval] = self.rows.get(interval, 0) + part.height
+        if part.height:
+            self._last_time[interval] = part.get_column("time").dt.epoch("us")[-1]
+        for piece in with_trades:
+            self._batch.append((interval, piece))
+            self._batch_rows += piece.height
+            if self._batch_rows >= PANDERA_ROWS:
+                self._flush()
+
+    def finish(self) -> None:
+        """Every table held its whole grid; the bars with trades not yet seen by pandera pass it."""
+        if self.month is not None:
+            for interval, rows in self.rows.items():
+                if interval is not None and rows != _grid_of(self.month, interval)[1]:
+                    raise InvalidBarsError(f"{self.label(interval)}: {_covers_month_problem(interval, self.month)}")
+        self._flush()
+
+    def _flush(self) -> None:
+        if self._batch:
+            batch, self._batch, self._batch_rows = self._batch, [], 0
+            _pandera_batch(batch, {interval: self.label(interval) for interval, _ in batch}, self.name)
+
+
+def _covers_month_problem(interval: str, month: str) -> str:
+    _, rows, first = _grid_of(month, interval)
+    return (f"column 'time' failed covers_month: a {month} {interval} table must hold {rows} bars starting at "
+            f"{first} 00:00 UTC")
+
+
+def _parts_with_trades(frame: pl.DataFrame) -> Iterator[pl.DataFrame]:
+    """The bars with trades of a table, `PANDERA_ROWS` dense rows at a time."""
+    for start in range(0, frame.height, PANDERA_ROWS):
+        part = frame.slice(start, PANDERA_ROWS).filter(_HAS_TRADES)
+        if part.height:
+            yield part
 
 
 def _pandera_batch(batch: list[tuple[str | None, pl.DataFrame]], labels: Mapping[str | None, str], name: str) -> None:
@@ -291,13 +331,18 @@ def _pandera_batch(batch: list[tuple[str | None, pl.DataFrame]], labels: Mapping
         raise
 
 
-def _validate_dense(frame: pl.DataFrame, interval: str | None, month: str | None, name: str) -> None:
-    """The dense-table rules of one table: columns and dtypes, the time grid, the empty bars."""
+def _validate_dense(
+    frame: pl.DataFrame, interval: str | None, month: str | None, name: str, follows: int | None = None
+) -> list[pl.DataFrame]:
+    """The dense-table rules of one table, or of a slice of it after a bar at `follows` µs: columns and dtypes,
+    the time grid, the empty bars. Returns the bars with trades (`_parts_with_trades`), for pandera."""
     if frame.schema != pl.Schema(FLOW_SCHEMA):  # columns, their order or dtypes: the full schema names it
-        _pandera(frame, flow_bars_schema(interval, month), name)
-    problem = _dense_problem(frame, interval, month)
+        _pandera(frame, flow_bars_schema(interval, month if follows is None else None), name)
+    with_trades = list(_parts_with_trades(frame))
+    problem = _dense_problem(frame, with_trades, interval, month, follows)
     if problem:
         raise InvalidBarsError(f"{name}: {problem}")
+    return with_trades
 
 
 def _pandera(frame: pl.DataFrame, schema: pa.DataFrameSchema, name: str) -> None:
@@ -309,27 +354,39 @@ def _pandera(frame: pl.DataFrame, schema: pa.DataFrameSchema, name: str) -> None
         raise InvalidBarsError(f"{name}: {summarise_schema_errors(exc)}") from None
 
 
-def _dense_problem(frame: pl.DataFrame, interval: str | None, month: str | None) -> str | None:
+def _dense_problem(frame: pl.DataFrame, with_trades: list[pl.DataFrame], interval: str | None, month: str | None,
+                   follows: int | None = None) -> str | None:
     """What is wrong with the time grid or the empty bars of a contract-typed table, or None.
+
+    With `follows` (the time in µs of the bar before the table's first), the table is a slice of a larger one:
+    its grid must continue from that bar, and whether the whole table covers the month is `finish`'s to tell.
 
     Empty bars are proven the constant row by counting, not row by row: a field that must be null in an empty
     bar has exactly (its nulls among the bars with trades + the empty bars) nulls, which polars knows without a
-    pass; one that must be 0 has no more non-zero values than the bars with trades hold.
+    pass; one that must be 0 has no more non-zero values than the bars with trades hold. `with_trades` are
+    the table's bars with trades (in parts), on which those counts are taken.
     """
     time_us = pl.col("time").cast(pl.Int64)
+    first_after = pl.lit(True) if follows is None else time_us.first() > follows
     score = pl.col("flow_toxicity_score")
     null_or_zero = score.is_null() | (score == 0)
-    # What the bars with trades hold, counted through a mask (a filtered copy of a busy 1s month is ~0.8 GB).
-    counted = frame.select(
-        _HAS_TRADES.sum().alias("_with_trades"),
-        null_or_zero.filter(_HAS_TRADES).sum().alias("_null_or_zero"),
-        *((pl.col(f) != 0).filter(_HAS_TRADES).sum().alias(f) for f in _ZERO_WHEN_EMPTY),
-        *(pl.col(f).filter(_HAS_TRADES).null_count().alias(f) for f in _NULL_WHEN_EMPTY),
-    ).row(0, named=True)
+    # What the bars with trades hold, counted on them (`with_trades`: pandera validates the same copies).
+    counted = dict.fromkeys(("_null_or_zero", *_ZERO_WHEN_EMPTY, *_NULL_WHEN_EMPTY), 0)
+    counted["_with_trades"] = sum(part.height for part in with_trades)
+    for part in with_trades:
+        for key, value in part.select(
+            null_or_zero.sum().alias("_null_or_zero"),
+            *((pl.col(f) != 0).sum().alias(f) for f in _ZERO_WHEN_EMPTY),
+            *(pl.col(f).null_count().alias(f) for f in _NULL_WHEN_EMPTY),
+        ).row(0, named=True).items():
+            counted[key] += value
     empty_bars = frame.height - counted["_with_trades"]
     rules: dict[str, tuple[pl.Expr, str]] = {  # "column/rule" -> (passes, what it requires)
         "time/not_null": (time_us.null_count() == 0, "time must never be null"),
-        "time/strictly_increasing": ((time_us.diff() > 0).all(), "time must be strictly increasing"),
+        "time/strictly_increasing": (
+            (time_us.diff() > 0).all() & first_after,
+            "time must be strictly increasing",
+        ),
         "flow_toxicity_score/null_or_zero_when_empty": (
             null_or_zero.sum() == counted["_null_or_zero"] + empty_bars,
             "flow_toxicity_score must be null or 0 in a bar without trades (its flow and volatility are 0)",
@@ -338,13 +395,14 @@ def _dense_problem(frame: pl.DataFrame, interval: str | None, month: str | None)
     if interval is not None:
         step = INTERVAL_SECONDS[interval] * US_PER_SECOND
         rules["time/dense_grid"] = (
-            (time_us.diff() == step).all() & (time_us.first() % step == 0),
+            (time_us.diff() == step).all() & (time_us.first() % step == 0)
+            & (pl.lit(True) if follows is None else time_us.first() == follows + step),
             f"time must step by exactly {interval} on the UTC-aligned grid (empty bars included)",
         )
-        if month is not None:
+        if month is not None and follows is None:
             start, rows, first = _grid_of(month, interval)
             rules["time/covers_month"] = (
-                (pl.len() == rows) & (time_us.first() == start),
+                time_us.first() == start,
                 f"a {month} {interval} table must hold {rows} bars starting at {first} 00:00 UTC",
             )
     for field in _ZERO_WHEN_EMPTY:

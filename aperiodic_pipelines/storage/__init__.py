@@ -34,6 +34,7 @@ from aperiodic_pipelines.storage.parquet import (
     bars_metadata,
     read_parquet_metadata,
     write_parquet_deterministic,
+    write_parquet_row_groups,
 )
 from aperiodic_pipelines.storage.s3 import S3Store
 
@@ -108,4 +109,5 @@ __all__ = [
     "store_from_settings",
     "store_from_uri",
     "write_parquet_deterministic",
+    "write_parquet_row_groups",
 ]

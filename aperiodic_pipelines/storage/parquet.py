@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from aperiodic_pipelines.storage.json_objects import canonical_json
 
 if TYPE_CHECKING:  # pyarrow is imported where a file is written or read, not when the definitions load
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
 ROW_GROUP_SIZE = 1 << 20  # fixed, so row-group boundaries never depend on how the frame was chunked
 ZSTD_LEVEL = 3
@@ -32,35 +34,110 @@ def write_parquet_deterministic(df: pl.DataFrame, path: Path | str, *, metadata:
     rechunked so the bytes do not depend on how the frame was built. pyarrow stamps its own version in
     `created_by`, so identity holds for one pyarrow version (pinned by the lock file), not across versions.
     """
+    slices = (df.slice(offset, ROW_GROUP_SIZE) for offset in range(0, max(df.height, 1), ROW_GROUP_SIZE))
+    write_parquet_row_groups(slices, path, metadata=metadata)
+
+
+def write_parquet_row_groups(
+    slices: Iterable[pl.DataFrame], path: Path | str, *,
+    metadata: Mapping[str, str] | Callable[[int], Mapping[str, str]], row_group_size: int = ROW_GROUP_SIZE,
+) -> int:
+    """`write_parquet_deterministic` of the concatenation of `slices`, holding one slice at a time; returns
+    the row count. The slices are `RowGroupWriter`'s; `metadata` may be a function of the row count."""
+    with RowGroupWriter(path, row_group_size=row_group_size) as writer:
+        for frame in slices:
+            writer.write(frame)
+        return writer.finish(metadata(writer.rows) if callable(metadata) else metadata)
+
+
+class RowGroupWriter:
+    """`write_parquet_deterministic` a row group at a time: the file is byte for byte the one the whole table
+    would give, and only the slice being written is in memory.
+
+    Each `write` is one row group, so every slice but the last must hold exactly `row_group_size` rows (the
+    last at most that, and at least one row unless it is the only slice). `finish(metadata)` writes the
+    footer (the row count is known by then); the file replaces `path` when the `with` block ends without an
+    error, and never appears otherwise.
+    """
+
+    def __init__(self, path: Path | str, *, row_group_size: int = ROW_GROUP_SIZE) -> None:
+        self.path, self.row_group_size = Path(path), row_group_size
+        self.rows = 0
+        self._last_height = row_group_size
+        self._writer: pq.ParquetWriter | None = None
+        self._finished = False
+
+    def __enter__(self) -> RowGroupWriter:
+        self._atomic = atomic_path(self.path, suffix=".parquet")
+        self._tmp = self._atomic.__enter__()
+        return self
+
+    def write(self, frame: pl.DataFrame) -> None:
+        """Append `frame` as the next row group."""
+        if (self._last_height != self.row_group_size or frame.height > self.row_group_size
+                or (self._writer is not None and not frame.height)):
+            raise ValueError(f"{self.path}: every slice but the last must hold {self.row_group_size} rows, the "
+                             f"last 1 to {self.row_group_size} (got {frame.height} after {self.rows} rows)")
+        table, encodings = _arrow_layout(frame)
+        if self._writer is None:
+            self._writer = _deterministic_writer(self._tmp, table.schema, encodings)
+        self._writer.write_table(table, row_group_size=self.row_group_size)
+        self.rows, self._last_height = self.rows + frame.height, frame.height
+
+    def finish(self, metadata: Mapping[str, str]) -> int:
+        """Write the footer with `metadata` (keys sorted); returns the row count."""
+        if self._writer is None:
+            raise ValueError(f"{self.path}: no rows to write, not even an empty slice")
+        self._writer.add_key_value_metadata({k: metadata[k] for k in sorted(_check_metadata(metadata))})
+        self._finished = True
+        return self.rows
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            if kind is None and not self._finished:
+                raise ValueError(f"{self.path}: the file was not finished (no footer metadata)")
+        except BaseException:
+            if kind is None:
+                self._atomic.__exit__(*sys.exc_info())
+                raise
+        self._atomic.__exit__(kind, error, trace)
+
+
+def _check_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise TypeError(f"parquet metadata must be str -> str; offending keys: {bad}")
-    import pyarrow.parquet as pq
+    return metadata
 
-    table = df.rechunk().to_arrow()
+
+def _arrow_layout(frame: pl.DataFrame) -> tuple[pa.Table, dict[str, str] | None]:
+    """The frame as one contiguous Arrow table in its parquet layout, and the column encodings to write it with."""
+    table = frame.rechunk().to_arrow()
     encodings = None
-    if tuple(df.columns) == FLOW_COLUMNS:
+    if tuple(frame.columns) == FLOW_COLUMNS:
         table, encodings = _flow_bars_layout(table)
     # The key-value metadata goes into the footer once. Left on the Arrow schema it would be serialized a second
     # time inside pyarrow's `ARROW:schema` entry (a 1,460-object source list cost 343 KB there, issue 14).
-    table = table.replace_schema_metadata(None)
-    with (
-        atomic_path(path, suffix=".parquet") as tmp,
-        pq.ParquetWriter(
-            tmp,
-            table.schema,
-            compression="zstd",
-            compression_level=ZSTD_LEVEL,
-            # Bars are mostly distinct floats: dictionary pages cost ~45% more CPU and end up larger (measured on a
-            # 1s month, 2.7 M rows x 37 columns: 2.3 s vs 3.3 s CPU, 42.6 vs 47.8 MB).
-            use_dictionary=False,
-            column_encoding=encodings,
-            write_statistics=True,
-            store_schema=True,
-        ) as writer,
-    ):
-        writer.write_table(table, row_group_size=ROW_GROUP_SIZE)
-        writer.add_key_value_metadata({k: metadata[k] for k in sorted(metadata)})
+    return table.replace_schema_metadata(None), encodings
+
+
+def _deterministic_writer(path: Path, schema: pa.Schema, encodings: dict[str, str] | None) -> pq.ParquetWriter:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetWriter(
+        path,
+        schema,
+        compression="zstd",
+        compression_level=ZSTD_LEVEL,
+        # Bars are mostly distinct floats: dictionary pages cost ~45% more CPU and end up larger (measured on a
+        # 1s month, 2.7 M rows x 37 columns: 2.3 s vs 3.3 s CPU, 42.6 vs 47.8 MB).
+        use_dictionary=False,
+        column_encoding=encodings,
+        write_statistics=True,
+        store_schema=True,
+    )
 
 
 def _flow_bars_layout(table: pa.Table) -> tuple[pa.Table, dict[str, str]]:

@@ -1,0 +1,173 @@
+"""The month's 1s bars a slice at a time: derived (`second_bar_slices`), checked (`MonthBarsValidator`,
+`MonthBarChecks`) and written (`RowGroupWriter`) without the whole table in memory, with the same bytes as
+the whole table."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+from dagster import AssetKey
+
+from aperiodic_pipelines.defs.checks import MonthBarChecks, run_bar_checks
+from aperiodic_pipelines.domain.errors import InvalidBarsError
+from aperiodic_pipelines.flow import (
+    INTERVALS,
+    bars_from_second_stats,
+    compute_second_stats,
+    second_bar_slices,
+    validate_month_bars,
+)
+from aperiodic_pipelines.flow import bars as bars_module
+from aperiodic_pipelines.flow.schema import MonthBarsValidator
+from aperiodic_pipelines.storage import bars_metadata, write_parquet_deterministic, write_parquet_row_groups
+from aperiodic_pipelines.storage.parquet import (
+    ROW_GROUP_SIZE,
+    RowGroupWriter,
+    _arrow_layout,
+    _deterministic_writer,
+)
+from aperiodic_pipelines.synthetic import generate_tape
+
+MONTH = "2024-02"  # 29 days: 2,505,600 seconds, so the last 1s row group is a short one
+
+
+@pytest.fixture(scope="module")
+def stats():
+    previous = generate_tape("2024-01", 30_000, seed=51)
+    current = generate_tape(MONTH, 30_000, seed=52, first_trade_id=1_000_000)
+    return compute_second_stats(current, previous, month=MONTH)
+
+
+@pytest.fixture(scope="module")
+def whole_1s(stats) -> pl.DataFrame:
+    return bars_from_second_stats(stats, intervals=["1s"])["1s"]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def metadata(rows: int) -> dict[str, str]:
+    return bars_metadata(exchange="binance-futures", symbol="BINANCE_FUTURES:BTCUSDT", native_symbol="BTCUSDT",
+                         interval="1s", timestamp="exchange", month=MONTH, row_count=rows)
+
+
+def pyarrow_whole_table(frame: pl.DataFrame, path: Path, meta: dict[str, str], row_group_size: int) -> None:
+    """What `write_parquet_deterministic` did before it wrote row groups one by one: the whole table in one
+    `write_table` call that pyarrow splits into row groups."""
+    table, encodings = _arrow_layout(frame)
+    with _deterministic_writer(path, table.schema, encodings) as writer:
+        writer.write_table(table, row_group_size=row_group_size)
+        writer.add_key_value_metadata({k: meta[k] for k in sorted(meta)})
+
+
+@pytest.mark.parametrize("rows", [ROW_GROUP_SIZE, 400_000, 86_400 * 7 + 13])
+def test_slices_are_the_whole_1s_table(stats, whole_1s, rows: int) -> None:
+    """Each slice's scores see the 20 bars before it: the slices join into the whole table, bit for bit,
+    whichever derivation (sparse bars scattered, or the grid) each slice takes."""
+    slices = list(second_bar_slices(stats, rows))
+    assert [part.height for part in slices[:-1]] == [rows] * (len(slices) - 1)
+    assert 0 < slices[-1].height <= rows
+    assert pl.concat(slices).equals(whole_1s, null_equal=True)
+    assert whole_1s["flow_toxicity_score"].is_not_null().sum() > 1_000  # the scores are compared too
+
+
+def test_sparse_and_grid_slices_agree(stats, whole_1s, monkeypatch) -> None:
+    for dense_from in (2.0, -1.0):  # never the grid, always the grid
+        monkeypatch.setattr(bars_module, "DENSE_FROM", dense_from)
+        assert pl.concat(list(second_bar_slices(stats, 500_000))).equals(whole_1s, null_equal=True), dense_from
+
+
+def test_streamed_file_is_byte_identical_to_the_whole_table(stats, whole_1s, tmp_path: Path) -> None:
+    """A month of 1s bars written a row group at a time has the bytes of the whole table written at once, by
+    `write_parquet_deterministic` and by pyarrow's own row-group split of the whole table."""
+    streamed, whole, reference = tmp_path / "streamed.parquet", tmp_path / "whole.parquet", tmp_path / "ref.parquet"
+    rows = write_parquet_row_groups(second_bar_slices(stats, ROW_GROUP_SIZE), streamed, metadata=metadata)
+    assert rows == whole_1s.height == 29 * 86_400
+    write_parquet_deterministic(whole_1s, whole, metadata=metadata(whole_1s.height))
+    pyarrow_whole_table(whole_1s, reference, metadata(whole_1s.height), ROW_GROUP_SIZE)
+    assert sha256(streamed) == sha256(whole) == sha256(reference)
+    assert pq.ParquetFile(streamed).metadata.num_row_groups == 3
+    assert pl.read_parquet(streamed).equals(whole_1s, null_equal=True)
+
+
+@pytest.mark.parametrize("row_group_size", [1_000, 4_096])
+def test_row_groups_match_pyarrow_split_for_any_size(whole_1s, tmp_path: Path, row_group_size: int) -> None:
+    frame = whole_1s.head(10_500)
+    streamed, reference = tmp_path / "streamed.parquet", tmp_path / "ref.parquet"
+    slices = [frame.slice(offset, row_group_size) for offset in range(0, frame.height, row_group_size)]
+    write_parquet_row_groups(slices, streamed, metadata=metadata, row_group_size=row_group_size)
+    pyarrow_whole_table(frame, reference, metadata(frame.height), row_group_size)
+    assert sha256(streamed) == sha256(reference)
+    # ... and a changed value changes the bytes (the comparison is not vacuous).
+    slices[1] = slices[1].with_columns(pl.col("taker_buy_count") + 1)
+    write_parquet_row_groups(slices, streamed, metadata=metadata, row_group_size=row_group_size)
+    assert sha256(streamed) != sha256(reference)
+
+
+def test_misaligned_slices_are_refused_and_leave_no_file(whole_1s, tmp_path: Path) -> None:
+    path = tmp_path / "bars.parquet"
+    for slices in ([whole_1s.head(999), whole_1s.slice(999, 1_000)],  # a short slice before the last
+                   [whole_1s.head(1_001)],  # more than a row group
+                   [whole_1s.head(1_000), whole_1s.head(0)]):  # an empty slice after rows
+        with pytest.raises(ValueError, match="every slice but the last must hold 1000 rows"):
+            write_parquet_row_groups(slices, path, metadata=metadata, row_group_size=1_000)
+        assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError, match="not finished"), RowGroupWriter(path, row_group_size=1_000) as writer:
+        writer.write(whole_1s.head(10))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_validation_in_slices_finds_what_the_whole_table_would(stats, whole_1s) -> None:
+    slices = list(second_bar_slices(stats, 700_000))
+
+    def validate(parts: list[pl.DataFrame]) -> None:
+        validator = MonthBarsValidator(month=MONTH)
+        for part in parts:
+            validator.add("1s", part)
+        validator.finish()
+
+    validate(slices)
+    validate_month_bars({"1s": whole_1s}, month=MONTH)
+    with pytest.raises(InvalidBarsError, match=r"1s: column 'time' failed covers_month"):
+        validate(slices[:-1])  # a month without its last slice
+    with pytest.raises(InvalidBarsError, match=r"1s: column 'time' failed dense_grid"):
+        validate([slices[0], slices[1].slice(1), *slices[2:]])  # a bar missing at a slice boundary
+    with pytest.raises(InvalidBarsError, match=r"1s: column 'time' failed covers_month"):
+        validate(slices[1:])  # starts after the month's start
+    empty_row = int(((slices[2]["taker_buy_count"] + slices[2]["taker_sell_count"]) == 0).arg_true()[0])
+    tampered = slices[2].with_columns(slices[2]["taker_buy_volume"].scatter([empty_row], [1.0]))
+    with pytest.raises(InvalidBarsError, match=r"1s: column 'taker_buy_volume' failed zero_when_empty"):
+        validate([*slices[:2], tampered, *slices[3:]])
+
+
+def test_month_checks_in_slices(stats) -> None:
+    """The blocking checks fed slice by slice pass on a good month and name the interval and the rule of a bad
+    one; fed whole tables (`run_bar_checks`) they give the same verdicts."""
+    coarser = bars_from_second_stats(stats, intervals=INTERVALS[1:])
+    slices = list(second_bar_slices(stats, 1_000_000))
+
+    def verdicts(parts: list[pl.DataFrame]) -> dict[str, tuple[bool, str]]:
+        checks = MonthBarChecks(MONTH)
+        for part in parts:
+            checks.add("1s", part)
+        for interval, frame in coarser.items():
+            checks.add(interval, frame)
+        return {r.check_name: (r.passed, getattr(r.metadata.get("failed_rule"), "text", ""))
+                for r in checks.results(AssetKey("x"))}
+
+    good = verdicts(slices)
+    assert all(passed for passed, _ in good.values()), good
+    whole = {r.check_name: r.passed for r in run_bar_checks(AssetKey("x"), {"1s": pl.concat(slices), **coarser},
+                                                             MONTH)}
+    assert whole == {name: passed for name, (passed, _) in good.items()}
+    gap = verdicts([slices[0], slices[1].slice(5), slices[2]])
+    assert gap["dense_grid"] == (False, "1s: first bar at 2024-02-12 13:46:45, expected the bar after the previous "
+                                        "slice's last")
+    assert gap["schema_and_invariants"][0] is False and gap["nonempty_month"][0] is True
+    short = verdicts(slices[:2])
+    assert short["dense_grid"] == (False, f"1s: 2000000 rows, expected {29 * 86_400} for {MONTH}")
