@@ -182,7 +182,7 @@ def run_floor(url: str, tmp: Path) -> dict:
     return run_measured(command, dict(os.environ), ROOT)
 
 
-def run_ours(base_url: str, month: str, tmp: Path) -> dict:
+def run_ours(base_url: str, listing_url: str, month: str, tmp: Path) -> dict:
     out = Path(tempfile.mkdtemp(dir=tmp, prefix="ours-"))
     (out / "dagster_home").mkdir()
     (out / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -192,6 +192,7 @@ def run_ours(base_url: str, month: str, tmp: Path) -> dict:
         "DAGSTER_HOME": str(out / "dagster_home"),
         "APERIODIC_STORE": str(out / "store"),
         "APERIODIC_BINANCE_URL": f"{base_url}/binance",
+        "APERIODIC_BINANCE_LISTING_URL": listing_url,  # the universe (which symbols, from which month)
         "APERIODIC_CACHE_DIR": str(out / "cache"),
     }
     cli = Path(sys.executable).with_name("aperiodic-pipelines")
@@ -249,19 +250,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from aperiodic_pipelines.mirror.http import ArchiveMirror
+    from aperiodic_pipelines.mirror.listings import ListingServer
     from aperiodic_pipelines.sources import binance
 
     archive_root = args.workdir / f"{args.month}-{args.trades}-seed{args.seed}"
     zip_path = write_month_zip(archive_root, args.month, args.trades, args.seed)
     runs: dict[str, list[dict]] = {"floor": [], "ours": []}
-    with ArchiveMirror(archive_root) as mirror, tempfile.TemporaryDirectory(prefix="e2e-bench-") as tmp:
+    with ArchiveMirror(archive_root) as mirror, ListingServer(archive_root / "binance") as listing, \
+            tempfile.TemporaryDirectory(prefix="e2e-bench-") as tmp:
         url = f"{mirror.url}/binance/{binance.archive_path(SYMBOL, DATASET, args.month)}"
         for repeat in range(args.repeat):
             print(f"run {repeat + 1}/{args.repeat}: floor ...", flush=True)
             runs["floor"].append(run_floor(url, Path(tmp)))
             runs["floor"][-1].pop("timeline")
             print(f"run {repeat + 1}/{args.repeat}: ours (aperiodic-pipelines materialize) ...", flush=True)
-            runs["ours"].append(run_ours(mirror.url, args.month, Path(tmp)))
+            runs["ours"].append(run_ours(mirror.url, listing.url, args.month, Path(tmp)))
 
     print(f"\n{args.trades:,} aggTrades in {args.month}, zip {zip_path.stat().st_size / 1e6:.0f} MB; "
           f"median of {args.repeat} run(s), cases alternated")

@@ -3,9 +3,10 @@
 Sources turn each upstream file into a `TradeFile` (a lazy polars frame with the canonical columns) and call
 `build_canonical_month`, which streams everything to parquet with bounded memory:
 
-1. stream all files (trimmed to the month where asked) into a staged parquet file;
-2. one streaming pass of checks: nulls, price/qty > 0 and finite, rows outside the month, sortedness,
-   whether trade ids only increase, id gaps;
+1. stream all files (trimmed to the month where asked) into a staged parquet file, counting on the way (one
+   pass): nulls, price/qty > 0 and finite, rows outside the month, sortedness, whether trade ids only increase,
+   id gaps;
+2. any rule broken → the error, naming the file and rows;
 3. sorted with increasing ids (the common case) → the staged file is already the answer; otherwise split
    by UTC day, sort and de-duplicate each day in memory (a day is small), and stream the days back together.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Literal
 
 import polars as pl
 import pyarrow.parquet as pq
+from polars.io.plugins import register_io_source
 
 from aperiodic_pipelines.atomic import atomic_replace
 from aperiodic_pipelines.domain.errors import CorruptArchiveError, InvalidTradesError
@@ -205,13 +207,12 @@ def build_canonical_span(
     with scratch_dir(dest.parent) as work:
         staged = work / "staged.parquet"
         combined = pl.concat(frames, how="vertical") if frames else pl.LazyFrame(schema=CANONICAL_SCHEMA)
+        counter = _FactCounter(start_us, end_us)
         try:
-            combined.sink_parquet(staged, engine="streaming", **PARQUET_OPTIONS)
+            _sink_counted(combined, counter, staged)
         except pl.exceptions.PolarsError as exc:
             raise _parse_error(files, exc) from None
-        # The rules are counted on the staged file, one row group at a time: sources that stream their archive
-        # through Python would otherwise decompress it twice.
-        facts, first_conflict = _staged_facts(staged, start_us, end_us)
+        facts, first_conflict = counter.totals, counter.first_conflict
         origins = [f.origin for f in files]
         _raise_on_bad_rows(origins, frames, facts, start_us, end_us)
         name = _month_name(label, origins)
@@ -263,43 +264,65 @@ def _checks(start_us: int, end_us: int) -> dict[str, pl.Expr]:
 _CONTENT = ["ts_exchange", "trade_id", "price", "qty", "is_buy"]
 
 
-def _staged_facts(staged: Path, start_us: int, end_us: int) -> tuple[dict[str, int], tuple[dict, dict] | None]:
+class _FactCounter:
     """Row count, per-row rule breaks, order breaks, id gaps and repeats of the previous row (same time and id:
-    `repeats` when the contents agree, a conflict when not), one row group at a time: polars' `diff` is not a
-    streaming operation, and this keeps memory bounded. The previous group's last row is carried over. Returns
-    the counts and the first conflicting pair of rows, if any."""
-    ts, tid = pl.col("ts_exchange"), pl.col("trade_id")
-    ts_step, id_step = ts.diff(), tid.diff()
-    same_key = (ts_step == 0) & (id_step == 0)
-    differs = pl.any_horizontal([pl.col(c) != pl.col(c).shift(1) for c in ("price", "qty", "is_buy")])
-    order = {
-        "unsorted": ((ts_step < 0) | ((ts_step == 0) & (id_step <= 0))).sum(),
-        "ids_not_increasing": (id_step <= 0).sum(),
-        "gaps": (id_step > 1).sum(),
-        "repeats": (same_key & ~differs).sum(),
-        "conflicts": (same_key & differs).sum(),
-    }
-    rules = {name: rule.fill_null(True).sum() for name, rule in _checks(start_us, end_us).items()}
-    totals = dict.fromkeys(["n", *rules, *order], 0)
-    first_conflict: tuple[dict, dict] | None = None
-    parquet = pq.ParquetFile(staged)
-    previous: pl.DataFrame | None = None
-    for group in range(parquet.num_row_groups):
-        batch = pl.from_arrow(parquet.read_row_group(group))
-        assert isinstance(batch, pl.DataFrame)
-        counted = batch.select(n=pl.len(), **rules).row(0, named=True)
-        keys = batch.select(_CONTENT)
-        if previous is not None:
-            keys = pl.concat([previous, keys])
-        counted |= keys.select(**order).row(0, named=True)
-        if counted["conflicts"] and first_conflict is None:
-            at = int(keys.select((same_key & differs).fill_null(False).arg_true().first()).item())
-            first_conflict = (keys.row(at - 1, named=True), keys.row(at, named=True))
+    `repeats` when the contents agree, a conflict when not), counted batch by batch as the rows stream past:
+    polars' `diff` is not a streaming operation, so the previous batch's last row is carried over. `totals` holds
+    the counts; `first_conflict` the first conflicting pair of rows, if any."""
+
+    def __init__(self, start_us: int, end_us: int) -> None:
+        ts, tid = pl.col("ts_exchange"), pl.col("trade_id")
+        ts_step, id_step = ts.diff(), tid.diff()
+        same_key = (ts_step == 0) & (id_step == 0)
+        differs = pl.any_horizontal([pl.col(c) != pl.col(c).shift(1) for c in ("price", "qty", "is_buy")])
+        self._conflict = same_key & differs
+        self._order = {
+            "unsorted": ((ts_step < 0) | ((ts_step == 0) & (id_step <= 0))).sum(),
+            "ids_not_increasing": (id_step <= 0).sum(),
+            "gaps": (id_step > 1).sum(),
+            "repeats": (same_key & ~differs).sum(),
+            "conflicts": self._conflict.sum(),
+        }
+        self._rules = {name: rule.fill_null(True).sum() for name, rule in _checks(start_us, end_us).items()}
+        self.totals = dict.fromkeys(["n", *self._rules, *self._order], 0)
+        self.first_conflict: tuple[dict, dict] | None = None
+        self._previous: pl.DataFrame | None = None
+
+    def add(self, batch: pl.DataFrame) -> None:
+        if not batch.height:
+            return
+        counted = batch.select(n=pl.len(), **self._rules, **self._order).row(0, named=True)
+        first = batch.select(_CONTENT).head(1)
+        if self._previous is not None:  # the seam: the batch's first row after the previous batch's last
+            seam = pl.concat([self._previous, first])
+            seam_counts = seam.select(**self._order).row(0, named=True)
+            if seam_counts["conflicts"] and self.first_conflict is None:
+                self.first_conflict = (seam.row(0, named=True), seam.row(1, named=True))
+            for key, value in seam_counts.items():
+                counted[key] += value or 0
+        if counted["conflicts"] and self.first_conflict is None:
+            keys = batch.select(_CONTENT)
+            at = int(keys.select(self._conflict.fill_null(False).arg_true().first()).item())
+            self.first_conflict = (keys.row(at - 1, named=True), keys.row(at, named=True))
         for key, value in counted.items():
-            totals[key] += int(value or 0)
-        previous = keys.tail(1)
-        del batch
-    return totals, first_conflict
+            self.totals[key] += int(value or 0)
+        self._previous = batch.select(_CONTENT).tail(1)
+
+
+def _sink_counted(frame: pl.LazyFrame, counter: _FactCounter, path: Path) -> None:
+    """Stream `frame` to parquet at `path`, counting each batch with `counter` on its way (one pass over the rows:
+    reading the staged file back to count cost as much CPU as half the parse)."""
+
+    def batches(
+        with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, _batch_size: int | None
+    ) -> Iterator[pl.DataFrame]:
+        if with_columns is not None or predicate is not None or n_rows is not None:  # never, for a sink
+            raise AssertionError("the counted stream is only ever written whole")
+        for batch in frame.collect_batches(maintain_order=True):
+            counter.add(batch)
+            yield batch
+
+    register_io_source(batches, schema=CANONICAL_SCHEMA).sink_parquet(path, engine="streaming", **PARQUET_OPTIONS)
 
 
 def _raise_on_bad_rows(
