@@ -2,17 +2,29 @@
 
 - The source's facts (rule breaks, order breaks, id gaps, repeats, the first conflict) are counted batch by batch
   while the canonical file is written: any split of the rows into batches counts the same.
+- An out-of-order month sorted an hour at a time is the month sorted a day at a time.
 - The mirror's 1m klines of a month given day by day (as `month_e2e_bench` generates a 200 M-trade month) are the
   bytes of the klines of the month given whole, also when a minute is split between two pieces.
 """
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import polars as pl
 
 from aperiodic_pipelines.mirror.klines import binance_klines_csv
-from aperiodic_pipelines.sources.canonical import _FactCounter, month_bounds_us
-from aperiodic_pipelines.synthetic import iter_tape_days
+from aperiodic_pipelines.sources.canonical import (
+    DAY_US,
+    HOUR_US,
+    PARQUET_OPTIONS,
+    CanonicalStats,
+    _FactCounter,
+    _sort_by_span,
+    month_bounds_us,
+)
+from aperiodic_pipelines.synthetic import generate_tape, iter_tape_days
 from aperiodic_pipelines.trades import CANONICAL_SCHEMA
 
 MONTH = "2024-03"
@@ -64,3 +76,20 @@ def test_klines_of_a_month_given_by_day_are_the_klines_of_the_whole_month() -> N
     assert whole["ts_exchange"][middle - 1] // 60_000_000 == whole["ts_exchange"][middle] // 60_000_000
     assert binance_klines_csv([whole[:middle], whole[middle:]], MONTH) == expected
     assert binance_klines_csv(iter(days[1:]), MONTH) != expected  # a day missing shows
+
+
+def test_out_of_order_month_sorted_by_hour_is_the_month_sorted_by_day(tmp_path: Path) -> None:
+    """A busy month is sorted an hour at a time (memory flat in its size): the same file, counts and gaps."""
+    tape = generate_tape(MONTH, 20_000, seed=5, with_arrival=False)
+    shuffled = pl.concat([tape[::2], tape[1::2], tape[100:140]])  # halves interleaved, 40 exact repeats
+    start, end = month_bounds_us(MONTH)
+    results = {}
+    for span in (DAY_US, HOUR_US):
+        work = tmp_path / str(span)
+        work.mkdir()
+        shuffled.write_parquet(work / "staged.parquet", **PARQUET_OPTIONS)
+        stats = _sort_by_span(work / "staged.parquet", work, start, end, span, name=MONTH)
+        results[span] = (stats, (work / "sorted.parquet").read_bytes())
+    assert results[DAY_US] == results[HOUR_US]
+    assert results[DAY_US][0] == CanonicalStats(trade_count=tape.height, duplicates_dropped=40, id_gaps=0)
+    assert pl.read_parquet(io.BytesIO(results[DAY_US][1])).equals(tape)

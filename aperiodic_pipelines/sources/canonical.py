@@ -41,6 +41,10 @@ from aperiodic_pipelines.trades import (
 )
 
 DAY_US = 86_400_000_000
+HOUR_US = 3_600_000_000
+# Rows sorted in memory at once, on average, when the staged rows are out of order: a month sorts a UTC day at a
+# time, a month busier than this per day an hour at a time (the memory of a sort stays flat in the month's size).
+SORT_SPAN_ROWS = 1_000_000
 ROW_GROUP_ROWS = 1 << 20
 # zstd level 1: ~15% larger than the default level 3 but much cheaper to write (the month's biggest cost).
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1, "row_group_size": ROW_GROUP_ROWS, "statistics": True}
@@ -121,7 +125,8 @@ def build_canonical_day(files: Sequence[TradeFile], day: str, dest: Path) -> Can
     """Write one UTC day's canonical trades from `files` (trimmed to the day) to `dest`.
 
     The same rules, in the same order, as `build_canonical_month`: duplicates and conflicts are decided within a
-    UTC day there too (`_sort_by_day`), so the day's rows are exactly the month file's rows of that day."""
+    UTC day there too (`_sort_by_span`: a repeat has the same time), so the day's rows are exactly the month file's
+    rows of that day."""
     start_us, end_us = day_bounds_us(day)
     return build_canonical_span(files, start_us, end_us, day, dest, outside="trim")
 
@@ -222,7 +227,8 @@ def build_canonical_span(
         if facts["unsorted"] == 0 and facts["ids_not_increasing"] == 0:
             atomic_replace(staged, dest)
             return CanonicalStats(int(facts["n"]), 0, int(facts["gaps"]))
-        stats = _sort_by_day(staged, work, start_us, end_us, name=name)
+        span_us = DAY_US if facts["n"] * DAY_US <= SORT_SPAN_ROWS * (end_us - start_us) else HOUR_US
+        stats = _sort_by_span(staged, work, start_us, end_us, span_us, name=name)
         check_duplicate_share(stats.duplicates_dropped, int(facts["n"]), name=name)
         atomic_replace(work / "sorted.parquet", dest)
         return stats
@@ -366,33 +372,36 @@ def _parse_error(files: Sequence[TradeFile], exc: Exception) -> CorruptArchiveEr
     return CorruptArchiveError(f"{origin}: malformed row that cannot be parsed: {first_line}")
 
 
-def _sort_by_day(staged: Path, work: Path, start_us: int, end_us: int, *, name: str) -> CanonicalStats:
-    """Split by UTC day (bounded memory), sort and de-duplicate each day, and stream the days back together.
+def _sort_by_span(
+    staged: Path, work: Path, start_us: int, end_us: int, span_us: int, *, name: str
+) -> CanonicalStats:
+    """Split into spans of `span_us` (a UTC day or hour: bounded memory), sort and de-duplicate each span, and stream
+    the spans back together; the result does not depend on the span (a repeat has one time, so lies in one span).
     A repeated (time, id) whose price, quantity or side differ is a `ConflictingTradesError` naming both rows."""
-    day_dir = work / "days"
-    day_key = ((pl.col("ts_exchange") - start_us) // DAY_US).alias("day")
-    # One row group at a time, split by day into small Arrow files: memory stays at one row group
+    span_dir = work / "spans"
+    span_key = ((pl.col("ts_exchange") - start_us) // span_us).alias("span")
+    # One row group at a time, split by span into small Arrow files: memory stays at one row group
     # (polars' partitioned sink buffered nearly everything here).
     parquet = pq.ParquetFile(staged)
     for group in range(parquet.num_row_groups):
         batch = pl.from_arrow(parquet.read_row_group(group))
         assert isinstance(batch, pl.DataFrame)
-        for (day,), part in batch.with_columns(day_key).partition_by("day", as_dict=True, include_key=False).items():
-            target = day_dir / f"day={day}"
+        for (span,), part in batch.with_columns(span_key).partition_by("span", as_dict=True, include_key=False).items():
+            target = span_dir / f"span={span}"
             target.mkdir(parents=True, exist_ok=True)
             part.write_ipc(target / f"{group:06d}.arrow")
         del batch
     staged.unlink()
-    sorted_dir = work / "sorted-days"
+    sorted_dir = work / "sorted-spans"
     sorted_dir.mkdir()
-    day_count = (end_us - start_us) // DAY_US
+    span_count = -(-(end_us - start_us) // span_us)
     duplicates = gaps = 0
     last_id: int | None = None
     max_id_so_far: int | None = None
     ids_conflict = False
     sorted_files: list[Path] = []
-    for day in range(day_count):
-        parts = sorted((day_dir / f"day={day}").glob("*.arrow"))
+    for span in range(span_count):
+        parts = sorted((span_dir / f"span={span}").glob("*.arrow"))
         if not parts:
             continue
         # Input order breaks ties, so equal (time, id) rows keep the file order: deterministic for the same input.
@@ -414,11 +423,11 @@ def _sort_by_day(staged: Path, work: Path, start_us: int, end_us: int, *, name: 
         gaps += int((id_steps > 1).sum())
         last_id = int(ids[-1])
         if (id_steps <= 0).any() and ids.n_unique() != ids.len():
-            ids_conflict = True  # one id at two different times within the day
+            ids_conflict = True  # one id at two different times within the span
         if max_id_so_far is not None and int(ids.min()) <= max_id_so_far:
             ids_conflict = True  # maybe: the exact check below decides
         max_id_so_far = int(ids.max()) if max_id_so_far is None else max(max_id_so_far, int(ids.max()))
-        path = sorted_dir / f"{day:02d}.arrow"
+        path = sorted_dir / f"{span:04d}.arrow"
         unique.write_ipc(path)
         sorted_files.append(path)
     out = work / "sorted.parquet"
