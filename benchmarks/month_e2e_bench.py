@@ -44,6 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOL = "BTCUSDT"
+CSV_PIECE_ROWS = 1_000_000
 # Canonical columns from each dataset's CSV columns, as the floor writes them.
 FLOOR_COLUMNS = {
     "aggTrades": {"time": "transact_time", "trade_id": "agg_trade_id", "qty": "quantity"},
@@ -70,8 +71,13 @@ def write_month_zip(root: Path, month: str, trades: int, seed: int, dataset: str
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive, archive.open(
         f"{SYMBOL}-{dataset}-{month}.csv", "w", force_zip64=True
     ) as member:
-        for index, day in enumerate(iter_tape_days(month, trades, seed, start_price=60_000.0)):
-            member.write(binance_csv(day, dataset=dataset, header=index == 0))
+        # No arrival times (the archive has none; the other columns do not depend on them), and a day's CSV text a
+        # million rows at a time: at 200 M trades a busy day's text alone would be ~1 GB.
+        days = iter_tape_days(month, trades, seed, start_price=60_000.0, with_arrival=False)
+        for index, day in enumerate(days):
+            for offset in range(0, day.height, CSV_PIECE_ROWS):
+                header = index == 0 and offset == 0
+                member.write(binance_csv(day.slice(offset, CSV_PIECE_ROWS), dataset=dataset, header=header))
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
