@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/month_e2e_bench.py --trades 50000000    # the issue's month
     .venv/bin/python benchmarks/month_e2e_bench.py --trades 200000000 --floor streaming  # memory flat in month size
     .venv/bin/python benchmarks/month_e2e_bench.py --trades 10000000 --dataset trades    # the `trades` dataset
+    .venv/bin/python benchmarks/month_e2e_bench.py --trades 50000000 --ref main  # + the package as of `main`
 
 The zip is laid out and formatted as data.binance.vision publishes it (`data/futures/um/monthly/aggTrades/...`,
 a header row, ms timestamps, `is_buyer_maker`, a `.CHECKSUM` sidecar) and served by `ArchiveMirror` on
@@ -207,6 +208,15 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path) -> dict:
             "peak_process_rss_mb": sampler.peak_process_mb, "timeline": sampler.timeline}
 
 
+def export_tree(ref: str, target: Path) -> Path:
+    """The package as of git `ref` (`git archive`), for a case run with it instead of this tree."""
+    target.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "aperiodic_pipelines"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
 def run_floor(url: str, tmp: Path, dataset: str, floor: str) -> dict:
     out = Path(tempfile.mkdtemp(dir=tmp, prefix="floor-"))
     command = [sys.executable, str(Path(__file__).resolve()), "--floor-child", url, "--out", str(out),
@@ -216,13 +226,14 @@ def run_floor(url: str, tmp: Path, dataset: str, floor: str) -> dict:
     return result
 
 
-def run_ours(base_url: str, listing_url: str, month: str, tmp: Path, dataset: str) -> dict:
+def run_ours(base_url: str, listing_url: str, month: str, tmp: Path, dataset: str, code: Path = ROOT) -> dict:
+    """`materialize` of the month with the package under `code` (this tree, or `--ref`'s)."""
     out = Path(tempfile.mkdtemp(dir=tmp, prefix="ours-"))
     (out / "dagster_home").mkdir()
     (out / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(code),
         "DAGSTER_HOME": str(out / "dagster_home"),
         "APERIODIC_STORE": str(out / "store"),
         "APERIODIC_BINANCE_URL": f"{base_url}/binance",
@@ -282,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--floor", choices=("eager", "streaming"), default="eager",
                         help="eager: read_csv of the member in memory (issue 17's floor); streaming: unzip to disk "
                         "and scan_csv → sink_parquet (needed from ~100 M trades on a 24 GB machine)")
+    parser.add_argument("--ref", help="also run the package as of this git ref (e.g. main), alternated with ours")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench-data" / "e2e")
     parser.add_argument("--floor-child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -297,16 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "" if args.dataset == "aggTrades" else f"-{args.dataset}"
     archive_root = args.workdir / f"{args.month}-{args.trades}-seed{args.seed}{suffix}"
     zip_path = write_month_zip(archive_root, args.month, args.trades, args.seed, args.dataset)
-    runs: dict[str, list[dict]] = {"floor": [], "ours": []}
+    runs: dict[str, list[dict]] = {"floor": [], **({args.ref: []} if args.ref else {}), "ours": []}
     with ArchiveMirror(archive_root) as mirror, ListingServer(archive_root / "binance") as listing, \
             tempfile.TemporaryDirectory(prefix="e2e-bench-") as tmp:
         url = f"{mirror.url}/binance/{binance.archive_path(SYMBOL, args.dataset, args.month)}"
+        codes = {"ours": ROOT}
+        if args.ref:
+            codes = {args.ref: export_tree(args.ref, Path(tmp) / "ref"), **codes}
         for repeat in range(args.repeat):
             print(f"run {repeat + 1}/{args.repeat}: floor ...", flush=True)
             runs["floor"].append(run_floor(url, Path(tmp), args.dataset, args.floor))
             runs["floor"][-1].pop("timeline")
-            print(f"run {repeat + 1}/{args.repeat}: ours (aperiodic-pipelines materialize) ...", flush=True)
-            runs["ours"].append(run_ours(mirror.url, listing.url, args.month, Path(tmp), args.dataset))
+            for case, code in codes.items():
+                print(f"run {repeat + 1}/{args.repeat}: {case} (aperiodic-pipelines materialize) ...", flush=True)
+                runs[case].append(run_ours(mirror.url, listing.url, args.month, Path(tmp), args.dataset, code))
 
     print(f"\n{args.trades:,} {args.dataset} in {args.month} ({args.floor} floor), zip {zip_path.stat().st_size / 1e6:.0f} MB; "
           f"median of {args.repeat} run(s), cases alternated")
@@ -320,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{case:<10}{m['wall_s']:>10.2f}{m['cpu_s']:>10.2f}{m['peak_rss_mb']:>14.0f}"
               f"{m['peak_process_rss_mb']:>20.0f}{ratio:>9.2f}x")
     print("targets: ours ≤ 2.00x the floor's wall time, peak RSS ≤ 2048 MB")
-    steps = runs["ours"][len(runs["ours"]) // 2]["steps"]
-    print(f"ours, Dagster step timings: {steps}")
+    for case in codes:
+        steps = runs[case][len(runs[case]) // 2]["steps"]
+        print(f"{case}, Dagster step timings: {steps}")
     return 0
 
 
