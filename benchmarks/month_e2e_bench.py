@@ -41,7 +41,9 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOL = "BTCUSDT"
@@ -54,9 +56,12 @@ FLOOR_COLUMNS = {
 
 
 def write_month_zip(root: Path, month: str, trades: int, seed: int, dataset: str) -> Path:
-    """The monthly zip of `dataset` (+ .CHECKSUM) of a generated month, generated and compressed one day at a time
-    (memory: one day of trades, whatever the month holds)."""
+    """The monthly zip of `dataset` (+ .CHECKSUM) of a generated month and its 1m klines, generated and compressed
+    one day at a time, in one pass (memory: one day of trades, whatever the month holds)."""
+    import polars as pl
+
     from aperiodic_pipelines.mirror.archives import binance_csv
+    from aperiodic_pipelines.mirror.klines import write_binance_klines_month
     from aperiodic_pipelines.sources import binance
     from aperiodic_pipelines.synthetic import iter_tape_days
 
@@ -69,24 +74,30 @@ def write_month_zip(root: Path, month: str, trades: int, seed: int, dataset: str
     path.parent.mkdir(parents=True, exist_ok=True)
     print(f"writing {trades:,} trades of {month} as {path.name} ...", flush=True)
     started = time.perf_counter()
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive, archive.open(
-        f"{SYMBOL}-{dataset}-{month}.csv", "w", force_zip64=True
-    ) as member:
-        # No arrival times (the archive has none; the other columns do not depend on them), and a day's CSV text a
-        # million rows at a time: at 200 M trades a busy day's text alone would be ~1 GB.
-        days = iter_tape_days(month, trades, seed, start_price=60_000.0, with_arrival=False)
+    # No arrival times (the archive has none; the other columns do not depend on them), and a day's CSV text a
+    # million rows at a time: at 200 M trades a busy day's text alone would be ~1 GB.
+    days = iter_tape_days(month, trades, seed, start_price=60_000.0, with_arrival=False)
+
+    def zipped(member: IO[bytes]) -> Iterator[pl.DataFrame]:
+        """Each day, once its rows are in the zip: the klines are computed from the same pass."""
         for index, day in enumerate(days):
             for offset in range(0, day.height, CSV_PIECE_ROWS):
                 header = index == 0 and offset == 0
                 member.write(binance_csv(day.slice(offset, CSV_PIECE_ROWS), dataset=dataset, header=header))
+            yield day
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive, archive.open(
+        f"{SYMBOL}-{dataset}-{month}.csv", "w", force_zip64=True
+    ) as member:
+        write_binance_klines_month(root / "binance", SYMBOL, month, zipped(member))
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     path.with_name(path.name + ".CHECKSUM").write_text(f"{digest.hexdigest()}  {path.name}\n")
     stamp.write_text(json.dumps(want))
-    print(f"  {path.stat().st_size / 1e6:.0f} MB zip in {time.perf_counter() - started:.0f} s", flush=True)
-    write_month_klines(root, month, trades, seed)
+    print(f"  {path.stat().st_size / 1e6:.0f} MB zip and its 1m klines in {time.perf_counter() - started:.0f} s",
+          flush=True)
     return path
 
 
