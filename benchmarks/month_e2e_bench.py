@@ -47,7 +47,7 @@ from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOL = "BTCUSDT"
-CSV_PIECE_ROWS = 1_000_000
+CSV_PIECE_ROWS = 250_000  # generated trades turned into CSV text and klines at a time
 # Canonical columns from each dataset's CSV columns, as the floor writes them.
 FLOOR_COLUMNS = {
     "aggTrades": {"time": "transact_time", "trade_id": "agg_trade_id", "qty": "quantity"},
@@ -74,17 +74,17 @@ def write_month_zip(root: Path, month: str, trades: int, seed: int, dataset: str
     path.parent.mkdir(parents=True, exist_ok=True)
     print(f"writing {trades:,} trades of {month} as {path.name} ...", flush=True)
     started = time.perf_counter()
-    # No arrival times (the archive has none; the other columns do not depend on them), and a day's CSV text a
-    # million rows at a time: at 200 M trades a busy day's text alone would be ~1 GB.
+    # No arrival times (the archive has none; the other columns do not depend on them), and a day's CSV text and
+    # klines `CSV_PIECE_ROWS` at a time: at 200 M trades a busy day (~11 M trades) would take GBs for either.
     days = iter_tape_days(month, trades, seed, start_price=60_000.0, with_arrival=False)
 
     def zipped(member: IO[bytes]) -> Iterator[pl.DataFrame]:
-        """Each day, once its rows are in the zip: the klines are computed from the same pass."""
+        """Each piece of each day, once its rows are in the zip: the klines are computed from the same pass."""
         for index, day in enumerate(days):
             for offset in range(0, day.height, CSV_PIECE_ROWS):
-                header = index == 0 and offset == 0
-                member.write(binance_csv(day.slice(offset, CSV_PIECE_ROWS), dataset=dataset, header=header))
-            yield day
+                piece = day.slice(offset, CSV_PIECE_ROWS)
+                member.write(binance_csv(piece, dataset=dataset, header=index == 0 and offset == 0))
+                yield piece
 
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive, archive.open(
         f"{SYMBOL}-{dataset}-{month}.csv", "w", force_zip64=True
