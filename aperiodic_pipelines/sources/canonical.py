@@ -8,7 +8,8 @@ Sources turn each upstream file into a `TradeFile` (a lazy polars frame with the
    id gaps;
 2. any rule broken → the error, naming the file and rows;
 3. sorted with increasing ids (the common case) → the staged file is already the answer; otherwise split
-   by UTC day, sort and de-duplicate each day in memory (a day is small), and stream the days back together.
+   by UTC day (by hour in a busy month), sort and de-duplicate each span in memory (a span is small), and stream
+   the spans back together.
 
 Output bytes depend only on the trades: polars writes the same bytes for the same rows however they were
 chunked, with fixed row groups and zstd.
