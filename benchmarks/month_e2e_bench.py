@@ -3,20 +3,25 @@
 
     .venv/bin/python benchmarks/month_e2e_bench.py                      # 2 M trades, a quick run
     .venv/bin/python benchmarks/month_e2e_bench.py --trades 50000000    # the issue's month
+    .venv/bin/python benchmarks/month_e2e_bench.py --trades 200000000 --floor streaming  # memory flat in month size
+    .venv/bin/python benchmarks/month_e2e_bench.py --trades 10000000 --dataset trades    # the `trades` dataset
+    .venv/bin/python benchmarks/month_e2e_bench.py --trades 50000000 --ref main  # + the package as of `main`
 
 The zip is laid out and formatted as data.binance.vision publishes it (`data/futures/um/monthly/aggTrades/...`,
 a header row, ms timestamps, `is_buyer_maker`, a `.CHECKSUM` sidecar) and served by `ArchiveMirror` on
-127.0.0.1. It is written once per (month, trades, seed) under `--workdir` and reused.
+127.0.0.1. It is written once per (month, trades, seed, dataset) under `--workdir` and reused, generated and
+compressed one day at a time (memory: one day of trades); so are the month's 1m klines.
 
 Both cases run in a fresh process, one after the other (`--repeat` alternates them), against the same server:
 
   floor    download the zip, unzip it, `polars.read_csv` the member, canonical columns (µs, is_buy), write
-           zstd parquet: the least any pipeline must do.
+           zstd parquet: the least any pipeline must do. `--floor streaming`: zip and CSV to disk, then
+           `scan_csv` → `sink_parquet` (the eager floor holds the CSV and its frame: ~25 GB at 200 M trades).
   ours     `aperiodic-pipelines materialize --exchange binance-futures --symbol BTCUSDT --month M` with a fresh
            DAGSTER_HOME and store: download + checksum + canonical parquet, second_stats, flow_bars_exchange and
            its checks (incl. the reconciliation with the month's 1m klines, which the mirror serves as Binance
-           does), published_flow_bars. The month before is not on the mirror (404), so the month is the
-           instrument's first, as for a fresh instrument (its monthly archive's 404 is asked 3 times, ~3 s).
+           does), published_flow_bars. The month is the instrument's first (the mirror's bucket listing holds
+           only it), as for a fresh instrument: second_stats reads no month before it.
 
 Reported: wall seconds; CPU seconds and peak RSS of each case's whole process tree, sampled from /proc every
 50 ms (ours runs in a worker the CLI's code server starts, which `wait4` of the CLI would not see); the largest
@@ -29,55 +34,76 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parent.parent
 SYMBOL = "BTCUSDT"
-DATASET = "aggTrades"
+CSV_PIECE_ROWS = 250_000  # generated trades turned into CSV text and klines at a time
+# Canonical columns from each dataset's CSV columns, as the floor writes them.
+FLOOR_COLUMNS = {
+    "aggTrades": {"time": "transact_time", "trade_id": "agg_trade_id", "qty": "quantity"},
+    "trades": {"time": "time", "trade_id": "id", "qty": "qty"},
+}
 
 
-def write_month_zip(root: Path, month: str, trades: int, seed: int) -> Path:
-    """The monthly aggTrades zip (+ .CHECKSUM) of a generated month, written one day at a time."""
+def write_month_zip(root: Path, month: str, trades: int, seed: int, dataset: str) -> Path:
+    """The monthly zip of `dataset` (+ .CHECKSUM) of a generated month and its 1m klines, generated and compressed
+    one day at a time, in one pass (memory: one day of trades, whatever the month holds)."""
+    import polars as pl
+
     from aperiodic_pipelines.mirror.archives import binance_csv
+    from aperiodic_pipelines.mirror.klines import write_binance_klines_month
     from aperiodic_pipelines.sources import binance
     from aperiodic_pipelines.synthetic import iter_tape_days
 
-    path = root / "binance" / binance.archive_path(SYMBOL, DATASET, month)
+    path = root / "binance" / binance.archive_path(SYMBOL, dataset, month)
     stamp = path.with_name(path.name + ".bench.json")
-    want = {"month": month, "trades": trades, "seed": seed}
+    want = {"month": month, "trades": trades, "seed": seed, "dataset": dataset}
     if path.exists() and stamp.exists() and json.loads(stamp.read_text()) == want:
         write_month_klines(root, month, trades, seed)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     print(f"writing {trades:,} trades of {month} as {path.name} ...", flush=True)
     started = time.perf_counter()
+    # No arrival times (the archive has none; the other columns do not depend on them), and a day's CSV text and
+    # klines `CSV_PIECE_ROWS` at a time: at 200 M trades a busy day (~11 M trades) would take GBs for either.
+    days = iter_tape_days(month, trades, seed, start_price=60_000.0, with_arrival=False)
+
+    def zipped(member: IO[bytes]) -> Iterator[pl.DataFrame]:
+        """Each piece of each day, once its rows are in the zip: the klines are computed from the same pass."""
+        for index, day in enumerate(days):
+            for offset in range(0, day.height, CSV_PIECE_ROWS):
+                piece = day.slice(offset, CSV_PIECE_ROWS)
+                member.write(binance_csv(piece, dataset=dataset, header=index == 0 and offset == 0))
+                yield piece
+
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive, archive.open(
-        f"{SYMBOL}-{DATASET}-{month}.csv", "w", force_zip64=True
+        f"{SYMBOL}-{dataset}-{month}.csv", "w", force_zip64=True
     ) as member:
-        for index, day in enumerate(iter_tape_days(month, trades, seed, start_price=60_000.0)):
-            member.write(binance_csv(day, dataset=DATASET, header=index == 0))
+        write_binance_klines_month(root / "binance", SYMBOL, month, zipped(member))
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     path.with_name(path.name + ".CHECKSUM").write_text(f"{digest.hexdigest()}  {path.name}\n")
     stamp.write_text(json.dumps(want))
-    print(f"  {path.stat().st_size / 1e6:.0f} MB zip in {time.perf_counter() - started:.0f} s", flush=True)
-    write_month_klines(root, month, trades, seed)
+    print(f"  {path.stat().st_size / 1e6:.0f} MB zip and its 1m klines in {time.perf_counter() - started:.0f} s",
+          flush=True)
     return path
 
 
 def write_month_klines(root: Path, month: str, trades: int, seed: int) -> None:
     """The month's 1m klines zip (+ .CHECKSUM) of the same trades, as Binance publishes them next to the trades:
     without it binance-futures' klines reconciliation would wait out its 404 retries, which no real month pays."""
-    import polars as pl
-
     from aperiodic_pipelines.mirror.klines import write_binance_klines_month
     from aperiodic_pipelines.sources.klines import klines_path
     from aperiodic_pipelines.synthetic import iter_tape_days
@@ -85,17 +111,42 @@ def write_month_klines(root: Path, month: str, trades: int, seed: int) -> None:
     if (root / "binance" / klines_path(SYMBOL, month)).exists():
         return
     print(f"writing the 1m klines of {month} ...", flush=True)
+    # Day by day: a month of 200 M trades is never whole in memory.
     days = iter_tape_days(month, trades, seed, start_price=60_000.0, with_arrival=False)
-    write_binance_klines_month(root / "binance", SYMBOL, month, pl.concat(list(days)))
+    write_binance_klines_month(root / "binance", SYMBOL, month, days)
 
 
-def floor_child(url: str, out: Path) -> None:
-    """What a user would write by hand: fetch, unzip, read_csv, canonical columns, parquet."""
+def floor_child(url: str, out: Path, dataset: str, streaming: bool) -> None:
+    """What a user would write by hand: fetch, unzip, read_csv, canonical columns, parquet. `streaming`: the zip
+    and its CSV go to disk and `scan_csv` streams them to parquet (a 200 M-trade month's CSV, ~14 GB, and its frame
+    do not fit in 24 GB together)."""
     import io
+    import shutil
     import urllib.request
 
     import polars as pl
 
+    names = FLOOR_COLUMNS[dataset]
+
+    def canonical(trades: pl.LazyFrame | pl.DataFrame):
+        return trades.select(
+            (pl.col(names["time"]) * 1000).alias("ts_exchange"),
+            pl.lit(None, dtype=pl.Int64).alias("ts_arrival"),
+            pl.col(names["trade_id"]).alias("trade_id"),
+            pl.col("price").cast(pl.Float64),
+            pl.col(names["qty"]).cast(pl.Float64).alias("qty"),
+            (~pl.col("is_buyer_maker")).alias("is_buy"),
+        )
+
+    if streaming:
+        with urllib.request.urlopen(url) as response, (out / "month.zip").open("wb") as handle:
+            shutil.copyfileobj(response, handle, 1 << 22)
+        with zipfile.ZipFile(out / "month.zip") as archive, archive.open(archive.namelist()[0]) as member, \
+                (out / "month.csv").open("wb") as csv:
+            shutil.copyfileobj(member, csv, 1 << 22)
+        (out / "month.zip").unlink()
+        canonical(pl.scan_csv(out / "month.csv")).sink_parquet(out / "canonical.parquet", compression="zstd")
+        return
     with urllib.request.urlopen(url) as response:
         payload = response.read()
     with zipfile.ZipFile(io.BytesIO(payload)) as archive:
@@ -103,15 +154,7 @@ def floor_child(url: str, out: Path) -> None:
     del payload
     trades = pl.read_csv(raw)
     del raw
-    canonical = trades.select(
-        (pl.col("transact_time") * 1000).alias("ts_exchange"),
-        pl.lit(None, dtype=pl.Int64).alias("ts_arrival"),
-        pl.col("agg_trade_id").alias("trade_id"),
-        pl.col("price").cast(pl.Float64),
-        pl.col("quantity").cast(pl.Float64).alias("qty"),
-        (~pl.col("is_buyer_maker")).alias("is_buy"),
-    )
-    canonical.write_parquet(out / "canonical.parquet", compression="zstd")
+    canonical(trades).write_parquet(out / "canonical.parquet", compression="zstd")
 
 
 class ProcessTreeSampler:
@@ -176,22 +219,37 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path) -> dict:
             "peak_process_rss_mb": sampler.peak_process_mb, "timeline": sampler.timeline}
 
 
-def run_floor(url: str, tmp: Path) -> dict:
+def export_tree(ref: str, target: Path) -> Path:
+    """The package as of git `ref` (`git archive`), for a case run with it instead of this tree."""
+    target.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "aperiodic_pipelines"], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return target
+
+
+def run_floor(url: str, tmp: Path, dataset: str, floor: str) -> dict:
     out = Path(tempfile.mkdtemp(dir=tmp, prefix="floor-"))
-    command = [sys.executable, str(Path(__file__).resolve()), "--floor-child", url, "--out", str(out)]
-    return run_measured(command, dict(os.environ), ROOT)
+    command = [sys.executable, str(Path(__file__).resolve()), "--floor-child", url, "--out", str(out),
+               "--dataset", dataset, "--floor", floor]
+    result = run_measured(command, dict(os.environ), ROOT)
+    shutil.rmtree(out, ignore_errors=True)  # the disk a 200 M-trade month needs is the zip, one CSV and one set of outputs at a time
+    return result
 
 
-def run_ours(base_url: str, month: str, tmp: Path) -> dict:
+def run_ours(base_url: str, listing_url: str, month: str, tmp: Path, dataset: str, code: Path = ROOT) -> dict:
+    """`materialize` of the month with the package under `code` (this tree, or `--ref`'s)."""
     out = Path(tempfile.mkdtemp(dir=tmp, prefix="ours-"))
     (out / "dagster_home").mkdir()
     (out / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(code),
         "DAGSTER_HOME": str(out / "dagster_home"),
         "APERIODIC_STORE": str(out / "store"),
         "APERIODIC_BINANCE_URL": f"{base_url}/binance",
+        "APERIODIC_BINANCE_LISTING_URL": listing_url,  # the universe (which symbols, from which month)
+        "APERIODIC_BINANCE_DATASET": dataset,
         "APERIODIC_CACHE_DIR": str(out / "cache"),
     }
     cli = Path(sys.executable).with_name("aperiodic-pipelines")
@@ -202,6 +260,7 @@ def run_ours(base_url: str, month: str, tmp: Path) -> dict:
     if len(published) != 8:
         raise SystemExit(f"expected 8 published files, found {len(published)}")
     result["steps"] = step_profile(step_windows(out / "dagster_home"), result.pop("timeline"))
+    shutil.rmtree(out, ignore_errors=True)  # a lingering child of the tree may still write its logs there
     return result
 
 
@@ -240,30 +299,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--month", default="2024-03")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--repeat", type=int, default=1, help="alternate the two cases this many times")
+    parser.add_argument("--dataset", choices=sorted(FLOOR_COLUMNS), default="aggTrades",
+                        help="the Binance dataset the month is published as (trades: one row per trade)")
+    parser.add_argument("--floor", choices=("eager", "streaming"), default="eager",
+                        help="eager: read_csv of the member in memory (issue 17's floor); streaming: unzip to disk "
+                        "and scan_csv → sink_parquet (needed from ~100 M trades on a 24 GB machine)")
+    parser.add_argument("--ref", help="also run the package as of this git ref (e.g. main), alternated with ours")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench-data" / "e2e")
     parser.add_argument("--floor-child", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.floor_child:
-        floor_child(args.floor_child, args.out)
+        floor_child(args.floor_child, args.out, args.dataset, args.floor == "streaming")
         return 0
 
     from aperiodic_pipelines.mirror.http import ArchiveMirror
+    from aperiodic_pipelines.mirror.listings import ListingServer
     from aperiodic_pipelines.sources import binance
 
-    archive_root = args.workdir / f"{args.month}-{args.trades}-seed{args.seed}"
-    zip_path = write_month_zip(archive_root, args.month, args.trades, args.seed)
-    runs: dict[str, list[dict]] = {"floor": [], "ours": []}
-    with ArchiveMirror(archive_root) as mirror, tempfile.TemporaryDirectory(prefix="e2e-bench-") as tmp:
-        url = f"{mirror.url}/binance/{binance.archive_path(SYMBOL, DATASET, args.month)}"
+    suffix = "" if args.dataset == "aggTrades" else f"-{args.dataset}"
+    archive_root = args.workdir / f"{args.month}-{args.trades}-seed{args.seed}{suffix}"
+    zip_path = write_month_zip(archive_root, args.month, args.trades, args.seed, args.dataset)
+    runs: dict[str, list[dict]] = {"floor": [], **({args.ref: []} if args.ref else {}), "ours": []}
+    with ArchiveMirror(archive_root) as mirror, ListingServer(archive_root / "binance") as listing, \
+            tempfile.TemporaryDirectory(prefix="e2e-bench-") as tmp:
+        url = f"{mirror.url}/binance/{binance.archive_path(SYMBOL, args.dataset, args.month)}"
+        codes = {"ours": ROOT}
+        if args.ref:
+            codes = {args.ref: export_tree(args.ref, Path(tmp) / "ref"), **codes}
         for repeat in range(args.repeat):
             print(f"run {repeat + 1}/{args.repeat}: floor ...", flush=True)
-            runs["floor"].append(run_floor(url, Path(tmp)))
+            runs["floor"].append(run_floor(url, Path(tmp), args.dataset, args.floor))
             runs["floor"][-1].pop("timeline")
-            print(f"run {repeat + 1}/{args.repeat}: ours (aperiodic-pipelines materialize) ...", flush=True)
-            runs["ours"].append(run_ours(mirror.url, args.month, Path(tmp)))
+            for case, code in codes.items():
+                print(f"run {repeat + 1}/{args.repeat}: {case} (aperiodic-pipelines materialize) ...", flush=True)
+                runs[case].append(run_ours(mirror.url, listing.url, args.month, Path(tmp), args.dataset, code))
 
-    print(f"\n{args.trades:,} aggTrades in {args.month}, zip {zip_path.stat().st_size / 1e6:.0f} MB; "
+    print(f"\n{args.trades:,} {args.dataset} in {args.month} ({args.floor} floor), zip {zip_path.stat().st_size / 1e6:.0f} MB; "
           f"median of {args.repeat} run(s), cases alternated")
     print(f"{'case':<10}{'wall s':>10}{'cpu s':>10}{'peak RSS MB':>14}{'largest process MB':>20}{'vs floor':>10}")
     medians = {
@@ -275,8 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{case:<10}{m['wall_s']:>10.2f}{m['cpu_s']:>10.2f}{m['peak_rss_mb']:>14.0f}"
               f"{m['peak_process_rss_mb']:>20.0f}{ratio:>9.2f}x")
     print("targets: ours ≤ 2.00x the floor's wall time, peak RSS ≤ 2048 MB")
-    steps = runs["ours"][len(runs["ours"]) // 2]["steps"]
-    print(f"ours, Dagster step timings: {steps}")
+    for case in codes:
+        steps = runs[case][len(runs[case]) // 2]["steps"]
+        print(f"{case}, Dagster step timings: {steps}")
     return 0
 
 

@@ -57,7 +57,7 @@ from dagster import (
 )
 
 from aperiodic_pipelines.defs import policies
-from aperiodic_pipelines.defs.partitions import PartitionedExchange
+from aperiodic_pipelines.defs.partitions import PartitionedExchange, instrument_first_month
 from aperiodic_pipelines.defs.raw import local_copy
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.domain.intervals import INTERVALS
@@ -386,7 +386,7 @@ def build_open_month_asset(exchange: PartitionedExchange, kinds: set[str], daily
         today = date.fromisoformat(check_day(config.as_of)) if config.as_of else datetime.now(UTC).date()
         month = today.strftime("%Y-%m")
         object_store = store.get_store()
-        first_month = _first_month(context, exchange, native)
+        first_month = instrument_first_month(context.instance, exchange, native)
         try:
             with policies.permanent_failures():
                 outcome = publish_open_month(
@@ -421,14 +421,6 @@ def build_open_month_asset(exchange: PartitionedExchange, kinds: set[str], daily
         return MaterializeResult(metadata=metadata, check_results=[check_result(key, lateness)])
 
     return open_month_flow_bars
-
-
-def _first_month(context: AssetExecutionContext, exchange: PartitionedExchange, native: str) -> str:
-    """The instrument's first month as registered (`instruments add`), else the exchange's archive start."""
-    from aperiodic_pipelines.defs.partitions import recorded_first_month
-
-    recorded = recorded_first_month(context.instance, exchange.name, native)
-    return max(recorded or exchange.first_month, exchange.first_month)
 
 
 @dataclass(frozen=True)

@@ -175,6 +175,12 @@ def recorded_first_month(instance: Any, exchange: str, native_symbol: str) -> st
     return instance.run_storage.get_cursor_values({key}).get(key) or None
 
 
+def instrument_first_month(instance: Any, exchange: PartitionedExchange, native_symbol: str) -> str:
+    """The instrument's first month as registered (`instruments add`), else the exchange's archive start."""
+    recorded = recorded_first_month(instance, exchange.name, native_symbol)
+    return max(recorded or exchange.first_month, exchange.first_month)
+
+
 def split_partition_key(partition_key: str | MultiPartitionKey) -> tuple[str, str]:
     """A multi-partition key → (native symbol, `YYYY-MM`)."""
     if isinstance(partition_key, MultiPartitionKey):

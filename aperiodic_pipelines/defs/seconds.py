@@ -28,7 +28,11 @@ from dagster import (
 
 from aperiodic_pipelines.defs import policies
 from aperiodic_pipelines.defs.metadata import SECONDS_TABLE_SCHEMA
-from aperiodic_pipelines.defs.partitions import PartitionedExchange, split_partition_key
+from aperiodic_pipelines.defs.partitions import (
+    PartitionedExchange,
+    instrument_first_month,
+    split_partition_key,
+)
 from aperiodic_pipelines.defs.raw import fetch_source_month, local_copy, missing_days_of, raw_info
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.defs.summaries import summarise
@@ -71,8 +75,12 @@ def _open_previous(
     exchange: PartitionedExchange, native: str, month: str,
 ) -> tuple[Path | None, dict | None, str]:
     """Raw trades of month m−1, or none when m is the exchange's (or the instrument's) first month."""
-    if month == exchange.first_month:
-        return None, None, f"{month} is {exchange.name}'s first archive month: no previous month"
+    # The instrument's first month is known from the listing when it was registered: asking the archive for m−1
+    # would only wait out its 404s (the monthly file's, then every day's: ~3 s).
+    first_month = instrument_first_month(context.instance, exchange, native)
+    if month <= first_month:
+        whose = f"{exchange.name}'s" if first_month == exchange.first_month else f"{native}'s registered"
+        return None, None, f"{month} is {whose} first archive month: no previous month"
     prev = previous_month(month)
     try:
         return stack.enter_context(raw_month_trades(store, sources, exchange.name, native, prev))

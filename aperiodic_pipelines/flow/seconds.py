@@ -32,7 +32,9 @@ from aperiodic_pipelines.trades import CANONICAL_SCHEMA
 TIMESTAMPS = ("exchange", "true")
 TIMESTAMP_COLUMN = {"exchange": "ts_exchange", "true": "ts_arrival"}
 CHUNK_SECONDS = 86_400  # arrival-time variant: one day of trades in memory at a time
-STREAM_BATCH_ROWS = 1_000_000  # exchange variant: trades per streamed batch
+# Exchange variant: trades per streamed batch. The canonical file's row group (sources.canonical.ROW_GROUP_ROWS), so
+# that a batch is one chunk, which numpy views without a copy (1,000,000-row batches straddled two groups: copied).
+STREAM_BATCH_ROWS = 1 << 20
 
 # The additive per-second statistics, in a fixed order (bar fields are derived from these).
 BUCKET_STATS: tuple[str, ...] = tuple(

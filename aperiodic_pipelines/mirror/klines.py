@@ -16,7 +16,7 @@ as the `trades` dataset lists them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import polars as pl
@@ -27,48 +27,31 @@ from aperiodic_pipelines.sources.klines import MINUTE_US, klines_path
 
 BTCUSDT_PRICE_DECIMALS = 2
 BTCUSDT_QUANTITY_DECIMALS = 3
+_SUMMED = ("volume", "quote_volume", "count", "taker_buy_volume", "taker_buy_quote_volume")  # totals of a minute
 
 
 def binance_klines_csv(
-    trades: pl.DataFrame,
+    trades: pl.DataFrame | Iterable[pl.DataFrame],
     month: str,
     *,
     price_decimals: int = BTCUSDT_PRICE_DECIMALS,
     quantity_decimals: int = BTCUSDT_QUANTITY_DECIMALS,
     header: bool = True,
 ) -> bytes:
-    """The month's 1m klines of `trades` (canonical, µs) as Binance prints them."""
+    """The month's 1m klines of `trades` (canonical, µs) as Binance prints them. `trades` may also be frames in time
+    order (e.g. one per day), so that a month of hundreds of millions of trades is never whole in memory."""
     start, end = month_bounds_us(month)
-    price_units = _units(trades, "price", price_decimals)
-    qty_units = _units(trades, "qty", quantity_decimals)
     quote_decimals = price_decimals + quantity_decimals
-    minute = (pl.col("ts_exchange") // MINUTE_US * MINUTE_US).alias("minute")
-    notional = price_units * qty_units  # exact, in units of 10^-(price + quantity decimals)
-    buy = pl.col("is_buy")
-    traded = (
-        trades.filter(pl.col("ts_exchange").is_between(start, end, closed="left"))
-        .sort("ts_exchange", "trade_id")
-        .group_by(minute, maintain_order=True)
-        .agg(
-            open=price_units.first(),
-            high=price_units.max(),
-            low=price_units.min(),
-            close=price_units.last(),
-            volume=qty_units.sum(),
-            quote_volume=notional.sum(),
-            count=pl.len().cast(pl.Int64),
-            taker_buy_volume=qty_units.filter(buy).sum(),
-            taker_buy_quote_volume=notional.filter(buy).sum(),
-        )
-    )
+    chunks = [trades] if isinstance(trades, pl.DataFrame) else trades
+    minutes = [_traded_minutes(chunk, start, end, price_decimals, quantity_decimals) for chunk in chunks]
+    traded = minutes[0] if len(minutes) == 1 else _merge_minutes(minutes)
     grid = pl.DataFrame({"minute": pl.int_range(start, end, MINUTE_US, eager=True)})
     first_price = traded["open"][0] if traded.height else 0
     klines = grid.join(traded, on="minute", how="left", maintain_order="left").with_columns(
         pl.col("close").forward_fill().fill_null(first_price).alias("_last_close")
     ).with_columns(
         *(pl.col(c).fill_null(pl.col("_last_close")) for c in ("open", "high", "low", "close")),
-        *(pl.col(c).fill_null(0) for c in ("volume", "quote_volume", "count", "taker_buy_volume",
-                                            "taker_buy_quote_volume")),
+        *(pl.col(c).fill_null(0) for c in _SUMMED),
     )
     open_ms = pl.col("minute") // 1000
     table = klines.select(
@@ -88,11 +71,47 @@ def binance_klines_csv(
     return table.write_csv(include_header=header, quote_style="never").encode()
 
 
+def _traded_minutes(
+    trades: pl.DataFrame, start: int, end: int, price_decimals: int, quantity_decimals: int
+) -> pl.DataFrame:
+    """One row per minute of [start, end) with trades: open/high/low/close and totals, in integer units."""
+    price_units = _units(trades, "price", price_decimals)
+    qty_units = _units(trades, "qty", quantity_decimals)
+    minute = (pl.col("ts_exchange") // MINUTE_US * MINUTE_US).alias("minute")
+    notional = price_units * qty_units  # exact, in units of 10^-(price + quantity decimals)
+    buy = pl.col("is_buy")
+    return (
+        trades.filter(pl.col("ts_exchange").is_between(start, end, closed="left"))
+        .sort("ts_exchange", "trade_id")
+        .group_by(minute, maintain_order=True)
+        .agg(
+            open=price_units.first(),
+            high=price_units.max(),
+            low=price_units.min(),
+            close=price_units.last(),
+            volume=qty_units.sum(),
+            quote_volume=notional.sum(),
+            count=pl.len().cast(pl.Int64),
+            taker_buy_volume=qty_units.filter(buy).sum(),
+            taker_buy_quote_volume=notional.filter(buy).sum(),
+        )
+    )
+
+
+def _merge_minutes(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    """The minutes of chunks in time order as one table (a minute split between two chunks is merged; the totals
+    are integers, so the result is exactly that of the chunks taken whole)."""
+    return pl.concat(parts).group_by("minute", maintain_order=True).agg(
+        pl.col("open").first(), pl.col("high").max(), pl.col("low").min(), pl.col("close").last(),
+        *(pl.col(name).sum() for name in _SUMMED),
+    )
+
+
 def write_binance_klines_month(
     root: Path,
     native_symbol: str,
     month: str,
-    trades: pl.DataFrame,
+    trades: pl.DataFrame | Iterable[pl.DataFrame],
     *,
     price_decimals: int = BTCUSDT_PRICE_DECIMALS,
     quantity_decimals: int = BTCUSDT_QUANTITY_DECIMALS,

@@ -3,11 +3,13 @@
 Sources turn each upstream file into a `TradeFile` (a lazy polars frame with the canonical columns) and call
 `build_canonical_month`, which streams everything to parquet with bounded memory:
 
-1. stream all files (trimmed to the month where asked) into a staged parquet file;
-2. one streaming pass of checks: nulls, price/qty > 0 and finite, rows outside the month, sortedness,
-   whether trade ids only increase, id gaps;
+1. stream all files (trimmed to the month where asked) into a staged parquet file, counting on the way (one
+   pass): nulls, price/qty > 0 and finite, rows outside the month, sortedness, whether trade ids only increase,
+   id gaps;
+2. any rule broken → the error, naming the file and rows;
 3. sorted with increasing ids (the common case) → the staged file is already the answer; otherwise split
-   by UTC day, sort and de-duplicate each day in memory (a day is small), and stream the days back together.
+   by UTC day (by hour in a busy month), sort and de-duplicate each span in memory (a span is small), and stream
+   the spans back together.
 
 Output bytes depend only on the trades: polars writes the same bytes for the same rows however they were
 chunked, with fixed row groups and zstd.
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Literal
 
 import polars as pl
 import pyarrow.parquet as pq
+from polars.io.plugins import register_io_source
 
 from aperiodic_pipelines.atomic import atomic_replace
 from aperiodic_pipelines.domain.errors import CorruptArchiveError, InvalidTradesError
@@ -39,6 +42,10 @@ from aperiodic_pipelines.trades import (
 )
 
 DAY_US = 86_400_000_000
+HOUR_US = 3_600_000_000
+# Rows sorted in memory at once, on average, when the staged rows are out of order: a month sorts a UTC day at a
+# time, a month busier than this per day an hour at a time (the memory of a sort stays flat in the month's size).
+SORT_SPAN_ROWS = 1_000_000
 ROW_GROUP_ROWS = 1 << 20
 # zstd level 1: ~15% larger than the default level 3 but much cheaper to write (the month's biggest cost).
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1, "row_group_size": ROW_GROUP_ROWS, "statistics": True}
@@ -119,7 +126,8 @@ def build_canonical_day(files: Sequence[TradeFile], day: str, dest: Path) -> Can
     """Write one UTC day's canonical trades from `files` (trimmed to the day) to `dest`.
 
     The same rules, in the same order, as `build_canonical_month`: duplicates and conflicts are decided within a
-    UTC day there too (`_sort_by_day`), so the day's rows are exactly the month file's rows of that day."""
+    UTC day there too (`_sort_by_span`: a repeat has the same time), so the day's rows are exactly the month file's
+    rows of that day."""
     start_us, end_us = day_bounds_us(day)
     return build_canonical_span(files, start_us, end_us, day, dest, outside="trim")
 
@@ -205,13 +213,12 @@ def build_canonical_span(
     with scratch_dir(dest.parent) as work:
         staged = work / "staged.parquet"
         combined = pl.concat(frames, how="vertical") if frames else pl.LazyFrame(schema=CANONICAL_SCHEMA)
+        counter = _FactCounter(start_us, end_us)
         try:
-            combined.sink_parquet(staged, engine="streaming", **PARQUET_OPTIONS)
+            _sink_counted(combined, counter, staged)
         except pl.exceptions.PolarsError as exc:
             raise _parse_error(files, exc) from None
-        # The rules are counted on the staged file, one row group at a time: sources that stream their archive
-        # through Python would otherwise decompress it twice.
-        facts, first_conflict = _staged_facts(staged, start_us, end_us)
+        facts, first_conflict = counter.totals, counter.first_conflict
         origins = [f.origin for f in files]
         _raise_on_bad_rows(origins, frames, facts, start_us, end_us)
         name = _month_name(label, origins)
@@ -221,7 +228,8 @@ def build_canonical_span(
         if facts["unsorted"] == 0 and facts["ids_not_increasing"] == 0:
             atomic_replace(staged, dest)
             return CanonicalStats(int(facts["n"]), 0, int(facts["gaps"]))
-        stats = _sort_by_day(staged, work, start_us, end_us, name=name)
+        span_us = DAY_US if facts["n"] * DAY_US <= SORT_SPAN_ROWS * (end_us - start_us) else HOUR_US
+        stats = _sort_by_span(staged, work, start_us, end_us, span_us, name=name)
         check_duplicate_share(stats.duplicates_dropped, int(facts["n"]), name=name)
         atomic_replace(work / "sorted.parquet", dest)
         return stats
@@ -263,43 +271,65 @@ def _checks(start_us: int, end_us: int) -> dict[str, pl.Expr]:
 _CONTENT = ["ts_exchange", "trade_id", "price", "qty", "is_buy"]
 
 
-def _staged_facts(staged: Path, start_us: int, end_us: int) -> tuple[dict[str, int], tuple[dict, dict] | None]:
+class _FactCounter:
     """Row count, per-row rule breaks, order breaks, id gaps and repeats of the previous row (same time and id:
-    `repeats` when the contents agree, a conflict when not), one row group at a time: polars' `diff` is not a
-    streaming operation, and this keeps memory bounded. The previous group's last row is carried over. Returns
-    the counts and the first conflicting pair of rows, if any."""
-    ts, tid = pl.col("ts_exchange"), pl.col("trade_id")
-    ts_step, id_step = ts.diff(), tid.diff()
-    same_key = (ts_step == 0) & (id_step == 0)
-    differs = pl.any_horizontal([pl.col(c) != pl.col(c).shift(1) for c in ("price", "qty", "is_buy")])
-    order = {
-        "unsorted": ((ts_step < 0) | ((ts_step == 0) & (id_step <= 0))).sum(),
-        "ids_not_increasing": (id_step <= 0).sum(),
-        "gaps": (id_step > 1).sum(),
-        "repeats": (same_key & ~differs).sum(),
-        "conflicts": (same_key & differs).sum(),
-    }
-    rules = {name: rule.fill_null(True).sum() for name, rule in _checks(start_us, end_us).items()}
-    totals = dict.fromkeys(["n", *rules, *order], 0)
-    first_conflict: tuple[dict, dict] | None = None
-    parquet = pq.ParquetFile(staged)
-    previous: pl.DataFrame | None = None
-    for group in range(parquet.num_row_groups):
-        batch = pl.from_arrow(parquet.read_row_group(group))
-        assert isinstance(batch, pl.DataFrame)
-        counted = batch.select(n=pl.len(), **rules).row(0, named=True)
-        keys = batch.select(_CONTENT)
-        if previous is not None:
-            keys = pl.concat([previous, keys])
-        counted |= keys.select(**order).row(0, named=True)
-        if counted["conflicts"] and first_conflict is None:
-            at = int(keys.select((same_key & differs).fill_null(False).arg_true().first()).item())
-            first_conflict = (keys.row(at - 1, named=True), keys.row(at, named=True))
+    `repeats` when the contents agree, a conflict when not), counted batch by batch as the rows stream past:
+    polars' `diff` is not a streaming operation, so the previous batch's last row is carried over. `totals` holds
+    the counts; `first_conflict` the first conflicting pair of rows, if any."""
+
+    def __init__(self, start_us: int, end_us: int) -> None:
+        ts, tid = pl.col("ts_exchange"), pl.col("trade_id")
+        ts_step, id_step = ts.diff(), tid.diff()
+        same_key = (ts_step == 0) & (id_step == 0)
+        differs = pl.any_horizontal([pl.col(c) != pl.col(c).shift(1) for c in ("price", "qty", "is_buy")])
+        self._conflict = same_key & differs
+        self._order = {
+            "unsorted": ((ts_step < 0) | ((ts_step == 0) & (id_step <= 0))).sum(),
+            "ids_not_increasing": (id_step <= 0).sum(),
+            "gaps": (id_step > 1).sum(),
+            "repeats": (same_key & ~differs).sum(),
+            "conflicts": self._conflict.sum(),
+        }
+        self._rules = {name: rule.fill_null(True).sum() for name, rule in _checks(start_us, end_us).items()}
+        self.totals = dict.fromkeys(["n", *self._rules, *self._order], 0)
+        self.first_conflict: tuple[dict, dict] | None = None
+        self._previous: pl.DataFrame | None = None
+
+    def add(self, batch: pl.DataFrame) -> None:
+        if not batch.height:
+            return
+        counted = batch.select(n=pl.len(), **self._rules, **self._order).row(0, named=True)
+        first = batch.select(_CONTENT).head(1)
+        if self._previous is not None:  # the seam: the batch's first row after the previous batch's last
+            seam = pl.concat([self._previous, first])
+            seam_counts = seam.select(**self._order).row(0, named=True)
+            if seam_counts["conflicts"] and self.first_conflict is None:
+                self.first_conflict = (seam.row(0, named=True), seam.row(1, named=True))
+            for key, value in seam_counts.items():
+                counted[key] += value or 0
+        if counted["conflicts"] and self.first_conflict is None:
+            keys = batch.select(_CONTENT)
+            at = int(keys.select(self._conflict.fill_null(False).arg_true().first()).item())
+            self.first_conflict = (keys.row(at - 1, named=True), keys.row(at, named=True))
         for key, value in counted.items():
-            totals[key] += int(value or 0)
-        previous = keys.tail(1)
-        del batch
-    return totals, first_conflict
+            self.totals[key] += int(value or 0)
+        self._previous = batch.select(_CONTENT).tail(1)
+
+
+def _sink_counted(frame: pl.LazyFrame, counter: _FactCounter, path: Path) -> None:
+    """Stream `frame` to parquet at `path`, counting each batch with `counter` on its way (one pass over the rows:
+    reading the staged file back to count cost as much CPU as half the parse)."""
+
+    def batches(
+        with_columns: list[str] | None, predicate: pl.Expr | None, n_rows: int | None, _batch_size: int | None
+    ) -> Iterator[pl.DataFrame]:
+        if with_columns is not None or predicate is not None or n_rows is not None:  # never, for a sink
+            raise AssertionError("the counted stream is only ever written whole")
+        for batch in frame.collect_batches(maintain_order=True):
+            counter.add(batch)
+            yield batch
+
+    register_io_source(batches, schema=CANONICAL_SCHEMA).sink_parquet(path, engine="streaming", **PARQUET_OPTIONS)
 
 
 def _raise_on_bad_rows(
@@ -343,33 +373,36 @@ def _parse_error(files: Sequence[TradeFile], exc: Exception) -> CorruptArchiveEr
     return CorruptArchiveError(f"{origin}: malformed row that cannot be parsed: {first_line}")
 
 
-def _sort_by_day(staged: Path, work: Path, start_us: int, end_us: int, *, name: str) -> CanonicalStats:
-    """Split by UTC day (bounded memory), sort and de-duplicate each day, and stream the days back together.
+def _sort_by_span(
+    staged: Path, work: Path, start_us: int, end_us: int, span_us: int, *, name: str
+) -> CanonicalStats:
+    """Split into spans of `span_us` (a UTC day or hour: bounded memory), sort and de-duplicate each span, and stream
+    the spans back together; the result does not depend on the span (a repeat has one time, so lies in one span).
     A repeated (time, id) whose price, quantity or side differ is a `ConflictingTradesError` naming both rows."""
-    day_dir = work / "days"
-    day_key = ((pl.col("ts_exchange") - start_us) // DAY_US).alias("day")
-    # One row group at a time, split by day into small Arrow files: memory stays at one row group
+    span_dir = work / "spans"
+    span_key = ((pl.col("ts_exchange") - start_us) // span_us).alias("span")
+    # One row group at a time, split by span into small Arrow files: memory stays at one row group
     # (polars' partitioned sink buffered nearly everything here).
     parquet = pq.ParquetFile(staged)
     for group in range(parquet.num_row_groups):
         batch = pl.from_arrow(parquet.read_row_group(group))
         assert isinstance(batch, pl.DataFrame)
-        for (day,), part in batch.with_columns(day_key).partition_by("day", as_dict=True, include_key=False).items():
-            target = day_dir / f"day={day}"
+        for (span,), part in batch.with_columns(span_key).partition_by("span", as_dict=True, include_key=False).items():
+            target = span_dir / f"span={span}"
             target.mkdir(parents=True, exist_ok=True)
             part.write_ipc(target / f"{group:06d}.arrow")
         del batch
     staged.unlink()
-    sorted_dir = work / "sorted-days"
+    sorted_dir = work / "sorted-spans"
     sorted_dir.mkdir()
-    day_count = (end_us - start_us) // DAY_US
+    span_count = -(-(end_us - start_us) // span_us)
     duplicates = gaps = 0
     last_id: int | None = None
     max_id_so_far: int | None = None
     ids_conflict = False
     sorted_files: list[Path] = []
-    for day in range(day_count):
-        parts = sorted((day_dir / f"day={day}").glob("*.arrow"))
+    for span in range(span_count):
+        parts = sorted((span_dir / f"span={span}").glob("*.arrow"))
         if not parts:
             continue
         # Input order breaks ties, so equal (time, id) rows keep the file order: deterministic for the same input.
@@ -391,11 +424,11 @@ def _sort_by_day(staged: Path, work: Path, start_us: int, end_us: int, *, name: 
         gaps += int((id_steps > 1).sum())
         last_id = int(ids[-1])
         if (id_steps <= 0).any() and ids.n_unique() != ids.len():
-            ids_conflict = True  # one id at two different times within the day
+            ids_conflict = True  # one id at two different times within the span
         if max_id_so_far is not None and int(ids.min()) <= max_id_so_far:
             ids_conflict = True  # maybe: the exact check below decides
         max_id_so_far = int(ids.max()) if max_id_so_far is None else max(max_id_so_far, int(ids.max()))
-        path = sorted_dir / f"{day:02d}.arrow"
+        path = sorted_dir / f"{span:04d}.arrow"
         unique.write_ipc(path)
         sorted_files.append(path)
     out = work / "sorted.parquet"
