@@ -360,18 +360,28 @@ def deployment(tree: Path, workdir: Path, mirror_url: str, launcher: str, args: 
                 handle.close()
 
 
-def wait_for_backfill(url: str, backfill_id: str, timeout_s: float) -> str:
+def wait_for_backfill(url: str, backfill_id: str, timeout_s: float, runs: int) -> str:
+    """Wait until the backfill's `runs` runs have all finished (the backfill daemon notices it only at its next
+    30 s tick, which would pad the measured window) or the backfill has ended; its status then."""
+    from dagster import DagsterInstance, RunsFilter
+    from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+
     from aperiodic_pipelines.operator.backfill import graphql
 
     query = 'query($id: String!) { partitionBackfillOrError(backfillId: $id) { ... on PartitionBackfill { status } } }'
-    status = ""
     deadline = time.monotonic() + timeout_s
-    while status not in FINAL:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"backfill not finished after {timeout_s} s (status {status})")
-        time.sleep(1)
-        status = graphql(url, query, {"id": backfill_id})["partitionBackfillOrError"]["status"]
-    return status
+    with DagsterInstance.get() as instance:
+        tagged = {"dagster/backfill": backfill_id}
+        while True:
+            time.sleep(1)
+            status = graphql(url, query, {"id": backfill_id})["partitionBackfillOrError"]["status"]
+            if status in FINAL or (
+                instance.get_runs_count(RunsFilter(tags=tagged)) >= runs
+                and not instance.get_runs_count(RunsFilter(tags=tagged, statuses=NOT_FINISHED_STATUSES))
+            ):
+                return status
+            if time.monotonic() > deadline:
+                raise SystemExit(f"backfill not finished after {timeout_s} s (status {status})")
 
 
 # --- the three modes ----------------------------------------------------------------------------------------------
@@ -389,7 +399,7 @@ def run_backfill(tree: Path, months: list[str], workdir: Path, mirror_url: str, 
         cpu.start()
         submitted = time.time()
         backfill_id = submit_backfill(deployed.url, EXCHANGE, SYMBOL, months)
-        status = wait_for_backfill(deployed.url, backfill_id, args.timeout)
+        status = wait_for_backfill(deployed.url, backfill_id, args.timeout, len(months))
         cpu.stop()
         from dagster import DagsterInstance
 
@@ -430,7 +440,7 @@ def run_noop(tree: Path, workdir: Path, mirror_url: str, launcher: str, args: ar
         launched = launched["launchPartitionBackfill"]
         if launched["__typename"] != "LaunchBackfillSuccess":
             raise SystemExit(f"no-op backfill not launched: {launched}")
-        status = wait_for_backfill(deployed.url, launched["backfillId"], args.timeout)
+        status = wait_for_backfill(deployed.url, launched["backfillId"], args.timeout, args.noop)
         cpu.stop()
         runs = read_runs(deployed.home, launched["backfillId"], args.slots)
     return {"status": status, "submitted": submitted, "cpu": cpu, "slots": args.slots, **runs}
