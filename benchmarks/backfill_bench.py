@@ -479,12 +479,17 @@ def run_submit_only(tree: Path, workdir: Path, mirror_url: str, launcher: str, a
                     break
             records = instance.get_run_records(run_filter)
         cpu.stop()
+        from aperiodic_pipelines.operator.backfill import graphql
+
+        status = graphql(deployed.url, 'query($id: String!) { partitionBackfillOrError(backfillId: $id) '
+                         '{ ... on PartitionBackfill { status } } }', {"id": backfill_id})
+        status = status["partitionBackfillOrError"]["status"]
     stamps = sorted(r.create_timestamp.timestamp() for r in records)
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else 0.0
     return {"partitions": partitions, "instruments": len(instruments), "submit_s": submit_s,
             "runs_created": len(stamps), "created_per_s": rate, "window_s": created[-1][0] if created else 0,
             "first_run_after_s": (stamps[0] - (time.time() - (time.monotonic() - started))) if stamps else None,
-            "cpu": cpu}
+            "cpu": cpu, "status": status}
 
 
 def read_runs(home: Path, backfill_id: str, slots: int) -> dict:
@@ -638,6 +643,9 @@ def report_submit(label: str, result: dict) -> None:
     print(f"backfill daemon: {result['runs_created']:,} runs queued within {result['window_s']:.0f} s of the "
           f"submission ({result['created_per_s']:.1f} runs/s once started; the first "
           f"{first:.1f} s after submitting)" if first is not None else "backfill daemon: no run created yet")
+    print(f"backfill status at the end of the window: {result['status']}"
+          + (" (see daemon.log: Dagster fails a job backfill whose code location is briefly unreachable, "
+             "dagster#33527)" if result["status"] in ("FAILED", "FAILING") else ""))
     report_cpu(result["cpu"])
 
 
