@@ -603,7 +603,7 @@ def report_phases(result: dict) -> None:
 def report_backfill(label: str, result: dict, n_months: int) -> None:
     print(f"\n== {label}")
     elapsed = result["last_end"] - result["submitted"]
-    print(f"backfill {result['status']}: {result['runs']} runs {result['statuses']} in {elapsed:.0f} s "
+    print(f"backfill (status {result['status']}): {result['runs']} runs {result['statuses']} in {elapsed:.0f} s "
           f"-> {n_months / elapsed * 3600:.0f} partitions/hour ({result['slots']} runs at once)")
     for failure in result["failures"]:
         print(f"  failed: {failure}")
