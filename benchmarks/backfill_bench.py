@@ -9,7 +9,9 @@ Three modes, each for every `--launcher` in one invocation:
 
 - **backfill** (the default): `--months` months of `--trades` trades of one Binance instrument, submitted as one
   backfill with `aperiodic-pipelines`' own `submit_backfill` (GraphQL `launchPartitionBackfill`) and run by the
-  daemon. Reports partitions/hour, the CPU busy share and where each run's time went (below).
+  daemon. Reports partitions/hour, the CPU busy share and where each run's time went (below). `--slots S` runs
+  S at once (max_concurrent_runs and the per-exchange limit; default the project's 4 and 2 per exchange, or the
+  Celery workers' pool processes): how many runs per core keep the CPUs busy.
 - **--noop RUNS**: the control plane alone: a backfill of RUNS partitions of a job whose one op does nothing
   (`benchmarks/noop_location.py`, a benchmark-only code location), `--slots` runs at once. Reports runs/s created
   by the backfill daemon, started by the run queue and finished, and the CPU of each component (webserver, daemon
@@ -390,7 +392,8 @@ def wait_for_backfill(url: str, backfill_id: str, timeout_s: float, runs: int) -
 def run_backfill(tree: Path, months: list[str], workdir: Path, mirror_url: str, launcher: str,
                  args: argparse.Namespace) -> dict:
     """The months as one backfill of the flow job; the runs' phases and the CPU over it."""
-    slots = args.workers * args.worker_concurrency if launcher == "celery" else None
+    # --slots, else the Celery workers' pool processes, else the project's limits (4 runs, 2 per exchange).
+    slots = args.slots or (args.workers * args.worker_concurrency if launcher == "celery" else None)
     with deployment(tree, workdir, mirror_url, launcher, args, slots=slots) as deployed, \
             patched_environ(deployed.env):
         from aperiodic_pipelines.operator.backfill import submit_backfill
@@ -667,15 +670,19 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--noop", type=int, metavar="RUNS", help="control-plane ceiling: RUNS runs of a no-op job")
     mode.add_argument("--submit-only", type=int, metavar="PARTITIONS",
                       help="time the submission of a backfill of PARTITIONS partitions (instruments x --months)")
-    parser.add_argument("--slots", type=int, default=8, help="--noop: runs at once (default 8)")
+    parser.add_argument("--slots", type=int,
+                        help="runs at once: max_concurrent_runs and the per-exchange limit (--noop: default 8; "
+                             "a backfill: default the project's limits, or the Celery workers' pool processes)")
     parser.add_argument("--submit-window", type=float, default=120,
                         help="--submit-only: seconds to watch the backfill daemon queue runs (default 120)")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.worker_concurrency < 1:
         parser.error("--workers and --worker-concurrency must be at least 1")
-    if args.noop is not None and "celery" in args.launcher and args.workers * args.worker_concurrency < args.slots:
+    if args.noop is not None and args.slots is None:
+        args.slots = 8
+    if args.slots and "celery" in args.launcher and args.workers * args.worker_concurrency < args.slots:
         args.worker_concurrency = math.ceil(args.slots / args.workers)  # a pool process for every slot
-        print(f"--noop: {args.workers} workers x --worker-concurrency {args.worker_concurrency} for {args.slots} "
+        print(f"--slots: {args.workers} workers x --worker-concurrency {args.worker_concurrency} for {args.slots} "
               "slots")
 
     from aperiodic_pipelines.mirror.http import ArchiveMirror
