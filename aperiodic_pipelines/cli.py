@@ -156,11 +156,17 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    instrument, _listing, months = _checked_request(args.exchange, args.symbol, args.from_month, args.to)
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Each symbol against the exchange's listing (an HTTP request each): in parallel, for a universe's hundreds.
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        checked = list(pool.map(lambda s: _checked_request(args.exchange, s, args.from_month, args.to), args.symbol))
+    instruments, months = [instrument for instrument, _, _ in checked], checked[0][2]
     from aperiodic_pipelines.operator.backfill import submit_backfill
 
-    backfill_id = submit_backfill(args.url, args.exchange, instrument, months, location=args.location, say=say)
-    say(f"backfill {backfill_id} submitted: {len(months)} month(s) {months[0]}..{months[-1]}")
+    backfill_id = submit_backfill(args.url, args.exchange, instruments, months, location=args.location, say=say)
+    say(f"backfill {backfill_id} submitted: {len(instruments)} instrument(s) x {len(months)} month(s) "
+        f"{months[0]}..{months[-1]}")
     say(f"follow it at {args.url.rstrip('/')}/runs/b/{backfill_id} (the daemon must be running: dg dev)")
     return EXIT_OK
 
@@ -258,8 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     log_level_arg(mat)
     mat.set_defaults(handler=cmd_materialize)
 
-    back = commands.add_parser("backfill", help="submit an asset backfill to a running Dagster webserver")
-    instrument_args(back)
+    back = commands.add_parser("backfill", help="submit one backfill of every symbol x month to a running Dagster "
+                               "webserver")
+    back.add_argument("--exchange", required=True, help=", ".join(EXCHANGES))
+    back.add_argument("--symbol", required=True, nargs="+",
+                      help="one or more Atlas symbols or native ids (BTCUSDT ETHUSDT ...)")
     back.add_argument("--from", dest="from_month", required=True, help="first month, YYYY-MM")
     back.add_argument("--to", required=True, help="last month, YYYY-MM (inclusive)")
     back.add_argument("--url", default=DEFAULT_WEBSERVER_URL, help=f"webserver URL (default {DEFAULT_WEBSERVER_URL})")

@@ -92,43 +92,61 @@ def find_repository(url: str, location: str) -> dict[str, str]:
     raise RunSetupError(f"code location {location!r} is not loaded in the webserver at {url} (loaded: {found})")
 
 
-def register_on_webserver(url: str, repository: dict[str, str], instrument: Instrument) -> bool:
-    """Add the instrument to its exchange's dynamic partitions on the webserver's instance; whether it was new."""
-    added = graphql(
-        url,
-        _ADD_PARTITION_MUTATION,
-        {"repositorySelector": repository, "partitionsDefName": instrument.instruments_name,
-         "partitionKey": instrument.native},
-    )["addDynamicPartition"]
-    if added["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
-        raise RunSetupError(f"could not register instrument {instrument}: {added.get('message', added['__typename'])}")
-    return added["__typename"] == "AddDynamicPartitionSuccess"
+def register_on_webserver(url: str, repository: dict[str, str], instruments: Sequence[Instrument]) -> list[Instrument]:
+    """Add the instruments to their exchanges' dynamic partitions on the webserver's instance, in one request (one
+    aliased mutation each: a backfill of hundreds of instruments must not pay a round trip each); the new ones."""
+    if not instruments:
+        return []
+    declared = ", ".join(f"$p{i}: String!, $d{i}: String!" for i in range(len(instruments)))
+    fields = "\n".join(
+        f"  a{i}: addDynamicPartition(repositorySelector: $repositorySelector, partitionsDefName: $d{i}, "
+        f"partitionKey: $p{i}) {{ __typename ... on Error {{ message }} }}"
+        for i in range(len(instruments))
+    )
+    variables: dict[str, Any] = {"repositorySelector": repository}
+    for i, instrument in enumerate(instruments):
+        variables[f"p{i}"], variables[f"d{i}"] = instrument.native, instrument.instruments_name
+    added = graphql(url, f"mutation AddInstruments($repositorySelector: RepositorySelector!, {declared}) {{\n{fields}\n}}",
+                    variables)
+    new = []
+    for i, instrument in enumerate(instruments):
+        answer = added[f"a{i}"]
+        if answer["__typename"] not in ("AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"):
+            raise RunSetupError(f"could not register instrument {instrument}: {answer.get('message', answer['__typename'])}")
+        if answer["__typename"] == "AddDynamicPartitionSuccess":
+            new.append(instrument)
+    return new
 
 
 def submit_backfill(
     url: str,
     exchange: str,
-    symbol: str | Instrument,
+    symbols: str | Instrument | Sequence[str | Instrument],
     months: Sequence[str],
     *,
     location: str = DEFAULT_CODE_LOCATION,
     say: Say = quiet,
 ) -> str:
-    """Register the instrument on the server's instance (saying so when it is new) and launch one backfill of the
-    flow job over `months`.
+    """Register the instruments on the server's instance (saying which are new) and launch one backfill of the
+    exchange's flow job over every instrument x month.
 
     Returns the backfill id. The daemon then runs one run per partition (no backfill policy).
     """
     from aperiodic_pipelines.defs.partitions import flow_partition_key
     from aperiodic_pipelines.defs.venue import has_venue_step
 
-    instrument = symbol if isinstance(symbol, Instrument) else resolve_instrument(exchange, symbol)
+    if isinstance(symbols, (str, Instrument)):
+        symbols = [symbols]
+    instruments = [s if isinstance(s, Instrument) else resolve_instrument(exchange, s) for s in symbols]
+    if not instruments or not months:
+        raise RunSetupError("a backfill needs at least one instrument and one month")
     repository = find_repository(url, location)
-    if register_on_webserver(url, repository, instrument):
+    for instrument in register_on_webserver(url, repository, instruments):
         say(f"registered instrument {instrument} ({instrument.atlas}) on the webserver's instance")
 
+    what = instruments[0].native if len(instruments) == 1 else f"{len(instruments)} instruments"
     if has_venue_step(exchange):
-        return _submit_venue_backfill(url, repository, instrument, months)
+        return _submit_venue_backfill(url, repository, exchange, instruments, months, what)
     # A backfill of the partitioned job runs exactly these months. An asset backfill would also run
     # second_stats..published_flow_bars of the month after the range (it reads raw trades of the range's last
     # month through the m−1 mapping). The exchange tag feeds the per-exchange run limit in dagster.yaml.
@@ -136,8 +154,8 @@ def submit_backfill(
         "selector": {
             "partitionSetName": f"{exchange_of(exchange).flow_job_name}_partition_set", "repositorySelector": repository
         },
-        "partitionNames": [str(flow_partition_key(exchange, instrument.native, m)) for m in months],
-        "title": f"{exchange} {instrument.native} {months[0]}..{months[-1]}",
+        "partitionNames": [str(flow_partition_key(exchange, i.native, m)) for i in instruments for m in months],
+        "title": f"{exchange} {what} {months[0]}..{months[-1]}",
         "tags": [{"key": LAUNCHED_BY_TAG, "value": "cli"}, {"key": EXCHANGE_TAG, "value": exchange}],
         "fromFailure": False,
     }
@@ -147,30 +165,31 @@ def submit_backfill(
     return launched["backfillId"]
 
 
-def _submit_venue_backfill(url: str, repository: dict[str, str], instrument: Instrument, months: Sequence[str]) -> str:
-    """An asset backfill of the venue months and the instrument's months of every asset of the exchange's flow
-    job: the daemon runs each venue month before the instrument's runs of that month (its dependency), and the
+def _submit_venue_backfill(url: str, repository: dict[str, str], exchange_name: str, instruments: Sequence[Instrument],
+                           months: Sequence[str], what: str) -> str:
+    """An asset backfill of the venue months and the instruments' months of every asset of the exchange's flow
+    job: the daemon runs each venue month before the instruments' runs of that month (their dependency), and each
     instrument's months in order (second_stats reads the month before). Exactly these partitions run."""
     from aperiodic_pipelines.defs.partitions import exchange_of as graph_of
     from aperiodic_pipelines.defs.partitions import flow_partition_key, month_partition_key
     from aperiodic_pipelines.defs.venue import venue_hours_key
 
-    exchange = graph_of(instrument.exchange)
-    pipeline = {**repository, "pipelineName": exchange_of(instrument.exchange).flow_job_name}
+    exchange = graph_of(exchange_name)
+    pipeline = {**repository, "pipelineName": exchange_of(exchange_name).flow_job_name}
     nodes = graphql(url, _JOB_ASSETS_QUERY, {"pipeline": pipeline})["assetNodes"]
     if not nodes:
         raise RunSetupError(f"the webserver at {url} shows no assets in job {pipeline['pipelineName']}")
     first, last = months[0], months[-1]
-    flow_range = {"start": str(flow_partition_key(exchange.name, instrument.native, first)),
-                  "end": str(flow_partition_key(exchange.name, instrument.native, last))}
+    flow_ranges = [{"start": str(flow_partition_key(exchange.name, i.native, first)),
+                    "end": str(flow_partition_key(exchange.name, i.native, last))} for i in instruments]
     partitions_by_assets = [
         {"assetKey": {"path": venue_hours_key(exchange).path},
          "partitions": {"ranges": [{"start": month_partition_key(first), "end": month_partition_key(last)}]}},
-        *({"assetKey": {"path": node["assetKey"]["path"]}, "partitions": {"ranges": [flow_range]}} for node in nodes),
+        *({"assetKey": {"path": node["assetKey"]["path"]}, "partitions": {"ranges": flow_ranges}} for node in nodes),
     ]
     params = {
         "partitionsByAssets": partitions_by_assets,
-        "title": f"{exchange.name} {instrument.native} {first}..{last} (venue months first)",
+        "title": f"{exchange.name} {what} {first}..{last} (venue months first)",
         "tags": [{"key": LAUNCHED_BY_TAG, "value": "cli"}, {"key": EXCHANGE_TAG, "value": exchange.name}],
     }
     launched = graphql(url, _LAUNCH_BACKFILL_MUTATION, {"backfillParams": params})["launchPartitionBackfill"]
