@@ -118,7 +118,33 @@ def case_recompute(workdir: Path, day: int) -> dict[str, object]:
     return {"trades": trades, "seconds": elapsed, "cpu": cpu, "rss_mb": peak_rss_mb()}
 
 
-CASES = {"daily": case_daily, "recompute": case_recompute}
+def _day1_carry(workdir: Path, scanned: bool) -> dict[str, object]:
+    """Day 1's carry from raw month m−1, the month read whole (before) or scanned (`defs.daily`'s way now)."""
+    import polars as pl
+
+    from aperiodic_pipelines.domain.months import days_of_month, shift_month
+    from aperiodic_pipelines.flow import month_start_carry
+
+    previous = [raw_day_path(workdir, d) for d in days_of_month(shift_month(MONTH, -1))]
+    started, cpu = time.perf_counter(), time.process_time()
+    trades = pl.scan_parquet(previous) if scanned else pl.read_parquet(previous)
+    carry = month_start_carry(trades, month=MONTH)
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    carry.to_frame().write_parquet(workdir / f"day1-{'scan' if scanned else 'read'}.parquet")
+    count = pl.scan_parquet(previous).select(pl.len()).collect().item()
+    return {"trades": count, "seconds": elapsed, "cpu": cpu, "rss_mb": peak_rss_mb()}
+
+
+def case_day1_read(workdir: Path, day: int) -> dict[str, object]:
+    return _day1_carry(workdir, scanned=False)
+
+
+def case_day1_scan(workdir: Path, day: int) -> dict[str, object]:
+    return _day1_carry(workdir, scanned=True)
+
+
+CASES = {"daily": case_daily, "recompute": case_recompute, "day1-read": case_day1_read,
+         "day1-scan": case_day1_scan}
 
 
 def run_case(case: str, workdir: Path, day: int) -> dict[str, object]:
@@ -154,6 +180,12 @@ def same_rows(workdir: Path) -> bool:
     return True
 
 
+def pl_read(path: Path):  # polars is imported lazily here, as in the cases
+    import polars as pl
+
+    return pl.read_parquet(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--busy", type=int, default=2_000_000, help="trades per day of the busy instrument")
@@ -183,24 +215,31 @@ def main() -> None:
             print(f"{label}: {per_day:,} trades/day; generated {len(days)} raw days in {generated:.1f} s, chained "
                   f"days 1–{args.day - 1} in {chained:.1f} s; carry {os.path.getsize(workdir / 'carry.parquet'):,} "
                   "bytes", flush=True)
-            for case in ("daily", "recompute"):
+            for case in CASES:
                 load_before = load_average()
                 result = run_case(case, workdir, args.day)
                 rows.append((label, per_day, case, result, load_before, load_average()))
             rows.append((label, per_day, "same", same_rows(workdir), "", ""))
+            carries = [pl_read(workdir / f"day1-{how}.parquet") for how in ("read", "scan")]
+            rows.append((label, per_day, "same carry", carries[0].equals(carries[1], null_equal=True), "", ""))
 
     print()
     print(f"day {args.day} of {MONTH}, exchange timestamps, all 8 intervals; nproc={os.cpu_count()}")
-    print(f"{'instrument':<10} {'trades/day':>11} {'case':<22} {'trades read':>12} {'wall s':>8} {'cpu s':>8} "
+    print(f"{'instrument':<10} {'trades/day':>11} {'case':<24} {'trades read':>12} {'wall s':>8} {'cpu s':>8} "
           f"{'peak RSS MB':>12} {'load before/after':>18}")
     for label, per_day, case, result, before, after in rows:
+        if case == "same carry":
+            print(f"{label:<10} {per_day:>11,} day 1 carry, month read whole vs scanned, equal: "
+                  f"{'yes' if result else 'NO'}")
+            continue
         if case == "same":
             print(f"{label:<10} {per_day:>11,} day {args.day} rows bit for bit equal: {'yes' if result else 'NO'}")
             continue
-        name = f"daily step (day {args.day})" if case == "daily" else f"recompute days 1–{args.day}"
-        print(f"{label:<10} {per_day:>11,} {name:<22} {result['trades']:>12,} {result['seconds']:>8.2f} "
+        name = {"daily": f"daily step (day {args.day})", "recompute": f"recompute days 1–{args.day}",
+                "day1-read": "day 1 carry, m−1 read", "day1-scan": "day 1 carry, m−1 scanned"}[case]
+        print(f"{label:<10} {per_day:>11,} {name:<24} {result['trades']:>12,} {result['seconds']:>8.2f} "
               f"{result['cpu']:>8.2f} {result['rss_mb']:>12.0f} {before + ' / ' + after:>18}")
-    if not all(row[3] for row in rows if row[2] == "same"):
+    if not all(row[3] for row in rows if row[2] in ("same", "same carry")):
         sys.exit(1)
 
 

@@ -56,9 +56,9 @@ from dagster import (
     schedule,
 )
 
+from aperiodic_pipelines.atomic import atomic_link
 from aperiodic_pipelines.defs import policies
 from aperiodic_pipelines.defs.partitions import PartitionedExchange, instrument_first_month
-from aperiodic_pipelines.defs.raw import local_copy
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.domain.intervals import INTERVALS
 from aperiodic_pipelines.domain.months import (
@@ -69,7 +69,7 @@ from aperiodic_pipelines.domain.months import (
     previous_month,
 )
 from aperiodic_pipelines.domain.settings import DailySettings
-from aperiodic_pipelines.storage import ObjectStore, raw_key
+from aperiodic_pipelines.storage import LocalStore, ObjectStore, raw_key
 
 if TYPE_CHECKING:
     from aperiodic_pipelines.flow import FlowCarry
@@ -127,7 +127,7 @@ class OpenMonthOutcome:
 
 
 FetchDay = Callable[[str, Path], pl.DataFrame]  # raw day, scratch file → canonical trades (raises NotPublished)
-PreviousMonth = Callable[[Path], pl.DataFrame | None]  # scratch dir → raw month m−1 (None: before the first)
+PreviousMonth = Callable[[Path], pl.LazyFrame | pl.DataFrame | None]  # scratch dir → raw month m−1, scanned (None: before the first)
 
 
 @dataclass
@@ -140,9 +140,9 @@ class _RawDays:
     workdir: Path
     cache: dict[str, pl.DataFrame] = field(default_factory=dict)
     previous_loaded: bool = False
-    previous_frame: pl.DataFrame | None = None
+    previous_frame: pl.LazyFrame | pl.DataFrame | None = None
 
-    def previous_month(self) -> pl.DataFrame | None:
+    def previous_month(self) -> pl.LazyFrame | pl.DataFrame | None:
         if not self.previous_loaded:
             self.previous_frame = self.previous(self.workdir)
             self.previous_loaded = True
@@ -158,8 +158,8 @@ class _RawDays:
                 if previous is None:
                     return None
                 start = int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp()) * 1_000_000
-                self.cache[day] = previous.filter(pl.col("ts_exchange").is_between(start, start + DAY_US,
-                                                                                    closed="left"))
+                self.cache[day] = previous.lazy().filter(pl.col("ts_exchange").is_between(start, start + DAY_US,
+                                                                                    closed="left")).collect()
             else:
                 self.cache[day] = self.fetch(day, self.workdir / f"raw-{day}.parquet")
         return self.cache[day]
@@ -255,26 +255,32 @@ def previous_month_from(
     store: ObjectStore, sources: SourcesResource, exchange: str, native: str, month: str, first_month: str
 ) -> PreviousMonth:
     """Raw month m−1 for day 1's carry: the store's raw file (published by the monthly graph), else the source's
-    month (which falls back to daily files before the monthly file exists); None before the first month."""
+    month (which falls back to daily files before the monthly file exists); None before the first month.
 
-    def read(workdir: Path) -> pl.DataFrame | None:
+    The month is scanned, never held: a busy month's trades are ~1.4 GB in memory, and the carry needs only the
+    last minutes of it (the per-second pass streams; a day of m−1 is read by its row groups). The file is pinned
+    in the step's scratch directory (a hard link where the store is local, else a download), so a republication
+    of m−1 during the step cannot change what its several reads see.
+    """
+
+    def read(workdir: Path) -> pl.LazyFrame | None:
         before = previous_month(month)
         if before < first_month:
             return None
         key = raw_key(exchange, native, before)
+        pinned = workdir / f"raw-{before}.parquet"
         if store.exists(key):
-            with local_copy(store, key) as path:
-                return pl.read_parquet(path)
+            if not (isinstance(store, LocalStore) and atomic_link(store.path(key), pinned)):
+                store.download(key, pinned)
+            return pl.scan_parquet(pinned)
         from aperiodic_pipelines.sources import fetch_month
 
         kwargs: dict[str, Any] = {}
         if (client := sources.get_s3_client()) is not None:
             kwargs["s3_client"] = client
-        result = fetch_month(exchange, native, before, dest=workdir / f"raw-{before}.parquet",
-                             config=sources.get_config(), **kwargs)
-        frame = pl.read_parquet(result.path)
+        result = fetch_month(exchange, native, before, dest=pinned, config=sources.get_config(), **kwargs)
         start, _ = month_bounds_us(before)
-        return frame.filter(pl.col("ts_exchange") >= start)
+        return pl.scan_parquet(result.path).filter(pl.col("ts_exchange") >= start)
 
     return read
 
