@@ -67,3 +67,25 @@ def test_the_previous_months_last_days_then_the_new_month(tmp_path: Path) -> Non
                     got = pl.read_parquet(store.path(daily_flow_key(timestamp, EXCHANGE, interval, NATIVE, day)))
                     want = monthly[interval].filter((pl.col("time") >= lo) & (pl.col("time") < hi))
                     assert_same_bits(got, want, f"{timestamp} {interval} {day}")
+
+
+def test_day_ones_previous_month_is_scanned_from_a_pinned_copy(tmp_path: Path) -> None:
+    """Raw month m−1 is scanned, not held (a busy month is ~1.4 GB in memory), from a copy pinned in the step's
+    scratch directory: republishing m−1 while the step runs does not change what its later reads see."""
+    from aperiodic_pipelines.defs.daily import previous_month_from
+    from aperiodic_pipelines.storage import raw_key
+
+    store = LocalStore(tmp_path / "store")
+    sources = SourcesResource(source="tardis", tardis_url=str(tmp_path / "none"), cache_dir=str(tmp_path / "cache"))
+    first, second = (generate_tape(MONTHS[0], 500, seed=seed) for seed in (1, 2))
+    for name, tape in (("first", first), ("second", second)):
+        tape.write_parquet(tmp_path / f"{name}.parquet")
+    store.publish_file(tmp_path / "first.parquet", raw_key(EXCHANGE, NATIVE, MONTHS[0]))
+    read = previous_month_from(store, sources, EXCHANGE, NATIVE, MONTHS[1], first_month=MONTHS[0])
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    trades = read(scratch)
+    assert isinstance(trades, pl.LazyFrame)
+    store.publish_file(tmp_path / "second.parquet", raw_key(EXCHANGE, NATIVE, MONTHS[0]))  # republished meanwhile
+    assert trades.collect().equals(first)
+    assert previous_month_from(store, sources, EXCHANGE, NATIVE, MONTHS[0], first_month=MONTHS[0])(scratch) is None
