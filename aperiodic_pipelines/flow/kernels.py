@@ -84,3 +84,84 @@ def close_second(state: np.ndarray, open_sums: np.ndarray, open_counts: np.ndarr
     counts_out[SLOTS + 1, at] = counts_out[3, at] + counts_out[4, at] + counts_out[5, at]
     state[ROWS_OUT] = at + 1
     state[IS_OPEN] = 0
+
+
+# `second_fields`: the columns of the dense 1s fields it writes. Kept (never null): the 6 summed notionals and
+# 2 quantities, the 2 deltas; the 8 counts. Nullable (NaN where null), then the internal inputs of the score
+# and the entropy.
+KEPT_FLOATS = ("taker_buy_volume", "taker_sell_volume",
+               "taker_buy_small_order_volume", "taker_buy_medium_order_volume", "taker_buy_large_order_volume",
+               "taker_sell_small_order_volume", "taker_sell_medium_order_volume", "taker_sell_large_order_volume",
+               "volume_delta", "volume_delta_notional")
+COUNTS = ("taker_buy_count", "taker_sell_count",
+          "taker_buy_small_order_count", "taker_buy_medium_order_count", "taker_buy_large_order_count",
+          "taker_sell_small_order_count", "taker_sell_medium_order_count", "taker_sell_large_order_count")
+RATIOS = ("taker_buy_sell_percentage", "_sell_share", "taker_buy_sell_ratio", "taker_buy_sell_count_ratio",
+          "taker_buy_sell_count_percentage",
+          "taker_buy_small_order_percentage", "taker_buy_medium_order_percentage", "taker_buy_large_order_percentage",
+          "taker_sell_small_order_percentage", "taker_sell_medium_order_percentage",
+          "taker_sell_large_order_percentage",
+          "taker_buy_small_order_count_percentage", "taker_buy_medium_order_count_percentage",
+          "taker_buy_large_order_count_percentage", "taker_sell_small_order_count_percentage",
+          "taker_sell_medium_order_count_percentage", "taker_sell_large_order_count_percentage",
+          "_volume", "_volatility")
+
+
+@numba.njit(cache=True, nogil=True)
+def _ratio(numerator: float, denominator: float) -> tuple[float, int]:
+    """numerator / denominator, NaN where the denominator is 0 (null); and 1 if a defined ratio is NaN."""
+    if denominator != 0:
+        value = numerator / denominator
+        return value, 1 if np.isnan(value) else 0
+    return np.nan, 0
+
+
+@numba.njit(cache=True, nogil=True)
+def second_fields(
+    bar: np.ndarray, sums: tuple, counts: tuple, abs_return: np.ndarray, first_bar: int,
+    kept: np.ndarray, ratios: np.ndarray, counts_out: np.ndarray,
+) -> int:
+    """The fields of every 1s bar of [first_bar, first_bar + rows), from the non-empty seconds among them.
+
+    The arithmetic of `bars._derive_fields` on the zero-filled grid (`bars._densify`), operation for operation
+    (IEEE, no fastmath), so the bits are the same: an empty second is a row of zero sums. `sums` are the 8
+    summed float statistics in the order of `KEPT_FLOATS`, `counts` the 8 counts in the order of `COUNTS`; the
+    outputs are one row per column of `KEPT_FLOATS`, `RATIOS` and `COUNTS`, one column per bar. Returns how
+    many defined ratios are NaN (the caller then cannot use NaN for null).
+    """
+    rows = kept.shape[1]
+    undefined = 0
+    at, n_in = 0, len(bar)
+    for row in range(rows):
+        if at < n_in and bar[at] - first_bar == row:
+            buy, sell = sums[0][at], sums[1][at]
+            bs, bm, bl, ss, sm, sl = sums[2][at], sums[3][at], sums[4][at], sums[5][at], sums[6][at], sums[7][at]
+            buy_n, sell_n = counts[0][at], counts[1][at]
+            cbs, cbm, cbl, css, csm, csl = (counts[2][at], counts[3][at], counts[4][at], counts[5][at],
+                                            counts[6][at], counts[7][at])
+            volatility = abs_return[at]
+            at += 1
+        else:
+            buy = sell = bs = bm = bl = ss = sm = sl = volatility = 0.0
+            buy_n = sell_n = cbs = cbm = cbl = css = csm = csl = 0
+        buy_notional, sell_notional = bs + bm + bl, ss + sm + sl
+        volume = buy + sell
+        count = float(buy_n + sell_n)
+        for k, value in enumerate((buy, sell, bs, bm, bl, ss, sm, sl, buy - sell, buy_notional - sell_notional)):
+            kept[k, row] = value
+        for k, value in enumerate((buy_n, sell_n, cbs, cbm, cbl, css, csm, csl)):
+            counts_out[k, row] = value
+        k = 0
+        for numerator, denominator in (
+            (buy, volume), (sell, volume), (buy, sell), (float(buy_n), float(sell_n)), (float(buy_n), count),
+            (bs, buy_notional), (bm, buy_notional), (bl, buy_notional),
+            (ss, sell_notional), (sm, sell_notional), (sl, sell_notional),
+            (float(cbs), float(buy_n)), (float(cbm), float(buy_n)), (float(cbl), float(buy_n)),
+            (float(css), float(sell_n)), (float(csm), float(sell_n)), (float(csl), float(sell_n)),
+        ):
+            ratios[k, row], bad = _ratio(numerator, denominator)
+            undefined += bad
+            k += 1
+        ratios[k, row] = volume
+        ratios[k + 1, row] = volatility
+    return undefined
