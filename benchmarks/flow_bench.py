@@ -31,6 +31,8 @@ CASES = {
 }
 US_PER_MINUTE = 60_000_000
 ROW_GROUP_ROWS = 1 << 20  # storage.parquet.ROW_GROUP_SIZE: the 1s slices the flow-bars step writes
+# Wall seconds of each phase of case d, filled by `case_ours` and reported with its run: where the time goes.
+PHASES: dict[str, float] = {}
 
 
 def peak_rss_mb() -> float:
@@ -154,11 +156,16 @@ def case_ours(path: str, month: str) -> int:
     if not hasattr(flow, "second_bar_slices"):
         bars = flow.compute_flow_bars(pl.scan_parquet(path), month=month)
         return sum(frame.height for frame in bars.values())
+    started = time.perf_counter()
     stats = flow.compute_second_stats(pl.scan_parquet(path), None, month=month)
+    PHASES["second stats"] = time.perf_counter() - started
+    started = time.perf_counter()
     coarser = flow.bars_from_second_stats(stats, intervals=flow.INTERVALS[1:])
-    return sum(frame.height for frame in coarser.values()) + sum(
-        part.height for part in flow.second_bar_slices(stats, ROW_GROUP_ROWS)
-    )
+    PHASES["7 coarser tables"] = time.perf_counter() - started
+    started = time.perf_counter()
+    rows = sum(part.height for part in flow.second_bar_slices(stats, ROW_GROUP_ROWS))
+    PHASES["1s slices"] = time.perf_counter() - started
+    return sum(frame.height for frame in coarser.values()) + rows
 
 
 CASE_FUNCTIONS = {"a": case_scan, "b": case_polars_minutes, "c": case_pandas_minutes, "d": case_ours, "o": case_ours}
@@ -176,7 +183,8 @@ def run_child(case: str, path: str, month: str) -> None:
     started, cpu_started = time.perf_counter(), time.process_time()
     rows = CASE_FUNCTIONS[case](path, month)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    print(json.dumps({"case": case, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_rss_mb(), "output_rows": rows}))
+    print(json.dumps({"case": case, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_rss_mb(), "output_rows": rows,
+                      **({"phases_s": PHASES} if PHASES else {})}))
 
 
 # --- the parent: data set, subprocesses, table -----------------------------------------------------------
@@ -249,6 +257,9 @@ def format_table(results: list[dict], n_trades: int) -> str:
             f"{result['peak_rss_mb']:>12.0f} "
             f"{n_trades / result['wall_s']:>12,.0f} {ratio(result, 'b'):>8} {ratio(result, 'c'):>8}"
         )
+        if result.get("phases_s"):
+            lines.append("     phases (wall s): " + ", ".join(f"{name} {seconds:.2f}"
+                                                               for name, seconds in result["phases_s"].items()))
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ from aperiodic_pipelines.flow import (
     validate_month_bars,
 )
 from aperiodic_pipelines.flow import bars as bars_module
+from aperiodic_pipelines.flow.grid import FLOW_COLUMNS, NULLABLE_FIELDS, US_PER_SECOND, month_start_us
 from aperiodic_pipelines.flow.schema import MonthBarsValidator
 from aperiodic_pipelines.storage import bars_metadata, write_parquet_deterministic, write_parquet_row_groups
 from aperiodic_pipelines.storage.parquet import (
@@ -80,6 +81,25 @@ def test_sparse_and_grid_slices_agree(stats, whole_1s, monkeypatch) -> None:
     for dense_from in (2.0, -1.0):  # never the grid, always the grid
         monkeypatch.setattr(bars_module, "DENSE_FROM", dense_from)
         assert pl.concat(list(second_bar_slices(stats, 500_000))).equals(whole_1s, null_equal=True), dense_from
+
+
+def test_slices_without_trades_hold_zero_sums_and_nulls(monkeypatch) -> None:
+    """Trades on the month's first day only: the later slices hold no trade at all. Their sums are 0 and every
+    other field null (the window of an empty bar after a quiet stretch is undefined), as the grid derives them."""
+    day_end = month_start_us(MONTH) + 86_400 * US_PER_SECOND
+    trades = generate_tape(MONTH, 30_000, seed=53).filter(pl.col("ts_exchange") < day_end)
+    quiet = compute_second_stats(trades, month=MONTH)
+    slices = list(second_bar_slices(quiet, 400_000))
+    assert quiet.frame.height > 1_000 and len(slices) == 7
+    for empty in slices[1:]:
+        for name in FLOW_COLUMNS[1:]:
+            column = empty.get_column(name)
+            if name in NULLABLE_FIELDS:
+                assert column.null_count() == empty.height, name
+            else:
+                assert column.null_count() == 0 and (column == 0).all(), name
+    monkeypatch.setattr(bars_module, "DENSE_FROM", -1.0)  # always the grid
+    assert pl.concat(slices).equals(pl.concat(list(second_bar_slices(quiet, 400_000))), null_equal=True)
 
 
 def test_streamed_file_is_byte_identical_to_the_whole_table(stats, whole_1s, tmp_path: Path) -> None:
