@@ -20,7 +20,6 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from dagster import Field, IntSource
-from dagster._core.storage.config import pg_config
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
@@ -100,7 +99,7 @@ class PooledPostgresStorage(DagsterPostgresStorage):
     @classmethod
     def config_type(cls) -> dict:
         return {
-            **pg_config(),
+            **DagsterPostgresStorage.config_type(),
             "pool_size": Field(IntSource, is_required=False, default_value=POOL_SIZE,
                                description="idle connections kept per storage (runs, events, schedules) and process"),
             "max_overflow": Field(IntSource, is_required=False, default_value=MAX_OVERFLOW,

@@ -84,9 +84,10 @@ def code_location(instance: DagsterInstance, workspace_file: Path | None = None)
 # (a temporary DAGSTER_HOME, as in tests) that thread dies, the server never exits, and it ignores SIGTERM. So
 # the code location waits for its server, then kills it.
 SERVER_EXIT_SECONDS = 15.0
-# Run workers of runs launched directly (no daemon) are the server's multiprocessing children; a run the wait gave
-# up on goes on in them after the server is killed (it reports its own end), so they are spared.
-RUN_WORKER_MARK = "multiprocessing.spawn"
+# Run workers of runs launched directly (no daemon) are the server's multiprocessing children (spawn_main, and
+# multiprocessing's resource tracker they share); a run the wait gave up on goes on in them after the server is
+# killed (it reports its own end), so they are spared. Each exits when its run ends.
+RUN_WORKER_MARK = "from multiprocessing."
 
 
 def _proc_children() -> dict[int, list[int]]:
