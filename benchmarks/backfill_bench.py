@@ -33,7 +33,10 @@ the klines every flow-bars step would wait out the 404 retries of `reconciles_wi
 finished, every run's record and event log say where the time went:
 
   queued      run created → RUN_STARTING (the backfill daemon's submission, the run queue and its limits)
-  slot wait   the part of `queued` during which a run slot was free (the run queue's dequeue cadence)
+  slot gap    per run start: how long the slot it took stood free while it waited (from the later of the slot's
+              release and the run's creation to RUN_STARTING): the run queue's own latency. (Summing every free
+              slot over a run's whole wait, as an earlier version did, counts each gap once per waiting run: it
+              grows with the queue's depth, not with the latency.)
   launch      RUN_STARTING → RUN_START (default: a new Python process; Celery: a warm worker picks the task up)
   to 1st step RUN_START → the first STEP_START (resources, planning)
   steps       Σ STEP_START → STEP_SUCCESS/FAILURE over the run's steps (Dagster's own step timings)
@@ -53,7 +56,6 @@ With `--base` the same measurement is made for an old checkout afterwards (seque
 from __future__ import annotations
 
 import argparse
-import bisect
 import collections
 import contextlib
 import math
@@ -541,35 +543,45 @@ def read_runs(home: Path, backfill_id: str, slots: int) -> dict:
                 phases["overhead"].append(at["first_step"] - at["PIPELINE_STARTING"])
             if end and "PIPELINE_STARTING" in at:
                 spans.append((created, at["PIPELINE_STARTING"], end))
-    if spans:
-        phases["slot wait"] = slot_waits(spans, slots)
+    gaps, idle_share = slot_gaps(spans, slots)
+    if gaps:
+        phases["slot gap"] = gaps
     ends = [end for _, _, end in spans]
-    return {"runs": len(records), "statuses": dict(statuses), "failures": failures, "phases": dict(phases),
+    return {"runs": len(records), "idle_share": idle_share, "statuses": dict(statuses), "failures": failures,
+            "phases": dict(phases),
             "steps": dict(steps), "last_end": max(ends) if ends else None,
             "first_start": min(s for _, s, _ in spans) if spans else None, "ends": sorted(ends),
             "created": sorted(c for c, _, _ in spans), "starts": sorted(s for _, s, _ in spans)}
 
 
-def slot_waits(spans: list[tuple[float, float, float]], slots: int) -> list[float]:
-    """Per run, how long it waited in the queue while one of the `slots` run slots was free: the queue's own
-    latency (dequeue cadence, daemon loop), not the limits. Runs hold a slot from RUN_STARTING to their end."""
-    changes = sorted([(start, 1) for _, start, _ in spans] + [(end, -1) for _, _, end in spans])
-    moments, active, count = [], [], 0
-    for when, delta in changes:
-        count += delta
-        moments.append(when)
-        active.append(count)  # runs holding a slot from `when` to the next change
+def slot_gaps(spans: list[tuple[float, float, float]], slots: int) -> tuple[list[float], float]:
+    """The run queue's own latency: per run start, how long a run slot stood free while this run waited (from
+    the later of the slot's release and the run's creation to its RUN_STARTING); and the share of the slots'
+    time, from the first start to the last end, during which a slot stood free while a run waited.
 
-    def active_at(moment: float) -> int:
-        index = bisect.bisect_right(moments, moment) - 1
-        return active[index] if index >= 0 else 0
-
-    waits = []
-    for created, starting, _ in spans:
-        low, high = bisect.bisect_right(moments, created), bisect.bisect_left(moments, starting)
-        marks = [created, *moments[low:high], starting]
-        waits.append(sum(b - a for a, b in zip(marks, marks[1:], strict=False) if active_at(a) < slots))
-    return waits
+    Runs hold a slot from RUN_STARTING to their end event. Slots are handed out first freed, first taken; a start
+    with no slot free (limits larger than `slots`) has no gap."""
+    if not spans or slots < 1:
+        return [], 0.0
+    events = sorted([(created, 0, 0.0) for created, _, _ in spans] + [(end, 1, 0.0) for _, _, end in spans]
+                    + [(start, 2, created) for created, start, _ in spans])
+    first_start = min(start for _, start, _ in spans)
+    free = collections.deque([min(created for created, _, _ in spans)] * slots)  # when each free slot was freed
+    gaps, waiting, idle_s, last = [], 0, 0.0, first_start
+    for when, kind, created in events:
+        if when > last:  # idle slot-seconds while runs waited, from the first start on
+            idle_s += min(len(free), waiting) * (when - last)
+            last = when
+        if kind == 0:
+            waiting += 1
+        elif kind == 1:
+            free.append(when)
+        else:
+            waiting -= 1
+            if free:
+                gaps.append(max(0.0, when - max(free.popleft(), created)))
+    window = max(end for _, _, end in spans) - first_start
+    return gaps, idle_s / (slots * window) if window > 0 else 0.0
 
 
 # --- reports ------------------------------------------------------------------------------------------------------
@@ -608,12 +620,17 @@ def report_backfill(label: str, result: dict, n_months: int) -> None:
     elapsed = result["last_end"] - result["submitted"]
     print(f"backfill (status {result['status']}): {result['runs']} runs {result['statuses']} in {elapsed:.0f} s "
           f"-> {n_months / elapsed * 3600:.0f} partitions/hour ({result['slots']} runs at once)")
+    running = result["last_end"] - result["first_start"]
+    print(f"from the first run's start: {running:.0f} s -> {n_months / running * 3600:.0f} partitions/hour (the "
+          f"first run was created {result['created'][0] - result['submitted']:.0f} s after the submission: the "
+          "backfill daemon's 30 s tick)")
     for failure in result["failures"]:
         print(f"  failed: {failure}")
     overhead = result["phases"].get("overhead")
     if overhead:
         median, p95 = quantiles(overhead)
         print(f"per-run overhead (RUN_STARTING -> first STEP_START): median {median:.2f} s, p95 {p95:.2f} s")
+    print(f"run slots free while runs waited: {result['idle_share']:.0%} of the slots' time (first start to last end)")
     report_cpu(result["cpu"])
     report_phases(result)
 
@@ -634,6 +651,7 @@ def report_noop(label: str, result: dict) -> None:
     print(f"sustained (10th-90th percentile): runs created by the backfill daemon {steady_rate(result['created']):.2f}/s, "
           f"started by the run queue {steady_rate(result['starts']):.2f}/s, finished {steady_rate(result['ends']):.2f}/s; "
           f"overall {result['runs'] / elapsed:.2f} runs/s")
+    print(f"run slots free while runs waited: {result['idle_share']:.0%} of the slots' time (first start to last end)")
     report_cpu(result["cpu"])
     report_phases(result)
 
@@ -670,20 +688,20 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--noop", type=int, metavar="RUNS", help="control-plane ceiling: RUNS runs of a no-op job")
     mode.add_argument("--submit-only", type=int, metavar="PARTITIONS",
                       help="time the submission of a backfill of PARTITIONS partitions (instruments x --months)")
-    parser.add_argument("--slots", type=int,
-                        help="runs at once: max_concurrent_runs and the per-exchange limit (--noop: default 8; "
-                             "a backfill: default the project's limits, or the Celery workers' pool processes)")
+    parser.add_argument("--slots", type=int, nargs="+",
+                        help="runs at once: max_concurrent_runs and the per-exchange limit, one measurement per value "
+                             "(--noop: default 8; a backfill: default the project's limits, or the Celery workers' "
+                             "pool processes)")
     parser.add_argument("--submit-window", type=float, default=120,
                         help="--submit-only: seconds to watch the backfill daemon queue runs (default 120)")
     args = parser.parse_args(argv)
     if args.workers < 1 or args.worker_concurrency < 1:
         parser.error("--workers and --worker-concurrency must be at least 1")
     if args.noop is not None and args.slots is None:
-        args.slots = 8
-    if args.slots and "celery" in args.launcher and args.workers * args.worker_concurrency < args.slots:
-        args.worker_concurrency = math.ceil(args.slots / args.workers)  # a pool process for every slot
-        print(f"--slots: {args.workers} workers x --worker-concurrency {args.worker_concurrency} for {args.slots} "
-              "slots")
+        args.slots = [8]
+    if args.submit_only is not None:
+        args.slots = None
+    base_concurrency = args.worker_concurrency
 
     from aperiodic_pipelines.mirror.http import ArchiveMirror
 
@@ -702,18 +720,23 @@ def main(argv: list[str] | None = None) -> int:
                     report_imports(f"{label} ({tree})", import_cost(tree))
                 if args.imports_only:
                     continue
-                for launcher in args.launcher:
-                    workers = (f", {args.workers} workers x {args.worker_concurrency}" if launcher == "celery" else "")
-                    title = f"{label} ({tree}), {launcher} launcher{workers}"
-                    workdir = Path(tmp) / f"{label.strip('-').replace(' ', '-')}-{launcher}"
+                for launcher, slots in [(launcher, slots) for launcher in args.launcher
+                                        for slots in args.slots or [None]]:
+                    run_args = argparse.Namespace(**{**vars(args), "slots": slots})
+                    if slots and launcher == "celery" and args.workers * base_concurrency < slots:
+                        run_args.worker_concurrency = math.ceil(slots / args.workers)  # a pool process per slot
+                    workers = (f", {args.workers} workers x {run_args.worker_concurrency}" if launcher == "celery"
+                               else "")
+                    title = f"{label} ({tree}), {launcher} launcher{workers}" + (f", --slots {slots}" if slots else "")
+                    workdir = Path(tmp) / f"{label.strip('-').replace(' ', '-')}-{launcher}-{slots or 'default'}"
                     workdir.mkdir()
                     print(f"\n{title} ...", flush=True)
                     if args.noop is not None:
-                        report_noop(title, run_noop(tree, workdir, mirror.url, launcher, args))
+                        report_noop(title, run_noop(tree, workdir, mirror.url, launcher, run_args))
                     elif args.submit_only is not None:
-                        report_submit(title, run_submit_only(tree, workdir, mirror.url, launcher, args))
+                        report_submit(title, run_submit_only(tree, workdir, mirror.url, launcher, run_args))
                     else:
-                        report_backfill(title, run_backfill(tree, months, workdir, mirror.url, launcher, args),
+                        report_backfill(title, run_backfill(tree, months, workdir, mirror.url, launcher, run_args),
                                         len(months))
     return 0
 

@@ -204,6 +204,20 @@ defs = Definitions(assets=[toy_bars], jobs=[
 """
 
 
+def code_servers_for(home: Path) -> list[str]:
+    """Live `dagster api grpc` processes whose command line (the instance reference) names `home`, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if " api grpc " in command and str(home) in command and state != "Z":
+            found.append(f"{entry.name}: {command[:200]}")
+    return found
+
+
 @pytest.fixture
 def toy_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A one-asset stand-in for the real graph on the real okx partitions, loaded as a code location from the
@@ -242,6 +256,9 @@ def test_materialize_submits_runs_the_ui_knows_in_order_and_stops_at_a_failure(
     assert "(gave up: exceeded max_retries of 1)" in failed_line
     assert out.count("no dagster-daemon is dequeuing runs: launching directly") == 1  # said once, not per run
     assert "registered instrument okx-perps BTC-USDT-SWAP (perpetual-BTC-USDT:USDT)" in out
+    # The code server the command started (its instance reference names this DAGSTER_HOME) is gone when it
+    # returns: a server left behind outlives a temporary instance directory and never exits.
+    assert code_servers_for(dagster_home) == []
 
     instance = DagsterInstance.from_config(str(dagster_home))
     try:

@@ -243,7 +243,7 @@ def test_deploy_files_configure_the_instance(tmp_path: Path, monkeypatch: pytest
         config = instance.get_concurrency_config()
         assert config.run_queue_config.max_concurrent_runs == 4
         assert config.run_queue_config.tag_concurrency_limits[0]["key"] == "aperiodic/exchange"
-        assert config.pool_config.default_pool_limit == 2
+        assert config.pool_config.default_pool_limit == 3  # >= the per-exchange run limit: never holds a run back
         assert instance.get_settings("telemetry")["enabled"] is False
         assert str(instance.run_storage._conn_string).find(str(home)) >= 0  # SQLite under DAGSTER_HOME
     finally:

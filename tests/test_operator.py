@@ -326,6 +326,20 @@ def test_the_cli_loads_dagster_only_when_a_command_needs_it() -> None:
     assert done.stdout.strip() == "[]"
 
 
+def test_the_run_queue_passes_every_half_second(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The project's coordinator takes a fractional dequeue interval, and the daemon's run queue loop uses it.
+    from dagster._daemon.controller import create_daemon_of_type
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    instance = DagsterInstance.from_config(str(tmp_path))
+    try:
+        assert instance.run_coordinator.dequeue_interval_seconds == 0.5
+        assert create_daemon_of_type("QUEUED_RUN_COORDINATOR", instance).interval_seconds == 0.5
+    finally:
+        instance.dispose()
+
+
 def test_the_installed_instance_settings_are_the_projects() -> None:
     # A fresh DAGSTER_HOME outside the source tree gets the copy installed with the package.
     assert packaged_text("dagster.yaml") == (REPO / "dagster.yaml").read_text()

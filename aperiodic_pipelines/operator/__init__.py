@@ -14,6 +14,9 @@
   `celery_launcher`); `worker`: `aperiodic-pipelines worker`, a Celery worker that executes whole runs
   (deploy/celery, docs/deploy.md). Run launchers are Dagster's extension point: they use its private launcher
   types as `submission` does.
+- `pg_storage`: `PooledPostgresStorage`, Dagster's PostgreSQL storage with a connection pool in every process
+  (the PostgreSQL instance files' `storage: custom:`).
 
-Nothing here is imported by the definitions except the coordinator and the launcher (through `dagster.yaml`).
+Nothing here is imported by the definitions except the coordinator, the launcher and the storage (through
+`dagster.yaml`).
 """

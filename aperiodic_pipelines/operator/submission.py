@@ -14,9 +14,10 @@ open-source Dagster has no public call that creates a run from a code location o
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,8 +64,87 @@ def code_location(instance: DagsterInstance, workspace_file: Path | None = None)
     else:
         target = ModuleTarget(module_name=DEFINITIONS_MODULE, attribute="defs", working_directory=os.getcwd(),
                               location_name=DEFAULT_CODE_LOCATION)
-    with WorkspaceProcessContext(instance, target, version=__version__) as context:
-        yield context
+    already_running = set(code_servers_of(os.getpid()))
+    servers: set[int] = set()
+    try:
+        with WorkspaceProcessContext(instance, target, version=__version__) as context:
+            servers.update(code_servers_of(os.getpid()))
+            try:
+                yield context
+            finally:
+                servers.update(code_servers_of(os.getpid()))
+    finally:
+        reap_code_servers(servers - already_running)
+
+
+# --- the code server's end ----------------------------------------------------------------------------------------
+
+# Closing the workspace only asks its code server to shut down once its runs have ended, and returns at once. The
+# server's cleanup thread then opens the instance from its reference: when the instance directory is gone by then
+# (a temporary DAGSTER_HOME, as in tests) that thread dies, the server never exits, and it ignores SIGTERM. So
+# the code location waits for its server, then kills it.
+SERVER_EXIT_SECONDS = 15.0
+# Run workers of runs launched directly (no daemon) are the server's multiprocessing children (spawn_main, and
+# multiprocessing's resource tracker they share); a run the wait gave up on goes on in them after the server is
+# killed (it reports its own end), so they are spared. Each exits when its run ends.
+RUN_WORKER_MARK = "from multiprocessing."
+
+
+def _proc_children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent = int(stat[stat.rindex(")") + 2:].split()[1])  # proc(5): ppid is field 4
+            children.setdefault(parent, []).append(int(entry))
+    return children
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZXx"  # a zombie has exited; its parent reaps it
+
+
+def code_servers_of(pid: int) -> list[int]:
+    """The `dagster api grpc` code servers that are children of `pid` (empty where there is no /proc)."""
+    if not Path("/proc").is_dir():
+        return []
+    return [child for child in _proc_children().get(pid, []) if " api grpc " in _command_line(child) and _alive(child)]
+
+
+def reap_code_servers(servers: set[int], deadline_seconds: float = SERVER_EXIT_SECONDS) -> list[int]:
+    """Wait for the code servers to exit, then kill (SIGKILL) those still alive and their descendants, except
+    run workers; the pids killed."""
+    deadline = time.monotonic() + deadline_seconds
+    while any(map(_alive, servers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    killed = []
+    children = _proc_children()
+    for server in filter(_alive, servers):
+        tree, todo = [server], list(children.get(server, []))
+        while todo:
+            pid = todo.pop()
+            if RUN_WORKER_MARK not in _command_line(pid):
+                tree.append(pid)
+                todo.extend(children.get(pid, []))
+        for pid in tree:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    return killed
 
 
 def daemon_dequeues(instance: DagsterInstance) -> bool:
