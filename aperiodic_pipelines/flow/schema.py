@@ -385,24 +385,28 @@ def _check_bars_with_trades(frame: pl.DataFrame) -> tuple[dict[str, int], pl.Dat
     """
     rules = bar_rules(ordered_in_time=False)
     score = pl.col("flow_toxicity_score")
-    counts = (
-        _HAS_TRADES.sum().alias("_with_trades"),
-        (_HAS_TRADES & (score.is_null() | (score == 0))).sum().alias("_null_or_zero"),
-        *((_HAS_TRADES & (pl.col(f) != 0)).sum().alias(f) for f in _ZERO_WHEN_EMPTY),
-        *((_HAS_TRADES & pl.col(f).is_null()).sum().alias(f) for f in _NULL_WHEN_EMPTY),
-    )
+
+    def counts(among: pl.Expr) -> list[pl.Expr]:
+        return [
+            (among & (score.is_null() | (score == 0))).sum().alias("_null_or_zero"),
+            *((among & (pl.col(f) != 0)).sum().alias(f) for f in _ZERO_WHEN_EMPTY),
+            *((among & pl.col(f).is_null()).sum().alias(f) for f in _NULL_WHEN_EMPTY),
+        ]
+
     counted = dict.fromkeys(("_with_trades", "_null_or_zero", *_ZERO_WHEN_EMPTY, *_NULL_WHEN_EMPTY), 0)
     broken = None
     for start in range(0, frame.height, PANDERA_ROWS):
         piece = frame.slice(start, PANDERA_ROWS)
-        piece_counts = piece.select(counts).row(0, named=True)
-        for key, value in piece_counts.items():
-            counted[key] += value
-        if not piece_counts["_with_trades"] or broken is not None:
+        with_trades = piece.select(_HAS_TRADES.sum()).item()
+        if not with_trades:
             continue
-        if piece_counts["_with_trades"] < FILTER_BELOW_SHARE * piece.height:
-            piece = piece.filter(_HAS_TRADES)
-        if broken_rule(piece, rules) is not None:
+        among = _HAS_TRADES
+        if with_trades < FILTER_BELOW_SHARE * piece.height:
+            piece, among = piece.filter(_HAS_TRADES), pl.lit(True)
+        counted["_with_trades"] += with_trades
+        for key, value in piece.select(counts(among)).row(0, named=True).items():
+            counted[key] += value
+        if broken is None and broken_rule(piece, rules) is not None:
             broken = piece
     return counted, broken
 
