@@ -17,6 +17,7 @@ from aperiodic_pipelines.flow import (
     NULLABLE_FIELDS,
     compute_flow_bars,
     validate_bars,
+    validate_month_bars,
 )
 from aperiodic_pipelines.flow.schema import bar_rules, flow_bars_schema
 from aperiodic_pipelines.synthetic import generate_tape
