@@ -276,7 +276,7 @@ _ZERO_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f not in NULLABLE_FIELDS
 _NULL_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f in NULLABLE_FIELDS and f != "flow_toxicity_score")
 _HAS_TRADES = (pl.col("taker_buy_count") + pl.col("taker_sell_count")) > 0
 # Dense rows per pass of the per-bar rules: bounds the filtered copy and the rules' temporaries.
-PANDERA_ROWS = 1 << 19
+RULES_PIECE_ROWS = 1 << 19
 # A piece with at least this share of bars with trades (a busy 1s month) is checked whole: its empty bars keep
 # every rule anyway, and filtering would copy nearly all of it.
 FILTER_BELOW_SHARE = 0.75
@@ -337,7 +337,7 @@ class MonthBarsValidator:
 
     `add` checks a slice at once: its dense-table rules (the time grid continues where the interval's previous
     slice ended; empty bars are the constant row), then the schema's per-bar rules (`bar_rules`) on its bars
-    with trades, `PANDERA_ROWS` dense rows at a time, all rules in one pass; only a slice that breaks one goes
+    with trades, `RULES_PIECE_ROWS` dense rows at a time, all rules in one pass; only a slice that breaks one goes
     through pandera, for its report. `finish` checks that each table covered its month (or day). Each raises
     `InvalidBarsError`. `times` are the `time` facts of the slice last added, even of one that failed.
     """
@@ -385,7 +385,7 @@ def _covers_month_problem(interval: str, month: str) -> str:
 
 def _check_bars_with_trades(frame: pl.DataFrame) -> tuple[dict[str, int], pl.DataFrame | None]:
     """What the bars with trades of a contract-typed table hold (`_dense_problem`'s counts), and the first
-    piece of `PANDERA_ROWS` dense rows whose bars with trades break a per-bar rule of the schema, or None.
+    piece of `RULES_PIECE_ROWS` dense rows whose bars with trades break a per-bar rule of the schema, or None.
 
     A piece is filtered to its bars with trades unless nearly all have some (`FILTER_BELOW_SHARE`): its empty
     bars keep every per-bar rule once `_dense_problem` has proven them the constant row.
@@ -402,8 +402,8 @@ def _check_bars_with_trades(frame: pl.DataFrame) -> tuple[dict[str, int], pl.Dat
 
     counted = dict.fromkeys(("_with_trades", "_null_or_zero", *_ZERO_WHEN_EMPTY, *_NULL_WHEN_EMPTY), 0)
     broken = None
-    for start in range(0, frame.height, PANDERA_ROWS):
-        piece = frame.slice(start, PANDERA_ROWS)
+    for start in range(0, frame.height, RULES_PIECE_ROWS):
+        piece = frame.slice(start, RULES_PIECE_ROWS)
         with_trades = piece.select(_HAS_TRADES.sum()).item()
         if not with_trades:
             continue
