@@ -323,7 +323,8 @@ class TimeFacts:
 
 
 def time_facts(frame: pl.DataFrame, interval: str | None) -> TimeFacts:
-    time_us = pl.col("time").cast(pl.Int64)
+    """One pass over a slice's `time` (a datetime column of any unit)."""
+    time_us = pl.col("time").dt.epoch("us")
     spaced = pl.lit(True) if interval is None else (
         time_us.diff() == INTERVAL_SECONDS[interval] * US_PER_SECOND).all()
     return TimeFacts(*frame.select(
