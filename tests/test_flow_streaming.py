@@ -191,3 +191,12 @@ def test_month_checks_in_slices(stats) -> None:
     assert gap["schema_and_invariants"][0] is False and gap["nonempty_month"][0] is True
     short = verdicts(slices[:2])
     assert short["dense_grid"] == (False, f"1s: 2000000 rows, expected {29 * 86_400} for {MONTH}")
+    # A bad bar fails schema_and_invariants in the first slice; the grid is still followed slice by slice (the
+    # validator stops being fed, the grid check reads its own facts of the later slices' times).
+    first = slices[0]
+    empty_row = int(((first["taker_buy_count"] + first["taker_sell_count"]) == 0).arg_true()[0])
+    bad_bar = first.with_columns(first["taker_buy_volume"].scatter([empty_row], [1.0]))
+    tampered = verdicts([bad_bar, *slices[1:]])
+    assert tampered["schema_and_invariants"][0] is False and tampered["dense_grid"] == (True, "")
+    tampered_gap = verdicts([bad_bar, slices[1].slice(5), slices[2]])
+    assert tampered_gap["dense_grid"] == gap["dense_grid"]

@@ -144,12 +144,12 @@ def test_every_column_of_both_derivations_is_one_contiguous_buffer(monkeypatch) 
             assert frame.n_chunks("all") == [1] * len(FLOW_COLUMNS), (dense_from, interval)
 
 
-def test_pandera_batches_name_the_interval_of_a_bad_bar_in_any_batch(month_bars, monkeypatch) -> None:
-    """pandera sees the bars with trades in bounded batches (memory); a bad bar in the last batch of the largest
-    table is still found and named by its interval."""
+def test_rules_pieces_name_the_interval_of_a_bad_bar_in_any_piece(month_bars, monkeypatch) -> None:
+    """The per-bar rules see the bars with trades in bounded pieces (memory); a bad bar in the last piece of the
+    largest table is still found and named by its interval."""
     from aperiodic_pipelines.flow import schema as schema_module
 
-    monkeypatch.setattr(schema_module, "PANDERA_ROWS", 500)
+    monkeypatch.setattr(schema_module, "RULES_PIECE_ROWS", 500)
     validate_month_bars(month_bars, month=MONTH)  # the untouched month passes in batches
     frame = month_bars["1m"]
     has_trades = (frame["taker_buy_count"] + frame["taker_sell_count"]) > 0

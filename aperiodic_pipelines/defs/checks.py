@@ -16,6 +16,7 @@ from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetK
 
 from aperiodic_pipelines.domain.errors import InvalidBarsError
 from aperiodic_pipelines.flow import FLOW_COLUMNS, INTERVAL_SECONDS, bars_in_month, month_bounds_us
+from aperiodic_pipelines.flow.schema import MonthBarsValidator, TimeFacts, time_facts
 
 FAILED_RULE = "failed_rule"  # metadata key the alert sensor quotes
 
@@ -36,7 +37,6 @@ class MonthBarChecks:
     """
 
     def __init__(self, month: str) -> None:
-        from aperiodic_pipelines.flow.schema import MonthBarsValidator  # the engine owns the rules
 
         self.month = month
         self._validator = MonthBarsValidator(month=month)
@@ -47,8 +47,11 @@ class MonthBarChecks:
 
     def add(self, interval: str, part: pl.DataFrame) -> None:
         """Check the next slice of `interval`'s table."""
+        validated = "schema_and_invariants" not in self._failed
         self._run("schema_and_invariants", lambda: self._validator.add(interval, part))
-        self._run("dense_grid", lambda: self._grid(interval, part))
+        # The validator's facts of this slice's times (one pass over them), unless it did not get that far.
+        times = self._validator.times if validated else None
+        self._run("dense_grid", lambda: self._grid(interval, part, times))
         self._run("nonempty_month", lambda: self._count_trades(interval, part))
         self._rows[interval] = self._rows.get(interval, 0) + part.height
 
@@ -81,26 +84,23 @@ class MonthBarChecks:
         if problem:
             self._failed[name] = problem
 
-    def _grid(self, interval: str, part: pl.DataFrame) -> str | None:
+    def _grid(self, interval: str, part: pl.DataFrame, times: TimeFacts | None) -> str | None:
         """One row per bar, from the month's first instant (or the previous slice's next bar), evenly spaced."""
         if tuple(part.columns) != FLOW_COLUMNS:
             return f"{interval}: columns differ from spec §2 order (got {part.columns[:3]}…)"
         step = INTERVAL_SECONDS[interval] * 1_000_000
         expected_first = self._next_time.get(interval, month_bounds_us(self.month)[0])
-        times = pl.col("time").dt.epoch("us")
-        nulls, first, last, evenly_spaced = part.select(
-            times.null_count().alias("nulls"), times.first().alias("first"), times.last().alias("last"),
-            (times.diff().fill_null(step) == step).all().alias("evenly_spaced"),
-        ).row(0)
-        if nulls:
-            return f"{interval}: {nulls} null bar times"
-        if first != expected_first:
+        times = times or time_facts(part, interval)
+        if times.nulls:
+            return f"{interval}: {times.nulls} null bar times"
+        if times.first != expected_first:
             where = "the bar after the previous slice's last" if interval in self._next_time else "the month's start"
             return f"{interval}: first bar at {part['time'][0]}, expected {where}"
-        if not evenly_spaced:
-            gaps = part.filter(times.diff().fill_null(step) != step)
+        if not times.evenly_spaced:
+            time_us = pl.col("time").dt.epoch("us")
+            gaps = part.filter(time_us.diff().fill_null(step) != step)
             return f"{interval}: bars not {interval} apart at {gaps['time'].head(3).to_list()}"
-        self._next_time[interval] = last + step
+        self._next_time[interval] = times.last + step
         return None
 
     def _grid_covers_month(self) -> str | None:
