@@ -67,6 +67,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -197,21 +198,46 @@ def pids_listening(port: int) -> list[int]:
 
 @dataclass
 class CpuWindow:
-    """CPU of the benchmark's components and of the machine between `start()` and `stop()`."""
+    """CPU of the benchmark's components and of the machine between `start()` and `stop()`; the machine's is
+    also sampled every `SAMPLE_S`, so its busy share over any part of the window is known (`machine_share_between`:
+    a backfill's first run starts ~30 s after the submission, the backfill daemon's tick, an idle stretch that
+    the whole window's share counts)."""
 
     roots: dict[str, list[int]]
     by_component: dict[str, float] = field(default_factory=dict)
     machine_share: float = 0.0
     wall_s: float = 0.0
+    samples: list[tuple[float, int, int]] = field(default_factory=list)  # (epoch s, busy, total jiffies)
+
+    SAMPLE_S = 0.5
 
     def start(self) -> None:
         self._cpu, self._busy, self._wall = tree_cpu(self.roots), machine_busy(), time.monotonic()
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while True:
+            self.samples.append((time.time(), *machine_busy()))
+            if self._stop.wait(self.SAMPLE_S):
+                return
 
     def stop(self) -> None:
+        self._stop.set()
+        self._sampler.join(timeout=5)
         cpu, busy = tree_cpu(self.roots), machine_busy()
         self.wall_s = time.monotonic() - self._wall
         self.by_component = {name: cpu[name] - self._cpu[name] for name in cpu}
         self.machine_share = (busy[0] - self._busy[0]) / max(1, busy[1] - self._busy[1])
+
+    def machine_share_between(self, start: float, end: float) -> float | None:
+        """The machine's busy share between two epoch times (to within one sample), None without samples."""
+        inside = [s for s in self.samples if start - self.SAMPLE_S <= s[0] <= end + self.SAMPLE_S]
+        if len(inside) < 2:
+            return None
+        (_, busy0, total0), (_, busy1, total1) = inside[0], inside[-1]
+        return (busy1 - busy0) / max(1, total1 - total0)
 
     def own_share(self) -> float:
         return sum(self.by_component.values()) / (self.wall_s * (os.cpu_count() or 1))
@@ -632,6 +658,10 @@ def report_backfill(label: str, result: dict, n_months: int) -> None:
         print(f"per-run overhead (RUN_STARTING -> first STEP_START): median {median:.2f} s, p95 {p95:.2f} s")
     print(f"run slots free while runs waited: {result['idle_share']:.0%} of the slots' time (first start to last end)")
     report_cpu(result["cpu"])
+    running_share = result["cpu"].machine_share_between(result["first_start"], result["last_end"])
+    if running_share is not None:
+        print(f"CPU busy from the first run's start to the last run's end: machine {running_share:.0%} of "
+              f"{os.cpu_count() or 1} CPUs (all processes)")
     report_phases(result)
 
 

@@ -213,35 +213,30 @@ def _dense_bars(
     # Laid out after the lead, so the scores need no concatenated copy (a 1s month: 2 × 21 MB).
     signed_flow, realised_volatility = np.zeros(lead_in + rows), np.zeros(lead_in + rows)
     signed_flow[:lead_in], realised_volatility[:lead_in] = lead
-    # numpy arrays assigned in place (polars' `scatter` costs several times more). A nullable field's values
-    # come with a validity mask (false on empty bars and where the field itself is null), applied once at the
-    # end: the value under a null is never read.
-    values = {name: np.zeros(rows, dtype=np.int64 if FLOW_SCHEMA[name] == pl.Int64 else np.float64)
-              for name in (*_ZERO_WHEN_EMPTY, *_NULL_WHEN_EMPTY)}
-    valid = {name: np.zeros(rows, dtype=bool) for name in _NULL_WHEN_EMPTY}
+    # Never null: numpy arrays, assigned in place (a quarter of the CPU of polars' `scatter` into zeros).
+    zeros = {name: np.zeros(rows, dtype=np.int64 if FLOW_SCHEMA[name] == pl.Int64 else np.float64)
+             for name in _ZERO_WHEN_EMPTY}
+    # Null where empty: polars columns, whose `scatter` fills the validity in place.
+    nulls = {name: pl.repeat(None, rows, dtype=FLOW_SCHEMA[name], eager=True) for name in _NULL_WHEN_EMPTY}
     for first in range(lo, hi, SLICE_ROWS):
         fields = _derive_fields(sparse.slice(first, min(SLICE_ROWS, hi - first)), volatility)
-        position = (fields.get_column("bar").to_numpy() - start) // width
-        signed_flow[lead_in + position] = fields.get_column("volume_delta_notional").to_numpy()
-        realised_volatility[lead_in + position] = fields.get_column("_volatility").to_numpy()
-        for name, column in values.items():
-            column[position] = fields.get_column(name).to_numpy()  # a null reads as NaN: masked below
-        for name, mask in valid.items():
-            mask[position] = fields.get_column(name).is_not_null().to_numpy()
-    scores = toxicity_scores(signed_flow, realised_volatility)[lead_in:]
-    own = (signed_flow[lead_in:][-TOXICITY_WINDOW:].copy(), realised_volatility[lead_in:][-TOXICITY_WINDOW:].copy())
-    dense = pl.DataFrame({
+        position_array = (fields.get_column("bar").to_numpy() - start) // width
+        signed_flow[lead_in + position_array] = fields.get_column("volume_delta_notional").to_numpy()
+        realised_volatility[lead_in + position_array] = fields.get_column("_volatility").to_numpy()
+        for name, column in zeros.items():
+            column[position_array] = fields.get_column(name).to_numpy()
+        position = pl.Series(position_array)
+        for name, series in nulls.items():
+            series.scatter(position, fields.get_column(name))  # in place
+    columns: dict[str, pl.Series] = {
         "time": (pl.int_range(start, end, width, dtype=pl.Int64, eager=True) * US_PER_SECOND).cast(TIME_DTYPE),
-        **values,
-        **{f"_valid_{name}": mask for name, mask in valid.items()},
-        "flow_toxicity_score": pl.Series(scores).fill_nan(None),
-    })
-    del values, valid
-    nullable = set(_NULL_WHEN_EMPTY)
-    return dense.select(
-        pl.when(pl.col(f"_valid_{name}")).then(pl.col(name)).alias(name) if name in nullable else pl.col(name)
-        for name in FLOW_COLUMNS
-    ), own
+        **{name: pl.Series(name, values) for name, values in zeros.items()},
+        **nulls,
+    }
+    scores = toxicity_scores(signed_flow, realised_volatility)[lead_in:]
+    columns["flow_toxicity_score"] = pl.Series(scores).fill_nan(None)
+    own = (signed_flow[lead_in:][-TOXICITY_WINDOW:].copy(), realised_volatility[lead_in:][-TOXICITY_WINDOW:].copy())
+    return pl.DataFrame([columns[name].alias(name) for name in FLOW_COLUMNS]), own
 
 
 def _grid_bars(
