@@ -172,6 +172,7 @@ class ProcessTreeSampler:
         self._ticks = os.sysconf("SC_CLK_TCK")
         self._page_mb = os.sysconf("SC_PAGE_SIZE") / 2**20
         self.timeline: list[tuple[float, float]] = []  # (epoch seconds, tree RSS MB): peaks per step
+        self.at_peak: dict[str, float] = {}  # each process's RSS MB at the tree's peak, by role
 
     def _stats(self) -> dict[int, list[str]]:
         stats = {}
@@ -190,15 +191,36 @@ class ProcessTreeSampler:
         while frontier:
             tree |= frontier
             frontier = {pid for pid, fields in stats.items() if int(fields[1]) in frontier} - tree
-        total = 0.0
+        total, by_pid = 0.0, {}
         for pid in tree & stats.keys():
             fields = stats[pid]
             rss_mb = int(fields[21]) * self._page_mb  # fields 14/15 utime/stime, 22 starttime, 24 rss (1-based)
             total += rss_mb
+            by_pid[pid] = rss_mb
             self.peak_process_mb = max(self.peak_process_mb, rss_mb)
             self.cpu_by_pid[(pid, int(fields[19]))] = (int(fields[11]) + int(fields[12])) / self._ticks
+        if total > self.peak_tree_mb:
+            self.at_peak = {}
+            for pid, rss_mb in by_pid.items():
+                role = process_role(pid, self.root_pid)
+                self.at_peak[role] = self.at_peak.get(role, 0.0) + rss_mb
         self.peak_tree_mb = max(self.peak_tree_mb, total)
         self.timeline.append((time.time(), total))
+
+
+def process_role(pid: int, root_pid: int) -> str:
+    """What a process of the tree is, from its command line: the CLI, its code server, a run worker."""
+    if pid == root_pid:
+        return "CLI"
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "other"
+    if " api grpc" in command:
+        return "code server"
+    if "multiprocessing" in command or "execute_run" in command or "execute_step" in command:
+        return "run worker"
+    return "other"
 
 
 def run_measured(command: list[str], env: dict[str, str], cwd: Path) -> dict:
@@ -216,7 +238,8 @@ def run_measured(command: list[str], env: dict[str, str], cwd: Path) -> dict:
     if process.returncode:
         raise SystemExit(f"{' '.join(command[:4])} … failed ({process.returncode}):\n{output.decode()[-4000:]}")
     return {"wall_s": wall, "cpu_s": sum(sampler.cpu_by_pid.values()), "peak_rss_mb": sampler.peak_tree_mb,
-            "peak_process_rss_mb": sampler.peak_process_mb, "timeline": sampler.timeline}
+            "peak_process_rss_mb": sampler.peak_process_mb, "timeline": sampler.timeline,
+            "at_peak_mb": sampler.at_peak}
 
 
 def export_tree(ref: str, target: Path) -> Path:
@@ -350,6 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     for case in codes:
         steps = runs[case][len(runs[case]) // 2]["steps"]
         print(f"{case}, Dagster step timings: {steps}")
+        at_peak = runs[case][len(runs[case]) // 2].get("at_peak_mb", {})
+        print(f"{case}, at the tree's peak: " + ", ".join(f"{role} {mb:,.0f} MB" for role, mb in sorted(at_peak.items())))
     return 0
 
 
