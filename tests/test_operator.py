@@ -316,7 +316,8 @@ def test_only_submission_and_the_run_launchers_use_dagsters_private_api() -> Non
         if _private_dagster_imports(path)
     }
     # Run launchers (and the Celery worker built on one) are Dagster's extension point: private types by nature.
-    assert users == {"submission.py", "launchers.py", "celery_launcher.py", "worker.py"}
+    # So is an instance storage: `pg_storage` pools the PostgreSQL storages' private engines.
+    assert users == {"submission.py", "launchers.py", "celery_launcher.py", "worker.py", "pg_storage.py"}
 
 
 def test_the_cli_loads_dagster_only_when_a_command_needs_it() -> None:
@@ -324,20 +325,6 @@ def test_the_cli_loads_dagster_only_when_a_command_needs_it() -> None:
     done = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, check=True, timeout=60)
     assert done.stdout.strip() == "[]"
-
-
-def test_the_run_queue_passes_every_half_second(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The project's coordinator takes a fractional dequeue interval, and the daemon's run queue loop uses it.
-    from dagster._daemon.controller import create_daemon_of_type
-
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
-    instance = DagsterInstance.from_config(str(tmp_path))
-    try:
-        assert instance.run_coordinator.dequeue_interval_seconds == 0.5
-        assert create_daemon_of_type("QUEUED_RUN_COORDINATOR", instance).interval_seconds == 0.5
-    finally:
-        instance.dispose()
 
 
 def test_the_installed_instance_settings_are_the_projects() -> None:

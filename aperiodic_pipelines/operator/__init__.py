@@ -15,7 +15,8 @@
   (deploy/celery, docs/deploy.md). Run launchers are Dagster's extension point: they use its private launcher
   types as `submission` does.
 - `pg_storage`: `PooledPostgresStorage`, Dagster's PostgreSQL storage with a connection pool in every process
-  (the PostgreSQL instance files' `storage: custom:`).
+  (the PostgreSQL instance files' `storage: custom:`). An instance storage is an extension point too: it swaps
+  the storages' private engines.
 
 Nothing here is imported by the definitions except the coordinator, the launcher and the storage (through
 `dagster.yaml`).

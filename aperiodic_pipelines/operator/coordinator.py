@@ -8,9 +8,9 @@ and every process that submits runs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from dagster import Field, QueuedRunCoordinator, SubmitRunContext
+from dagster import QueuedRunCoordinator, SubmitRunContext
 
 from aperiodic_pipelines.defs.policies import EXCHANGE_TAG
 from aperiodic_pipelines.domain.exchanges import EXCHANGES_BY_NAME, exchange_of_slug
@@ -32,28 +32,7 @@ def exchange_of_run(run: DagsterRun) -> str | None:
 
 
 class ExchangeTaggingRunCoordinator(QueuedRunCoordinator):
-    """The queued run coordinator, adding `aperiodic/exchange` to every run of one exchange's graph first.
-
-    Its `dequeue_interval_seconds` also takes fractions (Dagster's takes whole seconds): the daemon's run queue
-    passes every that many seconds, at most every ~0.5 s (its loop sleeps in 0.5 s steps). Runs take seconds,
-    so the time a freed slot waits for the next pass (half the interval, on average) is a share of every run.
-    """
-
-    def __init__(self, *args: Any, dequeue_interval_seconds: float | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._dequeue_every_s = 5.0 if dequeue_interval_seconds is None else float(dequeue_interval_seconds)
-
-    @property
-    def dequeue_interval_seconds(self) -> float:  # type: ignore[override]  # the daemon takes any number
-        return self._dequeue_every_s
-
-    @classmethod
-    def config_type(cls) -> dict:
-        config = dict(super().config_type())
-        config["dequeue_interval_seconds"] = Field(
-            float, is_required=False, description="Seconds between the daemon's passes over the run queue (>= 0.5)."
-        )
-        return config
+    """The queued run coordinator, adding `aperiodic/exchange` to every run of one exchange's graph first."""
 
     def submit_run(self, context: SubmitRunContext) -> DagsterRun:
         run = context.dagster_run
