@@ -37,7 +37,6 @@ class MonthBarChecks:
     """
 
     def __init__(self, month: str) -> None:
-
         self.month = month
         self._validator = MonthBarsValidator(month=month)
         self._rows: dict[str, int] = {}
