@@ -178,6 +178,26 @@ def test_default_dagster_home_is_created_with_the_project_config(
     instance.dispose()
 
 
+def test_a_set_dagster_home_without_config_gets_the_project_config(tmp_path: Path) -> None:
+    """An existing, empty DAGSTER_HOME is seeded like the default one, so Dagster neither warns on every command
+    nor runs on its bare defaults; the CLI says what it wrote."""
+    import subprocess
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    listed = subprocess.run([sys.executable, "-m", "aperiodic_pipelines.cli", "instruments", "list"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert (home / "dagster.yaml").read_text() == (REPO_ROOT / "dagster.yaml").read_text()
+    output = listed.stdout + listed.stderr
+    assert "No dagster instance configuration file" not in output
+    assert f"DAGSTER_HOME {home} had no dagster.yaml; wrote {REPO_ROOT / 'dagster.yaml'}" in listed.stderr
+    again = subprocess.run([sys.executable, "-m", "aperiodic_pipelines.cli", "instruments", "list"], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "had no dagster.yaml" not in again.stderr  # an existing config is kept
+
+
 # --- materialize: one run per month, in order, stopping at the first failure ------------------------------------
 
 

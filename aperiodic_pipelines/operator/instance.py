@@ -53,26 +53,36 @@ def packaged_text(name: str) -> str:
 
 
 def ensure_dagster_home(warn: Say = quiet) -> Path:
-    """DAGSTER_HOME, or `./.dagster_home` (created, with the project's dagster.yaml) when it is unset."""
+    """DAGSTER_HOME, or `./.dagster_home` when it is unset; either gets the project's dagster.yaml if it has none.
+
+    A home without dagster.yaml would run on Dagster's bare defaults (no run queue limits, no run monitoring),
+    and Dagster says so on every command; seeding it gives it the settings the project is tested with.
+    """
     configured = os.environ.get("DAGSTER_HOME")
-    if configured:
-        home = Path(configured).expanduser().resolve()
-        home.mkdir(parents=True, exist_ok=True)
-        os.environ["DAGSTER_HOME"] = str(home)  # Dagster insists on an absolute path
-        return home
-    home = Path(DEFAULT_DAGSTER_HOME).resolve()
+    home = Path(configured or DEFAULT_DAGSTER_HOME).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
-    target, note = home / "dagster.yaml", ""
-    if not target.exists():
-        source = project_file("dagster.yaml")
-        text = source.read_text() if source is not None else packaged_text("dagster.yaml")
-        partial = target.with_name(f".{target.name}.partial")
-        partial.write_text(text)
-        os.replace(partial, target)  # a concurrent reader sees no file or the whole file
-        note = f", with {source or 'the dagster.yaml installed with the package'}"
-    os.environ["DAGSTER_HOME"] = str(home)
+    os.environ["DAGSTER_HOME"] = str(home)  # Dagster insists on an absolute path
+    seeded = _seed_dagster_yaml(home)
+    note = f", with {seeded}" if seeded else ""
+    if configured:
+        if seeded:
+            warn(f"DAGSTER_HOME {home} had no dagster.yaml; wrote {seeded}")
+        return home
     warn(f"DAGSTER_HOME is not set; using {home}{note}. See these runs in the UI with: {ui_command(home)}")
     return home
+
+
+def _seed_dagster_yaml(home: Path) -> str:
+    """Write the project's dagster.yaml into `home` unless it has one; returns where it came from ('' if kept)."""
+    target = home / "dagster.yaml"
+    if target.exists():
+        return ""
+    source = project_file("dagster.yaml")
+    text = source.read_text() if source is not None else packaged_text("dagster.yaml")
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, target)  # a concurrent reader sees no file or the whole file
+    return str(source) if source is not None else "the dagster.yaml installed with the package"
 
 
 def ui_command(home: Path) -> str:
