@@ -200,3 +200,45 @@ def test_month_checks_in_slices(stats) -> None:
     assert tampered["schema_and_invariants"][0] is False and tampered["dense_grid"] == (True, "")
     tampered_gap = verdicts([bad_bar, slices[1].slice(5), slices[2]])
     assert tampered_gap["dense_grid"] == gap["dense_grid"]
+
+
+def test_month_checks_split_across_threads_give_one_ordered_verdict(stats) -> None:
+    """The step checks the 1s table and the coarser ones in separate `MonthBarChecks` (two threads): joined by
+    `results`, they give the verdicts and metadata of one set fed in interval order, and a check failed in both
+    reports the finer interval's failure, whichever thread finished first."""
+    coarser = bars_from_second_stats(stats, intervals=INTERVALS[1:])
+    slices = list(second_bar_slices(stats, 1_000_000))
+
+    def checked(seconds: list[pl.DataFrame], tables: dict[str, pl.DataFrame]) -> tuple[MonthBarChecks, ...]:
+        second_checks, coarser_checks = MonthBarChecks(MONTH), MonthBarChecks(MONTH)
+        for interval, frame in tables.items():  # the coarser set first: the order a thread may finish in
+            coarser_checks.add(interval, frame)
+        for part in seconds:
+            second_checks.add("1s", part)
+        return second_checks, coarser_checks
+
+    def summary(results) -> dict[str, tuple[bool, dict]]:
+        return {r.check_name: (r.passed, {k: getattr(v, "value", getattr(v, "text", v)) for k, v in r.metadata.items()})
+                for r in results}
+
+    together = MonthBarChecks(MONTH)
+    for part in slices:
+        together.add("1s", part)
+    for interval, frame in coarser.items():
+        together.add(interval, frame)
+    second_checks, coarser_checks = checked(slices, coarser)
+    joined = summary(second_checks.results(AssetKey("x"), coarser_checks))
+    assert joined == summary(together.results(AssetKey("x")))
+    assert all(passed for passed, _ in joined.values())
+    assert joined["schema_and_invariants"][1]["intervals"] == ",".join(INTERVALS)
+    assert joined["nonempty_month"][1]["trades"] == sum(
+        part.select(pl.col("taker_buy_count").sum() + pl.col("taker_sell_count").sum()).item() for part in slices)
+
+    short_1m = {**coarser, "1m": coarser["1m"].slice(0, 100)}
+    second_checks, coarser_checks = checked(slices[:2], short_1m)  # both fail dense_grid
+    failed = summary(second_checks.results(AssetKey("x"), coarser_checks))
+    assert failed["dense_grid"][0] is False
+    assert failed["dense_grid"][1]["failed_rule"] == f"1s: 2000000 rows, expected {29 * 86_400} for {MONTH}"
+    second_checks, coarser_checks = checked(slices, short_1m)  # only the coarser set fails
+    only_coarser = summary(second_checks.results(AssetKey("x"), coarser_checks))
+    assert only_coarser["dense_grid"][1]["failed_rule"].startswith("1m: 100 rows, expected")

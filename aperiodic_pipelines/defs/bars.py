@@ -145,23 +145,32 @@ def stage_flow_bars(
     # The coarser intervals roll up from the per-second statistics and are small; the 1s table (a busy month:
     # ~0.8 GB) is derived, checked and written one row group at a time, never whole.
     coarser = bars_from_second_stats(stats, intervals=INTERVALS[1:])
-    checks = MonthBarChecks(month)
+    second_checks, coarser_checks = MonthBarChecks(month), MonthBarChecks(month)
 
-    def check_and_write(interval: str, frame: pl.DataFrame, tmp: str) -> StagedFile:
-        checks.add(interval, frame)
-        path = Path(tmp) / f"{interval}.parquet"
-        return StagedFile(interval, path, write_parquet_row_groups([frame], path, metadata=metadata(interval,
-                                                                                                  frame.height)))
+    def check_and_write_coarser(tmp: str) -> tuple[list[StagedFile], list[AssetCheckResult]]:
+        files = []
+        for interval, frame in coarser.items():
+            coarser_checks.add(interval, frame)
+            path = Path(tmp) / f"{interval}.parquet"
+            # A month of bars at 1m or coarser (≤ 44,640 rows) is one row group.
+            files.append(StagedFile(interval, path, write_parquet_row_groups(
+                [frame], path, metadata=metadata(interval, frame.height))))
+        return files, _extra_results(key, extra_checks, coarser, bars_input)
 
     # More than 32 sources: the footers name a lineage sidecar instead of listing them (spec §4); it goes first.
     publish_sources_lineage(store, sources_used)
-    with tempfile.TemporaryDirectory(prefix="aperiodic-bars-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="aperiodic-bars-") as tmp, \
+            ThreadPoolExecutor(1, thread_name_prefix="coarser-bars") as beside:
+        # The coarser tables are checked and written beside the 1s table (polars and pyarrow release the GIL):
+        # a quiet month's step is mostly its 1s grid, and this is a fifth of the rest.
+        coarser_work = beside.submit(check_and_write_coarser, tmp)
         path = Path(tmp) / "1s.parquet"
-        files = [StagedFile("1s", path, _write_second_bars(stats, path, checks, lambda rows: metadata("1s", rows)))]
+        files = [StagedFile("1s", path, _write_second_bars(stats, path, second_checks,
+                                                           lambda rows: metadata("1s", rows)))]
         del stats  # a busy month's per-second table (~0.4 GB): the coarser tables are already derived
-        # A month of bars at 1m or coarser (≤ 44,640 rows) is one row group.
-        files += [check_and_write(interval, frame, tmp) for interval, frame in coarser.items()]
-        check_results = checks.results(key) + _extra_results(key, extra_checks, coarser, bars_input)
+        coarser_files, extra_results = coarser_work.result()
+        files += coarser_files
+        check_results = second_checks.results(key, coarser_checks) + extra_results
         passed = all(r.passed for r in check_results if r.severity == AssetCheckSeverity.ERROR)
         stage_variant(
             store, exchange=exchange, symbol=bars_input.symbol, native_symbol=native, month=month,

@@ -15,7 +15,7 @@ import polars as pl
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetCheckSpec, AssetKey, PartitionsDefinition
 
 from aperiodic_pipelines.domain.errors import InvalidBarsError
-from aperiodic_pipelines.flow import FLOW_COLUMNS, INTERVAL_SECONDS, bars_in_month, month_bounds_us
+from aperiodic_pipelines.flow import FLOW_COLUMNS, INTERVAL_SECONDS, INTERVALS, bars_in_month, month_bounds_us
 from aperiodic_pipelines.flow.schema import MonthBarsValidator, TimeFacts, time_facts
 
 FAILED_RULE = "failed_rule"  # metadata key the alert sensor quotes
@@ -29,8 +29,9 @@ class CheckOutcome:
 
 
 class MonthBarChecks:
-    """The blocking checks of one variant's month, fed its tables slice by slice (`add`), in `INTERVALS` order:
-    a busy month's 1s table (~0.8 GB) is checked and written a row group at a time, never whole.
+    """The blocking checks of one variant's month, fed its tables slice by slice (`add`), finest interval first:
+    a busy month's 1s table (~0.8 GB) is checked and written a row group at a time, never whole. Intervals
+    checked in another thread go to their own `MonthBarChecks`, joined by `results`.
 
     Each check keeps its first failure; the month-wide rules (row counts, the trade count) are settled by
     `results`. A check that crashes is a failed check, reported with its cause.
@@ -54,21 +55,32 @@ class MonthBarChecks:
         self._run("nonempty_month", lambda: self._count_trades(interval, part))
         self._rows[interval] = self._rows.get(interval, 0) + part.height
 
-    def results(self, asset_key: AssetKey) -> list[AssetCheckResult]:
-        """One result per check of `BAR_CHECKS`, once every slice was added; failed ones carry `failed_rule`."""
-        self._run("schema_and_invariants", self._validator.finish)
-        self._run("dense_grid", self._grid_covers_month)
-        coarsest = list(self._rows)[-1] if self._rows else None
-        trades = self._trades.get(coarsest, 0) if coarsest else 0
-        if not trades:
-            self._run("nonempty_month", lambda: f"no trades in {self.month}: the source month is empty or truncated")
+    def results(self, asset_key: AssetKey, *others: MonthBarChecks) -> list[AssetCheckResult]:
+        """One result per check of `BAR_CHECKS`, once every slice was added; failed ones carry `failed_rule`.
+
+        `others` hold the month's other intervals, checked apart (the coarser tables, in a thread beside the
+        1s table): a check passes when it passed everywhere, and reports the failure of the first in argument
+        order, so the verdict does not depend on which thread finished first.
+        """
+        parts = (self, *others)
+        for part in parts:
+            part._run("schema_and_invariants", part._validator.finish)
+            part._run("dense_grid", part._grid_covers_month)
+        rows = {interval: part._rows[interval] for interval in INTERVALS for part in parts if interval in part._rows}
+        coarsest = next((part for part in reversed(parts) if part._rows), None)
+        trades = coarsest._trades.get(list(coarsest._rows)[-1], 0) if coarsest else 0
+        failed: dict[str, str] = {}
+        for part in parts:
+            failed = {**part._failed, **failed}
+        if not trades and "nonempty_month" not in failed:
+            failed["nonempty_month"] = f"no trades in {self.month}: the source month is empty or truncated"
         details: dict[str, Mapping[str, str | int]] = {
-            "schema_and_invariants": {"intervals": ",".join(self._rows)},
-            "dense_grid": dict(self._rows),
+            "schema_and_invariants": {"intervals": ",".join(rows)},
+            "dense_grid": rows,
             "nonempty_month": {"trades": trades},
         }
-        outcomes = {name: CheckOutcome(name not in self._failed, self._failed.get(name, ""),
-                                       None if name in self._failed else details[name]) for name in BAR_CHECKS}
+        outcomes = {name: CheckOutcome(name not in failed, failed.get(name, ""),
+                                       None if name in failed else details[name]) for name in BAR_CHECKS}
         return [_check_result(asset_key, name, outcome) for name, outcome in outcomes.items()]
 
     def _run(self, name: str, check: Callable[[], str | None]) -> None:
