@@ -242,3 +242,42 @@ def test_month_checks_split_across_threads_give_one_ordered_verdict(stats) -> No
     second_checks, coarser_checks = checked(slices, short_1m)  # only the coarser set fails
     only_coarser = summary(second_checks.results(AssetKey("x"), coarser_checks))
     assert only_coarser["dense_grid"][1]["failed_rule"].startswith("1m: 100 rows, expected")
+
+
+def _bits(frame: pl.DataFrame) -> pl.DataFrame:
+    """Floats as their bit patterns, so equality is bit for bit (−0.0 ≠ 0.0, NaN = NaN)."""
+    return frame.with_columns(pl.col(pl.Float64).reinterpret(signed=True))
+
+
+def test_roll_ups_in_pieces_are_one_group_by_bit_for_bit(stats, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_roll_up` sums a busy month in pieces cut where a coarser bar starts (bounded temporaries): with pieces
+    far smaller than the month, and cuts that land inside bars of every width, every interval's bars are those
+    of one group-by over the whole table, bit for bit."""
+    whole = {interval: _bits(frame) for interval, frame in bars_from_second_stats(stats).items()}
+    seconds = stats.frame.rename({"second": "bar"})
+    for piece_rows in (997, 4_096):
+        monkeypatch.setattr(bars_module, "ROLL_UP_PIECE_ROWS", piece_rows)
+        assert seconds.height > 10 * piece_rows  # many pieces
+        for width in (60, 300, 3_600):
+            pieces = bars_module._roll_up(seconds, width)
+            assert pieces.equals(bars_module._roll_up_piece(seconds, width))
+            assert _bits(pieces).equals(_bits(bars_module._roll_up_piece(seconds, width)))
+        in_pieces = {interval: _bits(frame) for interval, frame in bars_from_second_stats(stats).items()}
+        for interval in INTERVALS:
+            assert in_pieces[interval].equals(whole[interval]), interval
+
+
+def test_slices_reading_their_seconds_from_the_file_are_the_whole_table(stats, whole_1s, tmp_path: Path) -> None:
+    """A busy month's 1s slices read their own seconds from the statistics' file (`seconds_between`) rather than
+    holding them all: the same bars, bit for bit, with the month's lead-in read the same way."""
+    from dataclasses import replace
+
+    from aperiodic_pipelines.defs.bars import _seconds_reader
+
+    path = tmp_path / "seconds.parquet"
+    write_parquet_deterministic(stats.frame, path, metadata={"a": "b"})
+    for rows in (1_000_000, 777_777):
+        read = list(second_bar_slices(replace(stats, frame=stats.frame.clear()), rows,
+                                      seconds_between=_seconds_reader(path)))
+        assert [part.height for part in read] == [part.height for part in second_bar_slices(stats, rows)]
+        assert _bits(pl.concat(read)).equals(_bits(whole_1s))

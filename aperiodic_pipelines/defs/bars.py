@@ -11,7 +11,7 @@ publishes them.
 # No `from __future__ import annotations` here: Dagster inspects the `context` annotation at runtime.
 import json
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,7 +39,7 @@ from aperiodic_pipelines.defs.metadata import (
     rows_by_interval,
 )
 from aperiodic_pipelines.defs.partitions import PartitionedExchange, split_partition_key
-from aperiodic_pipelines.defs.raw import local_copy
+from aperiodic_pipelines.defs.raw import pin_object
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.flow import (
     FLOW_COLUMNS,
@@ -107,15 +107,23 @@ def _extra_results(key: AssetKey, checks: Sequence[BarCheck], bars, bars_input: 
     return results
 
 
-def _load_second_stats(store: ObjectStore, key: str) -> tuple[SecondStats, dict[str, str]]:
-    with local_copy(store, key) as path:
-        kv = read_parquet_metadata(path)
-        frame = pl.read_parquet(path)
+def _read_second_stats(path: Path) -> tuple[SecondStats, dict[str, str]]:
+    kv = read_parquet_metadata(path)
     stats = SecondStats(
-        frame=frame, month=kv["aperiodic.month"], timestamp=kv["aperiodic.timestamp"],
+        frame=pl.read_parquet(path), month=kv["aperiodic.month"], timestamp=kv["aperiodic.timestamp"],
         has_previous=kv["aperiodic.has_previous"] == "true",
     )
     return stats, kv
+
+
+def _seconds_reader(path: Path) -> Callable[[int, int], pl.DataFrame]:
+    """The per-second statistics of [start, end) s from their file: the row groups holding them are read, a
+    morsel at a time, and only the rows in range kept (the file is sorted by `second`)."""
+    def seconds_between(start: int, end: int) -> pl.DataFrame:
+        return (pl.scan_parquet(path).filter(pl.col("second").is_between(start, end - 1))
+                .collect(engine="streaming"))
+
+    return seconds_between
 
 
 def stage_flow_bars(
@@ -130,44 +138,53 @@ def stage_flow_bars(
     if not store.exists(seconds):
         hint = " (the month has no arrival times: see second_stats' true_variant)" if timestamp == "true" else ""
         raise MissingInputError(f"{store.uri(seconds)} missing: materialize second_stats first{hint}")
-    stats, kv = _load_second_stats(store, seconds)
-    bars_input = replace(bars_input, dataset=kv.get("aperiodic.dataset", ""))
-    sources_used = json.loads(kv.get("aperiodic.sources", "[]"))
-    missing_days = json.loads(kv.get("aperiodic.missing_days", "[]"))
-
-    def metadata(interval: str, rows: int) -> dict[str, str]:
-        return bars_metadata(
-            exchange=exchange, symbol=bars_input.symbol, native_symbol=native, interval=interval,
-            timestamp=timestamp, month=month, row_count=rows, sources=sources_used, missing_days=missing_days,
-            code_version=policies.CODE_VERSION, schema_version=SCHEMA_VERSION,
-        )
-
-    # The coarser intervals roll up from the per-second statistics and are small; the 1s table (a busy month:
-    # ~0.8 GB) is derived, checked and written one row group at a time, never whole.
-    coarser = bars_from_second_stats(stats, intervals=INTERVALS[1:])
-    second_checks, coarser_checks = MonthBarChecks(month), MonthBarChecks(month)
-
-    def check_and_write_coarser(tmp: str) -> tuple[list[StagedFile], list[AssetCheckResult]]:
-        files = []
-        for interval, frame in coarser.items():
-            coarser_checks.add(interval, frame)
-            path = Path(tmp) / f"{interval}.parquet"
-            # A month of bars at 1m or coarser (≤ 44,640 rows) is one row group.
-            files.append(StagedFile(interval, path, write_parquet_row_groups(
-                [frame], path, metadata=metadata(interval, frame.height))))
-        return files, _extra_results(key, extra_checks, coarser, bars_input)
-
-    # More than 32 sources: the footers name a lineage sidecar instead of listing them (spec §4); it goes first.
-    publish_sources_lineage(store, sources_used)
     with tempfile.TemporaryDirectory(prefix="aperiodic-bars-") as tmp, \
             ThreadPoolExecutor(1, thread_name_prefix="coarser-bars") as beside:
+        # Pinned: a republication of the statistics during the step cannot change what its several reads see.
+        stats_file = pin_object(store, seconds, Path(tmp) / "seconds.parquet")
+        stats, kv = _read_second_stats(stats_file)
+        bars_input = replace(bars_input, dataset=kv.get("aperiodic.dataset", ""))
+        sources_used = json.loads(kv.get("aperiodic.sources", "[]"))
+        missing_days = json.loads(kv.get("aperiodic.missing_days", "[]"))
+
+        def metadata(interval: str, rows: int) -> dict[str, str]:
+            return bars_metadata(
+                exchange=exchange, symbol=bars_input.symbol, native_symbol=native, interval=interval,
+                timestamp=timestamp, month=month, row_count=rows, sources=sources_used, missing_days=missing_days,
+                code_version=policies.CODE_VERSION, schema_version=SCHEMA_VERSION,
+            )
+
+        # The coarser intervals roll up from the per-second statistics and are small; the 1s table (a busy
+        # month: ~0.8 GB) is derived, checked and written one row group at a time, never whole.
+        coarser = bars_from_second_stats(stats, intervals=INTERVALS[1:])
+        second_checks, coarser_checks = MonthBarChecks(month), MonthBarChecks(month)
+
+        def check_and_write_coarser() -> tuple[list[StagedFile], list[AssetCheckResult]]:
+            files = []
+            for interval, frame in coarser.items():
+                coarser_checks.add(interval, frame)
+                path = Path(tmp) / f"{interval}.parquet"
+                # A month of bars at 1m or coarser (≤ 44,640 rows) is one row group.
+                files.append(StagedFile(interval, path, write_parquet_row_groups(
+                    [frame], path, metadata=metadata(interval, frame.height))))
+            return files, _extra_results(key, extra_checks, coarser, bars_input)
+
+        # More than 32 sources: the footers name a lineage sidecar instead of listing them (spec §4); it goes
+        # first.
+        publish_sources_lineage(store, sources_used)
         # The coarser tables are checked and written beside the 1s table (polars and pyarrow release the GIL):
         # a quiet month's step is mostly its 1s grid, and this is a fifth of the rest.
-        coarser_work = beside.submit(check_and_write_coarser, tmp)
+        coarser_work = beside.submit(check_and_write_coarser)
         path = Path(tmp) / "1s.parquet"
-        files = [StagedFile("1s", path, _write_second_bars(stats, path, second_checks,
-                                                           lambda rows: metadata("1s", rows)))]
-        del stats  # a busy month's per-second table (~0.4 GB): the coarser tables are already derived
+        # A quiet month's statistics are smaller than one slice of bars: its next slice is derived while the
+        # current one is written. A busy month's (~0.4 GB) are not held beside its slices: each reads its own
+        # seconds from the statistics' file.
+        quiet = stats.frame.estimated_size() < ROW_GROUP_SIZE * len(FLOW_COLUMNS) * 8
+        slices = (second_bar_slices(stats, ROW_GROUP_SIZE) if quiet else second_bar_slices(
+            replace(stats, frame=stats.frame.clear()), ROW_GROUP_SIZE, seconds_between=_seconds_reader(stats_file)))
+        del stats
+        files = [StagedFile("1s", path, _write_second_bars(slices, path, second_checks,
+                                                           lambda rows: metadata("1s", rows), overlap=quiet))]
         coarser_files, extra_results = coarser_work.result()
         files += coarser_files
         check_results = second_checks.results(key, coarser_checks) + extra_results
@@ -193,19 +210,18 @@ def stage_flow_bars(
 
 
 def _write_second_bars(
-    stats: SecondStats, path: Path, checks: MonthBarChecks, metadata: Callable[[int], Mapping[str, str]]
+    slices: Iterable[pl.DataFrame], path: Path, checks: MonthBarChecks, metadata: Callable[[int], Mapping[str, str]],
+    *, overlap: bool,
 ) -> int:
-    """Derive, check and write the month's 1s bars a row group at a time; returns the row count.
+    """Check and write the month's 1s bars a row group at a time as `slices` derives them; returns the rows.
 
-    When the per-second statistics are smaller than one slice of bars (a quiet month: the slices of its
-    mostly empty grid are most of the work), the next slice is derived and checked while a thread writes
-    the current one (pyarrow releases the GIL): two slices in memory, still less than a busy month's
-    statistics and one slice. A busy month holds one slice at a time.
+    With `overlap` (a quiet month: the slices of its mostly empty grid are most of the work), the next slice is
+    derived and checked while a thread writes the current one (pyarrow releases the GIL): two slices in memory,
+    still less than a busy month's statistics and one slice. Otherwise one slice at a time.
     """
-    overlap = stats.frame.estimated_size() < ROW_GROUP_SIZE * len(FLOW_COLUMNS) * 8
     with RowGroupWriter(path) as writer, ThreadPoolExecutor(1, thread_name_prefix="bars-writer") as pool:
         writing: Future[None] | None = None
-        for part in second_bar_slices(stats, ROW_GROUP_SIZE):
+        for part in slices:
             checks.add("1s", part)
             if writing is not None:
                 writing.result()

@@ -56,9 +56,9 @@ from dagster import (
     schedule,
 )
 
-from aperiodic_pipelines.atomic import atomic_link
 from aperiodic_pipelines.defs import policies
 from aperiodic_pipelines.defs.partitions import PartitionedExchange, instrument_first_month
+from aperiodic_pipelines.defs.raw import pin_object
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.domain.intervals import INTERVALS
 from aperiodic_pipelines.domain.months import (
@@ -69,7 +69,7 @@ from aperiodic_pipelines.domain.months import (
     previous_month,
 )
 from aperiodic_pipelines.domain.settings import DailySettings
-from aperiodic_pipelines.storage import LocalStore, ObjectStore, raw_key
+from aperiodic_pipelines.storage import ObjectStore, raw_key
 
 if TYPE_CHECKING:
     from aperiodic_pipelines.flow import FlowCarry
@@ -270,9 +270,7 @@ def previous_month_from(
         key = raw_key(exchange, native, before)
         pinned = workdir / f"raw-{before}.parquet"
         if store.exists(key):
-            if not (isinstance(store, LocalStore) and atomic_link(store.path(key), pinned)):
-                store.download(key, pinned)
-            return pl.scan_parquet(pinned)
+            return pl.scan_parquet(pin_object(store, key, pinned))
         from aperiodic_pipelines.sources import fetch_month
 
         kwargs: dict[str, Any] = {}

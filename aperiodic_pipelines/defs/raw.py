@@ -28,6 +28,7 @@ from dagster import (
     asset,
 )
 
+from aperiodic_pipelines.atomic import atomic_link
 from aperiodic_pipelines.defs import policies
 from aperiodic_pipelines.defs.checks import FAILED_RULE
 from aperiodic_pipelines.defs.metadata import RAW_TABLE_SCHEMA, lineage_metadata, missing_days_metadata
@@ -64,6 +65,14 @@ def local_copy(store: ObjectStore, key: str) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="aperiodic-") as tmp:
         yield store.download(key, Path(tmp) / Path(key).name)
+
+
+def pin_object(store: ObjectStore, key: str, target: Path) -> Path:
+    """A private copy of the object at `target` for a step's several reads: a hard link where the store is local
+    (no bytes copied; a republication replaces the store's file, never the linked one), else a download."""
+    if not (isinstance(store, LocalStore) and atomic_link(store.path(key), target)):
+        store.download(key, target)
+    return target
 
 
 def fetch_source_month(

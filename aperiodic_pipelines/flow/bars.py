@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import polars as pl
@@ -36,6 +36,8 @@ SLICE_ROWS = 1 << 18
 # add work.
 DENSE_FROM = 0.5
 GRID_SLICE_BARS = 1 << 20
+# Finer bars summed into coarser ones by one group-by (`_roll_up`).
+ROLL_UP_PIECE_ROWS = 1 << 18
 
 
 # The inputs of the toxicity score of consecutive bars of one interval, oldest first: each bar's signed flow
@@ -62,20 +64,35 @@ def bars_from_second_stats(
     return {interval: out[interval] for interval in INTERVALS if interval in wanted}
 
 
-def second_bar_slices(stats: SecondStats, rows: int) -> Iterator[pl.DataFrame]:
+def second_bar_slices(
+    stats: SecondStats, rows: int, *, seconds_between: Callable[[int, int], pl.DataFrame] | None = None
+) -> Iterator[pl.DataFrame]:
     """The month's dense 1s bars, `rows` bars at a time (the last slice holds the rest), oldest first.
 
     Together they are `bars_from_second_stats(stats, intervals=["1s"])["1s"]`, row for row and bit for bit,
     but only one slice is in memory at a time: each slice's scores see the window inputs of the 20 bars before
-    it, carried over from the slice before.
+    it, carried over from the slice before. With `seconds_between(start, end)`, the per-second statistics of
+    [start, end) s are read from it as each slice needs them (e.g. from the statistics' file, a row group at a
+    time) and `stats.frame` is not used: a busy month's (~0.4 GB) need not stay in memory beside its slices.
     """
     if rows < 1:
         raise ValueError(f"rows must be positive, got {rows}")
     month_start, month_end = _month_seconds(stats)
-    sparse = stats.frame.rename({"second": "bar"})
-    lead = _month_lead(stats, sparse, "1s")
+    if seconds_between is None:
+        whole = stats.frame.rename({"second": "bar"})
+
+        def seconds_between(start: int, end: int) -> pl.DataFrame:  # noqa: ARG001 - the rows outside are ignored
+            return whole
+    else:
+        read = seconds_between
+
+        def seconds_between(start: int, end: int) -> pl.DataFrame:
+            return read(start, end).rename({"second": "bar"})
+    lead_start = month_start - (TOXICITY_WINDOW if stats.has_previous else 0)
+    lead = window_inputs(seconds_between(lead_start, month_start), "1s", lead_start, month_start)
     for start in range(month_start, month_end, rows):
-        table, own = interval_bars(sparse, "1s", start, min(month_end, start + rows), lead)
+        end = min(month_end, start + rows)
+        table, own = interval_bars(seconds_between(start, end), "1s", start, end, lead)
         lead = _last_bars(lead, own)
         yield table
         del table  # not held while the next slice is derived
@@ -187,7 +204,27 @@ def _check_intervals(intervals: Iterable[str]) -> set[str]:
 
 
 def _roll_up(finer: pl.DataFrame, width: int) -> pl.DataFrame:
-    """Sum the finer bars into bars of `width` seconds; the coarser bar's close is the finer bars' last price."""
+    """Sum the finer bars into bars of `width` seconds; the coarser bar's close is the finer bars' last price.
+
+    In pieces of about `ROLL_UP_PIECE_ROWS` finer bars, each cut where a coarser bar starts: polars' group-by
+    over a busy month's 2.7 M seconds holds ~0.5 GB of temporaries, over a piece a few MB. Every coarser bar
+    is summed within one piece, by the same kernel over the same values in the same order: bit for bit the
+    sums of one group-by over the whole table.
+    """
+    if finer.height <= ROLL_UP_PIECE_ROWS:
+        return _roll_up_piece(finer, width)
+    bars = finer.get_column("bar")
+    pieces, start = [], 0
+    while start < finer.height:
+        end = min(finer.height, start + ROLL_UP_PIECE_ROWS)
+        if end < finer.height:  # on to the first finer bar of the next coarser bar
+            end = int(bars.search_sorted(bars[end - 1] // width * width + width, side="left"))
+        pieces.append(_roll_up_piece(finer.slice(start, end - start), width))
+        start = end
+    return pl.concat(pieces, rechunk=True)
+
+
+def _roll_up_piece(finer: pl.DataFrame, width: int) -> pl.DataFrame:
     return (
         finer.with_columns((pl.col("bar") // width * width).alias("bar"))
         .set_sorted("bar")
