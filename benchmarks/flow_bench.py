@@ -30,7 +30,7 @@ CASES = {
     "o": "ours, the --base checkout (old code)",
 }
 US_PER_MINUTE = 60_000_000
-ROW_GROUP_ROWS = 1 << 20  # storage.parquet.ROW_GROUP_SIZE: the 1s slices the flow-bars step writes
+ROW_GROUP_ROWS = 1 << 18  # storage.parquet.ROW_GROUP_SIZE: the 1s slices the flow-bars step writes
 # Wall seconds of each phase of case d, filled by `case_ours` and reported with its run: where the time goes.
 PHASES: dict[str, float] = {}
 

@@ -20,7 +20,10 @@ if TYPE_CHECKING:  # pyarrow is imported where a file is written or read, not wh
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-ROW_GROUP_SIZE = 1 << 20  # fixed, so row-group boundaries never depend on how the frame was chunked
+# Fixed, so row-group boundaries never depend on how the frame was chunked. A busy month's 1s table is derived,
+# checked and written a row group at a time: this size bounds that step's memory (at 50 M trades, 2^20 rows held
+# ~0.2 GB more, for files 0.1% smaller).
+ROW_GROUP_SIZE = 1 << 18
 ZSTD_LEVEL = 3
 ARROW_SCHEMA_KEY = "ARROW:schema"  # pyarrow's own entry; not part of our metadata
 INLINE_SOURCES_MAX = 32  # spec §4: more source objects than this go to a lineage sidecar, not the footer
