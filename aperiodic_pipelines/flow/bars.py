@@ -78,21 +78,15 @@ def second_bar_slices(
     if rows < 1:
         raise ValueError(f"rows must be positive, got {rows}")
     month_start, month_end = _month_seconds(stats)
-    if seconds_between is None:
-        whole = stats.frame.rename({"second": "bar"})
+    whole = None if seconds_between else stats.frame.rename({"second": "bar"})
 
-        def seconds_between(start: int, end: int) -> pl.DataFrame:  # noqa: ARG001 - the rows outside are ignored
-            return whole
-    else:
-        read = seconds_between
+    def seconds(start: int, end: int) -> pl.DataFrame:  # rows outside [start, end) are ignored by the callers
+        return whole if whole is not None else seconds_between(start, end).rename({"second": "bar"})
 
-        def seconds_between(start: int, end: int) -> pl.DataFrame:
-            return read(start, end).rename({"second": "bar"})
-    lead_start = month_start - (TOXICITY_WINDOW if stats.has_previous else 0)
-    lead = window_inputs(seconds_between(lead_start, month_start), "1s", lead_start, month_start)
+    lead = _month_lead(stats, seconds(month_start - TOXICITY_WINDOW, month_start), "1s")
     for start in range(month_start, month_end, rows):
         end = min(month_end, start + rows)
-        table, own = interval_bars(seconds_between(start, end), "1s", start, end, lead)
+        table, own = interval_bars(seconds(start, end), "1s", start, end, lead)
         lead = _last_bars(lead, own)
         yield table
         del table  # not held while the next slice is derived
