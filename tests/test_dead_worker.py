@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dagster._core.launcher import WorkerStatus
 
 from aperiodic_pipelines.operator.launchers import (
     HealthCheckedDefaultRunLauncher,
@@ -114,6 +115,38 @@ def test_which_workers_are_judged_by_their_pid(tmp_path: Path) -> None:
         assert status(seen) == WorkerStatus.FAILED
 
 
+def test_a_dead_worker_fails_its_run_status_before_its_failure_event(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dagster's retry daemon drops a RUN_FAILURE whose run it reads as still STARTED; the launcher's failure is
+    never readable that way."""
+    from dagster import DagsterInstance, DagsterRunStatus
+    from dagster._core.events import EngineEventData
+    from dagster._core.storage.tags import GRPC_INFO_TAG
+    from dagster._core.test_utils import create_run_for_test
+
+    with DagsterInstance.ephemeral(tempdir=str(tmp_path)) as instance:
+        launcher = HealthCheckedDefaultRunLauncher()
+        launcher.register_instance(instance)
+        run = create_run_for_test(instance, job_name="j", status=DagsterRunStatus.STARTED,
+                                  tags={GRPC_INFO_TAG: '{"host": "localhost", "socket": "/tmp/code-server.sock"}'})
+        pid = _dead_pid()
+        instance.report_engine_event(f"Started process for run (pid: {pid}).", run, EngineEventData.in_process(pid))
+
+        status_when_stored: list[DagsterRunStatus] = []
+        store_event = instance.event_log_storage.store_event
+
+        def recording_store_event(event) -> None:
+            if event.is_dagster_event and event.get_dagster_event().is_run_failure:
+                status_when_stored.append(instance.get_run_by_id(event.run_id).status)
+            store_event(event)
+
+        monkeypatch.setattr(instance.event_log_storage, "store_event", recording_store_event)
+        verdict = launcher.check_run_worker_health(run)
+        assert verdict.status == WorkerStatus.FAILED and f"run worker process {pid} is gone" in verdict.msg
+        assert status_when_stored == [DagsterRunStatus.FAILURE], "one failure event, stored after the status"
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+
+
 # --- the daemon, the queue and the retry --------------------------------------------------------------------------
 
 
@@ -159,15 +192,28 @@ class CodeServer:
                 self.process.wait(timeout=10)
 
 
-def _wait(predicate: Callable[[], object], timeout_s: float, what: str, daemon: subprocess.Popen, log: Path) -> object:
+def _location_updates(log: Path) -> int:
+    """How many times the daemon's workspace watcher has reloaded the code location after a (re)start."""
+    return log.read_text(errors="replace").count("LOCATION_UPDATED event for location blocking")
+
+
+def _daemon_log_tail(log: Path, lines: int = 40) -> str:
+    """The daemon's last lines without the queue's once-a-second "won't launch more", which would hide the rest."""
+    kept = [line for line in log.read_text(errors="replace").splitlines() if "won't launch more" not in line]
+    return "\n".join(kept[-lines:])
+
+
+def _wait(predicate: Callable[[], object], timeout_s: float, what: str, daemon: subprocess.Popen, log: Path,
+          explain: Callable[[], str] = lambda: "") -> object:
     deadline = time.monotonic() + timeout_s
     while True:
-        assert daemon.poll() is None, f"the daemon exited while {what}: {log.read_text()[-3000:]}"
+        assert daemon.poll() is None, f"the daemon exited while {what}: {_daemon_log_tail(log)}"
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s {what}; daemon log tail:\n{log.read_text()[-3000:]}")
+            raise AssertionError(f"timed out after {timeout_s} s {what}; {explain()}\n"
+                                 f"daemon log tail:\n{_daemon_log_tail(log)}")
         time.sleep(0.5)
 
 
@@ -236,10 +282,20 @@ def test_a_run_whose_worker_died_is_failed_retried_and_frees_the_queue(one_run_a
     services, gate = one_run_at_a_time, one_run_at_a_time["gate"]
     daemon, log = services["daemon"], services["log"]
 
-    def wait(predicate: Callable[[], object], timeout_s: float, what: str) -> object:
-        return _wait(predicate, timeout_s, what, daemon, log)
-
     with DagsterInstance.from_config(str(services["home"])) as instance:
+
+        def runs_now() -> str:
+            """What the instance holds when a wait times out: every run's status and tags, the last engine
+            messages of each, so a failure says which daemon did not act."""
+            lines = []
+            for run in instance.get_runs():
+                messages = [e.message for e in instance.all_logs(run.run_id) if e.message][-6:]
+                lines.append(f"run {run.run_id} {run.status.value} tags={dict(run.tags)} last={messages}")
+            return "runs:\n" + "\n".join(lines)
+
+        def wait(predicate: Callable[[], object], timeout_s: float, what: str) -> object:
+            return _wait(predicate, timeout_s, what, daemon, log, runs_now)
+
         _launch(services, "first")
         _launch(services, "second")
 
@@ -261,7 +317,13 @@ def test_a_run_whose_worker_died_is_failed_retried_and_frees_the_queue(one_run_a
         assert _parent_pid(worker_pid) == code_server.process.pid
         os.kill(code_server.process.pid, signal.SIGKILL)
         code_server.process.wait(timeout=30)
+        updates_before = _location_updates(log)
         code_server.start()
+        # Dagster's retry daemon gives a run up for good ("Failed to retry run", will_retry=false) if the run fails
+        # while the daemon still sees the code location as unreachable. Its watcher notices the restarted server
+        # within seconds; the worker dies after that, as in any real sequence of a crash and a later death.
+        wait(lambda: _location_updates(log) > updates_before, STEP_TIMEOUT_S,
+             "waiting for the daemon to see the restarted code server")
         assert worker_process_alive(recorded_run_worker(instance, first_id)), "the orphaned worker runs on"
         assert instance.get_run_by_id(first_id).status == DagsterRunStatus.STARTED
 

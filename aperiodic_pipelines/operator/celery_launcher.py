@@ -25,6 +25,7 @@ from dagster_celery.tags import DAGSTER_CELERY_TASK_ID_TAG
 from kombu.exceptions import OperationalError
 
 from aperiodic_pipelines.domain.settings import Settings
+from aperiodic_pipelines.operator.launchers import fail_run_status_first
 
 if TYPE_CHECKING:
     from dagster import DagsterRun
@@ -117,7 +118,7 @@ class HealthCheckedCeleryRunLauncher(CeleryRunLauncher):
             if state == "SUCCESS":
                 return CheckRunHealthResult(WorkerStatus.SUCCESS)
             if state == "FAILURE":  # e.g. the pool process running it was killed (WorkerLostError)
-                return CheckRunHealthResult(WorkerStatus.FAILED, f"Celery task failed: {type(result.info).__name__}")
+                return fail_run_status_first(self._instance, run, f"Celery task failed: {type(result.info).__name__}")
             if state != "STARTED":
                 return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"Celery task state {state}")
             info = result.info if isinstance(result.info, dict) else {}
@@ -138,9 +139,8 @@ class HealthCheckedCeleryRunLauncher(CeleryRunLauncher):
                 WorkerStatus.RUNNING, f"Celery worker {hostname} did not answer a ping; asked again at the next check",
                 transient=True, run_worker_id=hostname,
             )
-        return CheckRunHealthResult(
-            WorkerStatus.FAILED,
+        return fail_run_status_first(
+            self._instance, run,
             f"Celery worker {hostname} does not answer a ping (silent in every check for {silent_for:.0f} s, "
             f"{PING_ATTEMPTS} tries of {PING_TIMEOUT_S:g} s each): it died with the run",
-            run_worker_id=hostname,
         )

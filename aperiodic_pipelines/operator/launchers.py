@@ -13,6 +13,8 @@ run slot: after `max_concurrent_runs` of them nothing else starts.
   started before the event (so a recycled pid is not mistaken for it). Runs whose code server is on another
   machine (a `grpc_server` location on another host) are not checked: their pids mean nothing here; see the
   class for code servers on a local port.
+- Both fail a run whose worker they find dead themselves, status first (`fail_run_status_first`), so that
+  Dagster's run retries never miss it.
 - `HealthCheckedCeleryRunLauncher` (deploy/celery; needs the `celery` extra) is dagster-celery's
   `CeleryRunLauncher`, whose own check reads the Celery task's state from the result backend. After kill -9 of a
   whole Celery worker nobody updates that state: it says STARTED for ever. This launcher asks the worker named in
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dagster import DagsterEventType, DefaultRunLauncher
+from dagster import DagsterEvent, DagsterEventType, DefaultRunLauncher
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 from dagster._core.storage.tags import GRPC_INFO_TAG
 
@@ -128,6 +130,22 @@ def _code_server_location(run: DagsterRun) -> str:
     return "local" if host in _LOCAL_HOSTS or host.startswith("127.") or host in local_names else "remote"
 
 
+def fail_run_status_first(instance: DagsterInstance, run: DagsterRun, reason: str) -> CheckRunHealthResult:
+    """Fail `run` whose worker is dead: its status first, then its RUN_FAILURE event; the FAILED verdict.
+
+    Dagster stores a RUN_FAILURE event before it sets the run's status (`handle_new_event`), and its retry daemon
+    (EventLogConsumerDaemon, every 5 s) drops for good a failure whose run it reads in between as still STARTED.
+    Run monitoring polls in step with that daemon (10 s and 5 s from the same start), so a dead worker's failure
+    reported by the monitoring daemon hit that window about one time in eight here and was never retried. Written
+    status first, the monitoring daemon sees the change and leaves the run alone ("disregarding for now").
+    """
+    message = f"{reason}. Marking run {run.run_id} as failed."
+    failure = DagsterEvent(event_type_value=DagsterEventType.RUN_FAILURE.value, job_name=run.job_name, message=message)
+    instance.run_storage.handle_run_event(run.run_id, failure)
+    instance.report_run_failed(run, message)
+    return CheckRunHealthResult(WorkerStatus.FAILED, reason)
+
+
 class HealthCheckedDefaultRunLauncher(DefaultRunLauncher):
     """Dagster's default run launcher (a run worker process per run, spawned by the code server), plus the worker
     health check run monitoring needs: a run whose worker process is gone is reported FAILED.
@@ -163,10 +181,10 @@ class HealthCheckedDefaultRunLauncher(DefaultRunLauncher):
                 WorkerStatus.RUNNING, f"run worker process {worker.pid} not visible here: not judged"
             )
         self._seen_alive.discard((run.run_id, worker.pid))
-        return CheckRunHealthResult(
-            WorkerStatus.FAILED,
-            f"run worker process {worker.pid} is gone (killed or crashed without reporting the run's end)",
-            run_worker_id=str(worker.pid),
+        return fail_run_status_first(
+            self._instance, run,
+            f"run worker process {worker.pid} is gone (killed or crashed without reporting the run's end); "
+            f"it started at {worker.started_at:.3f}",
         )
 
     def get_run_worker_debug_info(self, run: DagsterRun, include_container_logs: bool | None = True) -> str | None:
