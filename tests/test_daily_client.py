@@ -64,7 +64,7 @@ def test_client_reads_a_closed_month_and_the_open_month_each_bar_once(
     sources = SourcesResource(source="tardis", tardis_url=str(root), cache_dir=str(tmp_path / "cache"))
     outcome = publish_open_month(
         store, exchange=EXCHANGE, symbol=ATLAS, native_symbol=NATIVE, variants=("exchange", "true"), today=TODAY,
-        fetch_day=fetch_day_from(sources, EXCHANGE, NATIVE), previous_month_trades=lambda _workdir: closed,
+        fetch_day=fetch_day_from(sources, EXCHANGE, NATIVE), previous_month_trades=lambda _workdir, _pins: closed,
     )
     assert outcome.published_now == tuple(OPEN_DAYS)
     open_bars = {t: compute_flow_bars(current, closed, month=MONTHS[2], timestamp=t) for t in ("exchange", "true")}

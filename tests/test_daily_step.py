@@ -44,7 +44,7 @@ def test_the_previous_months_last_days_then_the_new_month(tmp_path: Path) -> Non
     def step(today: date):
         return publish_open_month(
             store, exchange=EXCHANGE, symbol=ATLAS, native_symbol=NATIVE, variants=VARIANTS, today=today,
-            fetch_day=fetch_day_from(sources, EXCHANGE, NATIVE), previous_month_trades=lambda _w: tapes[MONTHS[0]],
+            fetch_day=fetch_day_from(sources, EXCHANGE, NATIVE), previous_month_trades=lambda _w, _pins: tapes[MONTHS[0]],
         )
 
     first = step(date(2024, 1, 31))  # files through Jan 31 are out: true complete through the 29th
@@ -70,8 +70,10 @@ def test_the_previous_months_last_days_then_the_new_month(tmp_path: Path) -> Non
 
 
 def test_day_ones_previous_month_is_scanned_from_a_pinned_copy(tmp_path: Path) -> None:
-    """Raw month m−1 is scanned, not held (a busy month is ~1.4 GB in memory), from a copy pinned in the step's
-    scratch directory: republishing m−1 while the step runs does not change what its later reads see."""
+    """Raw month m−1 is scanned, not held (a busy month is ~1.4 GB in memory), from a copy pinned for the step:
+    republishing m−1 while the step runs does not change what its later reads see; the pin ends with the step."""
+    from contextlib import ExitStack
+
     from aperiodic_pipelines.defs.daily import previous_month_from
     from aperiodic_pipelines.storage import raw_key
 
@@ -84,8 +86,11 @@ def test_day_ones_previous_month_is_scanned_from_a_pinned_copy(tmp_path: Path) -
     read = previous_month_from(store, sources, EXCHANGE, NATIVE, MONTHS[1], first_month=MONTHS[0])
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    trades = read(scratch)
-    assert isinstance(trades, pl.LazyFrame)
-    store.publish_file(tmp_path / "second.parquet", raw_key(EXCHANGE, NATIVE, MONTHS[0]))  # republished meanwhile
-    assert trades.collect().equals(first)
-    assert previous_month_from(store, sources, EXCHANGE, NATIVE, MONTHS[0], first_month=MONTHS[0])(scratch) is None
+    with ExitStack() as pins:
+        trades = read(scratch, pins)
+        assert isinstance(trades, pl.LazyFrame)
+        store.publish_file(tmp_path / "second.parquet", raw_key(EXCHANGE, NATIVE, MONTHS[0]))  # republished meanwhile
+        assert trades.collect().equals(first)
+        assert previous_month_from(store, sources, EXCHANGE, NATIVE, MONTHS[0],
+                                   first_month=MONTHS[0])(scratch, pins) is None
+    assert not any((store.root / ".pins").iterdir()), "the pin outlived the step"

@@ -30,6 +30,7 @@ from aperiodic_pipelines.storage import (
     store_from_uri,
     write_parquet_deterministic,
 )
+from aperiodic_pipelines.storage.local import PIN_STALE_SECONDS, PINS_DIR
 
 
 def bars_frame(rows: int = 1_000, seed: int = 3) -> pl.DataFrame:
@@ -603,3 +604,47 @@ def test_fact11_stale_multipart_upload_aborted_by_next_publish_s3(
     assert [u["Key"] for u in remaining] == [f"pre/{elsewhere}"]
     assert store.remove_stale_leftovers("flow/") == 1
     assert s3_client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+
+def _pinned_survives_republication(store: ObjectStore, tmp_path: Path) -> Path:
+    """Pin an object, republish its key with other bytes inside the block: the pin keeps the first bytes."""
+    key = raw_key("binance-futures", "BTCUSDT", "2024-01")
+    first, second = tmp_path / "first.parquet", tmp_path / "second.parquet"
+    first.write_bytes(b"PAR1 first version PAR1")  # parquet's magic at both ends: the store checks it
+    second.write_bytes(b"PAR1 the second, longer version PAR1")
+    store.publish_file(first, key)
+    with store.pinned(key) as pin:
+        store.publish_file(second, key)
+        assert store.read_bytes(key) == second.read_bytes()
+        assert pin.read_bytes() == first.read_bytes(), "a republication changed a pinned file"
+        kept = pin
+    assert not kept.exists(), "the pin outlived its block"
+    with pytest.raises(ObjectNotFoundError), store.pinned(raw_key("binance-futures", "BTCUSDT", "2019-01")):
+        pass
+    return kept
+
+
+def test_local_pins_are_hard_links_on_the_stores_filesystem_never_listed(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = LocalStore(root)
+    kept = _pinned_survives_republication(store, tmp_path)
+    assert kept.is_relative_to(root / PINS_DIR), "pinned beside the objects, so a link, not a copy"
+    key = raw_key("binance-futures", "BTCUSDT", "2024-01")
+    with store.pinned(key) as pin:
+        assert pin.stat().st_ino == store.path(key).stat().st_ino, "no bytes copied"
+        assert store.list() == [key], "pins are not objects"
+    # A killed reader's pin directory is removed by the next pin once it is older than any step.
+    orphan = root / PINS_DIR / "pin-killed"
+    orphan.mkdir()
+    (orphan / "2023-12.parquet").write_bytes(b"old bytes")
+    stale = time.time() - PIN_STALE_SECONDS - 60
+    os.utime(orphan, (stale, stale))
+    young = root / PINS_DIR / "pin-live"
+    young.mkdir()
+    with store.pinned(key):
+        pass
+    assert not orphan.exists() and young.exists()
+
+
+def test_s3_pins_are_private_downloads(s3_client, s3_bucket: str, tmp_path: Path) -> None:  # noqa: F811
+    _pinned_survives_republication(S3Store(s3_client, s3_bucket, "platform/v1/"), tmp_path)

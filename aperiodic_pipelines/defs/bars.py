@@ -39,7 +39,6 @@ from aperiodic_pipelines.defs.metadata import (
     rows_by_interval,
 )
 from aperiodic_pipelines.defs.partitions import PartitionedExchange, split_partition_key
-from aperiodic_pipelines.defs.raw import pin_object
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.flow import (
     FLOW_COLUMNS,
@@ -138,10 +137,9 @@ def stage_flow_bars(
     if not store.exists(seconds):
         hint = " (the month has no arrival times: see second_stats' true_variant)" if timestamp == "true" else ""
         raise MissingInputError(f"{store.uri(seconds)} missing: materialize second_stats first{hint}")
-    with tempfile.TemporaryDirectory(prefix="aperiodic-bars-") as tmp, \
+    # Pinned: a republication of the statistics during the step cannot change what its several reads see.
+    with tempfile.TemporaryDirectory(prefix="aperiodic-bars-") as tmp, store.pinned(seconds) as stats_file, \
             ThreadPoolExecutor(1, thread_name_prefix="coarser-bars") as beside:
-        # Pinned: a republication of the statistics during the step cannot change what its several reads see.
-        stats_file = pin_object(store, seconds, Path(tmp) / "seconds.parquet")
         stats, kv = _read_second_stats(stats_file)
         bars_input = replace(bars_input, dataset=kv.get("aperiodic.dataset", ""))
         sources_used = json.loads(kv.get("aperiodic.sources", "[]"))

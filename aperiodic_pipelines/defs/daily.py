@@ -32,6 +32,7 @@ incident.
 # No `from __future__ import annotations` here: Dagster inspects the `context` annotation at runtime.
 import tempfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -58,7 +59,6 @@ from dagster import (
 
 from aperiodic_pipelines.defs import policies
 from aperiodic_pipelines.defs.partitions import PartitionedExchange, instrument_first_month
-from aperiodic_pipelines.defs.raw import pin_object
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.domain.intervals import INTERVALS
 from aperiodic_pipelines.domain.months import (
@@ -127,7 +127,8 @@ class OpenMonthOutcome:
 
 
 FetchDay = Callable[[str, Path], pl.DataFrame]  # raw day, scratch file → canonical trades (raises NotPublished)
-PreviousMonth = Callable[[Path], pl.LazyFrame | pl.DataFrame | None]  # scratch dir → raw month m−1, scanned (None: before the first)
+# (scratch dir, the step's pins) → raw month m−1, scanned (None: before the first)
+PreviousMonth = Callable[[Path, ExitStack], pl.LazyFrame | pl.DataFrame | None]
 
 
 @dataclass
@@ -138,13 +139,14 @@ class _RawDays:
     previous: PreviousMonth
     month: str
     workdir: Path
+    pins: ExitStack
     cache: dict[str, pl.DataFrame] = field(default_factory=dict)
     previous_loaded: bool = False
     previous_frame: pl.LazyFrame | pl.DataFrame | None = None
 
     def previous_month(self) -> pl.LazyFrame | pl.DataFrame | None:
         if not self.previous_loaded:
-            self.previous_frame = self.previous(self.workdir)
+            self.previous_frame = self.previous(self.workdir, self.pins)
             self.previous_loaded = True
         return self.previous_frame
 
@@ -200,8 +202,8 @@ def publish_open_month(
     published: list[str] = []
     if not todo:
         return OpenMonthOutcome(month, (), tuple(already))
-    with tempfile.TemporaryDirectory(prefix="aperiodic-daily-") as tmp:
-        raw = _RawDays(fetch_day, previous_month_trades, month, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="aperiodic-daily-") as tmp, ExitStack() as pins:
+        raw = _RawDays(fetch_day, previous_month_trades, month, Path(tmp), pins)
         carries: dict[str, FlowCarry] = {}
         for day in todo:
             try:
@@ -258,25 +260,24 @@ def previous_month_from(
     month (which falls back to daily files before the monthly file exists); None before the first month.
 
     The month is scanned, never held: a busy month's trades are ~1.4 GB in memory, and the carry needs only the
-    last minutes of it (the per-second pass streams; a day of m−1 is read by its row groups). The file is pinned
-    in the step's scratch directory (a hard link where the store is local, else a download), so a republication
-    of m−1 during the step cannot change what its several reads see.
+    last minutes of it (the per-second pass streams; a day of m−1 is read by its row groups). The store's file is
+    pinned for the step (`ObjectStore.pinned`), so a republication of m−1 during the step cannot change what its
+    several reads see.
     """
 
-    def read(workdir: Path) -> pl.LazyFrame | None:
+    def read(workdir: Path, pins: ExitStack) -> pl.LazyFrame | None:
         before = previous_month(month)
         if before < first_month:
             return None
         key = raw_key(exchange, native, before)
-        pinned = workdir / f"raw-{before}.parquet"
         if store.exists(key):
-            return pl.scan_parquet(pin_object(store, key, pinned))
+            return pl.scan_parquet(pins.enter_context(store.pinned(key)))
         from aperiodic_pipelines.sources import fetch_month
 
         kwargs: dict[str, Any] = {}
         if (client := sources.get_s3_client()) is not None:
             kwargs["s3_client"] = client
-        result = fetch_month(exchange, native, before, dest=pinned, config=sources.get_config(), **kwargs)
+        result = fetch_month(exchange, native, before, dest=workdir / f"raw-{before}.parquet", config=sources.get_config(), **kwargs)
         start, _ = month_bounds_us(before)
         return pl.scan_parquet(result.path).filter(pl.col("ts_exchange") >= start)
 

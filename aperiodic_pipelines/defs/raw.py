@@ -10,8 +10,7 @@ with a lineage sidecar (`….sources.json`: every source object with its sha256,
 
 # No `from __future__ import annotations` here: Dagster inspects the `context` annotation at runtime.
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,12 @@ from dagster import (
     asset,
 )
 
-from aperiodic_pipelines.atomic import atomic_link
 from aperiodic_pipelines.defs import policies
 from aperiodic_pipelines.defs.checks import FAILED_RULE
 from aperiodic_pipelines.defs.metadata import RAW_TABLE_SCHEMA, lineage_metadata, missing_days_metadata
 from aperiodic_pipelines.defs.partitions import PartitionedExchange, split_partition_key
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
-from aperiodic_pipelines.storage import LocalStore, ObjectStore, raw_key
+from aperiodic_pipelines.storage import ObjectStore, raw_key
 from aperiodic_pipelines.storage.json_objects import publish_json, read_json
 from aperiodic_pipelines.trades import CANONICAL_SCHEMA
 
@@ -55,24 +53,6 @@ def raw_info(store: ObjectStore, exchange: str, native: str, month: str) -> dict
 def missing_days_of(info: dict) -> list[str]:
     """The source's `missing_days` (sorted `YYYY-MM-DD`); sources that do not report it count as complete."""
     return sorted(info.get("missing_days") or [])
-
-
-@contextmanager
-def local_copy(store: ObjectStore, key: str) -> Iterator[Path]:
-    """A local path of the object: the file itself for a local store, else a temporary download."""
-    if isinstance(store, LocalStore):
-        yield store.path(key)
-        return
-    with tempfile.TemporaryDirectory(prefix="aperiodic-") as tmp:
-        yield store.download(key, Path(tmp) / Path(key).name)
-
-
-def pin_object(store: ObjectStore, key: str, target: Path) -> Path:
-    """A private copy of the object at `target` for a step's several reads: a hard link where the store is local
-    (no bytes copied; a republication replaces the store's file, never the linked one), else a download."""
-    if not (isinstance(store, LocalStore) and atomic_link(store.path(key), target)):
-        store.download(key, target)
-    return target
 
 
 def fetch_source_month(

@@ -33,7 +33,7 @@ from aperiodic_pipelines.defs.partitions import (
     instrument_first_month,
     split_partition_key,
 )
-from aperiodic_pipelines.defs.raw import fetch_source_month, local_copy, missing_days_of, raw_info
+from aperiodic_pipelines.defs.raw import fetch_source_month, missing_days_of, raw_info
 from aperiodic_pipelines.defs.resources import SourcesResource, StoreResource
 from aperiodic_pipelines.defs.summaries import summarise
 from aperiodic_pipelines.domain.errors import NotPublishedError
@@ -62,7 +62,8 @@ def raw_month_trades(
     where from). Raises `NotPublishedError` when the exchange does not have the month."""
     info = raw_info(store, exchange, native, month)
     if info is not None:
-        with local_copy(store, info["key"]) as path:
+        # Pinned: a republication of the raw month during the step cannot change what its several reads see.
+        with store.pinned(info["key"]) as path:
             yield path, info, f"{month} from the store"
         return
     with tempfile.TemporaryDirectory(prefix="aperiodic-fetch-") as tmp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -49,6 +50,10 @@ class ObjectStore(Protocol):
     def read_bytes(self, key: str) -> bytes: ...
 
     def download(self, key: str, local_path: Path | str) -> Path: ...
+
+    def pinned(self, key: str) -> AbstractContextManager[Path]:
+        """A private local file of `key` for the block's several reads, unchanged by a republication meanwhile."""
+        ...
 
     def publish_file(
         self, local_path: Path | str, key: str, *, content_type: str | None = None

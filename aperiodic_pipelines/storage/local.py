@@ -6,6 +6,9 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shutil
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -53,6 +56,11 @@ def atomic_copy(source: Path, target: Path) -> tuple[int, str]:
 
 
 LOCKS_DIR = ".locks"  # flock targets under the root: never listed, never deleted (deleting a lock file races)
+PINS_DIR = ".pins"  # readers' private hard links (`LocalStore.pinned`): never listed
+# No step holds a pin this long; older pin directories are a killed reader's, and would keep a replaced object's
+# bytes on disk.
+PIN_STALE_SECONDS = 86_400.0
+PRIVATE_DIRS = (LOCKS_DIR, PINS_DIR)
 
 
 @contextlib.contextmanager
@@ -76,6 +84,14 @@ def flocked(path: Path, *, blocking: bool = True) -> Iterator[int | None]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _remove_stale_pins(pins: Path) -> None:
+    cutoff = time.time() - PIN_STALE_SECONDS
+    for pin in pins.iterdir():
+        with contextlib.suppress(FileNotFoundError):  # another reader's cleanup got there first
+            if pin.stat().st_mtime < cutoff:
+                shutil.rmtree(pin, ignore_errors=True)
 
 
 class LocalStore:
@@ -114,8 +130,8 @@ class LocalStore:
             return []
         keys = []
         for dirpath, dirnames, filenames in os.walk(base):
-            if Path(dirpath) == self.root and LOCKS_DIR in dirnames:
-                dirnames.remove(LOCKS_DIR)  # the writers' lock files are not objects
+            if Path(dirpath) == self.root:  # the writers' lock files and the readers' pins are not objects
+                dirnames[:] = [name for name in dirnames if name not in PRIVATE_DIRS]
             for name in filenames:
                 if name.startswith(TEMP_PREFIX):
                     continue
@@ -141,6 +157,26 @@ class LocalStore:
         target = Path(local_path)
         atomic_copy(source, target)
         return target
+
+    @contextlib.contextmanager
+    def pinned(self, key: str) -> Iterator[Path]:
+        """A private file of `key` that no republication changes, for a step's several reads; removed after.
+
+        A hard link under the root's `.pins/` (the store's own filesystem, so no bytes are copied, wherever the
+        system's temp dir is): a republication replaces the key's file, never the link. A copy where the
+        filesystem has no hard links.
+        """
+        source = self.path(key)
+        pins = self.root / PINS_DIR
+        pins.mkdir(parents=True, exist_ok=True)
+        _remove_stale_pins(pins)
+        with tempfile.TemporaryDirectory(prefix="pin-", dir=pins) as tmp:
+            target = Path(tmp) / source.name
+            if not atomic_link(source, target):
+                if not source.is_file():
+                    raise ObjectNotFoundError(f"no object {key!r} in {self!r}")
+                atomic_copy(source, target)
+            yield target
 
     def publish_file(
         self, local_path: Path | str, key: str, *, content_type: str | None = None

@@ -11,6 +11,8 @@ import base64
 import contextlib
 import hashlib
 import logging
+import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -133,6 +135,12 @@ class S3Store:
             return body.read()
         finally:
             body.close()
+
+    @contextlib.contextmanager
+    def pinned(self, key: str) -> Iterator[Path]:
+        """A private local copy of `key` for a step's several reads (a download into a temp dir), removed after."""
+        with tempfile.TemporaryDirectory(prefix="aperiodic-pin-") as tmp:
+            yield self.download(key, Path(tmp) / Path(key).name)
 
     def download(self, key: str, local_path: Path | str) -> Path:
         """Stream `key` into `local_path` via a temp file in the same directory, then rename (`atomic_write`)."""
