@@ -88,3 +88,32 @@ def test_the_celery_instance_differs_from_the_postgres_one_only_where_it_must() 
     # Never resumed in place (dagster-celery's resume task cannot be called by its launcher): retried instead.
     assert celery["run_monitoring"]["max_resume_run_attempts"] == 0
     assert celery["run_monitoring"]["poll_interval_seconds"] == postgres["run_monitoring"]["poll_interval_seconds"]
+
+
+@pytest.mark.parametrize("resume_attempts", [0, 1])
+def test_a_dead_worker_fails_its_run_unless_monitoring_may_resume_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resume_attempts: int
+) -> None:
+    """Found dead, the run is failed by the launcher, status first; with `max_resume_run_attempts` left the
+    verdict alone goes to the monitoring daemon, which resumes the run instead (CeleryRunLauncher can)."""
+    from dagster import DagsterRunStatus
+    from dagster._core.test_utils import instance_for_test
+
+    with running_redis() as server:
+        monkeypatch.setenv("APERIODIC_CELERY_BROKER_URL", server.url(0))
+        monkeypatch.setenv("APERIODIC_CELERY_BACKEND_URL", server.url(1))
+        overrides = {
+            "run_launcher": {"module": "aperiodic_pipelines.operator.launchers",
+                             "class": "HealthCheckedCeleryRunLauncher", "config": {"default_queue": "dagster"}},
+            "run_monitoring": {"enabled": True, "max_resume_run_attempts": resume_attempts},
+        }
+        with instance_for_test(overrides=overrides, temp_dir=str(tmp_path)) as instance:
+            launcher = instance.run_launcher
+            assert isinstance(launcher, HealthCheckedCeleryRunLauncher)
+            launcher.celery.backend.store_result("t-lost", RuntimeError("Worker exited prematurely: signal 9"),
+                                                 "FAILURE")
+            lost = create_run_for_test(instance, job_name="j", status=DagsterRunStatus.STARTED,
+                                       tags={DAGSTER_CELERY_TASK_ID_TAG: "t-lost"})
+            assert launcher.check_run_worker_health(lost).status == WorkerStatus.FAILED
+            expected = DagsterRunStatus.FAILURE if resume_attempts == 0 else DagsterRunStatus.STARTED
+            assert instance.get_run_by_id(lost.run_id).status == expected

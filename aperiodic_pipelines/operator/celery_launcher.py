@@ -118,7 +118,7 @@ class HealthCheckedCeleryRunLauncher(CeleryRunLauncher):
             if state == "SUCCESS":
                 return CheckRunHealthResult(WorkerStatus.SUCCESS)
             if state == "FAILURE":  # e.g. the pool process running it was killed (WorkerLostError)
-                return fail_run_status_first(self._instance, run, f"Celery task failed: {type(result.info).__name__}")
+                return fail_run_status_first(self, run, f"Celery task failed: {type(result.info).__name__}")
             if state != "STARTED":
                 return CheckRunHealthResult(WorkerStatus.UNKNOWN, f"Celery task state {state}")
             info = result.info if isinstance(result.info, dict) else {}
@@ -140,7 +140,7 @@ class HealthCheckedCeleryRunLauncher(CeleryRunLauncher):
                 transient=True, run_worker_id=hostname,
             )
         return fail_run_status_first(
-            self._instance, run,
+            self, run,
             f"Celery worker {hostname} does not answer a ping (silent in every check for {silent_for:.0f} s, "
             f"{PING_ATTEMPTS} tries of {PING_TIMEOUT_S:g} s each): it died with the run",
         )

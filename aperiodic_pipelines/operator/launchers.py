@@ -37,6 +37,7 @@ from dagster._core.storage.tags import GRPC_INFO_TAG
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, DagsterRun
+    from dagster._core.launcher import RunLauncher
     from dagster._serdes import ConfigurableClassData
 
 # Dagster's engine events naming a run worker's pid (dagster/_grpc/impl.py, dagster/_cli/api.py).
@@ -130,7 +131,7 @@ def _code_server_location(run: DagsterRun) -> str:
     return "local" if host in _LOCAL_HOSTS or host.startswith("127.") or host in local_names else "remote"
 
 
-def fail_run_status_first(instance: DagsterInstance, run: DagsterRun, reason: str) -> CheckRunHealthResult:
+def fail_run_status_first(launcher: RunLauncher, run: DagsterRun, reason: str) -> CheckRunHealthResult:
     """Fail `run` whose worker is dead: its status first, then its RUN_FAILURE event; the FAILED verdict.
 
     Dagster stores a RUN_FAILURE event before it sets the run's status (`handle_new_event`), and its retry daemon
@@ -138,7 +139,14 @@ def fail_run_status_first(instance: DagsterInstance, run: DagsterRun, reason: st
     Run monitoring polls in step with that daemon (10 s and 5 s from the same start), so a dead worker's failure
     reported by the monitoring daemon hit that window about one time in eight here and was never retried. Written
     status first, the monitoring daemon sees the change and leaves the run alone ("disregarding for now").
+    A launcher that can resume runs (Celery) with resume attempts configured and left gets the verdict only:
+    the daemon resumes the run instead of failing it.
     """
+    instance = launcher._instance
+    if launcher.supports_resume_run and (
+        instance.count_resume_run_attempts(run.run_id) < instance.run_monitoring_max_resume_run_attempts
+    ):
+        return CheckRunHealthResult(WorkerStatus.FAILED, reason)
     message = f"{reason}. Marking run {run.run_id} as failed."
     failure = DagsterEvent(event_type_value=DagsterEventType.RUN_FAILURE.value, job_name=run.job_name, message=message)
     instance.run_storage.handle_run_event(run.run_id, failure)
@@ -182,7 +190,7 @@ class HealthCheckedDefaultRunLauncher(DefaultRunLauncher):
             )
         self._seen_alive.discard((run.run_id, worker.pid))
         return fail_run_status_first(
-            self._instance, run,
+            self, run,
             f"run worker process {worker.pid} is gone (killed or crashed without reporting the run's end); "
             f"it started at {worker.started_at:.3f}",
         )
