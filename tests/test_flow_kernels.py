@@ -181,3 +181,34 @@ def test_null_time_is_named(monkeypatch, batch_rows: int) -> None:
         pl.when(pl.int_range(pl.len()) == 50).then(None).otherwise(pl.col("ts_exchange")).alias("ts_exchange"))
     with pytest.raises(InvalidTradesError, match="column 'ts_exchange' breaks spec"):
         compute_second_stats(trades, month=MONTH)
+
+
+def _in_chunks(trades: pl.DataFrame, cuts: list[int]) -> pl.DataFrame:
+    """`trades` as a frame whose columns are chunked at `cuts` (as polars' streaming batches arrive)."""
+    edges = [0, *cuts, trades.height]
+    return pl.concat([trades.slice(lo, hi - lo) for lo, hi in zip(edges[:-1], edges[1:], strict=True)],
+                     rechunk=False)
+
+
+def test_batches_in_several_chunks_are_summed_in_parts_without_copies(monkeypatch) -> None:
+    from aperiodic_pipelines.flow.seconds import _single_chunk_parts
+
+    trades = edge_tape(2)
+    chunked = _in_chunks(trades, [700, 701, 2_345])
+    parts = list(_single_chunk_parts(chunked))
+    assert [part.height for part in parts] == [700, 1, 1_644, trades.height - 2_345]
+    assert all(part.get_column(col).n_chunks() == 1 for part in parts for col in part.columns)
+    # Columns chunked differently cannot be cut alike: one copy, still one part.
+    uneven = chunked.with_columns(pl.Series("qty", trades.get_column("qty")))
+    assert [part.height for part in _single_chunk_parts(uneven)] == [trades.height]
+
+    monkeypatch.setattr("aperiodic_pipelines.flow.seconds.STREAM_BATCH_ROWS", 1_000)
+    frame = compute_second_stats(chunked.lazy(), month=MONTH).frame
+    expected = reference_seconds(trades)
+    for name in expected.columns:
+        assert same_bits(frame.get_column(name).to_numpy(), expected.get_column(name).to_numpy()), name
+    # A row going back in time right after a chunk edge is caught there, with the time before the edge.
+    ts = trades.get_column("ts_exchange").to_numpy().copy()
+    ts[701] = ts[700] - 1
+    with pytest.raises(InvalidTradesError, match="not sorted"):
+        compute_second_stats(_in_chunks(trades.with_columns(pl.Series("ts_exchange", ts)), [701]).lazy(), month=MONTH)
