@@ -137,7 +137,7 @@ def fail_run_status_first(launcher: RunLauncher, run: DagsterRun, reason: str) -
     Dagster stores a RUN_FAILURE event before it sets the run's status (`handle_new_event`), and its retry daemon
     (EventLogConsumerDaemon, every 5 s) drops for good a failure whose run it reads in between as still STARTED.
     Run monitoring polls in step with that daemon (10 s and 5 s from the same start), so a dead worker's failure
-    reported by the monitoring daemon hit that window about one time in eight here and was never retried. Written
+    reported by the monitoring daemon hit that window in 1 of 7 runs here and was never retried. Written
     status first, the monitoring daemon sees the change and leaves the run alone ("disregarding for now").
     A launcher that can resume runs (Celery) with resume attempts configured and left gets the verdict only:
     the daemon resumes the run instead of failing it.
