@@ -167,6 +167,39 @@ def test_validation_in_slices_finds_what_the_whole_table_would(stats, whole_1s) 
         validate([*slices[:2], tampered, *slices[3:]])
 
 
+def test_quiet_slices_gather_for_the_per_bar_rules_and_a_bad_bar_is_still_named(stats, monkeypatch) -> None:
+    """A quiet month's slices are filtered to their bars with trades, which wait (up to `PENDING_ROWS`) for one
+    query of the per-bar rules instead of one per slice; a bad bar in the first slice is reported, by `finish`
+    at the latest, with its interval."""
+    from aperiodic_pipelines.flow import schema as schema_module
+
+    slices = list(second_bar_slices(stats, 262_144))  # 10 slices, ~2 % of their bars with trades
+    queries = []
+    real_broken_rule = schema_module.broken_rule
+    monkeypatch.setattr(schema_module, "broken_rule", lambda frame, rules: queries.append(frame.height)
+                        or real_broken_rule(frame, rules))
+
+    def validate(parts: list[pl.DataFrame]) -> None:
+        validator = MonthBarsValidator(month=MONTH)
+        for part in parts:
+            validator.add("1s", part)
+        validator.finish()
+
+    validate(slices)
+    with_trades = sum(part.select((pl.col("taker_buy_count") + pl.col("taker_sell_count") > 0).sum()).item()
+                      for part in slices)
+    assert queries == [with_trades]  # one query over every slice's bars with trades
+    first = slices[0]
+    row = int((first["taker_buy_count"] + first["taker_sell_count"] > 0).arg_true()[3])
+    tampered = first.with_columns(first["flow_entropy"].scatter([row], [1.5]))
+    with pytest.raises(InvalidBarsError, match=r"flow bars 1s: .*flow_entropy"):
+        validate([tampered, *slices[1:]])
+    monkeypatch.setattr(schema_module, "PENDING_ROWS", 1)  # no gathering: found by the slice's own add
+    validator = MonthBarsValidator(month=MONTH)
+    with pytest.raises(InvalidBarsError, match=r"flow bars 1s: .*flow_entropy"):
+        validator.add("1s", tampered)
+
+
 def test_month_checks_in_slices(stats) -> None:
     """The blocking checks fed slice by slice pass on a good month and name the interval and the rule of a bad
     one; fed whole tables (`run_bar_checks`) they give the same verdicts."""

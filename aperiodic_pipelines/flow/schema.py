@@ -280,6 +280,10 @@ RULES_PIECE_ROWS = 1 << 19
 # A piece with at least this share of bars with trades (a busy 1s month) is checked whole: its empty bars keep
 # every rule anyway, and filtering would copy nearly all of it.
 FILTER_BELOW_SHARE = 0.75
+# Filtered pieces wait for the per-bar rules until this many bars with trades have gathered, from any slice of
+# any interval: the rules are one polars query with a fixed cost (~10 ms for ~100 rules), which a quiet 1s month
+# paid once per slice (11 of them).
+PENDING_ROWS = 1 << 17
 
 
 def validate_bars(
@@ -336,11 +340,13 @@ def time_facts(frame: pl.DataFrame, interval: str | None) -> TimeFacts:
 class MonthBarsValidator:
     """`validate_month_bars` for tables that arrive in consecutive slices (a busy 1s month is ~0.8 GB whole).
 
-    `add` checks a slice at once: its dense-table rules (the time grid continues where the interval's previous
-    slice ended; empty bars are the constant row), then the schema's per-bar rules (`bar_rules`) on its bars
-    with trades, `RULES_PIECE_ROWS` dense rows at a time, all rules in one pass; only a slice that breaks one goes
-    through pandera, for its report. `finish` checks that each table covered its month (or day). Each raises
-    `InvalidBarsError`. `times` are the `time` facts of the slice last added, even of one that failed.
+    `add` checks a slice's dense-table rules at once (the time grid continues where the interval's previous
+    slice ended; empty bars are the constant row). The schema's per-bar rules (`bar_rules`) see its bars with
+    trades, `RULES_PIECE_ROWS` dense rows at a time, all rules in one pass: a piece checked whole (nearly all
+    its bars have trades) at once, filtered pieces once `PENDING_ROWS` bars have gathered or at `finish`, so a
+    bad bar may be reported by a later `add`; only a piece that breaks a rule goes through pandera, for its
+    report, which names its interval. `finish` also checks that each table covered its month (or day). Each
+    raises `InvalidBarsError`. `times` are the `time` facts of the slice last added, even of one that failed.
     """
 
     def __init__(self, *, month: str | None, name: str = "flow bars") -> None:
@@ -348,6 +354,8 @@ class MonthBarsValidator:
         self.rows: dict[str | None, int] = {}
         self.times: TimeFacts | None = None
         self._last_time: dict[str | None, int] = {}  # µs of the interval's last bar so far
+        self._pending: list[tuple[str, pl.DataFrame]] = []  # (label, filtered piece) awaiting the per-bar rules
+        self._pending_rows = 0
 
     def label(self, interval: str | None) -> str:
         return f"{self.name} {interval}" if interval else self.name
@@ -360,18 +368,27 @@ class MonthBarsValidator:
             follows = self._last_time.get(interval)
             _pandera(part, flow_bars_schema(interval, self.month if follows is None else None), label)
         self.times = time_facts(part, interval)
-        counted, broken = _check_bars_with_trades(part)
+        counted, whole, filtered = _bars_with_trades(part)
         problem = _dense_problem(part, self.times, counted, interval, self.month, self._last_time.get(interval))
         if problem:
             raise InvalidBarsError(f"{label}: {problem}")
-        if broken is not None:
-            _report_broken(broken, label)
+        for piece in whole:
+            _check_per_bar_rules([(label, piece)])
+        self._pending += [(label, piece) for piece in filtered]
+        self._pending_rows += sum(piece.height for piece in filtered)
         self.rows[interval] = self.rows.get(interval, 0) + part.height
         if part.height:
             self._last_time[interval] = self.times.last
+        if self._pending_rows >= PENDING_ROWS:
+            self._check_pending()
+
+    def _check_pending(self) -> None:
+        pending, self._pending, self._pending_rows = self._pending, [], 0
+        _check_per_bar_rules(pending)
 
     def finish(self) -> None:
-        """Every table held its whole grid."""
+        """The bars still waiting for the per-bar rules keep them, and every table held its whole grid."""
+        self._check_pending()
         if self.month is not None:
             for interval, rows in self.rows.items():
                 if interval is not None and rows != _grid_of(self.month, interval)[1]:
@@ -384,14 +401,13 @@ def _covers_month_problem(interval: str, month: str) -> str:
             f"{first} 00:00 UTC")
 
 
-def _check_bars_with_trades(frame: pl.DataFrame) -> tuple[dict[str, int], pl.DataFrame | None]:
-    """What the bars with trades of a contract-typed table hold (`_dense_problem`'s counts), and the first
-    piece of `RULES_PIECE_ROWS` dense rows whose bars with trades break a per-bar rule of the schema, or None.
+def _bars_with_trades(frame: pl.DataFrame) -> tuple[dict[str, int], list[pl.DataFrame], list[pl.DataFrame]]:
+    """What the bars with trades of a contract-typed table hold (`_dense_problem`'s counts), and its pieces of
+    `RULES_PIECE_ROWS` dense rows that the per-bar rules must see: whole, and filtered to their bars with trades.
 
-    A piece is filtered to its bars with trades unless nearly all have some (`FILTER_BELOW_SHARE`): its empty
-    bars keep every per-bar rule once `_dense_problem` has proven them the constant row.
+    A piece is filtered unless nearly all its bars have trades (`FILTER_BELOW_SHARE`): its empty bars keep every
+    per-bar rule once `_dense_problem` has proven them the constant row.
     """
-    rules = bar_rules(ordered_in_time=False)
     score = pl.col("flow_toxicity_score")
 
     def counts(among: pl.Expr) -> list[pl.Expr]:
@@ -402,7 +418,7 @@ def _check_bars_with_trades(frame: pl.DataFrame) -> tuple[dict[str, int], pl.Dat
         ]
 
     counted = dict.fromkeys(("_with_trades", "_null_or_zero", *_ZERO_WHEN_EMPTY, *_NULL_WHEN_EMPTY), 0)
-    broken = None
+    whole, filtered = [], []
     for start in range(0, frame.height, RULES_PIECE_ROWS):
         piece = frame.slice(start, RULES_PIECE_ROWS)
         with_trades = piece.select(_HAS_TRADES.sum()).item()
@@ -411,12 +427,27 @@ def _check_bars_with_trades(frame: pl.DataFrame) -> tuple[dict[str, int], pl.Dat
         among = _HAS_TRADES
         if with_trades < FILTER_BELOW_SHARE * piece.height:
             piece, among = piece.filter(_HAS_TRADES), pl.lit(True)
+            filtered.append(piece)
+        else:
+            whole.append(piece)
         counted["_with_trades"] += with_trades
         for key, value in piece.select(counts(among)).row(0, named=True).items():
             counted[key] += value
-        if broken is None and broken_rule(piece, rules) is not None:
-            broken = piece
-    return counted, broken
+    return counted, whole, filtered
+
+
+def _check_per_bar_rules(pieces: list[tuple[str, pl.DataFrame]]) -> None:
+    """The per-bar rules over (label, piece)s in one query; where one is broken, pandera's report on the first
+    piece that breaks it, named by that piece's label."""
+    if not pieces:
+        return
+    rules = bar_rules(ordered_in_time=False)
+    together = pl.concat([piece for _, piece in pieces]) if len(pieces) > 1 else pieces[0][1]  # chunks, no copy
+    if broken_rule(together, rules) is None:
+        return
+    for label, piece in pieces:
+        if broken_rule(piece, rules) is not None:
+            _report_broken(piece, label)
 
 
 def _report_broken(piece: pl.DataFrame, label: str) -> None:
@@ -447,7 +478,7 @@ def _dense_problem(frame: pl.DataFrame, times: TimeFacts, counted: Mapping[str, 
     Empty bars are proven the constant row by counting, not row by row: a field that must be null in an empty
     bar has exactly (its nulls among the bars with trades + the empty bars) nulls, which polars knows without a
     pass; one that must be 0 has no more non-zero values than the bars with trades hold. `counted` are those
-    counts among the bars with trades (`_check_bars_with_trades`).
+    counts among the bars with trades (`_bars_with_trades`).
     """
     first = times.first
     rules: dict[str, tuple[bool | pl.Expr, str]] = {  # "column/rule" -> (passes, what it requires)
