@@ -96,6 +96,14 @@ def test_flow_bar_parquet_is_required_where_never_null_and_reads_back_equal(mont
         assert (column.max_definition_level == 1) == (name in NULLABLE_FIELDS), name
     encodings = pq.ParquetFile(paths[0]).metadata.row_group(0).column(0).encodings
     assert "DELTA_BINARY_PACKED" in encodings
+    # Min/max only where they prune: `time`, which a read by time range skips row groups with.
+    group = pq.ParquetFile(paths[0]).metadata.row_group(0)
+    with_statistics = [name for index, name in enumerate(FLOW_COLUMNS) if group.column(index).is_stats_set]
+    assert with_statistics == ["time"]
+    assert group.column(0).statistics.min == frame["time"][0] and group.column(0).statistics.max == frame["time"][-1]
+    other = tmp_path / "other.parquet"  # any other table keeps statistics on every column
+    write_parquet_deterministic(frame.select("time", "taker_buy_volume"), other, metadata={})
+    assert all(pq.ParquetFile(other).metadata.row_group(0).column(index).is_stats_set for index in (0, 1))
     with pytest.raises(ValueError, match="taker_buy_volume"):
         write_parquet_deterministic(
             frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("taker_buy_volume")), tmp_path / "c.parquet",
