@@ -32,11 +32,15 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path | str, *, suffix: str = ".part", mode: int = 0o644) -> Iterator[Path]:
+def atomic_path(
+    target: Path | str, *, suffix: str = ".part", mode: int = 0o644, durable: bool = True
+) -> Iterator[Path]:
     """A temporary path next to `target`; whatever the body writes there replaces `target` when it returns.
 
     For writers that want a path (pyarrow, polars, a copy). The temporary file exists (empty) when the body
     starts. `mode` is applied before the rename (mkstemp creates 0600; published files are readable like any other).
+    `durable=False` skips the fsyncs, for a scratch file that is copied (durably) into a store afterwards: the
+    rename still shows it whole or not at all, and a crash loses nothing that is not made again.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -45,14 +49,16 @@ def atomic_path(target: Path | str, *, suffix: str = ".part", mode: int = 0o644)
     tmp = Path(name)
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:  # the body may have written through its own handle: flush it to disk
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp, "rb+") as fh:  # the body may have written through its own handle: flush it to disk
+                os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(target.parent)
+    if durable:
+        fsync_dir(target.parent)
 
 
 @contextlib.contextmanager

@@ -144,6 +144,29 @@ def test_parquet_metadata_columns_and_compression(tmp_path: Path) -> None:
     assert back.schema == df.schema
 
 
+def test_scratch_parquet_is_written_whole_without_fsync(tmp_path: Path, monkeypatch) -> None:
+    """A step's scratch file (`durable=False`) is copied into the store, which fsyncs the copy: the scratch
+    write skips its own fsyncs, is byte for byte the durable file, and still never appears half-written."""
+    import os
+
+    from aperiodic_pipelines import atomic
+
+    df = bars_frame()
+    durable = write_bars(tmp_path / "durable.parquet", df)
+    synced = []
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: synced.append(fd))
+    scratch = tmp_path / "scratch.parquet"
+    write_parquet_deterministic(df, scratch, metadata=read_parquet_metadata(durable), durable=False)
+    assert synced == [] and scratch.read_bytes() == durable.read_bytes()
+    write_parquet_deterministic(df, tmp_path / "again.parquet", metadata=read_parquet_metadata(durable))
+    assert synced  # the default stays durable
+    with pytest.raises(TypeError):
+        write_parquet_deterministic(df, scratch, metadata={"row_count": 3}, durable=False)  # type: ignore[dict-item]
+    assert scratch.read_bytes() == durable.read_bytes()  # the failed rewrite left the file as it was
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(atomic.TEMP_PREFIX)) == []
+    assert os.stat(scratch).st_mode & 0o777 == 0o644
+
+
 def test_parquet_metadata_must_be_strings(tmp_path: Path) -> None:
     with pytest.raises(TypeError, match="row_count"):
         write_parquet_deterministic(bars_frame(), tmp_path / "x.parquet", metadata={"row_count": 3})  # type: ignore[dict-item]
