@@ -153,12 +153,19 @@ def stage_flow_bars(
             )
 
         # The coarser intervals roll up from the per-second statistics and are small; the 1s table (a busy
-        # month: ~0.8 GB) is derived, checked and written one row group at a time, never whole.
-        coarser = bars_from_second_stats(stats, intervals=INTERVALS[1:])
+        # month: ~0.8 GB) is derived, checked and written one row group at a time, never whole. A quiet month's
+        # statistics (smaller than one slice of bars) stay in memory and its coarser tables are derived beside
+        # the 1s table too; a busy month's are rolled up first and let go (~0.4 GB that the 1s slices, read from
+        # the statistics' file, do not need).
+        quiet = stats.frame.estimated_size() < ROW_GROUP_SIZE * len(FLOW_COLUMNS) * 8
+        coarser_tables = beside.submit(bars_from_second_stats, stats, intervals=INTERVALS[1:])
+        if not quiet:
+            coarser_tables.result()
         second_checks, coarser_checks = MonthBarChecks(month), MonthBarChecks(month)
 
         def check_and_write_coarser() -> tuple[list[StagedFile], list[AssetCheckResult]]:
             files = []
+            coarser = coarser_tables.result()
             for interval, frame in coarser.items():
                 coarser_checks.add(interval, frame)
                 path = Path(tmp) / f"{interval}.parquet"
@@ -174,9 +181,6 @@ def stage_flow_bars(
         # a quiet month's step is mostly its 1s grid, and this is a fifth of the rest.
         coarser_work = beside.submit(check_and_write_coarser)
         path = Path(tmp) / "1s.parquet"
-        # A quiet month's statistics are smaller than one slice of bars and stay in memory. A busy month's
-        # (~0.4 GB) are not held beside its slices: each reads its own seconds from the statistics' file.
-        quiet = stats.frame.estimated_size() < ROW_GROUP_SIZE * len(FLOW_COLUMNS) * 8
         slices = (second_bar_slices(stats, ROW_GROUP_SIZE) if quiet else second_bar_slices(
             replace(stats, frame=stats.frame.clear()), ROW_GROUP_SIZE, seconds_between=_seconds_reader(stats_file)))
         del stats
@@ -190,7 +194,7 @@ def stage_flow_bars(
             store, exchange=exchange, symbol=bars_input.symbol, native_symbol=native, month=month,
             timestamp=timestamp, files=files, checks_passed=passed,
         )
-    trades = int(coarser["1d"].select(pl.col("taker_buy_count").sum() + pl.col("taker_sell_count").sum()).item() or 0)
+    trades = int(coarser_tables.result()["1d"].select(pl.col("taker_buy_count").sum() + pl.col("taker_sell_count").sum()).item() or 0)
     return MaterializeResult(
         metadata={
             # Where these bars are read once published (staging is cleared by publishing).
