@@ -194,7 +194,8 @@ def stage_flow_bars(
             store, exchange=exchange, symbol=bars_input.symbol, native_symbol=native, month=month,
             timestamp=timestamp, files=files, checks_passed=passed,
         )
-    trades = int(coarser_tables.result()["1d"].select(pl.col("taker_buy_count").sum() + pl.col("taker_sell_count").sum()).item() or 0)
+    days = coarser_tables.result()["1d"]
+    trades = int(days.select(pl.col("taker_buy_count").sum() + pl.col("taker_sell_count").sum()).item() or 0)
     return MaterializeResult(
         metadata={
             # Where these bars are read once published (staging is cleared by publishing).
