@@ -412,3 +412,40 @@ def test_api_reader_polling_during_republication_sees_whole_months_and_true_sha2
     assert code == 0, err[-3000:]
     assert len(generations_seen) >= 2 and rounds >= 3, (rounds, generations_seen)
     print(f"API rounds: {rounds} (coverage + 2 listings + 2 downloads each), generations seen: {len(generations_seen)}")
+
+
+def test_publishing_from_staging_hashes_each_staged_file_once_from_a_pin(tmp_path: Path, monkeypatch) -> None:
+    """Each staged file is verified against its manifest and uploaded from one private pin (a hard link in a
+    local store, no copy): hashed once before the upload, not again by the upload; no pin is left behind."""
+    from aperiodic_pipelines.storage import publication as publication_module
+    from aperiodic_pipelines.storage import staging
+    from aperiodic_pipelines.storage.local import PINS_DIR
+    from aperiodic_pipelines.storage.parquet import bars_metadata, write_parquet_deterministic
+    from tests.publication_writer import frame
+
+    store = LocalStore(tmp_path / "store")
+    files = []
+    for interval in INTERVALS:
+        data = frame("g", "exchange", interval)
+        path = tmp_path / f"{interval}.parquet"
+        write_parquet_deterministic(data, path, metadata=bars_metadata(
+            exchange=EXCHANGE, symbol=SYMBOL, native_symbol=NATIVE, interval=interval, timestamp="exchange",
+            month=MONTH, row_count=data.height))
+        files.append(staging.StagedFile(interval, path, data.height))
+    manifest = staging.stage_variant(store, exchange=EXCHANGE, symbol=SYMBOL, native_symbol=NATIVE, month=MONTH,
+                                     timestamp="exchange", files=files, checks_passed=True)
+    verified, uploaded = [], []
+    real_staging_hash, real_publication_hash = staging.sha256_file, publication_module.sha256_file
+    monkeypatch.setattr(staging, "sha256_file", lambda p: verified.append(Path(p)) or real_staging_hash(p))
+    monkeypatch.setattr(publication_module, "sha256_file", lambda p: uploaded.append(Path(p))
+                        or real_publication_hash(p))
+
+    outcome = staging.publish_month(store, exchange=EXCHANGE, symbol=SYMBOL, native_symbol=NATIVE, month=MONTH,
+                                    timestamps=("exchange",))
+
+    assert outcome.from_staging == ("exchange",) and outcome.problems == ()
+    assert len(verified) == len(INTERVALS) and all(PINS_DIR in p.parts for p in verified)
+    assert [p for p in uploaded if PINS_DIR in p.parts] == []  # the upload trusted the pin's verified hash
+    assert not any((store.root / PINS_DIR).iterdir())
+    published = {f.interval: f.sha256 for f in outcome.month.files}
+    assert published == {entry["interval"]: entry["sha256"] for entry in manifest["files"]}

@@ -341,9 +341,13 @@ class MonthPublication:
     # Days whose files and carries in the previous entry are not carried into this one (republished or invalidated).
     replaced_days: set[str] = field(default_factory=set)
 
-    def _upload(self, local_path: Path | str, key_of: Callable[[str], str]) -> tuple[str, int, str]:
-        """Upload a file to the immutable key `key_of(sha256)` (skipped when those exact bytes are there)."""
-        size, sha = sha256_file(local_path)
+    def _upload(
+        self, local_path: Path | str, key_of: Callable[[str], str], hashed: tuple[int, str] | None = None
+    ) -> tuple[str, int, str]:
+        """Upload a file to the immutable key `key_of(sha256)` (skipped when those exact bytes are there).
+
+        `hashed`: the file's (size, sha256), when the caller has just hashed it (a private, pinned file)."""
+        size, sha = hashed or sha256_file(local_path)
         key = key_of(sha)
         try:
             present = self.store.stored_sha256(key)
@@ -356,12 +360,15 @@ class MonthPublication:
         return key, size, sha
 
     def add_file(
-        self, timestamp: str, interval: str, local_path: Path | str, rows: int, *, day: str | None = None
+        self, timestamp: str, interval: str, local_path: Path | str, rows: int, *, day: str | None = None,
+        hashed: tuple[int, str] | None = None,
     ) -> PublishedFile:
-        """Upload one file (the month's, or with `day` a daily file) to its immutable version key."""
+        """Upload one file (the month's, or with `day` a daily file) to its immutable version key; `hashed` as
+        `_upload`'s."""
         key, size, sha = self._upload(
             local_path,
             lambda sha: version_key(self.exchange, self.native_symbol, self.month, timestamp, interval, sha, day=day),
+            hashed,
         )
         entry = PublishedFile(timestamp, interval, key, sha, int(rows), size, day)
         self.files[(timestamp, interval, day)] = entry

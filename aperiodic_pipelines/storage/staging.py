@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -109,24 +108,23 @@ class _StagingChanged(Exception):
     """A staged file no longer has the sha256 its manifest records: another run is restaging the variant."""
 
 
-def _publish_staged(publication: MonthPublication, manifest: Mapping[str, Any], workdir: Path) -> None:
+def _publish_staged(publication: MonthPublication, manifest: Mapping[str, Any]) -> None:
     if not manifest["checks_passed"]:
         raise MissingInputError(
             f"refusing to publish {manifest['timestamp']} bars of {manifest['exchange']} {manifest['native_symbol']} "
             f"{manifest['month']}: their checks failed"
         )
     for entry in manifest["files"]:
-        local = publication.store.download(
-            entry["staged_key"], workdir / f"{manifest['timestamp']}-{entry['interval']}.parquet"
-        )
-        _size, sha = sha256_file(local)
-        if sha != entry["sha256"]:
-            raise _StagingChanged(f"staged {entry['staged_key']} changed since its checks ran (sha256 {sha})")
-        publication.add_file(manifest["timestamp"], entry["interval"], local, entry["rows"])
-        local.unlink()
+        # Pinned (a hard link in a local store, a download from S3): the bytes verified here are the bytes
+        # published, whatever a restaging run does to the staged key meanwhile. Hashed once, for both.
+        with publication.store.pinned(entry["staged_key"]) as local:
+            size, sha = sha256_file(local)
+            if sha != entry["sha256"]:
+                raise _StagingChanged(f"staged {entry['staged_key']} changed since its checks ran (sha256 {sha})")
+            publication.add_file(manifest["timestamp"], entry["interval"], local, entry["rows"], hashed=(size, sha))
 
 
-def _publish_variant(publication: MonthPublication, key: str, workdir: Path) -> bytes | None:
+def _publish_variant(publication: MonthPublication, key: str) -> bytes | None:
     """Publish one variant exactly as one staged manifest names it; the manifest's bytes (None: nothing staged).
 
     Another run of the partition may restage the variant meanwhile (staging is not under the lease: the two
@@ -143,7 +141,7 @@ def _publish_variant(publication: MonthPublication, key: str, workdir: Path) -> 
                 raise MissingInputError(f"{last_error}; then its staging was cleared by another run")
             return None
         try:
-            _publish_staged(publication, json.loads(staged[0]), workdir)
+            _publish_staged(publication, json.loads(staged[0]))
             return staged[0]
         except _StagingChanged as exc:
             last_error = str(exc)
@@ -181,17 +179,14 @@ def publish_month(
     committed it meanwhile: then nothing of this call is visible through the index.
     """
     from_staging, reverified, used = [], [], []
-    with (
-        tempfile.TemporaryDirectory(prefix="aperiodic-pub-") as tmp,
-        month_publication(
-            store, exchange, native_symbol, month, retain_seconds=retain_seconds, on_step=on_step,
-            lease_seconds=LEASE_SECONDS if lease_seconds is None else lease_seconds,
-        ) as publication,
-    ):
+    with month_publication(
+        store, exchange, native_symbol, month, retain_seconds=retain_seconds, on_step=on_step,
+        lease_seconds=LEASE_SECONDS if lease_seconds is None else lease_seconds,
+    ) as publication:
         previous = publication.previous
         for timestamp in timestamps:
             key = manifest_key(timestamp, exchange, native_symbol, month)
-            staged = _publish_variant(publication, key, Path(tmp))
+            staged = _publish_variant(publication, key)
             if staged is not None:
                 used.append((key, staged))
                 from_staging.append(timestamp)
