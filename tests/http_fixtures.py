@@ -51,10 +51,13 @@ def fast_downloader(source_config: SourceConfig) -> Downloader:
 
 
 def cached_files(cache_dir: Path) -> list[Path]:
-    """Files in the cache other than metadata sidecars (what a rerun would trust)."""
+    """Files in the cache other than metadata sidecars and fetch locks (what a rerun would trust)."""
+    from aperiodic_pipelines.sources.download import LOCKS_DIR
+
     if not cache_dir.exists():
         return []
-    return sorted(p for p in cache_dir.rglob("*") if p.is_file() and not p.name.endswith(".meta.json"))
+    return sorted(p for p in cache_dir.rglob("*") if p.is_file() and not p.name.endswith(".meta.json")
+                  and LOCKS_DIR not in p.relative_to(cache_dir).parts)
 
 
 def tiny_tape(month: str = "2024-01", n: int = 400, seed: int = 11, *, with_arrival: bool = False) -> pl.DataFrame:

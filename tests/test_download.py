@@ -46,6 +46,42 @@ def test_download_is_verified_cached_and_not_fetched_again(archive_mirror, mirro
     assert archive_mirror.count("a/file.bin", method="HEAD") == 0  # a published checksum needs no request
 
 
+def test_concurrent_fetches_of_one_archive_download_it_once_and_never_evict_each_other(
+    archive_mirror, mirror_root, fast_downloader
+):
+    """Runs of consecutive months fetch the same archive at once. The second waits for the first's fetch and
+    then takes its verified file from the cache: it must not find it unverified and evict it while the first
+    is opening it (seen in CI as "No such file or directory" on a just-downloaded zip)."""
+    import threading
+    import time
+
+    digest = _publish(mirror_root, "k.bin", PAYLOAD)
+    url = f"{archive_mirror.url}/k.bin"
+    verifying, release = threading.Event(), threading.Event()
+    results: dict = {}
+
+    def slow_verify(_tmp: Path) -> None:
+        verifying.set()
+        release.wait(10)
+
+    def fetch(name: str, **kwargs) -> None:
+        results[name] = fast_downloader.fetch(url, "k.bin", expected_sha256=digest, **kwargs)
+
+    first = threading.Thread(target=fetch, args=("first",), kwargs={"verify": slow_verify})
+    first.start()
+    assert verifying.wait(10)
+    second = threading.Thread(target=fetch, args=("second",))
+    second.start()
+    time.sleep(0.5)
+    assert second.is_alive()  # waiting for the first fetch, not downloading (or evicting) beside it
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert not results["first"].from_cache and results["second"].from_cache
+    assert results["second"].path == results["first"].path and results["first"].path.read_bytes() == PAYLOAD
+    assert archive_mirror.count("k.bin") == 1
+
+
 def test_without_checksum_a_head_request_revalidates_and_a_change_is_noticed(
     archive_mirror, mirror_root, fast_downloader
 ):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import hashlib
 import io
 import json
@@ -144,6 +145,10 @@ class _WatchedAdapter(HTTPAdapter):
     def init_poolmanager(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+# Per-key lock files (`Downloader._fetching`), under the cache directory; not cache entries.
+LOCKS_DIR = ".locks"
 
 
 @dataclass(frozen=True)
@@ -292,6 +297,13 @@ class Downloader:
         renamed into the cache (e.g. `check_zip`); it raises to reject the file. `headers` (e.g. an API key)
         go with every request and are never recorded.
         """
+        with self._fetching(cache_key):
+            return self._fetch(url, cache_key, expected_sha256, verify, headers)
+
+    def _fetch(
+        self, url: str, cache_key: str, expected_sha256: str | None, verify: Callable[[Path], None] | None,
+        headers: dict[str, str] | None,
+    ) -> Download:
         target = self.cache_dir / cache_key
         cached = self._cached(target, url, expected_sha256, headers)
         if cached is not None:
@@ -320,6 +332,35 @@ class Downloader:
         return self._with_retries(url, attempt)
 
     # --- cache --------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _fetching(self, cache_key: str) -> Iterator[None]:
+        """One fetch of `cache_key` at a time, across threads and processes sharing the cache.
+
+        Runs of consecutive months fetch the same archive (a month's and the next month's lookback): without
+        this, a fetcher that had not yet seen the other's finished download evicted it as unverified, under the
+        feet of the run that had just verified it and was opening it. Waiting is bounded: the holder's check
+        and download each end within the download deadline.
+        """
+        lock_path = self.cache_dir / LOCKS_DIR / f"{cache_key}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        wait = 2 * self.http.deadline_seconds
+        deadline = time.monotonic() + wait
+        with open(lock_path, "a") as lock:
+            while True:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise DownloadError(
+                            f"{cache_key}: another fetch of it held the cache for more than {wait:g} s"
+                        ) from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @staticmethod
     def _meta_path(target: Path) -> Path:
