@@ -6,11 +6,13 @@ Readers of `target` see the previous file or the complete new one, never a parti
 and only then renamed over the target; the directory is fsynced so the rename itself survives a crash. On any
 error (or a `BaseException` such as KeyboardInterrupt) the temporary file is removed and the target is untouched.
 A process killed with SIGKILL leaves at most a `.tmp-*` file, which `remove_stale_temp_files` cleans up later.
+Also the home of `flocked`, the exclusive file lock of the store's leases and of the download cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import tempfile
 import time
@@ -124,3 +126,31 @@ def remove_stale_temp_files(directory: Path, older_than: float, *, recursive: bo
                 tmp.unlink()
                 removed += 1
     return removed
+
+
+@contextlib.contextmanager
+def flocked(path: Path, *, blocking: bool = True, wait_seconds: float | None = None) -> Iterator[int | None]:
+    """Hold an exclusive `flock` on `path` (created if needed): the file descriptor, or None when it could not
+    be had: at once with `blocking=False`, or within `wait_seconds` (polled) when that is given.
+
+    The kernel releases the lock when its holder dies, even by SIGKILL, so a dead holder never blocks the next.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = None if wait_seconds is None else time.monotonic() + wait_seconds
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking and deadline is None else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if deadline is None or time.monotonic() > deadline:
+                    yield None
+                    return
+                time.sleep(0.05)
+        try:
+            yield fd
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -671,3 +671,21 @@ def test_local_pins_are_hard_links_on_the_stores_filesystem_never_listed(tmp_pat
 
 def test_s3_pins_are_private_downloads(s3_client, s3_bucket: str, tmp_path: Path) -> None:  # noqa: F811
     _pinned_survives_republication(S3Store(s3_client, s3_bucket, "platform/v1/"), tmp_path)
+
+
+def test_flocked_waits_a_bounded_time_for_a_held_lock(tmp_path: Path) -> None:
+    """The download cache's lock waits for the holder, but not for ever: past `wait_seconds` it says so (None)."""
+    import time
+
+    from aperiodic_pipelines.atomic import flocked
+
+    path = tmp_path / "locks" / "k.lock"
+    with flocked(path) as held:
+        assert held is not None
+        started = time.monotonic()
+        with flocked(path, wait_seconds=0.3) as waited:
+            assert waited is None and time.monotonic() - started >= 0.3
+        with flocked(path, blocking=False) as other:
+            assert other is None
+    with flocked(path, wait_seconds=0.3) as free:
+        assert free is not None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import hashlib
 import io
 import json
@@ -32,7 +31,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from aperiodic_pipelines.atomic import atomic_path, atomic_write
+from aperiodic_pipelines.atomic import atomic_path, atomic_write, flocked
 from aperiodic_pipelines.domain.errors import (
     AperiodicError,
     ChecksumMismatchError,
@@ -342,25 +341,11 @@ class Downloader:
         feet of the run that had just verified it and was opening it. Waiting is bounded: the holder's check
         and download each end within the download deadline.
         """
-        lock_path = self.cache_dir / LOCKS_DIR / f"{cache_key}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
         wait = 2 * self.http.deadline_seconds
-        deadline = time.monotonic() + wait
-        with open(lock_path, "a") as lock:
-            while True:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise DownloadError(
-                            f"{cache_key}: another fetch of it held the cache for more than {wait:g} s"
-                        ) from None
-                    time.sleep(0.05)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with flocked(self.cache_dir / LOCKS_DIR / f"{cache_key}.lock", wait_seconds=wait) as held:
+            if held is None:
+                raise DownloadError(f"{cache_key}: another fetch of it held the cache for more than {wait:g} s")
+            yield
 
     @staticmethod
     def _meta_path(target: Path) -> Path:

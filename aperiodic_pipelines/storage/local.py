@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import shutil
@@ -18,6 +17,7 @@ from aperiodic_pipelines.atomic import (
     atomic_link,
     atomic_path,
     atomic_write,
+    flocked,
     remove_stale_temp_files,
 )
 from aperiodic_pipelines.domain.errors import StoreError
@@ -61,29 +61,6 @@ PINS_DIR = ".pins"  # readers' private hard links (`LocalStore.pinned`): never l
 # bytes on disk.
 PIN_STALE_SECONDS = 86_400.0
 PRIVATE_DIRS = (LOCKS_DIR, PINS_DIR)
-
-
-@contextlib.contextmanager
-def flocked(path: Path, *, blocking: bool = True) -> Iterator[int | None]:
-    """Hold an exclusive `flock` on `path` (created if needed): the file descriptor, or None when `blocking` is
-    False and another process (or another open of the file) holds it.
-
-    The kernel releases the lock when its holder dies, even by SIGKILL, so a dead writer never blocks the next.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield None
-            return
-        try:
-            yield fd
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 def _remove_stale_pins(pins: Path) -> None:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 
+from aperiodic_pipelines.atomic import flocked
 from aperiodic_pipelines.domain.errors import StoreError
 from aperiodic_pipelines.domain.intervals import check_interval, check_timestamp
 from aperiodic_pipelines.domain.layout import _segment, daily_flow_key, flow_key
@@ -61,7 +62,7 @@ from aperiodic_pipelines.storage.index import (
     index_key,
 )
 from aperiodic_pipelines.storage.json_objects import canonical_json
-from aperiodic_pipelines.storage.local import LocalStore, flocked
+from aperiodic_pipelines.storage.local import LocalStore
 from aperiodic_pipelines.storage.s3 import S3Store
 
 VERSIONS_PREFIX = "versions/flow/"
