@@ -143,6 +143,44 @@ def test_toxicity_matches_lagged_numpy_sums(seed: int, n: int) -> None:
         assert np.isfinite(got).sum() > n // 10  # the comparison covered defined scores too
 
 
+def _quiet_flows(seed: int, n: int, extreme: str) -> tuple[np.ndarray, np.ndarray]:
+    """A quiet month's 1s inputs: trades in ~6 % of the bars, the price moving in ~2 %; `extreme` puts values
+    outside the sparse path's safe range into every block (it must then run the formula on every row)."""
+    rng = np.random.default_rng(seed)
+    flow = np.round(rng.normal(0, 5e3, n), 2) * (rng.random(n) < 0.06)
+    volatility = np.abs(rng.normal(0, 1e-4, n)) * (rng.random(n) < 0.02)
+    if extreme == "tiny flow":
+        flow[::997] = 1e-300  # a window's deviation squared underflows: std 0 although the flow changes
+    elif extreme == "tiny volatility":
+        volatility[::997] = 5e-324  # the window's mean volatility underflows to 0
+    elif extreme == "huge flow":
+        flow[::997] = 1e200  # squares overflow
+    return flow, volatility
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")  # the huge flows, on purpose
+@pytest.mark.parametrize("extreme", ["", "tiny flow", "tiny volatility", "huge flow"])
+def test_quiet_blocks_score_only_their_moving_rows_bit_for_bit(monkeypatch, extreme: str) -> None:
+    from aperiodic_pipelines.flow import toxicity
+
+    sparse_rows = []
+    formula = toxicity._formula
+
+    def counting(signed_flow, volatility, window, rows):
+        sparse_rows.append(0 if rows is None else len(rows))
+        return formula(signed_flow, volatility, window, rows)
+
+    monkeypatch.setattr(toxicity, "_formula", counting)
+    flow, volatility = _quiet_flows(7, 200_000, extreme)
+    got = toxicity_scores(flow, volatility)
+    assert same_bits(got, reference_toxicity(flow, volatility))
+    defined = np.isfinite(got)
+    assert defined.sum() > 20_000 and (got[defined] != 0).sum() > 500  # zeros, non-zeros and nulls compared
+    # Quiet blocks in the safe range ran the formula on their rows with volatility only; the others on all rows.
+    assert all(rows > 0 for rows in sparse_rows) if not extreme else not any(sparse_rows)
+    assert sum(sparse_rows) < 0.03 * len(flow) if not extreme else len(sparse_rows) > 10
+
+
 def test_a_zero_score_is_positive_zero() -> None:
     flow = np.array([1.0, 3.0] * 10 + [0.0])  # a quiet bar after buying: (0 − 2)/std × 0/mean is −0.0 in IEEE
     volatility = np.array([1.0] * 20 + [0.0])

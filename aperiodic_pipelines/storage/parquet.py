@@ -146,6 +146,10 @@ def _deterministic_writer(path: Path, schema: pa.Schema, encodings: dict[str, st
         # bars) and cost ~10% of the writer's CPU on a quiet month's 1s file; `time`'s prune reads by time.
         write_statistics=["time"] if tuple(schema.names) == FLOW_COLUMNS else True,
         store_schema=True,
+        # Pages are cut by size (1 MB) only, not also every 20,000 rows (pyarrow's default): each page is one
+        # zstd call with its own context, and a quiet month's 1s row group held 14 pages per column, mostly
+        # zeros. One invocation: the 1s file's CPU 0.72 -> 0.63 s, its size 8.43 -> 7.48 MB.
+        max_rows_per_page=ROW_GROUP_SIZE,
     )
 
 
