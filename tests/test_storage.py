@@ -17,6 +17,7 @@ import pytest
 
 from aperiodic_pipelines.domain.errors import StoreError
 from aperiodic_pipelines.domain.settings import ConfigError
+from aperiodic_pipelines.flow.grid import FLOW_COLUMNS, FLOW_SCHEMA, NULLABLE_FIELDS
 from aperiodic_pipelines.storage import (
     LocalStore,
     ObjectNotFoundError,
@@ -31,6 +32,7 @@ from aperiodic_pipelines.storage import (
     write_parquet_deterministic,
 )
 from aperiodic_pipelines.storage.local import PIN_STALE_SECONDS, PINS_DIR
+from aperiodic_pipelines.storage.parquet import ROW_GROUP_SIZE
 
 
 def bars_frame(rows: int = 1_000, seed: int = 3) -> pl.DataFrame:
@@ -142,6 +144,28 @@ def test_parquet_metadata_columns_and_compression(tmp_path: Path) -> None:
     back = pl.read_parquet(path)
     assert back.equals(df)
     assert back.schema == df.schema
+
+
+def test_parquet_pages_are_cut_by_size_not_every_20000_rows(tmp_path: Path) -> None:
+    """pyarrow's default also cuts a page every 20,000 rows: 14 pages (14 zstd calls, 14 headers) per column of a
+    262,144-row row group. Ours are cut at 1 MB only: two pages of 131,072 doubles."""
+    rows = ROW_GROUP_SIZE
+    rng = np.random.default_rng(5)
+    time = pl.datetime_range(datetime(2024, 1, 1), datetime(2024, 1, 1) + timedelta(seconds=rows - 1), "1s",
+                             time_unit="us", eager=True)
+    frame = pl.DataFrame([
+        time.alias(name) if name == "time" else pl.repeat(None if name in NULLABLE_FIELDS else 0, rows,
+                                                           dtype=dtype, eager=True).alias(name)
+        for name, dtype in FLOW_SCHEMA.items()
+    ]).with_columns(pl.Series("taker_buy_volume", rng.normal(0, 1, rows) * (rng.random(rows) < 0.05)))
+    path = tmp_path / "pages.parquet"
+    write_parquet_deterministic(frame, path, metadata={"k": "v"})
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(FLOW_COLUMNS.index("taker_buy_volume"))
+    assert chunk.num_values == rows
+    # A REQUIRED column, uncompressed: the 8-byte values plus each page's header (~25 bytes; 14 would be ~350).
+    headers = chunk.total_uncompressed_size - 8 * rows
+    assert 0 < headers < 100, headers
+    assert pl.read_parquet(path).equals(frame)
 
 
 def test_scratch_parquet_is_written_whole_without_fsync(tmp_path: Path, monkeypatch) -> None:
