@@ -155,11 +155,13 @@ def _quiet_flows(seed: int, n: int, extreme: str) -> tuple[np.ndarray, np.ndarra
         volatility[::997] = 5e-324  # the window's mean volatility underflows to 0
     elif extreme == "huge flow":
         flow[::997] = 1e200  # squares overflow
+    elif extreme == "nan flow":  # never from validated trades; if ever, the dense path's NaNs, not zeros
+        flow[::997] = np.nan
     return flow, volatility
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered")  # the huge flows, on purpose
-@pytest.mark.parametrize("extreme", ["", "tiny flow", "tiny volatility", "huge flow"])
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value")  # huge and NaN flows, on purpose
+@pytest.mark.parametrize("extreme", ["", "tiny flow", "tiny volatility", "huge flow", "nan flow"])
 def test_quiet_blocks_score_only_their_moving_rows_bit_for_bit(monkeypatch, extreme: str) -> None:
     from aperiodic_pipelines.flow import toxicity
 

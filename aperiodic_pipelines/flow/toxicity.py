@@ -73,7 +73,7 @@ def _in_safe_range(values: np.ndarray) -> bool:
     has a deviation whose square does not underflow (std > 0), flow_norm is finite, and a window with volatility
     has a mean volatility that does not underflow to 0. Real flows and returns are many orders inside."""
     magnitude = np.abs(values)
-    nonzero = magnitude[magnitude > 0]
+    nonzero = magnitude[magnitude != 0]  # NaN stays in, and fails the bounds
     return not nonzero.size or bool(SAFE_RANGE[0] <= nonzero.min() and nonzero.max() <= SAFE_RANGE[1])
 
 
