@@ -60,8 +60,8 @@ def metadata(rows: int) -> dict[str, str]:
 def pyarrow_whole_table(frame: pl.DataFrame, path: Path, meta: dict[str, str], row_group_size: int) -> None:
     """What `write_parquet_deterministic` did before it wrote row groups one by one: the whole table in one
     `write_table` call that pyarrow splits into row groups."""
-    table, encodings = _arrow_layout(frame)
-    with _deterministic_writer(path, table.schema, encodings) as writer:
+    table, layout_options = _arrow_layout(frame)
+    with _deterministic_writer(path, table.schema, layout_options) as writer:
         writer.write_table(table, row_group_size=row_group_size)
         writer.add_key_value_metadata({k: meta[k] for k in sorted(meta)})
 

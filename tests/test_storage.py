@@ -168,25 +168,23 @@ def test_parquet_pages_are_cut_by_size_not_every_20000_rows(tmp_path: Path) -> N
     assert pl.read_parquet(path).equals(frame)
 
 
-def test_scratch_parquet_is_written_whole_without_fsync(tmp_path: Path, monkeypatch) -> None:
-    """A step's scratch file (`durable=False`) is copied into the store, which fsyncs the copy: the scratch
-    write skips its own fsyncs, is byte for byte the durable file, and still never appears half-written."""
+def test_parquet_is_scratch_written_whole_without_fsync(tmp_path: Path, monkeypatch) -> None:
+    """Parquet files are scratch, copied into the store, which fsyncs the copy: the write skips its own fsyncs,
+    gives the same bytes as before, and still never appears half-written."""
     import os
 
     from aperiodic_pipelines import atomic
 
     df = bars_frame()
-    durable = write_bars(tmp_path / "durable.parquet", df)
+    first = write_bars(tmp_path / "first.parquet", df)
     synced = []
     monkeypatch.setattr(atomic.os, "fsync", lambda fd: synced.append(fd))
     scratch = tmp_path / "scratch.parquet"
-    write_parquet_deterministic(df, scratch, metadata=read_parquet_metadata(durable), durable=False)
-    assert synced == [] and scratch.read_bytes() == durable.read_bytes()
-    write_parquet_deterministic(df, tmp_path / "again.parquet", metadata=read_parquet_metadata(durable))
-    assert synced  # the default stays durable
+    write_parquet_deterministic(df, scratch, metadata=read_parquet_metadata(first))
+    assert synced == [] and scratch.read_bytes() == first.read_bytes()
     with pytest.raises(TypeError):
-        write_parquet_deterministic(df, scratch, metadata={"row_count": 3}, durable=False)  # type: ignore[dict-item]
-    assert scratch.read_bytes() == durable.read_bytes()  # the failed rewrite left the file as it was
+        write_parquet_deterministic(df, scratch, metadata={"row_count": 3})  # type: ignore[dict-item]
+    assert scratch.read_bytes() == first.read_bytes()  # the failed rewrite left the file as it was
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(atomic.TEMP_PREFIX)) == []
     assert os.stat(scratch).st_mode & 0o777 == 0o644
 

@@ -124,7 +124,6 @@ def compute_and_store_second_stats(
                 write_parquet_deterministic(
                     stats.frame,
                     path,
-                    durable=False,  # scratch: publishing copies it into the store, durably
                     metadata={
                         "aperiodic.month": month,
                         "aperiodic.timestamp": timestamp,

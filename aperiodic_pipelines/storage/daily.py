@@ -182,7 +182,7 @@ def publish_day(
         for (timestamp, interval), frame in sorted(bars.items()):
             daily_flow_key(timestamp, exchange, interval, native_symbol, day)  # checks every part before a write
             local = Path(tmp) / f"{timestamp}-{interval}.parquet"
-            write_parquet_deterministic(frame, local, durable=False, metadata=bars_metadata(
+            write_parquet_deterministic(frame, local, metadata=bars_metadata(
                 exchange=exchange, symbol=symbol, native_symbol=native_symbol, interval=interval,
                 timestamp=timestamp, month=month, row_count=frame.height, sources=by_variant[timestamp], day=day,
             ))
@@ -211,8 +211,7 @@ def _write_carry(carry: Carry, exchange: str, native_symbol: str, tmp: Path) -> 
     local = tmp / f"carry-{carry.timestamp}-{carry.day}.parquet"
     if not local.exists():
         write_parquet_deterministic(
-            carry.to_frame(), local, metadata=_carry_metadata(exchange, native_symbol, carry.timestamp, carry.day),
-            durable=False,
+            carry.to_frame(), local, metadata=_carry_metadata(exchange, native_symbol, carry.timestamp, carry.day)
         )
     return local
 

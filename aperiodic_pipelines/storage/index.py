@@ -211,6 +211,6 @@ def publish_month_bars(
                 exchange=exchange, symbol=symbol, native_symbol=native_symbol, interval=interval,
                 timestamp=timestamp, month=month, row_count=frame.height, sources=sources,
             )
-            write_parquet_deterministic(frame, local, metadata=metadata, durable=False)  # scratch, copied
+            write_parquet_deterministic(frame, local, metadata=metadata)
             publication.add_file(timestamp, interval, local, frame.height)
         return publication.commit(symbol).month

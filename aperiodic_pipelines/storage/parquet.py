@@ -30,28 +30,25 @@ INLINE_SOURCES_MAX = 32  # spec §4: more source objects than this go to a linea
 LINEAGE_PREFIX = "lineage/sources/"
 
 
-def write_parquet_deterministic(
-    df: pl.DataFrame, path: Path | str, *, metadata: Mapping[str, str], durable: bool = True
-) -> None:
+def write_parquet_deterministic(df: pl.DataFrame, path: Path | str, *, metadata: Mapping[str, str]) -> None:
     """Write `df` as zstd parquet with `metadata` as key-value metadata, atomically, reproducibly.
 
     Columns keep the frame's order; metadata keys are sorted; the row-group size is fixed and the frame is
     rechunked so the bytes do not depend on how the frame was built. pyarrow stamps its own version in
     `created_by`, so identity holds for one pyarrow version (pinned by the lock file), not across versions.
-    `durable=False`: a scratch file, not fsynced (see `atomic_path`).
+    Like every file written here, a scratch file (see `RowGroupWriter`).
     """
     slices = (df.slice(offset, ROW_GROUP_SIZE) for offset in range(0, max(df.height, 1), ROW_GROUP_SIZE))
-    write_parquet_row_groups(slices, path, metadata=metadata, durable=durable)
+    write_parquet_row_groups(slices, path, metadata=metadata)
 
 
 def write_parquet_row_groups(
     slices: Iterable[pl.DataFrame], path: Path | str, *,
     metadata: Mapping[str, str] | Callable[[int], Mapping[str, str]], row_group_size: int = ROW_GROUP_SIZE,
-    durable: bool = True,
 ) -> int:
     """`write_parquet_deterministic` of the concatenation of `slices`, holding one slice at a time; returns
     the row count. The slices are `RowGroupWriter`'s; `metadata` may be a function of the row count."""
-    with RowGroupWriter(path, row_group_size=row_group_size, durable=durable) as writer:
+    with RowGroupWriter(path, row_group_size=row_group_size) as writer:
         for frame in slices:
             writer.write(frame)
         return writer.finish(metadata(writer.rows) if callable(metadata) else metadata)
@@ -64,18 +61,22 @@ class RowGroupWriter:
     Each `write` is one row group, so every slice but the last must hold exactly `row_group_size` rows (the
     last at most that, and at least one row unless it is the only slice). `finish(metadata)` writes the
     footer (the row count is known by then); the file replaces `path` when the `with` block ends without an
-    error, and never appears otherwise. `durable=False`: a scratch file, not fsynced (see `atomic_path`).
+    error, and never appears otherwise.
+
+    The file is scratch: atomic but not fsynced (`atomic_path(durable=False)`). Files reach the store only
+    through `ObjectStore.publish_file` (or a publication's upload), which makes its own copy durable; a crash
+    loses nothing that is not written again.
     """
 
-    def __init__(self, path: Path | str, *, row_group_size: int = ROW_GROUP_SIZE, durable: bool = True) -> None:
-        self.path, self.row_group_size, self.durable = Path(path), row_group_size, durable
+    def __init__(self, path: Path | str, *, row_group_size: int = ROW_GROUP_SIZE) -> None:
+        self.path, self.row_group_size = Path(path), row_group_size
         self.rows = 0
         self._last_height = row_group_size
         self._writer: pq.ParquetWriter | None = None
         self._finished = False
 
     def __enter__(self) -> RowGroupWriter:
-        self._atomic = atomic_path(self.path, suffix=".parquet", durable=self.durable)
+        self._atomic = atomic_path(self.path, suffix=".parquet", durable=False)
         self._tmp = self._atomic.__enter__()
         return self
 
@@ -85,9 +86,9 @@ class RowGroupWriter:
                 or (self._writer is not None and not frame.height)):
             raise ValueError(f"{self.path}: every slice but the last must hold {self.row_group_size} rows, the "
                              f"last 1 to {self.row_group_size} (got {frame.height} after {self.rows} rows)")
-        table, encodings = _arrow_layout(frame)
+        table, layout_options = _arrow_layout(frame)
         if self._writer is None:
-            self._writer = _deterministic_writer(self._tmp, table.schema, encodings)
+            self._writer = _deterministic_writer(self._tmp, table.schema, layout_options)
         self._writer.write_table(table, row_group_size=self.row_group_size)
         self.rows, self._last_height = self.rows + frame.height, frame.height
 
@@ -119,18 +120,18 @@ def _check_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
     return metadata
 
 
-def _arrow_layout(frame: pl.DataFrame) -> tuple[pa.Table, dict[str, str] | None]:
-    """The frame as one contiguous Arrow table in its parquet layout, and the column encodings to write it with."""
+def _arrow_layout(frame: pl.DataFrame) -> tuple[pa.Table, dict[str, object]]:
+    """The frame as one contiguous Arrow table in its parquet layout, and the writer options that go with it."""
     table = frame.rechunk().to_arrow()
-    encodings = None
+    options: dict[str, object] = {"write_statistics": True}
     if tuple(frame.columns) == FLOW_COLUMNS:
-        table, encodings = _flow_bars_layout(table)
+        table, options = _flow_bars_layout(table)
     # The key-value metadata goes into the footer once. Left on the Arrow schema it would be serialized a second
     # time inside pyarrow's `ARROW:schema` entry (a 1,460-object source list cost 343 KB there, issue 14).
-    return table.replace_schema_metadata(None), encodings
+    return table.replace_schema_metadata(None), options
 
 
-def _deterministic_writer(path: Path, schema: pa.Schema, encodings: dict[str, str] | None) -> pq.ParquetWriter:
+def _deterministic_writer(path: Path, schema: pa.Schema, layout_options: Mapping[str, object]) -> pq.ParquetWriter:
     import pyarrow.parquet as pq
 
     return pq.ParquetWriter(
@@ -141,26 +142,25 @@ def _deterministic_writer(path: Path, schema: pa.Schema, encodings: dict[str, st
         # Bars are mostly distinct floats: dictionary pages cost ~45% more CPU and end up larger (measured on a
         # 1s month, 2.7 M rows x 37 columns: 2.3 s vs 3.3 s CPU, 42.6 vs 47.8 MB).
         use_dictionary=False,
-        column_encoding=encodings,
-        # Min/max of a flow-bar field prune nothing (every row group of a dense grid spans quiet and busy
-        # bars) and cost ~10% of the writer's CPU on a quiet month's 1s file; `time`'s prune reads by time.
-        write_statistics=["time"] if tuple(schema.names) == FLOW_COLUMNS else True,
         store_schema=True,
         # Pages are cut by size (1 MB) only, not also every 20,000 rows (pyarrow's default): each page is one
         # zstd call with its own context, and a quiet month's 1s row group held 14 pages per column, mostly
         # zeros. One invocation: the 1s file's CPU 0.72 -> 0.63 s, its size 8.43 -> 7.48 MB.
         max_rows_per_page=ROW_GROUP_SIZE,
+        **layout_options,
     )
 
 
-def _flow_bars_layout(table: pa.Table) -> tuple[pa.Table, dict[str, str]]:
-    """A flow-bar table's parquet layout: fields that are never null (spec §2) are REQUIRED, and `time` is
-    delta-encoded.
+def _flow_bars_layout(table: pa.Table) -> tuple[pa.Table, dict[str, object]]:
+    """A flow-bar table's parquet layout: fields that are never null (spec §2) are REQUIRED, `time` is
+    delta-encoded and the only column with min/max statistics.
 
-    Both only change how the same values are stored, and both are fixed by the contract, never by the data, so
-    every month has the same parquet schema. They halve the writer's CPU on a 1s month (2.7 M rows): an
+    The first two only change how the same values are stored, and both are fixed by the contract, never by the
+    data, so every month has the same parquet schema. They halve the writer's CPU on a 1s month (2.7 M rows): an
     OPTIONAL column costs a definition level per value, and the evenly spaced `time` column delta-encodes to a
-    few bytes instead of 20 MB for zstd to compress.
+    few bytes instead of 20 MB for zstd to compress. Min/max of a field prune nothing (every row group of a
+    dense grid spans quiet and busy bars) and cost ~10% of the writer's CPU on a quiet month's 1s file; `time`'s
+    prune reads by time.
     """
     import pyarrow as pa
 
@@ -169,7 +169,7 @@ def _flow_bars_layout(table: pa.Table) -> tuple[pa.Table, dict[str, str]]:
     if nulls:
         raise ValueError(f"flow bars: columns {nulls} must never be null (spec §2)")
     schema = pa.schema([field.with_nullable(field.name in NULLABLE_FIELDS) for field in table.schema])
-    return table.cast(schema), {"time": "DELTA_BINARY_PACKED"}
+    return table.cast(schema), {"column_encoding": {"time": "DELTA_BINARY_PACKED"}, "write_statistics": ["time"]}
 
 
 def read_parquet_metadata(source: Path | str | bytes) -> dict[str, str]:
