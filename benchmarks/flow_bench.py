@@ -8,6 +8,8 @@ Cases (each runs in its own subprocess, so the peak RSS reported is that case's 
   c  pandas 1m    a straightforward pandas groupby computing the 36 fields at 1m only
   d  ours         second stats of pl.scan_parquet(path), then all 8 intervals, 36 fields each, the 1s table a
                  row group at a time as the flow-bars step derives it (the old code: compute_flow_bars, whole)
+With --warm, each case also runs warm: once untimed, then timed, in the same process, as a long-lived worker
+(`aperiodic-pipelines worker`) computes its second month: libraries loaded, numba's compiled loop in memory.
 See docs/benchmarks.md for how to read the table.
 """
 
@@ -171,8 +173,9 @@ def case_ours(path: str, month: str) -> int:
 CASE_FUNCTIONS = {"a": case_scan, "b": case_polars_minutes, "c": case_pandas_minutes, "d": case_ours, "o": case_ours}
 
 
-def run_child(case: str, path: str, month: str) -> None:
-    """Entry point of the child process: run one case, print one JSON line."""
+def run_child(case: str, path: str, month: str, warm: bool = False) -> None:
+    """Entry point of the child process: run one case (after an untimed run of it when `warm`), print one JSON
+    line."""
     import polars  # noqa: F401  - imported before the clock starts: we time the work, not the imports
 
     if case == "c":
@@ -180,10 +183,13 @@ def run_child(case: str, path: str, month: str) -> None:
     if case in ("d", "o"):
         # The package (polars, pandera via the canonical schema); what the engine imports on first use is timed.
         import aperiodic_pipelines.flow  # noqa: F401
+    if warm:
+        CASE_FUNCTIONS[case](path, month)
+        PHASES.clear()
     started, cpu_started = time.perf_counter(), time.process_time()
     rows = CASE_FUNCTIONS[case](path, month)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    print(json.dumps({"case": case, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_rss_mb(), "output_rows": rows,
+    print(json.dumps({"case": case, "warm": warm, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_rss_mb(), "output_rows": rows,
                       **({"phases_s": PHASES} if PHASES else {})}))
 
 
@@ -211,10 +217,11 @@ def ensure_tape(workdir: Path, month: str, n_trades: int, seed: int) -> Path:
     return path
 
 
-def run_case(case: str, path: Path, month: str, base: Path | None = None) -> dict:
-    """One case in a fresh process; case `o` imports the engine from the `base` checkout instead."""
+def run_case(case: str, path: Path, month: str, base: Path | None = None, warm: bool = False) -> dict:
+    """One case in a fresh process (`warm`: timed on its second run there); case `o` imports the engine from
+    the `base` checkout instead."""
     command = [sys.executable, os.path.abspath(__file__), "--run-case", case, "--path", str(path),
-               "--month", month]
+               "--month", month, *(["--warm-up"] if warm else [])]
     env = dict(os.environ)
     if case == "o":
         env["PYTHONPATH"] = str(base)
@@ -222,7 +229,7 @@ def run_case(case: str, path: Path, month: str, base: Path | None = None) -> dic
         env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        return {"case": case, "error": (done.stderr.strip().splitlines() or ["?"])[-1],
+        return {"case": case, "warm": warm, "error": (done.stderr.strip().splitlines() or ["?"])[-1],
                 "returncode": done.returncode}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -236,24 +243,24 @@ def median_run(runs: list[dict]) -> dict:
 
 
 def format_table(results: list[dict], n_trades: int) -> str:
-    by_case = {r["case"]: r for r in results}
+    by_case = {(r["case"], r.get("warm", False)): r for r in results}
 
-    def ratio(result: dict, base: str) -> str:
-        other = by_case.get(base)
+    def ratio(result: dict, base: str) -> str:  # against the base case run the same way (cold or warm)
+        other = by_case.get((base, result.get("warm", False)))
         if "wall_s" not in result or not other or "wall_s" not in other:
             return "-"
         return f"{result['wall_s'] / other['wall_s']:.2f}x"
 
-    header = (f"{'case':<44} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'trades/s':>12} {'vs b':>8} "
+    header = (f"{'case':<52} {'wall s':>8} {'cpu s':>8} {'peak RSS MB':>12} {'trades/s':>12} {'vs b':>8} "
               f"{'vs c':>8}")
     lines = [header, "-" * len(header)]
     for result in results:
-        label = f"{result['case']}  {CASES[result['case']]}"
+        label = f"{result['case']}  {CASES[result['case']]}" + (" (warm)" if result.get("warm") else "")
         if "error" in result:
-            lines.append(f"{label:<44} FAILED (exit {result['returncode']}): {result['error']}")
+            lines.append(f"{label:<52} FAILED (exit {result['returncode']}): {result['error']}")
             continue
         lines.append(
-            f"{label:<44} {result['wall_s']:>8.2f} {result.get('cpu_s', float('nan')):>8.2f} "
+            f"{label:<52} {result['wall_s']:>8.2f} {result.get('cpu_s', float('nan')):>8.2f} "
             f"{result['peak_rss_mb']:>12.0f} "
             f"{n_trades / result['wall_s']:>12,.0f} {ratio(result, 'b'):>8} {ratio(result, 'c'):>8}"
         )
@@ -274,12 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", type=Path, help="also run case o: the engine of this checkout (the old code)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the cases this many times, interleaved; the table shows each case's median run")
+    parser.add_argument("--warm", action="store_true",
+                        help="also time each case warm: its second run in one process (as a long-lived worker)")
     parser.add_argument("--run-case", choices=sorted(CASE_FUNCTIONS), help=argparse.SUPPRESS)
+    parser.add_argument("--warm-up", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.run_case:
-        run_child(args.run_case, args.path, args.month)
+        run_child(args.run_case, args.path, args.month, args.warm_up)
         return 0
 
     cases = [c for c in args.cases if c in CASE_FUNCTIONS and c != "o" and not (args.skip_pandas and c == "c")]
@@ -287,12 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         cases.append("o")
     path = ensure_tape(args.workdir, args.month, args.trades, args.seed)
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}", flush=True)
-    runs: dict[str, list[dict]] = {case: [] for case in cases}
+    variants = [(case, warm) for warm in ((False, True) if args.warm else (False,)) for case in cases]
+    runs: dict[tuple[str, bool], list[dict]] = {variant: [] for variant in variants}
     for repeat in range(args.repeat):
-        for case in cases:
-            print(f"running {case}: {CASES[case]} ({repeat + 1}/{args.repeat}) ...", flush=True)
-            runs[case].append(run_case(case, path, args.month, args.base))
-    results = [median_run(runs[case]) for case in cases]
+        for case, warm in variants:
+            print(f"running {case}: {CASES[case]}{' (warm)' if warm else ''} ({repeat + 1}/{args.repeat}) ...",
+                  flush=True)
+            runs[case, warm].append(run_case(case, path, args.month, args.base, warm))
+    results = [median_run(runs[variant]) for variant in variants]
     table = format_table(results, args.trades)
     print()
     print(table)
