@@ -7,8 +7,9 @@ start one. Its Celery app is the instance's run launcher's own app, with dagster
 so launcher and workers agree on broker, backend, queues and task names by construction.
 
 Runs execute in the worker's pool processes (`--concurrency` of them), which live across runs: a run pays no
-interpreter start, and each pool process imports the definitions once, when it starts. There is no time limit
-on a run. SIGTERM (or Ctrl-C) stops taking runs and exits when the current ones have finished; a worker killed
+interpreter start, each pool process imports the definitions and the instance's classes once, when it starts, and
+opens the instance (its storage's connection pools) at its first run and keeps it for the next ones. There is no
+time limit on a run. SIGTERM (or Ctrl-C) stops taking runs and exits when the current ones have finished; a worker killed
 outright (kill -9, a lost machine) is noticed by the launcher's health check (it stops answering Celery's ping),
 and run monitoring fails its runs so run retries re-run them elsewhere.
 """
@@ -19,15 +20,20 @@ import argparse
 import logging
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aperiodic_pipelines.domain.settings import ConfigError
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 DEFAULT_QUEUE = "dagster"  # dagster-celery's default queue, and deploy/celery/dagster.yaml's default_queue
 DEFAULT_MAX_RUNS_PER_PROCESS = 100
 POOL_PROCESS_START_TIMEOUT_S = 120
 PRELOADED_DEFINITIONS = "aperiodic_pipelines.defs.definitions"
 _log = logging.getLogger(__name__)
+# This pool process's instance and the pid that opened it (`_pool_instance`).
+_instance: tuple[int, DagsterInstance] | None = None
 
 
 def add_worker_command(subparsers: Any) -> None:
@@ -58,7 +64,6 @@ def worker_app() -> Any:
     """
     from dagster._core.instance.ref import InstanceRef
     from dagster_celery.launcher import CeleryRunLauncher
-    from dagster_celery.tasks import create_execute_job_task, create_resume_job_task
 
     home = os.environ.get("DAGSTER_HOME")
     if not home:
@@ -73,23 +78,88 @@ def worker_app() -> Any:
             "launcher (deploy/celery/dagster.yaml)"
         )
     app = launcher.celery
-    create_execute_job_task(app)
-    create_resume_job_task(app)
+    _register_run_tasks(app)
     return app
 
 
-def _import_definitions(**_kwargs: Any) -> None:
-    """In each pool process as it starts: import the definitions once, so runs find them loaded.
+def _register_run_tasks(app: Any) -> None:
+    """dagster-celery's two run tasks (same names, parameters and options, so its launcher and health check see no
+    difference), each executing its run with this pool process's instance (`_pool_instance`) instead of opening a
+    new one per run."""
+    from dagster._cli.api import _execute_run_command_body, _resume_run_command_body
+    from dagster._grpc.types import ExecuteRunArgs, ResumeRunArgs
+    from dagster._serdes import unpack_value
+    from dagster_celery.config import TASK_EXECUTE_JOB_NAME, TASK_RESUME_JOB_NAME
+
+    # Celery keeps the first task registered under a name, and adds tasks created as shared (dagster-celery's
+    # are) to every app: the registry (reading it finalizes the app) must not hold theirs when ours are added.
+    for name in (TASK_EXECUTE_JOB_NAME, TASK_RESUME_JOB_NAME):
+        if name in app.tasks:
+            app.tasks.unregister(name)
+
+    @app.task(bind=True, name=TASK_EXECUTE_JOB_NAME, track_started=True, shared=False)
+    def execute_job(_task: Any, execute_job_args_packed: Any) -> int:
+        args = unpack_value(execute_job_args_packed, as_type=ExecuteRunArgs)
+        return _execute_run_command_body(instance=_pool_instance(), run_id=args.run_id, write_stream_fn=_discard,
+                                         set_exit_code_on_failure=args.set_exit_code_on_failure is not False)
+
+    @app.task(bind=True, name=TASK_RESUME_JOB_NAME, track_started=True, shared=False)
+    def resume_job(_task: Any, resume_job_args_packed: Any) -> int:
+        args = unpack_value(resume_job_args_packed, as_type=ResumeRunArgs)
+        return _resume_run_command_body(instance=_pool_instance(), run_id=args.run_id, write_stream_fn=_discard,
+                                        set_exit_code_on_failure=args.set_exit_code_on_failure is not False)
+
+
+def _discard(_event: Any) -> None:
+    """A run's events are in the instance's event log; nothing reads the task's stream."""
+
+
+def _pool_instance() -> DagsterInstance:
+    """The instance of $DAGSTER_HOME for this pool process, opened at its first run and kept for the next ones.
+
+    dagster-celery's task opens and closes the instance for every run: reading and validating dagster.yaml,
+    building the storages and their connection pools, and new PostgreSQL connections for the run's first queries
+    (~35 ms of the worker's CPU and ~25 ms of PostgreSQL's a run, measured on this project's deploy/celery
+    instance). Dagster's daemon and webserver keep one instance for their lifetime the same way. An instance is
+    never used across a fork: a pool process opens its own (the worker's main process never opens one), and a
+    changed dagster.yaml reaches the runs when pool processes are replaced (`--max-runs-per-process`).
+    """
+    global _instance
+    from dagster import DagsterInstance
+
+    if _instance is None or _instance[0] != os.getpid():
+        _instance = (os.getpid(), DagsterInstance.get())
+    return _instance[1]
+
+
+def _prepare_pool_process(**_kwargs: Any) -> None:
+    """In each pool process as it starts: import the definitions and the instance's classes (its storage's
+    SQLAlchemy, alembic and driver: ~1 s), so that no run pays for them.
 
     Imported after the fork, not before: a process forked after polars or numba started their threads can
-    deadlock. A failure is logged here and reported again, with its traceback, by every run that needs them.
+    deadlock. Nothing connects here (a worker starts without its database). A failure is logged here and reported
+    again, with its traceback, by every run that needs the module.
     """
     import importlib
 
+    for module in (PRELOADED_DEFINITIONS, *_instance_modules()):
+        try:
+            importlib.import_module(module)
+        except Exception:
+            _log.exception("could not preload %s", module)
+
+
+def _instance_modules() -> list[str]:
+    """The modules of the classes that $DAGSTER_HOME/dagster.yaml configures (storage, launcher, coordinator…)."""
+    from dagster._core.instance.ref import InstanceRef
+    from dagster._serdes import ConfigurableClassData
+
     try:
-        importlib.import_module(PRELOADED_DEFINITIONS)
+        ref = InstanceRef.from_dir(os.environ["DAGSTER_HOME"])
     except Exception:
-        _log.exception("could not preload %s", PRELOADED_DEFINITIONS)
+        _log.exception("could not read the instance in $DAGSTER_HOME")
+        return []
+    return sorted({value.module_name for value in ref._asdict().values() if isinstance(value, ConfigurableClassData)})
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -107,7 +177,7 @@ def run_worker(args: argparse.Namespace) -> int:
     # Celery gives a new pool process 4 s to finish its start-up hooks; importing the definitions on a busy
     # machine can take longer.
     app.conf.worker_proc_alive_timeout = POOL_PROCESS_START_TIMEOUT_S
-    worker_process_init.connect(_import_definitions, weak=False)
+    worker_process_init.connect(_prepare_pool_process, weak=False)
     name = args.name or f"aperiodic-{os.getpid()}@{socket.gethostname()}"
     argv = [
         "worker",

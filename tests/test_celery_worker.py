@@ -1,0 +1,102 @@
+"""`aperiodic-pipelines worker`'s pool processes: dagster-celery's run tasks under their own names, one instance
+kept per pool process across its runs (a forked process opens its own), and the instance's classes imported when
+a pool process starts rather than in its first run. The runs themselves go through these tasks in
+`test_celery_deploy.py` (two real workers, several runs each)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("dagster_celery")
+
+from celery import Celery  # noqa: E402
+from dagster_celery.config import TASK_EXECUTE_JOB_NAME, TASK_RESUME_JOB_NAME  # noqa: E402
+from dagster_celery.tasks import create_execute_job_task, create_resume_job_task  # noqa: E402
+
+from aperiodic_pipelines.operator import worker  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+UNUSED_BROKER = "redis://127.0.0.1:9/0"  # registering tasks and reading the instance connect to nothing
+
+
+def _home(tmp_path: Path, instance_file: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(instance_file, home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("APERIODIC_CELERY_BROKER_URL", UNUSED_BROKER)
+    return home
+
+
+def test_the_run_tasks_keep_dagster_celerys_names_and_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _home(tmp_path, REPO / "deploy" / "celery" / "dagster.yaml", monkeypatch)
+    # dagster-celery's tasks first: Celery adds a shared task (theirs are) to every app finalized later, and a
+    # worker's own tasks still take precedence on its app, as they do in `aperiodic-pipelines worker`.
+    theirs = Celery("dagster-celery's own tasks", broker=UNUSED_BROKER, set_as_current=False)
+    create_execute_job_task(theirs)
+    create_resume_job_task(theirs)
+    app = worker.worker_app()
+    for name in (TASK_EXECUTE_JOB_NAME, TASK_RESUME_JOB_NAME):
+        task = app.tasks[name]
+        assert task.run.__module__ == worker.__name__, name  # ours, not dagster-celery's instance-per-run task
+        # The launcher sends keyword arguments by dagster-celery's parameter names, and its health check reads the
+        # STARTED record: the same parameters and options as dagster-celery's task.
+        assert list(inspect.signature(task.run).parameters) == list(inspect.signature(theirs.tasks[name].run).parameters)
+        assert (task.track_started, task.name) == (theirs.tasks[name].track_started, theirs.tasks[name].name) == (
+            True, name)
+
+
+def test_a_pool_process_keeps_its_instance_and_a_forked_one_opens_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _home(tmp_path, REPO / "dagster.yaml", monkeypatch)
+    monkeypatch.setattr(worker, "_instance", None)
+    first = worker._pool_instance()
+    try:
+        assert worker._pool_instance() is first
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:  # the child answers through the pipe and leaves without running pytest's teardown
+            try:
+                os.write(write, b"own" if worker._pool_instance() is not first else b"shared")
+            finally:
+                os._exit(0)
+        os.close(write)
+        answer = os.read(read, 16)
+        os.waitpid(child, 0)
+        assert answer == b"own"
+        assert worker._pool_instance() is first  # the parent's is unchanged
+    finally:
+        first.dispose()
+
+
+def test_a_pool_process_imports_the_instance_storage_before_its_first_run(tmp_path: Path) -> None:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "celery" / "dagster.yaml", home / "dagster.yaml")
+    probe = (
+        "import sys\n"
+        "from aperiodic_pipelines.operator import worker\n"
+        "print(sorted(worker._instance_modules()))\n"
+        "before = {m for m in ('sqlalchemy', 'alembic', 'dagster_postgres') if m in sys.modules}\n"
+        "worker._prepare_pool_process()\n"
+        "after = {m for m in ('sqlalchemy', 'alembic', 'dagster_postgres') if m in sys.modules}\n"
+        "print(sorted(before), sorted(after), worker._instance is None)\n"
+    )
+    env = {**os.environ, "DAGSTER_HOME": str(home), "APERIODIC_CELERY_BROKER_URL": UNUSED_BROKER,
+           "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    modules, imported = done.stdout.strip().splitlines()[-2:]
+    assert "aperiodic_pipelines.operator.pg_storage" in modules
+    assert "aperiodic_pipelines.operator.launchers" in modules
+    # The preload brings the storage's libraries (in the first run before) and opens no instance.
+    assert imported == "[] ['alembic', 'dagster_postgres', 'sqlalchemy'] True", imported
