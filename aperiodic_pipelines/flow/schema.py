@@ -280,9 +280,9 @@ RULES_PIECE_ROWS = 1 << 19
 # A piece with at least this share of bars with trades (a busy 1s month) is checked whole: its empty bars keep
 # every rule anyway, and filtering would copy nearly all of it.
 FILTER_BELOW_SHARE = 0.75
-# Filtered pieces wait for the per-bar rules until this many bars with trades have gathered, from any slice of
-# any interval: the rules are one polars query with a fixed cost (~10 ms for ~100 rules), which a quiet 1s month
-# paid once per slice (11 of them).
+# Pieces wait for the per-bar rules until this many bars have gathered, from any slice of any interval: the rules
+# are one polars query with a fixed cost (~9 ms for ~100 rules), which a quiet 1s month paid once per slice (11 of
+# them) and every month once per coarser table (7). A busy 1s slice (2^18 bars) is checked as it comes.
 PENDING_ROWS = 1 << 17
 
 
@@ -342,9 +342,9 @@ class MonthBarsValidator:
 
     `add` checks a slice's dense-table rules at once (the time grid continues where the interval's previous
     slice ended; empty bars are the constant row). The schema's per-bar rules (`bar_rules`) see its bars with
-    trades, `RULES_PIECE_ROWS` dense rows at a time, all rules in one pass: a piece checked whole (nearly all
-    its bars have trades) at once, filtered pieces once `PENDING_ROWS` bars have gathered or at `finish`, so a
-    bad bar may be reported by a later `add`; only a piece that breaks a rule goes through pandera, for its
+    trades, `RULES_PIECE_ROWS` dense rows at a time (whole where nearly all its bars have trades), all rules in
+    one pass once `PENDING_ROWS` bars have gathered or at `finish`, so a bad bar may be reported by a later
+    `add`; only a piece that breaks a rule goes through pandera, for its
     report, which names its interval. `finish` also checks that each table covered its month (or day). Each
     raises `InvalidBarsError`. `times` are the `time` facts of the slice last added, even of one that failed.
     """
@@ -368,14 +368,12 @@ class MonthBarsValidator:
             follows = self._last_time.get(interval)
             _pandera(part, flow_bars_schema(interval, self.month if follows is None else None), label)
         self.times = time_facts(part, interval)
-        counted, whole, filtered = _bars_with_trades(part)
+        counted, pieces = _bars_with_trades(part)
         problem = _dense_problem(part, self.times, counted, interval, self.month, self._last_time.get(interval))
         if problem:
             raise InvalidBarsError(f"{label}: {problem}")
-        for piece in whole:
-            _check_per_bar_rules([(label, piece)])
-        self._pending += [(label, piece) for piece in filtered]
-        self._pending_rows += sum(piece.height for piece in filtered)
+        self._pending += [(label, piece) for piece in pieces]
+        self._pending_rows += sum(piece.height for piece in pieces)
         self.rows[interval] = self.rows.get(interval, 0) + part.height
         if part.height:
             self._last_time[interval] = self.times.last
@@ -401,9 +399,9 @@ def _covers_month_problem(interval: str, month: str) -> str:
             f"{first} 00:00 UTC")
 
 
-def _bars_with_trades(frame: pl.DataFrame) -> tuple[dict[str, int], list[pl.DataFrame], list[pl.DataFrame]]:
+def _bars_with_trades(frame: pl.DataFrame) -> tuple[dict[str, int], list[pl.DataFrame]]:
     """What the bars with trades of a contract-typed table hold (`_dense_problem`'s counts), and its pieces of
-    `RULES_PIECE_ROWS` dense rows that the per-bar rules must see: whole, and filtered to their bars with trades.
+    `RULES_PIECE_ROWS` dense rows that the per-bar rules must see: whole or filtered to their bars with trades.
 
     A piece is filtered unless nearly all its bars have trades (`FILTER_BELOW_SHARE`): its empty bars keep every
     per-bar rule once `_dense_problem` has proven them the constant row.
@@ -418,7 +416,7 @@ def _bars_with_trades(frame: pl.DataFrame) -> tuple[dict[str, int], list[pl.Data
         ]
 
     counted = dict.fromkeys(("_with_trades", "_null_or_zero", *_ZERO_WHEN_EMPTY, *_NULL_WHEN_EMPTY), 0)
-    whole, filtered = [], []
+    pieces = []
     for start in range(0, frame.height, RULES_PIECE_ROWS):
         piece = frame.slice(start, RULES_PIECE_ROWS)
         with_trades = piece.select(_HAS_TRADES.sum()).item()
@@ -427,13 +425,11 @@ def _bars_with_trades(frame: pl.DataFrame) -> tuple[dict[str, int], list[pl.Data
         among = _HAS_TRADES
         if with_trades < FILTER_BELOW_SHARE * piece.height:
             piece, among = piece.filter(_HAS_TRADES), pl.lit(True)
-            filtered.append(piece)
-        else:
-            whole.append(piece)
+        pieces.append(piece)
         counted["_with_trades"] += with_trades
         for key, value in piece.select(counts(among)).row(0, named=True).items():
             counted[key] += value
-    return counted, whole, filtered
+    return counted, pieces
 
 
 def _check_per_bar_rules(pieces: list[tuple[str, pl.DataFrame]]) -> None:
