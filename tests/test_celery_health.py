@@ -85,6 +85,14 @@ def test_the_celery_instance_differs_from_the_postgres_one_only_where_it_must() 
         "module": "aperiodic_pipelines.operator.launchers", "class": "HealthCheckedCeleryRunLauncher",
         "config": {"default_queue": "dagster"},
     }
+    # Steps' stdout/stderr are not captured into files on a worker's disk (four processes a run to mirror them,
+    # and no other machine's UI could show them): they go to the worker's own output.
+    import importlib
+
+    assert celery["compute_logs"] == {"module": "dagster._core.storage.noop_compute_log_manager",
+                                      "class": "NoOpComputeLogManager"}
+    assert "compute_logs" not in postgres  # one machine: Dagster's default, which its UI shows
+    assert getattr(importlib.import_module(celery["compute_logs"]["module"]), celery["compute_logs"]["class"])
     # Never resumed in place (dagster-celery's resume task cannot be called by its launcher): retried instead.
     assert celery["run_monitoring"]["max_resume_run_attempts"] == 0
     assert celery["run_monitoring"]["poll_interval_seconds"] == postgres["run_monitoring"]["poll_interval_seconds"]
