@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import inspect
 import os
+import select
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +26,7 @@ from aperiodic_pipelines.operator import worker  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 UNUSED_BROKER = "redis://127.0.0.1:9/0"  # registering tasks and reading the instance connect to nothing
+CHILD_DEADLINE_S = 60
 
 
 def _home(tmp_path: Path, instance_file: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -69,8 +72,13 @@ def test_a_pool_process_keeps_its_instance_and_a_forked_one_opens_its_own(
             finally:
                 os._exit(0)
         os.close(write)
-        answer = os.read(read, 16)
+        # A forked child of a threaded process could hang (a lock held at the fork): it gets a deadline.
+        ready, _, _ = select.select([read], [], [], CHILD_DEADLINE_S)
+        if not ready:
+            os.kill(child, signal.SIGKILL)
+        answer = os.read(read, 16) if ready else b"no answer within the deadline"
         os.waitpid(child, 0)
+        os.close(read)
         assert answer == b"own"
         assert worker._pool_instance() is first  # the parent's is unchanged
     finally:

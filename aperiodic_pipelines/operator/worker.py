@@ -7,11 +7,11 @@ start one. Its Celery app is the instance's run launcher's own app, with dagster
 so launcher and workers agree on broker, backend, queues and task names by construction.
 
 Runs execute in the worker's pool processes (`--concurrency` of them), which live across runs: a run pays no
-interpreter start, each pool process imports the definitions and the instance's classes once, when it starts, and
+interpreter start; each pool process imports the definitions and the instance's classes once, when it starts, and
 opens the instance (its storage's connection pools) at its first run and keeps it for the next ones. There is no
-time limit on a run. SIGTERM (or Ctrl-C) stops taking runs and exits when the current ones have finished; a worker killed
-outright (kill -9, a lost machine) is noticed by the launcher's health check (it stops answering Celery's ping),
-and run monitoring fails its runs so run retries re-run them elsewhere.
+time limit on a run. SIGTERM (or Ctrl-C) stops taking runs and exits when the current ones have finished; a worker
+killed outright (kill -9, a lost machine) is noticed by the launcher's health check (it stops answering Celery's
+ping), and run monitoring fails its runs so run retries re-run them elsewhere.
 """
 
 from __future__ import annotations
