@@ -92,9 +92,10 @@ def test_a_pool_process_imports_the_instance_storage_before_its_first_run(tmp_pa
     probe = (
         "import sys\n"
         "from aperiodic_pipelines.operator import worker\n"
-        "print(sorted(worker._instance_modules()))\n"
+        "modules = worker.preloaded_modules(worker.instance_ref())\n"
+        "print(modules)\n"
         "before = {m for m in ('sqlalchemy', 'alembic', 'dagster_postgres') if m in sys.modules}\n"
-        "worker._prepare_pool_process()\n"
+        "worker._prepare_pool_process(modules)\n"
         "after = {m for m in ('sqlalchemy', 'alembic', 'dagster_postgres') if m in sys.modules}\n"
         "print(sorted(before), sorted(after), worker._instance is None)\n"
     )
@@ -104,6 +105,7 @@ def test_a_pool_process_imports_the_instance_storage_before_its_first_run(tmp_pa
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     modules, imported = done.stdout.strip().splitlines()[-2:]
+    assert "aperiodic_pipelines.defs.definitions" in modules
     assert "aperiodic_pipelines.operator.pg_storage" in modules
     assert "aperiodic_pipelines.operator.launchers" in modules
     # The preload brings the storage's libraries (in the first run before) and opens no instance.

@@ -17,15 +17,18 @@ ping), and run monitoring fails its runs so run retries re-run them elsewhere.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import socket
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from aperiodic_pipelines.domain.settings import ConfigError
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
 
 DEFAULT_QUEUE = "dagster"  # dagster-celery's default queue, and deploy/celery/dagster.yaml's default_queue
 DEFAULT_MAX_RUNS_PER_PROCESS = 100
@@ -56,14 +59,9 @@ def add_worker_command(subparsers: Any) -> None:
     worker.set_defaults(handler=run_worker)
 
 
-def worker_app() -> Any:
-    """The Celery run launcher's app of the instance in $DAGSTER_HOME, with dagster-celery's run tasks registered.
-
-    Only the launcher is built from the instance's config: the worker needs no database to start (each run opens
-    the instance itself), so an unreachable Postgres is reported by the runs, not as a start-up traceback.
-    """
+def instance_ref() -> InstanceRef:
+    """The reference of the instance in $DAGSTER_HOME (its dagster.yaml read and validated; nothing connects)."""
     from dagster._core.instance.ref import InstanceRef
-    from dagster_celery.launcher import CeleryRunLauncher
 
     home = os.environ.get("DAGSTER_HOME")
     if not home:
@@ -71,11 +69,23 @@ def worker_app() -> Any:
             "DAGSTER_HOME is not set: a worker needs the deployment's instance, deploy/celery/dagster.yaml copied to "
             "$DAGSTER_HOME/dagster.yaml"
         )
-    launcher = InstanceRef.from_dir(home).run_launcher
+    return InstanceRef.from_dir(home)
+
+
+def worker_app(ref: InstanceRef | None = None) -> Any:
+    """The Celery run launcher's app of the instance `ref` (default: $DAGSTER_HOME's), with dagster-celery's run
+    tasks registered.
+
+    Only the launcher is built from the instance's config: the worker needs no database to start (each run opens
+    the instance itself), so an unreachable Postgres is reported by the runs, not as a start-up traceback.
+    """
+    from dagster_celery.launcher import CeleryRunLauncher
+
+    launcher = (ref or instance_ref()).run_launcher
     if not isinstance(launcher, CeleryRunLauncher):
         raise ConfigError(
-            f"the instance in {home} launches runs with {type(launcher).__name__}; `worker` needs the Celery run "
-            "launcher (deploy/celery/dagster.yaml)"
+            f"the instance in {os.environ.get('DAGSTER_HOME')} launches runs with {type(launcher).__name__}; "
+            "`worker` needs the Celery run launcher (deploy/celery/dagster.yaml)"
         )
     app = launcher.celery
     _register_run_tasks(app)
@@ -132,9 +142,9 @@ def _pool_instance() -> DagsterInstance:
     return _instance[1]
 
 
-def _prepare_pool_process(**_kwargs: Any) -> None:
-    """In each pool process as it starts: import the definitions and the instance's classes (its storage's
-    SQLAlchemy, alembic and driver: ~1 s), so that no run pays for them.
+def _prepare_pool_process(modules: Sequence[str], **_kwargs: Any) -> None:
+    """In each pool process as it starts: import `modules` (`preloaded_modules`: the definitions and the
+    instance's classes, e.g. its storage's SQLAlchemy and alembic: ~1 s), so that no run pays for them.
 
     Imported after the fork, not before: a process forked after polars or numba started their threads can
     deadlock. Nothing connects here (a worker starts without its database). A failure is logged here and reported
@@ -142,24 +152,19 @@ def _prepare_pool_process(**_kwargs: Any) -> None:
     """
     import importlib
 
-    for module in (PRELOADED_DEFINITIONS, *_instance_modules()):
+    for module in modules:
         try:
             importlib.import_module(module)
         except Exception:
             _log.exception("could not preload %s", module)
 
 
-def _instance_modules() -> list[str]:
-    """The modules of the classes that $DAGSTER_HOME/dagster.yaml configures (storage, launcher, coordinator…)."""
-    from dagster._core.instance.ref import InstanceRef
+def preloaded_modules(ref: InstanceRef) -> list[str]:
+    """The definitions' module and those of the classes the instance configures (storage, launcher, coordinator…)."""
     from dagster._serdes import ConfigurableClassData
 
-    try:
-        ref = InstanceRef.from_dir(os.environ["DAGSTER_HOME"])
-    except Exception:
-        _log.exception("could not read the instance in $DAGSTER_HOME")
-        return []
-    return sorted({value.module_name for value in ref._asdict().values() if isinstance(value, ConfigurableClassData)})
+    configured = {value.module_name for value in ref._asdict().values() if isinstance(value, ConfigurableClassData)}
+    return [PRELOADED_DEFINITIONS, *sorted(configured)]
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -173,11 +178,12 @@ def run_worker(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise ConfigError("`worker` needs dagster-celery: pip install 'aperiodic-pipelines[celery]'") from error
 
-    app = worker_app()
+    ref = instance_ref()  # read once here, not again in every pool process
+    app = worker_app(ref)
     # Celery gives a new pool process 4 s to finish its start-up hooks; importing the definitions on a busy
     # machine can take longer.
     app.conf.worker_proc_alive_timeout = POOL_PROCESS_START_TIMEOUT_S
-    worker_process_init.connect(_prepare_pool_process, weak=False)
+    worker_process_init.connect(functools.partial(_prepare_pool_process, preloaded_modules(ref)), weak=False)
     name = args.name or f"aperiodic-{os.getpid()}@{socket.gethostname()}"
     argv = [
         "worker",
