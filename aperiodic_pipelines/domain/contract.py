@@ -47,6 +47,11 @@ NULLABLE_FIELDS: frozenset[str] = frozenset(
     }
 )
 
+# An empty bar (no trades) is one constant row (spec §2): these fields are 0 in it, these null; the score, the
+# only field that depends on its neighbours, is null or 0 (its flow and volatility are 0).
+ZERO_WHEN_EMPTY: tuple[str, ...] = tuple(f for f in FLOW_FIELDS if f not in NULLABLE_FIELDS)
+NULL_WHEN_EMPTY: tuple[str, ...] = tuple(f for f in FLOW_FIELDS if f in NULLABLE_FIELDS and f != "flow_toxicity_score")
+
 # Fields that are sums over trades: a coarser bar is the sum of the finer bars it covers.
 ADDITIVE_FIELDS: tuple[str, ...] = (
     "taker_buy_volume",

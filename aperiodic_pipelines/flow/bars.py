@@ -14,20 +14,17 @@ from aperiodic_pipelines.flow.grid import (
     FLOW_SCHEMA,
     INTERVAL_SECONDS,
     INTERVALS,
-    NULLABLE_FIELDS,
+    NULL_WHEN_EMPTY,
     SIDES,
     TIME_DTYPE,
     TOXICITY_WINDOW,
     US_PER_SECOND,
+    ZERO_WHEN_EMPTY,
     month_bounds_us,
 )
 from aperiodic_pipelines.flow.seconds import SUM_STATS, SecondStats
 from aperiodic_pipelines.flow.toxicity import toxicity_scores
 
-# Fields of an empty bar (spec §2): sums are 0, every ratio, percentage and entropy is null. The score is the
-# only field of an empty bar that depends on its neighbours; it is computed on the dense grid.
-_ZERO_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f not in NULLABLE_FIELDS)
-_NULL_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f in NULLABLE_FIELDS and f != "flow_toxicity_score")
 # Non-empty bars derived at once: bounds the temporaries of a busy 1s month to a slice.
 SLICE_ROWS = 1 << 18
 # When more than this share of the grid's bars hold trades (a busy month at 1s, every coarser interval), the
@@ -246,9 +243,9 @@ def _dense_bars(
     signed_flow[:lead_in], realised_volatility[:lead_in] = lead
     # Never null: numpy arrays, assigned in place (a quarter of the CPU of polars' `scatter` into zeros).
     zeros = {name: np.zeros(rows, dtype=np.int64 if FLOW_SCHEMA[name] == pl.Int64 else np.float64)
-             for name in _ZERO_WHEN_EMPTY}
+             for name in ZERO_WHEN_EMPTY}
     # Null where empty: polars columns, whose `scatter` fills the validity in place.
-    nulls = {name: pl.repeat(None, rows, dtype=FLOW_SCHEMA[name], eager=True) for name in _NULL_WHEN_EMPTY}
+    nulls = {name: pl.repeat(None, rows, dtype=FLOW_SCHEMA[name], eager=True) for name in NULL_WHEN_EMPTY}
     for first in range(lo, hi, SLICE_ROWS):
         fields = _derive_fields(sparse.slice(first, min(SLICE_ROWS, hi - first)), volatility)
         position_array = (fields.get_column("bar").to_numpy() - start) // width

@@ -11,10 +11,12 @@ from aperiodic_pipelines.domain.contract import (  # noqa: F401  (the engine's n
     FLOW_COLUMNS,
     FLOW_FIELDS,
     LARGE_FROM,
+    NULL_WHEN_EMPTY,
     NULLABLE_FIELDS,
     SIDES,
     SMALL_BELOW,
     TOXICITY_WINDOW,
+    ZERO_WHEN_EMPTY,
 )
 from aperiodic_pipelines.domain.intervals import INTERVAL_SECONDS, INTERVALS
 from aperiodic_pipelines.domain.months import (  # noqa: F401

@@ -20,9 +20,11 @@ from aperiodic_pipelines.flow.grid import (
     FLOW_COLUMNS,
     FLOW_SCHEMA,
     INTERVAL_SECONDS,
+    NULL_WHEN_EMPTY,
     NULLABLE_FIELDS,
     SIDES,
     US_PER_SECOND,
+    ZERO_WHEN_EMPTY,
     bars_in_month,
     month_start_us,
 )
@@ -269,11 +271,9 @@ def flow_bars_schema(interval: str | None = None, month: str | None = None, *, o
     )
 
 
-# An empty bar (no trades) is the same constant row everywhere: sums 0, every ratio, share and entropy null,
-# and a score that is null or 0 (its flow and volatility are 0). That row satisfies every per-bar rule, so on a
-# dense table the rules need to see only the bars with trades; the empty ones are proven equal to the constant.
-_ZERO_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f not in NULLABLE_FIELDS)
-_NULL_WHEN_EMPTY = tuple(f for f in FLOW_COLUMNS[1:] if f in NULLABLE_FIELDS and f != "flow_toxicity_score")
+# An empty bar (no trades) is the same constant row everywhere (`ZERO_WHEN_EMPTY`, `NULL_WHEN_EMPTY`, a score
+# null or 0). That row satisfies every per-bar rule, so on a dense table the rules need to see only the bars with
+# trades; the empty ones are proven equal to the constant.
 _HAS_TRADES = (pl.col("taker_buy_count") + pl.col("taker_sell_count")) > 0
 # Dense rows per pass of the per-bar rules: bounds the filtered copy and the rules' temporaries.
 RULES_PIECE_ROWS = 1 << 19
@@ -410,11 +410,11 @@ def _bars_with_trades(frame: pl.DataFrame) -> tuple[dict[str, int], list[pl.Data
     def counts(among: pl.Expr) -> list[pl.Expr]:
         return [
             (among & (score.is_null() | (score == 0))).sum().alias("_null_or_zero"),
-            *((among & (pl.col(f) != 0)).sum().alias(f) for f in _ZERO_WHEN_EMPTY),
-            *((among & pl.col(f).is_null()).sum().alias(f) for f in _NULL_WHEN_EMPTY),
+            *((among & (pl.col(f) != 0)).sum().alias(f) for f in ZERO_WHEN_EMPTY),
+            *((among & pl.col(f).is_null()).sum().alias(f) for f in NULL_WHEN_EMPTY),
         ]
 
-    counted = dict.fromkeys(("_with_trades", "_null_or_zero", *_ZERO_WHEN_EMPTY, *_NULL_WHEN_EMPTY), 0)
+    counted = dict.fromkeys(("_with_trades", "_null_or_zero", *ZERO_WHEN_EMPTY, *NULL_WHEN_EMPTY), 0)
     pieces = []
     for start in range(0, frame.height, RULES_PIECE_ROWS):
         piece = frame.slice(start, RULES_PIECE_ROWS)
@@ -502,12 +502,12 @@ def _dense_problem(frame: pl.DataFrame, times: TimeFacts, counted: Mapping[str, 
         (score.is_null() | (score == 0)).sum() == counted["_null_or_zero"] + empty_bars,
         "flow_toxicity_score must be null or 0 in a bar without trades (its flow and volatility are 0)",
     )
-    for field in _ZERO_WHEN_EMPTY:
+    for field in ZERO_WHEN_EMPTY:
         rules[f"{field}/zero_when_empty"] = (
             ((pl.col(field) != 0).sum() == counted[field]) & (pl.col(field).null_count() == 0),
             f"{field} must be 0 in a bar without trades (and never null)",
         )
-    for field in _NULL_WHEN_EMPTY:
+    for field in NULL_WHEN_EMPTY:
         rules[f"{field}/null_when_empty"] = (
             pl.col(field).null_count() == counted[field] + empty_bars,
             f"{field} must be null in a bar without trades",
