@@ -110,3 +110,44 @@ def test_a_pool_process_imports_the_instance_storage_before_its_first_run(tmp_pa
     assert "aperiodic_pipelines.operator.launchers" in modules
     # The preload brings the storage's libraries (in the first run before) and opens no instance.
     assert imported == "[] ['alembic', 'dagster_postgres', 'sqlalchemy'] True", imported
+
+
+
+@pytest.mark.parametrize("concurrency, preset, expected", [
+    ("cores", None, 1),  # a run per core: one thread each
+    ("twice the cores", None, 1),
+    (1, None, "cores"),  # one run has the cores
+    ("twice the cores", "3", 3),  # the operator's setting is kept
+])
+def test_a_pool_process_sizes_polars_to_its_share_of_the_cores(tmp_path: Path, concurrency, preset, expected) -> None:
+    cores = len(os.sched_getaffinity(0))
+    concurrency = {"cores": cores, "twice the cores": 2 * cores}.get(concurrency, concurrency)
+    expected = cores if expected == "cores" else expected
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "deploy" / "celery" / "dagster.yaml", home / "dagster.yaml")
+    # The worker's main process up to Celery's start, then a pool process: forked, its start-up hook run. polars
+    # reads the variable when it is imported, so the main process must not have imported it.
+    probe = (
+        "import os, sys\n"
+        "from aperiodic_pipelines.operator import worker\n"
+        "ref = worker.instance_ref()\n"
+        "worker.share_cores_between_runs(int(sys.argv[1]))\n"
+        "worker.worker_app(ref)\n"
+        "modules = worker.preloaded_modules(ref)\n"
+        "assert 'polars' not in sys.modules, 'the main process imported polars before its pool processes'\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    worker._prepare_pool_process(modules)\n"
+        "    import polars\n"
+        "    print(polars.thread_pool_size(), flush=True)\n"
+        "    os._exit(0)\n"
+        "os.waitpid(child, 0)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "POLARS_MAX_THREADS"}
+    env.update({"DAGSTER_HOME": str(home), "APERIODIC_CELERY_BROKER_URL": UNUSED_BROKER, "PYTHONPATH": str(REPO),
+                **({"POLARS_MAX_THREADS": preset} if preset else {})})
+    done = subprocess.run([sys.executable, "-c", probe, str(concurrency)], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [str(expected)]

@@ -167,6 +167,19 @@ def preloaded_modules(ref: InstanceRef) -> list[str]:
     return [PRELOADED_DEFINITIONS, *sorted(configured)]
 
 
+def share_cores_between_runs(concurrency: int) -> None:
+    """Size each run's polars thread pool to its share of the cores: the cores this worker may use over its
+    `concurrency` runs, at least 1 (an operator's own POLARS_MAX_THREADS is kept).
+
+    polars sizes its pool to the cores. With a run per core or more (the advice: ~1.5 per core) a run's extra
+    threads only take turns with the other runs', and handing work to them costs CPU the runs need. polars reads
+    the variable when it is imported: set in the worker's main process (which never imports polars), it reaches
+    the pool processes, which import polars after the fork (`_prepare_pool_process`).
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("POLARS_MAX_THREADS", str(max(1, cores // concurrency)))
+
+
 def run_worker(args: argparse.Namespace) -> int:
     """Start the worker in the foreground until it is stopped; its exit code."""
     if args.concurrency < 1:
@@ -179,6 +192,7 @@ def run_worker(args: argparse.Namespace) -> int:
         raise ConfigError("`worker` needs dagster-celery: pip install 'aperiodic-pipelines[celery]'") from error
 
     ref = instance_ref()  # read once here, not again in every pool process
+    share_cores_between_runs(args.concurrency)
     app = worker_app(ref)
     # Celery gives a new pool process 4 s to finish its start-up hooks; importing the definitions on a busy
     # machine can take longer.
