@@ -22,6 +22,7 @@ from celery import Celery  # noqa: E402
 from dagster_celery.config import TASK_EXECUTE_JOB_NAME, TASK_RESUME_JOB_NAME  # noqa: E402
 from dagster_celery.tasks import create_execute_job_task, create_resume_job_task  # noqa: E402
 
+from aperiodic_pipelines.domain.settings import ConfigError  # noqa: E402
 from aperiodic_pipelines.operator import worker  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -151,3 +152,10 @@ def test_a_pool_process_sizes_polars_to_its_share_of_the_cores(tmp_path: Path, c
                           timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [str(expected)]
+
+
+@pytest.mark.parametrize("preset", ["abc", "0", "-2", ""])
+def test_a_worker_refuses_a_polars_thread_count_that_is_not_a_count(preset: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLARS_MAX_THREADS", preset)
+    with pytest.raises(ConfigError, match="POLARS_MAX_THREADS must be a positive whole number"):
+        worker.share_cores_between_runs(2)

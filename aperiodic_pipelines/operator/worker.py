@@ -176,8 +176,13 @@ def share_cores_between_runs(concurrency: int) -> None:
     the variable when it is imported: set in the worker's main process (which never imports polars), it reaches
     the pool processes, which import polars after the fork (`_prepare_pool_process`).
     """
+    preset = os.environ.get("POLARS_MAX_THREADS")
+    if preset is not None:
+        if not (preset.strip().isdigit() and int(preset) > 0):  # polars would warn and use every core
+            raise ConfigError(f"POLARS_MAX_THREADS must be a positive whole number of threads, got {preset!r}")
+        return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    os.environ.setdefault("POLARS_MAX_THREADS", str(max(1, cores // concurrency)))
+    os.environ["POLARS_MAX_THREADS"] = str(max(1, cores // concurrency))
 
 
 def run_worker(args: argparse.Namespace) -> int:
