@@ -113,7 +113,6 @@ def test_a_pool_process_imports_the_instance_storage_before_its_first_run(tmp_pa
     assert imported == "[] ['alembic', 'dagster_postgres', 'sqlalchemy'] True", imported
 
 
-
 @pytest.mark.parametrize("concurrency, preset, expected", [
     ("cores", None, 1),  # a run per core: one thread each
     ("twice the cores", None, 1),
@@ -154,7 +153,7 @@ def test_a_pool_process_sizes_polars_to_its_share_of_the_cores(tmp_path: Path, c
     assert done.stdout.split() == [str(expected)]
 
 
-@pytest.mark.parametrize("preset", ["abc", "0", "-2", ""])
+@pytest.mark.parametrize("preset", ["abc", "0", "-2", "", " 3"])
 def test_a_worker_refuses_a_polars_thread_count_that_is_not_a_count(preset: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("POLARS_MAX_THREADS", preset)
     with pytest.raises(ConfigError, match="POLARS_MAX_THREADS must be a positive whole number"):

@@ -178,7 +178,7 @@ def share_cores_between_runs(concurrency: int) -> None:
     """
     preset = os.environ.get("POLARS_MAX_THREADS")
     if preset is not None:
-        if not (preset.strip().isdigit() and int(preset) > 0):  # polars would warn and use every core
+        if not (preset.isdigit() and int(preset) > 0):  # polars would warn and use every core
             raise ConfigError(f"POLARS_MAX_THREADS must be a positive whole number of threads, got {preset!r}")
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
