@@ -189,8 +189,8 @@ def run_child(case: str, path: str, month: str, warm: bool = False) -> None:
     started, cpu_started = time.perf_counter(), time.process_time()
     rows = CASE_FUNCTIONS[case](path, month)
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    print(json.dumps({"case": case, "warm": warm, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_rss_mb(), "output_rows": rows,
-                      **({"phases_s": PHASES} if PHASES else {})}))
+    print(json.dumps({"case": case, "warm": warm, "wall_s": wall, "cpu_s": cpu, "peak_rss_mb": peak_rss_mb(),
+                      "output_rows": rows, **({"phases_s": PHASES} if PHASES else {})}))
 
 
 # --- the parent: data set, subprocesses, table -----------------------------------------------------------

@@ -4,6 +4,7 @@ verdict at all."""
 
 from __future__ import annotations
 
+import importlib
 import time
 from pathlib import Path
 
@@ -87,8 +88,6 @@ def test_the_celery_instance_differs_from_the_postgres_one_only_where_it_must() 
     }
     # Steps' stdout/stderr are not captured into files on a worker's disk (four processes a run to mirror them,
     # and no other machine's UI could show them): they go to the worker's own output.
-    import importlib
-
     assert celery["compute_logs"] == {"module": "dagster._core.storage.noop_compute_log_manager",
                                       "class": "NoOpComputeLogManager"}
     assert "compute_logs" not in postgres  # one machine: Dagster's default, which its UI shows

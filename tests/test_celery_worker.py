@@ -119,7 +119,9 @@ def test_a_pool_process_imports_the_instance_storage_before_its_first_run(tmp_pa
     (1, None, "cores"),  # one run has the cores
     ("twice the cores", "3", 3),  # the operator's setting is kept
 ])
-def test_a_pool_process_sizes_polars_to_its_share_of_the_cores(tmp_path: Path, concurrency, preset, expected) -> None:
+def test_a_pool_process_sizes_polars_to_its_share_of_the_cores(
+    tmp_path: Path, concurrency: int | str, preset: str | None, expected: int | str
+) -> None:
     cores = len(os.sched_getaffinity(0))
     concurrency = {"cores": cores, "twice the cores": 2 * cores}.get(concurrency, concurrency)
     expected = cores if expected == "cores" else expected
@@ -154,7 +156,9 @@ def test_a_pool_process_sizes_polars_to_its_share_of_the_cores(tmp_path: Path, c
 
 
 @pytest.mark.parametrize("preset", ["abc", "0", "-2", "", " 3"])
-def test_a_worker_refuses_a_polars_thread_count_that_is_not_a_count(preset: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worker_refuses_a_polars_thread_count_that_is_not_a_count(
+    preset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("POLARS_MAX_THREADS", preset)
     with pytest.raises(ConfigError, match="POLARS_MAX_THREADS must be a positive whole number"):
         worker.share_cores_between_runs(2)

@@ -344,8 +344,8 @@ class MonthBarsValidator:
     slice ended; empty bars are the constant row). The schema's per-bar rules (`bar_rules`) see its bars with
     trades, `RULES_PIECE_ROWS` dense rows at a time (whole where nearly all its bars have trades), all rules in
     one pass once `PENDING_ROWS` bars have gathered or at `finish`, so a bad bar may be reported by a later
-    `add`; only a piece that breaks a rule goes through pandera, for its report, which names its interval. `finish` also checks that each table covered its month (or day). Each
-    raises `InvalidBarsError`. `times` are the `time` facts of the slice last added, even of one that failed.
+    `add`; only a piece that breaks a rule goes through pandera, for its report, which names its interval.
+    `finish` also checks that each table covered its month (or day). Each raises `InvalidBarsError`. `times` are the `time` facts of the slice last added, even of one that failed.
     """
 
     def __init__(self, *, month: str | None, name: str = "flow bars") -> None:
