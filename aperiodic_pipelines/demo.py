@@ -35,7 +35,7 @@ from aperiodic_pipelines.domain.months import (
     next_month,
     previous_month,
 )
-from aperiodic_pipelines.domain.settings import Settings
+from aperiodic_pipelines.domain.settings import ConfigError, Settings
 from aperiodic_pipelines.storage import LocalStore, ObjectStore, store_from_uri
 
 
@@ -279,6 +279,20 @@ def summarise(store: ObjectStore, months: Sequence[str]) -> list[str]:
     return lines
 
 
+# What the demo needs beyond the package's own dependencies (the `demo` extra): the module, and what it is for.
+DEMO_PACKAGES = {"moto": "the local S3 mirror of Hyperliquid's bucket", "aperiodic": "the client it reads back with"}
+
+
+def require_demo_packages() -> None:
+    """Refuse to start, naming what is missing and how to install it, rather than fail half-way with a traceback."""
+    import importlib.util
+
+    missing = [f"{module} ({purpose})" for module, purpose in DEMO_PACKAGES.items()
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ConfigError(f"`demo` needs {', '.join(missing)}: pip install 'aperiodic-pipelines[demo]'")
+
+
 def run_demo(
     *,
     trades_per_month: int = 200_000,
@@ -294,6 +308,7 @@ def run_demo(
     from aperiodic_pipelines.operator.registry import resolve_instrument
     from aperiodic_pipelines.operator.submission import run_month_waves
 
+    require_demo_packages()
     first = check_month(first_month or DEFAULT_DEMO_MONTHS[0])
     demo_months = month_range(first, last_month or next_month(first))
     store_uri = store_uri or Settings.from_env().store.uri

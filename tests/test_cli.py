@@ -111,6 +111,22 @@ def test_bad_month_exits_2_naming_it(dagster_home: Path, capsys: pytest.CaptureF
     assert not dagster_home.exists()
 
 
+def test_demo_without_its_extra_exits_2_naming_what_to_install(
+    dagster_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Installed without the `demo` extra (moto for the S3 mirror): one line saying what to install, before any
+    mirror, instance or store exists (it used to end in a ModuleNotFoundError traceback after generating tapes)."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "moto" else find_spec(name, *a))
+    code = cli.main(["demo", "--trades", "1000"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "moto" in err and "pip install 'aperiodic-pipelines[demo]'" in err and "Traceback" not in err
+    assert not dagster_home.exists()
+
+
 def test_instruments_add_and_list(dagster_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["instruments", "list"]) == 0
     assert "no instruments registered" in capsys.readouterr().out
